@@ -1,0 +1,76 @@
+//! Dispatch: parse arguments, set up logging, collect the config, run the subcommand.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use super::args::{Cli, Command};
+use super::{check, dockerfile, exit, list};
+use crate::collector::{self, CollectOptions, Collected, Diagnostics};
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    ExitCode::from(run(cli))
+}
+
+fn run(cli: Cli) -> u8 {
+    let options = collect_options(&cli, Vec::new());
+    tracing::debug!(config = %options.config.display(), "collecting");
+    let collected = collector::collect(&options);
+    match cli.command {
+        Command::Check { json } => check::run(collected, json),
+        Command::List { json } => with_config(collected, |c| list::run(c, json)),
+        Command::Dockerfile { image, task } => {
+            with_config(collected, |c| dockerfile::run(c, &image, task.as_deref()))
+        }
+    }
+}
+
+/// Runs `f` on a valid config; prints the diagnostics and exits with the config error code
+/// otherwise.
+fn with_config(collected: Result<Collected, Diagnostics>, f: impl FnOnce(&Collected) -> u8) -> u8 {
+    match collected {
+        Ok(collected) => {
+            eprint!("{}", collected.warnings);
+            f(&collected)
+        }
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            eprintln!(
+                "error: the config has {} problem(s)",
+                diagnostics.error_count()
+            );
+            exit::CONFIG_ERROR
+        }
+    }
+}
+
+fn collect_options(cli: &Cli, cli_args: Vec<String>) -> CollectOptions {
+    let config = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("HARPOON_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            ["config.yml", "harpoon.yml"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("config.yml"))
+        });
+    let home_config = (!cli.no_harpoonrc)
+        .then(|| std::env::var_os("HOME"))
+        .flatten()
+        .map(|home| PathBuf::from(home).join(".harpoonrc.yml"));
+    CollectOptions {
+        config,
+        home_config,
+        cli_args,
+        env: std::env::vars().collect::<HashMap<_, _>>(),
+    }
+}

@@ -1,0 +1,61 @@
+//! `dockhand check`: every problem at once, or a one-line summary.
+
+use serde_json::json;
+
+use super::exit;
+use super::output::outln;
+use crate::collector::{Collected, Diagnostics};
+
+pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
+    match (collected, json) {
+        (Ok(c), false) => {
+            eprint!("{}", c.warnings);
+            let config = &c.config;
+            let more = config.files.len().saturating_sub(1);
+            let files = if more > 0 {
+                format!(" (+{more} more file(s))")
+            } else {
+                String::new()
+            };
+            let pipeline = if config.pipeline.is_empty() {
+                "no pipeline (a job builds every image)".to_owned()
+            } else {
+                let steps: Vec<&str> = config.pipeline.iter().map(|s| s.task.as_str()).collect();
+                format!("pipeline: {}", steps.join(", "))
+            };
+            outln!(
+                "ok: {}{files}: {} image(s), {} task(s), {pipeline}",
+                config
+                    .files
+                    .last()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+                config.images.len(),
+                config.tasks.len(),
+            );
+            exit::SUCCESS
+        }
+        (Ok(c), true) => {
+            let config = &c.config;
+            let report = json!({
+                "ok": true,
+                "files": config.files,
+                "images": config.images.len(),
+                "tasks": config.tasks.len(),
+                "pipeline": config.pipeline.iter().map(|s| &s.task).collect::<Vec<_>>(),
+                "diagnostics": c.warnings.to_json(),
+            });
+            outln!("{report:#}");
+            exit::SUCCESS
+        }
+        (Err(d), false) => {
+            eprint!("{d}");
+            eprintln!("error: the config has {} problem(s)", d.error_count());
+            exit::CONFIG_ERROR
+        }
+        (Err(d), true) => {
+            outln!("{:#}", json!({ "ok": false, "diagnostics": d.to_json() }));
+            exit::CONFIG_ERROR
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `dockhand dockerfile IMAGE`: the generated Dockerfile, byte for byte as it is sent.
+
+use super::{exit, output};
+use crate::collector::{Collected, closest};
+
+pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
+    let config = &collected.config;
+    let images = match task {
+        None => &config.images,
+        Some(name) => match config.tasks.get(name) {
+            Some(task) => &task.images,
+            None => {
+                eprintln!(
+                    "error: no task named `{name}`{}",
+                    hint(closest(name, config.tasks.keys().map(String::as_str)))
+                );
+                return exit::USAGE;
+            }
+        },
+    };
+    match images.get(image) {
+        Some(image) => {
+            output::print(&image.build.dockerfile);
+            exit::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "error: no image named `{image}`{}",
+                hint(closest(image, images.keys().map(String::as_str)))
+            );
+            exit::USAGE
+        }
+    }
+}
+
+fn hint(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}

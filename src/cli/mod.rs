@@ -1,0 +1,12 @@
+//! The `dockhand` command line: [`args`] defines it, [`app`] dispatches, one file per
+//! subcommand does the work, [`exit`] documents the exit codes.
+
+mod app;
+pub mod args;
+mod check;
+mod dockerfile;
+pub mod exit;
+mod list;
+mod output;
+
+pub use app::main;

@@ -1,0 +1,405 @@
+//! The collector's entry point: files in, a validated [`Config`] (or every problem) out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+use super::diagnostic::{Diagnostic, Diagnostics, Problem};
+use super::format::Formatter;
+use super::image::{self, IMAGE_KEYS};
+use super::load::{self, Loaded};
+use super::model::{Config, Images, Shape, Task};
+use super::node::{KeyPath, Node, Value};
+use super::read::Reader;
+use super::suggest;
+use super::task::{self, TaskDef};
+
+/// What to collect and what formatting may read.
+#[derive(Clone, Debug, Default)]
+pub struct CollectOptions {
+    /// The main config file.
+    pub config: PathBuf,
+    /// `~/.harpoonrc.yml`, loaded beneath everything when it exists.
+    pub home_config: Option<PathBuf>,
+    /// The extra CLI arguments after `--`, for `{$@}`.
+    pub cli_args: Vec<String>,
+    /// The environment `{NAME:from_env}` reads.
+    pub env: HashMap<String, String>,
+}
+
+/// A collected configuration and the warnings found on the way.
+#[derive(Debug)]
+pub struct Collected {
+    pub config: Config,
+    pub warnings: Diagnostics,
+}
+
+const ROOT_KEYS: &[&str] = &["images", "harpoon", "pipeline", "secrets", "tasks"];
+
+/// Reads, merges, formats and validates a configuration. `Err` holds every problem found,
+/// sorted by file and position.
+pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
+    let mut d = Diagnostics::default();
+    let Some(loaded) = load::load(&options.config, options.home_config.as_deref(), &mut d) else {
+        return Err(d.finish());
+    };
+    let config = Collector {
+        options,
+        loaded: &loaded,
+    }
+    .run(&mut d);
+    match config {
+        Some(config) if !d.has_errors() => Ok(Collected {
+            config,
+            warnings: d.finish(),
+        }),
+        _ => Err(d.finish()),
+    }
+}
+
+struct Collector<'a> {
+    options: &'a CollectOptions,
+    loaded: &'a Loaded,
+}
+
+impl Collector<'_> {
+    fn run(&self, d: &mut Diagnostics) -> Option<Config> {
+        let document = &self.loaded.document;
+        check_root(document, d);
+        let shape = if document.get("images").is_some() {
+            Shape::Harpoon
+        } else if document.get("commands").is_some() {
+            Shape::SingleImage
+        } else {
+            d.error(&document.location, &KeyPath::root(), Problem::NoImages);
+            return None;
+        };
+        let (images, names) = self.images(document, shape, true, d)?;
+        let image_order: Vec<String> = images.keys().cloned().collect();
+        let images = Arc::new(images);
+
+        let root = self.root_string();
+        let cli_args = self.options.cli_args.join(" ");
+        let env = |name: &str| self.options.env.get(name).cloned();
+        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
+        let mut r = Reader { fmt: &fmt, d };
+        let mut defs = task::read_tasks(&mut r, document, &names, &image_order);
+        if let (Shape::SingleImage, Some(name)) = (shape, image_order.first()) {
+            let name = name.clone();
+            defs.entry(name.clone()).or_insert_with(|| TaskDef {
+                name: name.clone(),
+                image: name,
+                action: super::model::TaskAction::Run,
+                description: Some("build and run the image".into()),
+                options: None,
+                overrides: None,
+                location: document.location.clone(),
+            });
+        }
+        let mut pipeline = match document.get("pipeline") {
+            Some(node) => task::read_pipeline(&mut r, node, &defs),
+            None => Vec::new(),
+        };
+        if let (Shape::SingleImage, None, Some(name)) =
+            (shape, document.get("pipeline"), image_order.first())
+        {
+            let step = Node::new(Value::Str(name.clone()), document.location.clone());
+            pipeline = task::read_pipeline(
+                &mut r,
+                &Node::new(Value::Seq(vec![step]), document.location.clone()),
+                &defs,
+            );
+        }
+        let secrets = match document.get("secrets") {
+            Some(node) => task::read_secrets(&mut r, node),
+            None => Vec::new(),
+        };
+        let tasks = self.tasks(defs, &images, shape, d);
+        Some(Config {
+            config_root: self.loaded.config_root.clone(),
+            files: self.loaded.files.clone(),
+            shape,
+            images,
+            tasks,
+            pipeline,
+            secrets,
+        })
+    }
+
+    fn root_string(&self) -> String {
+        self.loaded.config_root.to_string_lossy().into_owned()
+    }
+
+    /// Resolves every image of `document`. Used for the config itself and again for each
+    /// task whose options or overrides change the document.
+    fn images(
+        &self,
+        document: &Node,
+        shape: Shape,
+        check: bool,
+        d: &mut Diagnostics,
+    ) -> Option<(Images, HashMap<String, String>)> {
+        let nodes = image_nodes(document, shape, d)?;
+        let root = self.root_string();
+        let cli_args = self.options.cli_args.join(" ");
+        let env = |name: &str| self.options.env.get(name).cloned();
+
+        let naming = Formatter::new(document, &root, &cli_args, &env, None);
+        let mut r = Reader { fmt: &naming, d };
+        let mut names = HashMap::new();
+        for (key, node, path) in &nodes {
+            if let Some(full) =
+                image::full_name(&mut r, key, node, path, shape == Shape::SingleImage)
+            {
+                names.insert(key.clone(), full);
+            }
+        }
+        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
+        let mut r = Reader { fmt: &fmt, d };
+        let mut images = Images::new();
+        for (key, node, path) in &nodes {
+            let check_keys = check && shape == Shape::Harpoon;
+            if let Some(image) = image::read(
+                &mut r,
+                key,
+                node,
+                path,
+                &names,
+                &self.loaded.config_root,
+                check_keys,
+            ) {
+                images.insert(key.clone(), image);
+            }
+        }
+        check_cycles(&images, d);
+        Some((images, names))
+    }
+
+    /// Tasks with their images; a task with `options` or `overrides` gets the images of the
+    /// document as the task changes it.
+    fn tasks(
+        &self,
+        defs: IndexMap<String, TaskDef>,
+        images: &Arc<Images>,
+        shape: Shape,
+        d: &mut Diagnostics,
+    ) -> IndexMap<String, Task> {
+        let mut tasks = IndexMap::new();
+        for (name, def) in defs {
+            let def_image = def.image.clone();
+            let task_images = if def.options.is_none() && def.overrides.is_none() {
+                Some(images.clone())
+            } else {
+                let mut document = self.loaded.document.clone();
+                if let Some(overrides) = def.overrides {
+                    document.merge(overrides);
+                }
+                if let Some(options) = def.options {
+                    merge_into_image(&mut document, &def.image, options, shape);
+                }
+                self.images(&document, shape, true, d)
+                    .map(|(images, _)| Arc::new(images))
+            };
+            if let Some(task_images) = task_images.filter(|images| images.contains_key(&def_image))
+            {
+                tasks.insert(
+                    name.clone(),
+                    Task {
+                        name,
+                        image: def.image,
+                        action: def.action,
+                        description: def.description,
+                        location: def.location,
+                        images: task_images,
+                    },
+                );
+            }
+        }
+        tasks
+    }
+}
+
+/// `(name, image node with root defaults beneath, key path)` for every image.
+fn image_nodes(
+    document: &Node,
+    shape: Shape,
+    d: &mut Diagnostics,
+) -> Option<Vec<(String, Node, KeyPath)>> {
+    let defaults = image::root_defaults(document);
+    if shape == Shape::SingleImage {
+        let tag = defaults
+            .get("tag")
+            .and_then(Node::as_str)
+            .unwrap_or("image");
+        let repository = tag
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(tag, |(r, _)| r);
+        let name = repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(repository)
+            .to_owned();
+        if defaults.get("tag").is_none() {
+            let problem = Problem::MissingKey {
+                key: "tag",
+                section: "a single-image config (it names the image)".into(),
+            };
+            d.error(&document.location, &KeyPath::root(), problem);
+            return None;
+        }
+        return Some(vec![(name, defaults, KeyPath::root())]);
+    }
+    let images_path = KeyPath::root().key("images");
+    let images_node = document.get("images")?;
+    let Some(entries) = images_node.as_map() else {
+        let problem = Problem::WrongType {
+            expected: "a mapping of image names to image options",
+            found: images_node.kind(),
+        };
+        d.error(&images_node.location, &images_path, problem);
+        return None;
+    };
+    if entries.is_empty() {
+        d.error(&images_node.location, &images_path, Problem::NoImages);
+        return None;
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = images_path.key(&entry.key);
+        let name_ok = !entry.key.is_empty()
+            && entry
+                .key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if !name_ok {
+            let problem = Problem::Invalid {
+                what: "image name",
+                value: entry.key.clone(),
+                reason: "image names in `images` are letters, digits, `_` and `-` (they appear in `{images.NAME}`)".into(),
+            };
+            d.error(&entry.key_location, &path, problem);
+            continue;
+        }
+        if entry.value.as_map().is_none() {
+            let problem = Problem::WrongType {
+                expected: "a mapping of image options",
+                found: entry.value.kind(),
+            };
+            d.error(&entry.value.location, &path, problem);
+            continue;
+        }
+        let mut node = defaults.clone();
+        node.merge(entry.value.clone());
+        node.location = entry.key_location.clone();
+        out.push((entry.key.clone(), node, path));
+    }
+    Some(out)
+}
+
+fn merge_into_image(document: &mut Node, image: &str, options: Node, shape: Shape) {
+    if shape == Shape::SingleImage {
+        document.merge(options);
+        return;
+    }
+    let location = options.location.clone();
+    let entry = |key: &str, value: Node| super::node::Entry {
+        key: key.to_owned(),
+        key_location: location.clone(),
+        value,
+    };
+    let wrapper = Node::new(
+        Value::Map(vec![entry(
+            "images",
+            Node::new(Value::Map(vec![entry(image, options)]), location.clone()),
+        )]),
+        location.clone(),
+    );
+    document.merge(wrapper);
+}
+
+/// Build-order cycles (FROM, COPY --from) and start-order cycles (links, share_with).
+fn check_cycles(images: &Images, d: &mut Diagnostics) {
+    let index: HashMap<&str, usize> = images
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let names: Vec<&String> = images.keys().collect();
+    let build: Vec<Vec<usize>> = images
+        .values()
+        .map(|i| {
+            i.build
+                .depends_on
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    let start: Vec<Vec<usize>> = images
+        .values()
+        .map(|i| {
+            i.run
+                .links
+                .iter()
+                .map(|l| &l.image)
+                .chain(&i.run.share_with)
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    for (edges, what) in [(&build, "builds"), (&start, "links or share_with")] {
+        for cycle in crate::plan::graph::cycles(edges) {
+            let mut members: Vec<String> = cycle.iter().map(|&i| names[i].clone()).collect();
+            members.push(members[0].clone());
+            let first = &images[cycle[0]];
+            let diagnostic = Diagnostic::error(
+                &first.location,
+                &KeyPath::root().key("images").key(&first.name),
+                Problem::DependencyCycle(members),
+            )
+            .with_help(format!(
+                "each image in the cycle {what} from the next; break one of these references"
+            ));
+            d.push(diagnostic);
+        }
+    }
+}
+
+/// The root may hold any key (harpoon lets other keys be reference targets), but a key one
+/// typo away from a known one is most likely that key, so it gets a warning. The `harpoon`
+/// section is read for `extra_files` only.
+fn check_root(document: &Node, d: &mut Diagnostics) {
+    for entry in document.as_map().unwrap_or_default() {
+        let key = entry.key.as_str();
+        if ROOT_KEYS.contains(&key) || IMAGE_KEYS.contains(&key) {
+            continue;
+        }
+        let known = ROOT_KEYS.iter().chain(IMAGE_KEYS).copied();
+        if let Some(candidate) =
+            suggest::closest(key, known).filter(|c| strsim::levenshtein(key, c) <= 2)
+        {
+            let problem = Problem::UnknownKey {
+                key: key.to_owned(),
+                section: "the root (kept as a reference target)".into(),
+            };
+            let path = KeyPath::root().key(key);
+            d.push(
+                Diagnostic::warning(&entry.key_location, &path, problem)
+                    .with_help(format!("did you mean `{candidate}`?")),
+            );
+        }
+    }
+    if let Some(harpoon) = document.get("harpoon") {
+        for entry in harpoon.as_map().unwrap_or_default() {
+            let path = KeyPath::root().key("harpoon").key(&entry.key);
+            d.push(Diagnostic::warning(
+                &entry.key_location,
+                &path,
+                Problem::IgnoredHarpoonKey(entry.key.clone()),
+            ));
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! `commands` to Dockerfile text. Each form of harpoon's command list becomes one or more
+//! instruction lines; generated ADD files and extra directories are named by a hash of what
+//! they hold, and every reference to another image of the config becomes a build edge.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::context;
+use super::diagnostic::Problem;
+use super::format::Formatted;
+use super::model::{ExtraContext, GeneratedFile};
+use super::node::{KeyPath, Node, Value};
+use super::read::Reader;
+use super::suggest;
+
+/// What a command list turns into.
+#[derive(Debug, Default)]
+pub struct Dockerfile {
+    pub lines: Vec<String>,
+    pub generated_files: Vec<GeneratedFile>,
+    pub extra_contexts: Vec<ExtraContext>,
+    pub depends_on: Vec<String>,
+    pub external_bases: Vec<String>,
+    /// Names given to build stages with `AS name`, which later FROM/COPY --from may use.
+    stages: Vec<String>,
+}
+
+impl Dockerfile {
+    pub fn text(&self) -> String {
+        let mut text = self.lines.join("\n");
+        text.push('\n');
+        text
+    }
+}
+
+/// Names of the images in the config: full name by config name.
+pub struct ImageNames<'n> {
+    pub full: &'n HashMap<String, String>,
+}
+
+impl ImageNames<'_> {
+    fn by_full_name(&self, reference: &str) -> Option<&str> {
+        let with_tag = if reference
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
+            reference.to_owned()
+        } else {
+            format!("{reference}:latest")
+        };
+        self.full
+            .iter()
+            .find(|(_, full)| **full == with_tag)
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+const ADD_KEYS: &[&str] = &[
+    "dest",
+    "content",
+    "formatted",
+    "context",
+    "prefix",
+    "get",
+    "from",
+    "path",
+    "to",
+];
+
+pub fn read(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    names: &ImageNames<'_>,
+    config_root: &Path,
+) -> Dockerfile {
+    let mut out = Dockerfile::default();
+    let errors_before = r.d.error_count();
+    let Some(items) = r.list(node, path) else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        match &item.value {
+            Value::Str(line) => out.verbatim(line, names),
+            Value::Seq(parts) => out.structured(r, item, parts, &item_path, names, config_root),
+            _ => r.wrong(
+                item,
+                &item_path,
+                "a Dockerfile line or an [INSTRUCTION, value] list",
+            ),
+        }
+    }
+    let has_from = out.lines.iter().any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+    });
+    if !has_from && errors_before == r.d.error_count() {
+        r.invalid(
+            node,
+            path,
+            "commands",
+            "(no FROM)",
+            "an image's commands start from a base: add [FROM, image]",
+        );
+    }
+    out
+}
+
+impl Dockerfile {
+    /// A plain string goes in as written. FROM and COPY --from lines that name an image of
+    /// this config still count as dependencies, so build order holds.
+    fn verbatim(&mut self, line: &str, names: &ImageNames<'_>) {
+        let line = line.trim_end_matches('\n');
+        let mut words = line.split_whitespace();
+        let instruction = words.next().unwrap_or_default().to_ascii_uppercase();
+        let args: Vec<&str> = words.collect();
+        match instruction.as_str() {
+            "FROM" => {
+                let mut args = args.iter().filter(|a| !a.starts_with("--"));
+                if let Some(image) = args.next() {
+                    self.from(image, names);
+                }
+                if let (Some(as_kw), Some(stage)) = (args.next(), args.next())
+                    && as_kw.eq_ignore_ascii_case("as")
+                {
+                    self.stages.push((*stage).to_owned());
+                }
+            }
+            "COPY" => {
+                for arg in &args {
+                    if let Some(from) = arg.strip_prefix("--from=")
+                        && let Some(name) = names.by_full_name(from)
+                    {
+                        self.depend(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.lines.push(line.to_owned());
+    }
+
+    fn from(&mut self, image: &str, names: &ImageNames<'_>) {
+        if let Some(name) = names.by_full_name(image) {
+            self.depend(name);
+        } else if !self.stages.iter().any(|s| s == image)
+            && image != "scratch"
+            && !self.external_bases.iter().any(|b| b == image)
+        {
+            self.external_bases.push(image.to_owned());
+        }
+    }
+
+    fn depend(&mut self, name: &str) {
+        if !self.depends_on.iter().any(|d| d == name) {
+            self.depends_on.push(name.to_owned());
+        }
+    }
+
+    fn structured(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        item: &Node,
+        parts: &[Node],
+        path: &KeyPath,
+        names: &ImageNames<'_>,
+        config_root: &Path,
+    ) {
+        let (instruction_node, value) = match parts {
+            [i, v] | [i, v, _] => (i, v),
+            _ => {
+                r.invalid(
+                    item,
+                    path,
+                    "command",
+                    &format!("a list of {} items", parts.len()),
+                    "write [INSTRUCTION, value] or [FROM, image, \"as stage\"]",
+                );
+                return;
+            }
+        };
+        let Some(instruction) = instruction_node.as_str().map(str::to_ascii_uppercase) else {
+            r.wrong(
+                instruction_node,
+                &path.index(0),
+                "an instruction name such as RUN",
+            );
+            return;
+        };
+        if instruction.is_empty() || !instruction.chars().all(|c| c.is_ascii_alphabetic()) {
+            r.invalid(
+                instruction_node,
+                &path.index(0),
+                "instruction",
+                &instruction,
+                "instruction names are letters only",
+            );
+            return;
+        }
+        let value_path = path.index(1);
+        let stage = match parts.get(2) {
+            Some(third) if instruction == "FROM" => match r.text(third, &path.index(2)) {
+                Some(t) => Some(t),
+                None => return,
+            },
+            Some(third) => {
+                r.invalid(
+                    third,
+                    &path.index(2),
+                    "command",
+                    &instruction,
+                    "only FROM takes a third item (\"as stage\")",
+                );
+                return;
+            }
+            None => None,
+        };
+        let Some(resolved) = r.resolve(value, &value_path) else {
+            return;
+        };
+        match &resolved.value {
+            Value::Map(_) if matches!(instruction.as_str(), "ADD" | "COPY") => {
+                self.add_spec(r, &instruction, &resolved, &value_path, names, config_root);
+            }
+            Value::Map(_) => r.wrong(
+                &resolved,
+                &value_path,
+                "text (only ADD and COPY take a mapping)",
+            ),
+            Value::Seq(values) => {
+                for (i, v) in values.iter().enumerate() {
+                    if let Some(text) = r.text(v, &value_path.index(i)) {
+                        self.lines.push(format!("{instruction} {text}"));
+                    }
+                }
+            }
+            Value::Null => r.wrong(&resolved, &value_path, "a value for the instruction"),
+            _ => match r.format(&resolved, &value_path) {
+                Some(Formatted::Image(name)) if instruction == "FROM" => {
+                    let full = names.full.get(&name).cloned().unwrap_or_default();
+                    self.depend(&name);
+                    self.push_from(&full, stage);
+                }
+                Some(Formatted::Image(name)) => {
+                    let full = names.full.get(&name).cloned().unwrap_or_default();
+                    self.lines.push(format!("{instruction} {full}"));
+                }
+                Some(Formatted::Text(text)) if instruction == "FROM" => {
+                    let image = text
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    self.from(&image, names);
+                    self.push_from(&text, stage);
+                }
+                Some(Formatted::Text(text)) => self.lines.push(format!("{instruction} {text}")),
+                Some(Formatted::Node(n)) => r.wrong(&n, &value_path, "text"),
+                None => {}
+            },
+        }
+    }
+
+    fn push_from(&mut self, image: &str, stage: Option<String>) {
+        match stage {
+            Some(stage) => {
+                let name = stage.split_whitespace().last().unwrap_or_default();
+                self.stages.push(name.to_owned());
+                self.lines.push(format!("FROM {image} {stage}"));
+            }
+            None => self.lines.push(format!("FROM {image}")),
+        }
+    }
+
+    /// The mapping forms of ADD and COPY.
+    fn add_spec(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        instruction: &str,
+        spec: &Node,
+        path: &KeyPath,
+        names: &ImageNames<'_>,
+        config_root: &Path,
+    ) {
+        suggest::check_keys(
+            spec,
+            path,
+            &format!("an {instruction} mapping"),
+            ADD_KEYS,
+            &[],
+            r.d,
+        );
+        if spec.get("get").is_some() {
+            self.prefix_get(r, instruction, spec, path);
+        } else if spec.get("from").is_some() || spec.get("to").is_some() {
+            self.copy_from(r, instruction, spec, path, names);
+        } else if let Some(dest_node) = spec.get("dest") {
+            let Some(dest) = r.text(dest_node, &path.key("dest")) else {
+                return;
+            };
+            self.add_to_dest(r, instruction, spec, path, &dest, names, config_root);
+        } else {
+            let problem = Problem::MissingKey {
+                key: "dest",
+                section: format!(
+                    "an {instruction} mapping (or use `get` with `prefix`, or COPY's `from`/`path`/`to`)"
+                ),
+            };
+            r.d.error(&spec.location, path, problem);
+        }
+    }
+
+    fn prefix_get(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        instruction: &str,
+        spec: &Node,
+        path: &KeyPath,
+    ) {
+        let prefix = r
+            .field(spec, path, "prefix", Reader::text)
+            .unwrap_or_default();
+        let Some(items) = r.field(spec, path, "get", Reader::texts) else {
+            return;
+        };
+        for item in items {
+            let dest = if prefix.is_empty() {
+                item.clone()
+            } else {
+                format!(
+                    "{}/{}",
+                    prefix.trim_end_matches('/'),
+                    item.trim_start_matches('/')
+                )
+            };
+            self.lines
+                .push(instruction_line(instruction, None, &[&item, &dest]));
+        }
+    }
+
+    fn copy_from(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        instruction: &str,
+        spec: &Node,
+        path: &KeyPath,
+        names: &ImageNames<'_>,
+    ) {
+        if instruction != "COPY" {
+            r.invalid(
+                spec,
+                path,
+                "ADD mapping",
+                "from",
+                "`from`/`path`/`to` is a COPY form",
+            );
+            return;
+        }
+        let mut ok = true;
+        let mut missing = |r: &mut Reader<'_, '_>, key: &'static str| {
+            if spec.get(key).is_none() {
+                let problem = Problem::MissingKey {
+                    key,
+                    section: "a COPY from mapping".into(),
+                };
+                r.d.error(&spec.location, path, problem);
+                ok = false;
+            }
+        };
+        missing(r, "from");
+        missing(r, "path");
+        missing(r, "to");
+        if !ok {
+            return;
+        }
+        let from = match spec
+            .get("from")
+            .map(|n| (n, r.format(n, &path.key("from"))))
+        {
+            Some((_, Some(Formatted::Image(name)))) => {
+                self.depend(&name);
+                names.full.get(&name).cloned().unwrap_or_default()
+            }
+            Some((_, Some(Formatted::Text(text)))) => {
+                if let Some(name) = names.by_full_name(&text) {
+                    self.depend(name);
+                }
+                text
+            }
+            Some((n, Some(Formatted::Node(other)))) => {
+                r.wrong(&other, &path.key("from"), "an image or a stage name");
+                let _ = n;
+                return;
+            }
+            _ => return,
+        };
+        let sources = match spec.get("path") {
+            Some(n) if matches!(n.value, Value::Seq(_)) => r.texts(n, &path.key("path")),
+            Some(n) => r.text(n, &path.key("path")).map(|t| vec![t]),
+            None => None,
+        };
+        let to = r.field(spec, path, "to", Reader::text);
+        let (Some(sources), Some(to)) = (sources, to) else {
+            return;
+        };
+        let mut args: Vec<&str> = sources.iter().map(String::as_str).collect();
+        args.push(&to);
+        self.lines.push(instruction_line(
+            "COPY",
+            Some(&format!("--from={from}")),
+            &args,
+        ));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_to_dest(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        instruction: &str,
+        spec: &Node,
+        path: &KeyPath,
+        dest: &str,
+        names: &ImageNames<'_>,
+        config_root: &Path,
+    ) {
+        let sources: Vec<&str> = ["content", "formatted", "context"]
+            .into_iter()
+            .filter(|k| spec.get(k).is_some())
+            .collect();
+        if sources.len() != 1 {
+            r.invalid(
+                spec,
+                path,
+                "ADD mapping",
+                &sources.join(", "),
+                "give exactly one of `content`, `formatted` or `context` with `dest`",
+            );
+            return;
+        }
+        let key = sources[0];
+        let node = spec.get(key).unwrap_or(spec);
+        let key_path = path.key(key);
+        match key {
+            "content" => match &node.value {
+                Value::Str(contents) => self.generated(instruction, contents.clone(), dest),
+                Value::Map(_) => self.content_from_image(r, node, &key_path, dest, names),
+                _ => r.wrong(node, &key_path, "file contents (text) or {image, path}"),
+            },
+            "formatted" => {
+                if let Some(contents) = r.text(node, &key_path) {
+                    self.generated(instruction, contents, dest);
+                }
+            }
+            _ => {
+                if let Some(Some(context)) =
+                    context::read(r, Some(node), &key_path, config_root, false)
+                {
+                    let name = format!(
+                        "__dockhand_ctx_{}",
+                        short_hash(format!("{context:?}").as_bytes())
+                    );
+                    if !self.extra_contexts.iter().any(|c| c.name == name) {
+                        self.extra_contexts.push(ExtraContext {
+                            name: name.clone(),
+                            context,
+                        });
+                    }
+                    self.lines
+                        .push(instruction_line(instruction, None, &[&name, dest]));
+                }
+            }
+        }
+    }
+
+    fn generated(&mut self, instruction: &str, contents: String, dest: &str) {
+        let name = format!("__dockhand_file_{}", short_hash(contents.as_bytes()));
+        if !self.generated_files.iter().any(|f| f.name == name) {
+            self.generated_files.push(GeneratedFile {
+                name: name.clone(),
+                contents,
+                mode: 0o644,
+            });
+        }
+        self.lines
+            .push(instruction_line(instruction, None, &[&name, dest]));
+    }
+
+    /// `content: {image, path}` copies a file out of another image of the config; a
+    /// multi-stage `COPY --from` does that inside the build, no container needed.
+    fn content_from_image(
+        &mut self,
+        r: &mut Reader<'_, '_>,
+        node: &Node,
+        path: &KeyPath,
+        dest: &str,
+        names: &ImageNames<'_>,
+    ) {
+        suggest::check_keys(
+            node,
+            path,
+            "`content` from an image",
+            &["image", "path"],
+            &[],
+            r.d,
+        );
+        let image = match node.get("image") {
+            Some(image_node) => match r.format(image_node, &path.key("image")) {
+                Some(Formatted::Image(name)) => Some(name),
+                Some(Formatted::Text(text)) if names.full.contains_key(&text) => Some(text),
+                Some(Formatted::Text(text)) => {
+                    let mut diagnostic = super::diagnostic::Diagnostic::error(
+                        &image_node.location,
+                        &path.key("image"),
+                        Problem::UnknownImage(text.clone()),
+                    );
+                    if let Some(c) = suggest::closest(&text, names.full.keys().map(String::as_str))
+                    {
+                        diagnostic = diagnostic.with_help(format!("did you mean `{c}`?"));
+                    }
+                    r.d.push(diagnostic);
+                    None
+                }
+                Some(Formatted::Node(n)) => {
+                    r.wrong(&n, &path.key("image"), "an image (`{images.NAME}`)");
+                    None
+                }
+                None => None,
+            },
+            None => {
+                r.d.error(
+                    &node.location,
+                    path,
+                    Problem::MissingKey {
+                        key: "image",
+                        section: "`content` from an image".into(),
+                    },
+                );
+                None
+            }
+        };
+        let file = r.field(node, path, "path", Reader::text);
+        if node.get("path").is_none() {
+            r.d.error(
+                &node.location,
+                path,
+                Problem::MissingKey {
+                    key: "path",
+                    section: "`content` from an image".into(),
+                },
+            );
+        }
+        let (Some(image), Some(file)) = (image, file) else {
+            return;
+        };
+        self.depend(&image);
+        let full = names.full.get(&image).cloned().unwrap_or_default();
+        self.lines.push(instruction_line(
+            "COPY",
+            Some(&format!("--from={full}")),
+            &[&file, dest],
+        ));
+    }
+}
+
+/// `INSTR [flag] a b`, or the JSON form when an argument has whitespace.
+fn instruction_line(instruction: &str, flag: Option<&str>, args: &[&str]) -> String {
+    let flag = flag.map(|f| format!("{f} ")).unwrap_or_default();
+    if args.iter().any(|a| a.chars().any(char::is_whitespace)) {
+        let json = serde_json::to_string(args).unwrap_or_default();
+        format!("{instruction} {flag}{json}")
+    } else {
+        format!("{instruction} {flag}{}", args.join(" "))
+    }
+}
+
+/// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,296 @@
+//! Reading every file that makes up one configuration and merging them into one document:
+//! `~/.harpoonrc.yml` beneath all, then the main file, then for each file the image files of
+//! its `images.__images_from__` directories and the files its `harpoon.extra_files` names,
+//! each loaded after the file that named it. Mappings deep-merge; anything else from a later
+//! file replaces what was there.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::diagnostic::{Diagnostics, Problem};
+use super::node::{Entry, KeyPath, Location, Node, Value};
+use super::yaml;
+
+/// Larger config files are refused before they are read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// A chain of `extra_files` longer than this is almost certainly a mistake.
+const MAX_FILES: usize = 1000;
+
+/// The merged document and the files it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub document: Node,
+    pub files: Vec<PathBuf>,
+    pub config_root: PathBuf,
+}
+
+/// Loads `main` and everything it pulls in. Returns `None` only when the main file itself
+/// cannot be read or parsed; problems in other files are recorded and loading goes on.
+pub fn load(
+    main: &Path,
+    home_config: Option<&Path>,
+    diagnostics: &mut Diagnostics,
+) -> Option<Loaded> {
+    let main = absolute(main);
+    let config_root = main.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut loader = Loader {
+        config_root: config_root.clone(),
+        seen: HashSet::new(),
+        files: Vec::new(),
+        document: None,
+        diagnostics,
+    };
+    if let Some(home) = home_config.filter(|p| p.is_file()) {
+        let home = absolute(home);
+        if home != main {
+            loader.load_file(&home, None);
+        }
+    }
+    let main_ok = loader.load_file(&main, None);
+    if !main_ok {
+        return None;
+    }
+    let document = loader.document.take()?;
+    Some(Loaded {
+        document,
+        files: loader.files,
+        config_root,
+    })
+}
+
+struct Loader<'d> {
+    config_root: PathBuf,
+    seen: HashSet<PathBuf>,
+    files: Vec<PathBuf>,
+    document: Option<Node>,
+    diagnostics: &'d mut Diagnostics,
+}
+
+impl Loader<'_> {
+    /// Reads, parses and merges one file, then what it names. `named_at` is the reference
+    /// that asked for it, for "file not found" errors.
+    fn load_file(&mut self, path: &Path, named_at: Option<(&Location, &KeyPath)>) -> bool {
+        let Some(mut tree) = self.read(path, named_at) else {
+            return false;
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let extra_files = self.take_paths(&mut tree, &["harpoon", "extra_files"], &dir);
+        let images_from = self.take_paths(&mut tree, &["images", "__images_from__"], &dir);
+        if tree.as_map().is_none() {
+            let path = KeyPath::root();
+            self.diagnostics.error(
+                &tree.location,
+                &path,
+                Problem::WrongType {
+                    expected: "a mapping at the top of a config file",
+                    found: tree.kind(),
+                },
+            );
+            return false;
+        }
+        match &mut self.document {
+            Some(document) => document.merge(tree),
+            None => self.document = Some(tree),
+        }
+        for (directory, location, key_path) in images_from {
+            self.load_images_from(&directory, &location, &key_path);
+        }
+        for (file, location, key_path) in extra_files {
+            self.load_file(&file, Some((&location, &key_path)));
+        }
+        true
+    }
+
+    fn read(&mut self, path: &Path, named_at: Option<(&Location, &KeyPath)>) -> Option<Node> {
+        let file: Arc<Path> = Arc::from(path);
+        let here = Location {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+        };
+        let (at, key_path) = match named_at {
+            Some((location, key_path)) => (location.clone(), key_path.clone()),
+            None => (here, KeyPath::root()),
+        };
+        if !self.seen.insert(path.to_path_buf()) {
+            let problem = Problem::FileLoadedTwice(path.display().to_string());
+            self.diagnostics.error(&at, &key_path, problem);
+            return None;
+        }
+        if self.files.len() >= MAX_FILES {
+            let problem = Problem::Invalid {
+                what: "file list",
+                value: path.display().to_string(),
+                reason: format!("more than {MAX_FILES} config files"),
+            };
+            self.diagnostics.error(&at, &key_path, problem);
+            return None;
+        }
+        let text = match read_limited(path) {
+            Ok(text) => text,
+            Err(problem) => {
+                let problem = match problem {
+                    Problem::Read(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Problem::MissingPath {
+                            what: "config file",
+                            path: path.display().to_string(),
+                        }
+                    }
+                    other => other,
+                };
+                self.diagnostics.error(&at, &key_path, problem);
+                return None;
+            }
+        };
+        let text: Arc<str> = Arc::from(text);
+        self.diagnostics.add_source(file.clone(), text.clone());
+        self.files.push(path.to_path_buf());
+        yaml::parse(&file, &text, self.diagnostics)
+    }
+
+    /// Removes a list-of-paths key (one path or a list) from `tree` and resolves each entry
+    /// against `dir`. `{config_root}` may be used in them.
+    fn take_paths(
+        &mut self,
+        tree: &mut Node,
+        keys: &[&str; 2],
+        dir: &Path,
+    ) -> Vec<(PathBuf, Location, KeyPath)> {
+        let section_path = KeyPath::root().key(keys[0]);
+        let Value::Map(root) = &mut tree.value else {
+            return Vec::new();
+        };
+        let Some(Value::Map(section)) = root
+            .iter_mut()
+            .find(|e| e.key == keys[0])
+            .map(|e| &mut e.value.value)
+        else {
+            return Vec::new();
+        };
+        let Some(index) = section.iter().position(|e| e.key == keys[1]) else {
+            return Vec::new();
+        };
+        let Entry { value, .. } = section.remove(index);
+        let key_path = section_path.key(keys[1]);
+        let items: Vec<(Node, KeyPath)> = match value.value {
+            Value::Seq(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (n, key_path.index(i)))
+                .collect(),
+            _ => vec![(value, key_path)],
+        };
+        let root = self.config_root.to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for (node, path) in items {
+            match node.as_str() {
+                Some(text) => {
+                    let resolved = text.replace("{config_root}", &root);
+                    out.push((absolute_in(dir, Path::new(&resolved)), node.location, path));
+                }
+                None => self.diagnostics.error(
+                    &node.location,
+                    &path,
+                    Problem::WrongType {
+                        expected: "a path",
+                        found: node.kind(),
+                    },
+                ),
+            }
+        }
+        out
+    }
+
+    /// Every `*.yml`/`*.yaml` in `directory` is one image, named by the file's stem.
+    fn load_images_from(&mut self, directory: &Path, location: &Location, key_path: &KeyPath) {
+        let entries = match fs::read_dir(directory) {
+            Ok(entries) => entries,
+            Err(_) => {
+                let problem = Problem::MissingPath {
+                    what: "directory",
+                    path: directory.display().to_string(),
+                };
+                self.diagnostics.error(location, key_path, problem);
+                return;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let Some(stem) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let Some(tree) = self.read(&file, Some((location, key_path))) else {
+                continue;
+            };
+            let image = Entry {
+                key: stem,
+                key_location: tree.location.clone(),
+                value: tree,
+            };
+            let images = Node::new(Value::Map(vec![image]), location.clone());
+            let wrapper = Node::new(
+                Value::Map(vec![Entry {
+                    key: "images".into(),
+                    key_location: location.clone(),
+                    value: images,
+                }]),
+                location.clone(),
+            );
+            match &mut self.document {
+                Some(document) => document.merge(wrapper),
+                None => self.document = Some(wrapper),
+            }
+        }
+    }
+}
+
+fn read_limited(path: &Path) -> Result<String, Problem> {
+    let meta = fs::metadata(path).map_err(Problem::Read)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Problem::FileTooLarge {
+            bytes: meta.len(),
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    let bytes = fs::read(path).map_err(Problem::Read)?;
+    String::from_utf8(bytes).map_err(|e| {
+        Problem::Read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `path` against `dir` when relative, normalised without touching the filesystem.
+pub fn absolute_in(dir: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

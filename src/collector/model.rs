@@ -1,0 +1,257 @@
+//! What the collector produces: a fully resolved configuration. Every reference is
+//! formatted, every image has its Dockerfile text and full name, every task knows the images
+//! in effect for it. Nothing here needs the YAML any more.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Serialize, Serializer};
+
+use super::node::Location;
+
+/// Images by their name in the config, in the order they were written.
+pub type Images = IndexMap<String, Image>;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// The main file's directory: `{config_root}` and relative paths start here.
+    pub config_root: PathBuf,
+    /// Every file that went into this configuration, in load order.
+    pub files: Vec<PathBuf>,
+    pub shape: Shape,
+    pub images: Arc<Images>,
+    pub tasks: IndexMap<String, Task>,
+    pub pipeline: Vec<PipelineStep>,
+    pub secrets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// Top-level `tag` and `commands`: one image, built and run.
+    SingleImage,
+    /// `images:` and tasks.
+    Harpoon,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Image {
+    pub name: String,
+    /// `image_index` + `image_name_prefix-` + name + `:tag`: what the engine will call it.
+    pub full_name: String,
+    #[serde(serialize_with = "display")]
+    pub location: Location,
+    pub build: Build,
+    pub run: RunOptions,
+}
+
+/// Everything needed to build an image, except reading the context's files.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Build {
+    /// The Dockerfile exactly as it will be sent.
+    pub dockerfile: String,
+    /// Files the Dockerfile ADDs that the config wrote inline, named by content hash.
+    pub generated_files: Vec<GeneratedFile>,
+    /// Other directories the Dockerfile ADDs, placed in the context under `name`.
+    pub extra_contexts: Vec<ExtraContext>,
+    /// `None` when `context: false`: only generated files are sent.
+    pub context: Option<Context>,
+    /// Images of this config that must be built first (FROM, COPY --from, content from an
+    /// image), in first-use order.
+    pub depends_on: Vec<String>,
+    /// Base images not built by this config; they must already exist in the engine.
+    pub external_bases: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GeneratedFile {
+    pub name: String,
+    pub contents: String,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExtraContext {
+    pub name: String,
+    pub context: Context,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Context {
+    pub parent_dir: PathBuf,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub use_gitignore: bool,
+}
+
+/// How a task's container runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunOptions {
+    pub command: Option<RunCommand>,
+    pub env: Vec<EnvVar>,
+    pub ports: Vec<PortMapping>,
+    pub mounts: Vec<Mount>,
+    /// Images whose dependency containers share their volumes with this one.
+    pub share_with: Vec<String>,
+    pub links: Vec<Link>,
+    pub wait_condition: Option<WaitCondition>,
+    /// Options for this image's dependency containers, by image name.
+    pub dependency_options: IndexMap<String, DependencyOptions>,
+    pub user: Option<String>,
+    pub cpu: Cpu,
+    pub network: Network,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunCommand {
+    /// An argv, run without a shell.
+    Exec(Vec<String>),
+    /// A script run as `shell -c script`.
+    Shell { shell: String, script: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: EnvValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvValue {
+    /// `NAME=VALUE`
+    Literal(String),
+    /// `NAME`: the host's value, which must be set when the task starts.
+    FromHost,
+    /// `NAME:DEFAULT`: the host's value, or the default.
+    FromHostOr(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub container: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Link {
+    pub image: String,
+    pub alias: String,
+}
+
+/// When a dependency container counts as ready. Every check runs without a shell: ports
+/// are tried from the agent, commands are `docker exec` of a plain argv.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WaitCondition {
+    pub port_open: Vec<u16>,
+    pub command: Vec<Vec<String>>,
+    pub file_exists: Vec<String>,
+    pub greps: IndexMap<String, String>,
+    pub file_value: IndexMap<String, String>,
+    #[serde(serialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(serialize_with = "duration")]
+    pub wait_between_attempts: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DependencyOptions {
+    pub env: Vec<EnvVar>,
+    pub ports: Vec<PortMapping>,
+    pub wait_condition: Option<WaitCondition>,
+    /// Stream the dependency's output with the task's (default: only on failure).
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Cpu {
+    pub cpu_shares: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub cpu_period: Option<u64>,
+    pub cpu_quota: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Network {
+    pub mode: Option<String>,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub extra_hosts: Vec<String>,
+    pub disabled: bool,
+    pub publish_all_ports: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Task {
+    pub name: String,
+    pub image: String,
+    pub action: TaskAction,
+    pub description: Option<String>,
+    #[serde(serialize_with = "display")]
+    pub location: Location,
+    /// The images in effect for this task: the config's own, or a copy resolved with the
+    /// task's `options` and `overrides`.
+    #[serde(skip)]
+    pub images: Arc<Images>,
+}
+
+impl Task {
+    /// The task's image as the task sees it.
+    pub fn image(&self) -> &Image {
+        &self.images[&self.image]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskAction {
+    /// Build the image (and its dependencies), then run a container from it.
+    Run,
+    /// Build the image only.
+    Make,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineStep {
+    pub task: String,
+    pub needs: Vec<String>,
+    #[serde(serialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    pub allow_failure: bool,
+    pub env: Vec<EnvVar>,
+    #[serde(serialize_with = "display")]
+    pub location: Location,
+}
+
+fn display<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn duration<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*value))
+}
+
+pub(crate) fn optional_duration<S: Serializer>(
+    value: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,600 @@
+//! The options that shape a task's container: command, env, ports, volumes, links, wait
+//! conditions, user, cpu and network. Forms are checked here so a typo fails `check`, not
+//! a job halfway through.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use indexmap::IndexMap;
+
+use super::diagnostic::{Diagnostic, Problem};
+use super::format::Formatted;
+use super::load::absolute_in;
+use super::model::{
+    Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, RunCommand,
+    RunOptions, WaitCondition,
+};
+use super::node::{KeyPath, Node, Value};
+use super::read::Reader;
+use super::suggest;
+
+const WAIT_KEYS: &[&str] = &[
+    "port_open",
+    "command",
+    "file_exists",
+    "greps",
+    "file_value",
+    "timeout",
+    "wait_between_attempts",
+];
+const WAIT_UNSUPPORTED: &[(&str, &str)] = &[(
+    "curl_result",
+    "it needs curl in the image; use `port_open` or `command`",
+)];
+const DEPENDENCY_KEYS: &[&str] = &["env", "ports", "wait_condition", "attached"];
+const CPU_KEYS: &[&str] = &[
+    "cpu_shares",
+    "cpuset_cpus",
+    "cpuset_mems",
+    "cpu_period",
+    "cpu_quota",
+];
+const NETWORK_KEYS: &[&str] = &[
+    "mode",
+    "hostname",
+    "domainname",
+    "dns",
+    "dns_search",
+    "extra_hosts",
+    "disabled",
+    "publish_all_ports",
+];
+const VOLUME_KEYS: &[&str] = &["mount", "share_with"];
+
+/// Reads the run options of one merged image node.
+pub fn read(
+    r: &mut Reader<'_, '_>,
+    image: &Node,
+    path: &KeyPath,
+    images: &HashMap<String, String>,
+    config_root: &Path,
+) -> RunOptions {
+    let mut run = RunOptions {
+        command: command(r, image, path),
+        env: r.field(image, path, "env", env).unwrap_or_default(),
+        ports: r.field(image, path, "ports", ports).unwrap_or_default(),
+        user: r.field(image, path, "user", Reader::text),
+        links: r
+            .field(image, path, "links", |r, n, p| links(r, n, p, images))
+            .unwrap_or_default(),
+        wait_condition: r.field(image, path, "wait_condition", wait_condition),
+        cpu: r.field(image, path, "cpu", cpu).unwrap_or_default(),
+        network: r.field(image, path, "network", network).unwrap_or_default(),
+        ..RunOptions::default()
+    };
+    if let Some(volumes) = r.field(image, path, "volumes", Reader::map) {
+        let volumes_path = path.key("volumes");
+        suggest::check_keys(&volumes, &volumes_path, "volumes", VOLUME_KEYS, &[], r.d);
+        run.mounts = r
+            .field(&volumes, &volumes_path, "mount", |r, n, p| {
+                mounts(r, n, p, config_root)
+            })
+            .unwrap_or_default();
+        run.share_with = r
+            .field(&volumes, &volumes_path, "share_with", |r, n, p| {
+                image_list(r, n, p, images)
+            })
+            .unwrap_or_default();
+    }
+    if let Some(options) = r.field(image, path, "dependency_options", Reader::map) {
+        run.dependency_options =
+            dependency_options(r, &options, &path.key("dependency_options"), images);
+    }
+    run
+}
+
+fn command(r: &mut Reader<'_, '_>, image: &Node, path: &KeyPath) -> Option<RunCommand> {
+    let command = image.get("command").filter(|n| n.value != Value::Null);
+    let bash = image.get("bash").filter(|n| n.value != Value::Null);
+    let shell = r.field(image, path, "shell", Reader::text);
+    match (command, bash) {
+        (Some(c), Some(_)) => {
+            r.invalid(
+                c,
+                &path.key("command"),
+                "command",
+                "command + bash",
+                "set `command` or `bash`, not both",
+            );
+            None
+        }
+        (Some(c), None) => {
+            if shell.is_some() {
+                let shell_node = image.get("shell").unwrap_or(c);
+                r.invalid(
+                    shell_node,
+                    &path.key("shell"),
+                    "option",
+                    "shell",
+                    "`shell` runs the `bash` script; it has no effect on `command`",
+                );
+            }
+            argv(r, c, &path.key("command")).map(RunCommand::Exec)
+        }
+        (None, Some(b)) => r
+            .text(b, &path.key("bash"))
+            .map(|script| RunCommand::Shell {
+                shell: shell.unwrap_or_else(|| "/bin/sh".into()),
+                script,
+            }),
+        (None, None) => None,
+    }
+}
+
+/// A command as an argv: a list as it is, or a string split like a POSIX shell would.
+fn argv(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
+    let resolved = r.resolve(node, path)?;
+    if matches!(resolved.value, Value::Seq(_)) {
+        return r.texts(&resolved, path);
+    }
+    let text = r.text(&resolved, path)?;
+    match shlex::split(&text) {
+        Some(words) if !words.is_empty() => Some(words),
+        Some(_) => {
+            r.invalid(&resolved, path, "command", &text, "empty command");
+            None
+        }
+        None => {
+            r.invalid(&resolved, path, "command", &text, "unbalanced quotes");
+            None
+        }
+    }
+}
+
+pub fn env(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<EnvVar>> {
+    let node = r.resolve(node, path)?;
+    let mut out = Vec::new();
+    match &node.value {
+        Value::Map(entries) => {
+            for entry in entries {
+                let entry_path = path.key(&entry.key);
+                if !valid_env_name(&entry.key) {
+                    r.invalid(
+                        &entry.value,
+                        &entry_path,
+                        "environment variable name",
+                        &entry.key,
+                        "use letters, digits and _, not starting with a digit",
+                    );
+                    continue;
+                }
+                if let Some(value) = r.text(&entry.value, &entry_path) {
+                    out.push(EnvVar {
+                        name: entry.key.clone(),
+                        value: EnvValue::Literal(value),
+                    });
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let item_path = path.index(i);
+                let Some(text) = r.text(item, &item_path) else {
+                    continue;
+                };
+                let (name, value) = if let Some((name, value)) = text.split_once('=') {
+                    (name, EnvValue::Literal(value.to_owned()))
+                } else if let Some((name, default)) = text.split_once(':') {
+                    (name, EnvValue::FromHostOr(default.to_owned()))
+                } else {
+                    (text.as_str(), EnvValue::FromHost)
+                };
+                if valid_env_name(name) {
+                    out.push(EnvVar {
+                        name: name.to_owned(),
+                        value,
+                    });
+                } else {
+                    r.invalid(item, &item_path, "environment entry", &text, "write NAME, NAME=VALUE or NAME:DEFAULT, with NAME of letters, digits and _");
+                }
+            }
+        }
+        _ => {
+            r.wrong(
+                &node,
+                path,
+                "a list of NAME, NAME=VALUE or NAME:DEFAULT entries",
+            );
+            return None;
+        }
+    }
+    Some(out)
+}
+
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn ports(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<PortMapping>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(text) = r.text(item, &item_path) else {
+            continue;
+        };
+        match parse_port(&text) {
+            Ok(port) => out.push(port),
+            Err(reason) => r.invalid(item, &item_path, "port", &text, reason),
+        }
+    }
+    Some(out)
+}
+
+/// `CONTAINER`, `HOST:CONTAINER` or `IP:HOST:CONTAINER` (HOST may be empty), each with an
+/// optional `/tcp`, `/udp` or `/sctp`.
+pub fn parse_port(text: &str) -> Result<PortMapping, String> {
+    let (spec, protocol) = match text.rsplit_once('/') {
+        Some((spec, proto @ ("tcp" | "udp" | "sctp"))) => (spec, proto),
+        Some((_, other)) => return Err(format!("unknown protocol `{other}` (tcp, udp or sctp)")),
+        None => (text, "tcp"),
+    };
+    let number = |s: &str| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("`{s}` is not a port number (1-65535)")),
+            Ok(n) => Ok(n),
+        }
+    };
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let (host_ip, host_port, container) = match parts.as_slice() {
+        [c] => (None, None, *c),
+        [c, h] => (None, Some(*h), *c),
+        [c, h, ip] => (Some((*ip).to_owned()), Some(*h), *c),
+        _ => return Err("write PORT, HOST:PORT or IP:HOST:PORT".into()),
+    };
+    Ok(PortMapping {
+        host_ip,
+        host_port: match host_port {
+            Some("") | None => None,
+            Some(h) => Some(number(h)?),
+        },
+        container_port: number(container)?,
+        protocol: protocol.to_owned(),
+    })
+}
+
+fn mounts(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    config_root: &Path,
+) -> Option<Vec<Mount>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(text) = r.text(item, &item_path) else {
+            continue;
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let (host, container, mode) = match parts.as_slice() {
+            [h, c] => (*h, *c, None),
+            [h, c, m] => (*h, *c, Some(*m)),
+            _ => {
+                r.invalid(
+                    item,
+                    &item_path,
+                    "volume mount",
+                    &text,
+                    "write HOST_PATH:CONTAINER_PATH or HOST_PATH:CONTAINER_PATH:ro",
+                );
+                continue;
+            }
+        };
+        let read_only = match mode {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => {
+                r.invalid(
+                    item,
+                    &item_path,
+                    "volume mount",
+                    &text,
+                    format!("unknown mode `{other}` (ro or rw)"),
+                );
+                continue;
+            }
+        };
+        if host.is_empty() || !container.starts_with('/') {
+            r.invalid(
+                item,
+                &item_path,
+                "volume mount",
+                &text,
+                "the host path must be set and the container path absolute",
+            );
+            continue;
+        }
+        out.push(Mount {
+            host: absolute_in(config_root, Path::new(host)),
+            container: container.to_owned(),
+            read_only,
+        });
+    }
+    Some(out)
+}
+
+/// An image named by `{images.x}` or by its config name.
+fn image_ref(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    images: &HashMap<String, String>,
+) -> Option<String> {
+    let name = match r.format(node, path)? {
+        Formatted::Image(name) => return Some(name),
+        Formatted::Text(text) => text,
+        Formatted::Node(n) => {
+            r.wrong(&n, path, "an image (`{images.NAME}` or its name)");
+            return None;
+        }
+    };
+    if images.contains_key(&name) {
+        return Some(name);
+    }
+    let mut diagnostic =
+        Diagnostic::error(&node.location, path, Problem::UnknownImage(name.clone()));
+    if let Some(c) = suggest::closest(&name, images.keys().map(String::as_str)) {
+        diagnostic = diagnostic.with_help(format!("did you mean `{c}`?"));
+    }
+    r.d.push(diagnostic);
+    None
+}
+
+fn image_list(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    images: &HashMap<String, String>,
+) -> Option<Vec<String>> {
+    let items = r.list(node, path)?;
+    Some(
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| image_ref(r, item, &path.index(i), images))
+            .collect(),
+    )
+}
+
+/// `{images.x}`, `{images.x}:alias`, `x`, `x:alias`, or `[image, alias]`.
+fn links(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    images: &HashMap<String, String>,
+) -> Option<Vec<Link>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let (image, alias) = match &item.value {
+            Value::Seq(pair) if pair.len() == 2 => {
+                let image = image_ref(r, &pair[0], &item_path.index(0), images);
+                let alias = r.text(&pair[1], &item_path.index(1));
+                (image, alias)
+            }
+            Value::Str(text) => {
+                let (target, alias) = match text.rfind(':').filter(|&i| !text[i..].contains('}')) {
+                    Some(i) => (&text[..i], Some(text[i + 1..].to_owned())),
+                    None => (text.as_str(), None),
+                };
+                let target_node = Node::new(Value::Str(target.to_owned()), item.location.clone());
+                let image = image_ref(r, &target_node, &item_path, images);
+                let alias = alias.or_else(|| image.clone());
+                (image, alias)
+            }
+            _ => {
+                r.wrong(
+                    item,
+                    &item_path,
+                    "an image, `image:alias`, or [image, alias]",
+                );
+                continue;
+            }
+        };
+        let (Some(image), Some(alias)) = (image, alias) else {
+            continue;
+        };
+        if alias.is_empty()
+            || !alias
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            r.invalid(
+                item,
+                &item_path,
+                "link alias",
+                &alias,
+                "an alias is a host name: letters, digits, `-`, `_`, `.`",
+            );
+            continue;
+        }
+        out.push(Link { image, alias });
+    }
+    Some(out)
+}
+
+fn wait_condition(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<WaitCondition> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(
+        &node,
+        path,
+        "wait_condition",
+        WAIT_KEYS,
+        WAIT_UNSUPPORTED,
+        r.d,
+    );
+    let port_open = r
+        .field(&node, path, "port_open", |r, n, p| {
+            let items = r.list(n, p)?;
+            Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| r.number::<u16>(item, &p.index(i), "port"))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .unwrap_or_default();
+    let command = r
+        .field(&node, path, "command", |r, n, p| {
+            let items = r.list(n, p)?;
+            Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| argv(r, item, &p.index(i)))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .unwrap_or_default();
+    let condition = WaitCondition {
+        port_open,
+        command,
+        file_exists: r
+            .field(&node, path, "file_exists", Reader::texts)
+            .unwrap_or_default(),
+        greps: r.field(&node, path, "greps", text_map).unwrap_or_default(),
+        file_value: r
+            .field(&node, path, "file_value", text_map)
+            .unwrap_or_default(),
+        timeout: r
+            .field(&node, path, "timeout", Reader::duration)
+            .unwrap_or(std::time::Duration::from_secs(300)),
+        wait_between_attempts: r
+            .field(&node, path, "wait_between_attempts", Reader::duration)
+            .unwrap_or(std::time::Duration::from_secs(1)),
+    };
+    let empty = condition.port_open.is_empty()
+        && condition.command.is_empty()
+        && condition.file_exists.is_empty()
+        && condition.greps.is_empty()
+        && condition.file_value.is_empty();
+    if empty {
+        r.invalid(
+            &node,
+            path,
+            "wait_condition",
+            "{}",
+            "give at least one of port_open, command, file_exists, greps, file_value",
+        );
+        return None;
+    }
+    Some(condition)
+}
+
+fn text_map(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+) -> Option<IndexMap<String, String>> {
+    let node = r.map(node, path)?;
+    let mut out = IndexMap::new();
+    for entry in node.as_map().unwrap_or_default() {
+        if let Some(value) = r.text(&entry.value, &path.key(&entry.key)) {
+            out.insert(entry.key.clone(), value);
+        }
+    }
+    Some(out)
+}
+
+fn dependency_options(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    images: &HashMap<String, String>,
+) -> IndexMap<String, DependencyOptions> {
+    let mut out = IndexMap::new();
+    for entry in node.as_map().unwrap_or_default() {
+        let entry_path = path.key(&entry.key);
+        let key_node = Node::new(Value::Str(entry.key.clone()), entry.key_location.clone());
+        let Some(image) = image_ref(r, &key_node, &entry_path, images) else {
+            continue;
+        };
+        let Some(options) = r.map(&entry.value, &entry_path) else {
+            continue;
+        };
+        suggest::check_keys(
+            &options,
+            &entry_path,
+            "dependency_options",
+            DEPENDENCY_KEYS,
+            &[],
+            r.d,
+        );
+        out.insert(
+            image,
+            DependencyOptions {
+                env: r
+                    .field(&options, &entry_path, "env", env)
+                    .unwrap_or_default(),
+                ports: r
+                    .field(&options, &entry_path, "ports", ports)
+                    .unwrap_or_default(),
+                wait_condition: r.field(&options, &entry_path, "wait_condition", wait_condition),
+                attached: r
+                    .field(&options, &entry_path, "attached", Reader::bool)
+                    .unwrap_or(false),
+            },
+        );
+    }
+    out
+}
+
+fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(&node, path, "cpu", CPU_KEYS, &[], r.d);
+    Some(Cpu {
+        cpu_shares: r.field(&node, path, "cpu_shares", |r, n, p| {
+            r.number(n, p, "cpu_shares")
+        }),
+        cpuset_cpus: r.field(&node, path, "cpuset_cpus", Reader::text),
+        cpuset_mems: r.field(&node, path, "cpuset_mems", Reader::text),
+        cpu_period: r.field(&node, path, "cpu_period", |r, n, p| {
+            r.number(n, p, "cpu_period")
+        }),
+        cpu_quota: r.field(&node, path, "cpu_quota", |r, n, p| {
+            r.number(n, p, "cpu_quota")
+        }),
+    })
+}
+
+fn network(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Network> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(&node, path, "network", NETWORK_KEYS, &[], r.d);
+    Some(Network {
+        mode: r.field(&node, path, "mode", Reader::text),
+        hostname: r.field(&node, path, "hostname", Reader::text),
+        domainname: r.field(&node, path, "domainname", Reader::text),
+        dns: r
+            .field(&node, path, "dns", Reader::texts)
+            .unwrap_or_default(),
+        dns_search: r
+            .field(&node, path, "dns_search", Reader::texts)
+            .unwrap_or_default(),
+        extra_hosts: r
+            .field(&node, path, "extra_hosts", Reader::texts)
+            .unwrap_or_default(),
+        disabled: r
+            .field(&node, path, "disabled", Reader::bool)
+            .unwrap_or(false),
+        publish_all_ports: r
+            .field(&node, path, "publish_all_ports", Reader::bool)
+            .unwrap_or(false),
+    })
+}

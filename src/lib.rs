@@ -1,0 +1,16 @@
+//! dockhand: a self-hosted CI agent for Docker builds described by harpoon-style
+//! `config.yml` files.
+//!
+//! # Layout
+//!
+//! The modules follow the data flow of `DESIGN.md`:
+//!
+//! - [`collector`]: config.yml files → a validated, fully resolved `Config`, or every
+//!   problem with file, line, column and key path.
+//! - [`plan`]: a `Config` and a request (tasks, pipeline, images) → build and run stages
+//!   with their edges and parallel layers.
+//! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
+
+pub mod cli;
+pub mod collector;
+pub mod plan;
