@@ -76,8 +76,7 @@ impl Collector<'_> {
             d.error(&document.location, &KeyPath::root(), Problem::NoImages);
             return None;
         };
-        let (images, names) = self.images(document, shape, true, d)?;
-        let image_order: Vec<String> = images.keys().cloned().collect();
+        let (images, names, image_order) = self.images(document, shape, true, d)?;
         let images = Arc::new(images);
 
         let root = self.root_string();
@@ -132,15 +131,16 @@ impl Collector<'_> {
         self.loaded.config_root.to_string_lossy().into_owned()
     }
 
-    /// Resolves every image of `document`. Used for the config itself and again for each
-    /// task whose options or overrides change the document.
+    /// Resolves every image of `document`: the images that read without errors, the full
+    /// names, and every image name in the order written. Used for the config itself and
+    /// again for each task whose options or overrides change the document.
     fn images(
         &self,
         document: &Node,
         shape: Shape,
         check: bool,
         d: &mut Diagnostics,
-    ) -> Option<(Images, HashMap<String, String>)> {
+    ) -> Option<(Images, HashMap<String, String>, Vec<String>)> {
         let nodes = image_nodes(document, shape, d)?;
         let root = self.root_string();
         let cli_args = self.options.cli_args.join(" ");
@@ -174,7 +174,8 @@ impl Collector<'_> {
             }
         }
         check_cycles(&images, d);
-        Some((images, names))
+        let order = nodes.into_iter().map(|(key, _, _)| key).collect();
+        Some((images, names, order))
     }
 
     /// Tasks with their images; a task with `options` or `overrides` gets the images of the
@@ -200,7 +201,7 @@ impl Collector<'_> {
                     merge_into_image(&mut document, &def.image, options, shape);
                 }
                 self.images(&document, shape, true, d)
-                    .map(|(images, _)| Arc::new(images))
+                    .map(|(images, _, _)| Arc::new(images))
             };
             if let Some(task_images) = task_images.filter(|images| images.contains_key(&def_image))
             {

@@ -148,7 +148,7 @@ fn task(
                     key: "image",
                     section: format!("task `{name}` (a task outside `images` names its image)"),
                 };
-                r.d.error(&node.location, path, problem);
+                r.d.error(name_at, path, problem);
                 return None;
             }
         },
