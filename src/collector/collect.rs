@@ -380,7 +380,7 @@ fn check_root(document: &Node, d: &mut Diagnostics) {
         }
         let known = ROOT_KEYS.iter().chain(IMAGE_KEYS).copied();
         if let Some(candidate) =
-            suggest::closest(key, known).filter(|c| strsim::levenshtein(key, c) <= 2)
+            suggest::closest(key, known).filter(|c| strsim::osa_distance(key, c) <= 1)
         {
             let problem = Problem::UnknownKey {
                 key: key.to_owned(),

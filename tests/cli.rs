@@ -1,0 +1,189 @@
+//! The `dockhand` binary's collector commands: output, `--json`, exit codes, config discovery.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn dockhand(dir: &Path, args: &[&str]) -> Output {
+    dockhand_with_home(dir, dir, args)
+}
+
+fn dockhand_with_home(dir: &Path, home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env_remove("DOCKHAND_CONFIG")
+        .env_remove("HARPOON_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn fixture(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+#[test]
+fn check_summarises_a_valid_config() {
+    let out = dockhand(&fixture("valid/single"), &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("1 image(s), 1 task(s), pipeline: hello"));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_position_and_exits_200() {
+    let config = fixture("invalid/many-problems.yml");
+    let out = dockhand(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["-c", config.to_str().unwrap(), "check"],
+    );
+    assert_eq!(out.status.code(), Some(200));
+    let stderr = text(&out.stderr);
+    for want in [
+        "many-problems.yml:7:5 (at images.app.enviroment)",
+        "many-problems.yml:9:13 (at images.app.ports[0])",
+        "many-problems.yml:12:22 (at images.app.tasks.ship.action)",
+        "many-problems.yml:14:5 (at pipeline[0])",
+        "help: did you mean `env`?",
+        "error: the config has 4 problem(s)",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("9 |     ports: [http]\n  |             ^"),
+        "no caret under the port:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let config = fixture("invalid/bad-port.yml");
+    let out = dockhand(
+        Path::new("/"),
+        &["-c", config.to_str().unwrap(), "check", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(200));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let first = &report["diagnostics"][0];
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(6), Some(9))
+    );
+    assert_eq!(first["key_path"], "images.app.ports[0]");
+}
+
+#[test]
+fn list_shows_images_tasks_pipeline_and_build_order() {
+    let dir = fixture("valid/harpoon");
+    let out = dockhand_with_home(&dir, &dir.join("home"), &["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for want in [
+        "builder  registry.local/demo-builder:1.4  from base",
+        "app      registry.local/demo-app:1.4  from builder  links db, cache",
+        "test        run app  run the tests",
+        "2. test  needs lint",
+        "build order: base -> builder + db + cache -> app",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let json = dockhand_with_home(&dir, &dir.join("home"), &["list", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        report["images"][2]["full_name"],
+        "registry.local/demo-app:1.4"
+    );
+    assert_eq!(
+        report["plan"]["runs"][1]["services"],
+        serde_json::json!(["db", "cache"])
+    );
+}
+
+#[test]
+fn dockerfile_prints_exactly_what_is_sent() {
+    let out = dockhand(&fixture("valid/single"), &["dockerfile", "hello"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        "FROM busybox:local\nRUN echo hello > /greeting\n"
+    );
+    let out = dockhand(&fixture("valid/single"), &["dockerfile", "helo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no image named `helo` (did you mean `hello`?)"));
+}
+
+#[test]
+fn config_is_found_by_flag_env_and_default_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let harpoon = "images:\n  only:\n    commands: [FROM busybox:local]\n";
+    std::fs::write(dir.path().join("harpoon.yml"), harpoon).unwrap();
+    let out = dockhand(dir.path(), &["check"]);
+    assert!(
+        text(&out.stdout).contains("harpoon.yml"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::write(
+        dir.path().join("config.yml"),
+        "tag: first:1\ncommands: [FROM busybox:local]\n",
+    )
+    .unwrap();
+    let out = dockhand(dir.path(), &["dockerfile", "first"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "config.yml is preferred: {}",
+        text(&out.stderr)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["dockerfile", "only"])
+        .current_dir(dir.path())
+        .env("HARPOON_CONFIG", dir.path().join("harpoon.yml"))
+        .env_remove("DOCKHAND_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "HARPOON_CONFIG: {}",
+        text(&out.stderr)
+    );
+
+    let missing = dockhand(dir.path(), &["-c", "nope.yml", "check"]);
+    assert_eq!(missing.status.code(), Some(200));
+    assert!(
+        text(&missing.stderr).contains("config file `")
+            && text(&missing.stderr).contains("nope.yml` does not exist")
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["list", "--json"])
+        .current_dir(fixture("valid/harpoon"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
