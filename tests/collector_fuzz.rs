@@ -114,7 +114,7 @@ const STRINGS: &[&str] = &[
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
         prop::sample::select(STRINGS).prop_map(|s| Value::String(s.to_owned())),
-        any::<i32>().prop_map(|n| Value::from(n)),
+        any::<i32>().prop_map(Value::from),
         any::<bool>().prop_map(Value::Bool),
         Just(Value::Null),
     ]
