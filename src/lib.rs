@@ -13,4 +13,8 @@
 
 pub mod cli;
 pub mod collector;
+pub mod docker;
+pub mod events;
+pub mod executor;
 pub mod plan;
+pub mod report;

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use super::args::{Cli, Command};
-use super::{check, dockerfile, exit, list};
+use super::{check, dockerfile, exit, job, list};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
+use crate::plan::Request;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,7 +21,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> u8 {
-    let options = collect_options(&cli, Vec::new());
+    let cli_args = match &cli.command {
+        Command::Run { args, .. } => args.clone(),
+        _ => Vec::new(),
+    };
+    let options = collect_options(&cli, cli_args);
     tracing::debug!(config = %options.config.display(), "collecting");
     let collected = collector::collect(&options);
     match cli.command {
@@ -28,6 +33,19 @@ fn run(cli: Cli) -> u8 {
         Command::List { json } => with_config(collected, |c| list::run(c, json)),
         Command::Dockerfile { image, task } => {
             with_config(collected, |c| dockerfile::run(c, &image, task.as_deref()))
+        }
+        Command::Build { images, job: args } => with_config(collected, |c| {
+            job::run(c, &options, Request::Images(images), &args)
+        }),
+        Command::Run {
+            tasks, job: args, ..
+        } => {
+            let request = if tasks.is_empty() {
+                Request::Default
+            } else {
+                Request::Tasks(tasks)
+            };
+            with_config(collected, |c| job::run(c, &options, request, &args))
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod args;
 mod check;
 mod dockerfile;
 pub mod exit;
+mod job;
 mod list;
 mod output;
 

@@ -1,0 +1,188 @@
+//! `dockhand build` and `dockhand run`: plan, check what must hold before anything starts,
+//! connect, run the job with the console (or JSON lines) and the results directory as
+//! sinks, and exit with the job's code.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::JobArgs;
+use super::exit;
+use crate::collector::{CollectOptions, Collected};
+use crate::docker::Engine;
+use crate::events::Emitter;
+use crate::executor::{ExecutorOptions, check_policy, run_job};
+use crate::plan::{Plan, PlanError, Request};
+use crate::report::{Console, JobInfo, JsonLines, ResultsDir, Sink, report};
+
+/// Events buffered between the job and the sinks.
+const EVENT_BUFFER: usize = 256;
+
+pub fn run(
+    collected: &Collected,
+    collect: &CollectOptions,
+    request: Request,
+    args: &JobArgs,
+) -> u8 {
+    let config = &collected.config;
+    let plan = match Plan::new(config, &request) {
+        Ok(plan) => plan,
+        Err(e @ (PlanError::UnknownTask { .. } | PlanError::UnknownImage { .. })) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    };
+    let options = ExecutorOptions {
+        job_id: job_id(),
+        agent: hostname(),
+        workspace: workspace_root(&config.config_root),
+        allow_host_mounts: args.allow_host_mounts.clone(),
+        allow_docker_socket: args.allow_docker_socket,
+        parallel: args.parallel.max(1),
+        no_cache: args.no_cache,
+        task_timeout: args.timeout,
+        host_env: collect.env.clone(),
+    };
+    let problems = check_policy(&plan, &options.host_env, &options.mount_policy());
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+        return exit::CONFIG_ERROR;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INFRASTRUCTURE;
+        }
+    };
+    runtime.block_on(run_async(config, plan, options, &request, args, collect))
+}
+
+async fn run_async(
+    config: &crate::collector::Config,
+    plan: Plan,
+    options: ExecutorOptions,
+    request: &Request,
+    args: &JobArgs,
+    collect: &CollectOptions,
+) -> u8 {
+    let engine = match Engine::connect(args.docker_host.as_deref()).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INFRASTRUCTURE;
+        }
+    };
+    let results_root = args
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| config.config_root.join(".dockhand/results"));
+    let info = JobInfo {
+        config: collect.config.clone(),
+        tasks: match request {
+            Request::Tasks(tasks) => tasks.clone(),
+            _ => plan.runs.iter().map(|r| r.task.clone()).collect(),
+        },
+    };
+    let results = match ResultsDir::create(&results_root, &options.job_id, info) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!(
+                "error: cannot create the results directory under {}: {e}",
+                results_root.display()
+            );
+            return exit::INFRASTRUCTURE;
+        }
+    };
+    let results_dir = results.dir().to_path_buf();
+    let console: Box<dyn Sink> = if args.json {
+        Box::new(JsonLines::new(std::io::stdout()))
+    } else {
+        Box::new(Console::new(std::io::stdout()))
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+    let reporter =
+        tokio::task::spawn_blocking(move || report(rx, vec![console, Box::new(results)]));
+
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let emitter = Emitter::new(tx);
+    let outcome = run_job(&engine, config, &plan, &options, &emitter, &cancel).await;
+    drop(emitter);
+    signals.abort();
+    let _ = signals.await;
+    if let Err(e) = reporter.await {
+        eprintln!("error: the reporter failed: {e}");
+    }
+    eprintln!("results: {}", results_dir.display());
+    outcome.exit_code
+}
+
+/// Ctrl-C or SIGTERM cancels the job; its stages clean up and the job reports as usual.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                return;
+            }
+        };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        if cancel.is_cancelled() {
+            eprintln!("already stopping: removing containers and networks");
+        } else {
+            eprintln!("stopping: cancelling the job and removing its containers and networks");
+            cancel.cancel();
+        }
+    }
+}
+
+/// Build contexts and mounts may reach up to the repository the config lives in, or the
+/// config's own directory outside a repository.
+fn workspace_root(config_root: &Path) -> PathBuf {
+    config_root
+        .ancestors()
+        .find(|dir| dir.join(".git").exists())
+        .unwrap_or(config_root)
+        .to_path_buf()
+}
+
+/// `YYYYMMDD-HHMMSS-xxxx`: sortable, and unique enough for one machine.
+fn job_id() -> String {
+    let now = SystemTime::now();
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let nanos = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dockhand".to_owned())
+}

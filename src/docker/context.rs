@@ -1,0 +1,352 @@
+//! Build contexts, streamed to the engine as tar while they are read: never buffered whole.
+//! Entries are sorted and their headers deterministic (uid/gid 0, mtime 0, permission bits
+//! kept); symlinks are stored as symlinks and never followed; no directory outside the
+//! workspace boundary can be sent.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::ignore::{PatternError, PatternSet};
+use crate::collector::{Build, Context};
+
+/// The generated Dockerfile's name inside the context; no user file is called this.
+pub const DOCKERFILE_NAME: &str = "__dockhand_Dockerfile";
+const CHUNK: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "context directory {path} is outside {boundary}; a build context cannot leave the workspace"
+    )]
+    Escapes { path: PathBuf, boundary: PathBuf },
+    #[error("{path}: {source}")]
+    Pattern { path: PathBuf, source: PatternError },
+    #[error("{path} changed size while it was being sent")]
+    Changed { path: PathBuf },
+    #[error("the engine stopped reading the build context")]
+    Aborted,
+}
+
+/// One thing to put in the tar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The path inside the context, `/`-separated.
+    pub name: String,
+    pub source: PathBuf,
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File { size: u64, mode: u32 },
+    Dir { mode: u32 },
+    Symlink { target: PathBuf },
+}
+
+/// What was sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The files of a context directory that are sent, in order: not git-ignored (when
+/// `use_gitignore`) or matching `include`, not matching `exclude`, not excluded by the
+/// directory's `.dockerignore`. `prefix` is prepended to every name.
+pub fn select(
+    context: &Context,
+    boundary: &Path,
+    prefix: &str,
+) -> Result<Vec<Entry>, ContextError> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContextError::Read { path, source }
+    };
+    let root = fs::canonicalize(&context.parent_dir).map_err(read_err(&context.parent_dir))?;
+    let boundary = fs::canonicalize(boundary).map_err(read_err(boundary))?;
+    if !root.starts_with(&boundary) {
+        return Err(ContextError::Escapes {
+            path: root,
+            boundary,
+        });
+    }
+    let pattern_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContextError::Pattern { path, source }
+    };
+    let dockerignore_path = root.join(".dockerignore");
+    let dockerignore = match fs::read_to_string(&dockerignore_path) {
+        Ok(text) => PatternSet::dockerignore(&text).map_err(pattern_err(&dockerignore_path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => PatternSet::default(),
+        Err(e) => {
+            return Err(ContextError::Read {
+                path: dockerignore_path,
+                source: e,
+            });
+        }
+    };
+    let include =
+        PatternSet::new(context.include.iter().map(String::as_str)).map_err(pattern_err(&root))?;
+    let exclude =
+        PatternSet::new(context.exclude.iter().map(String::as_str)).map_err(pattern_err(&root))?;
+    let ignored = Arc::new((dockerignore, exclude));
+
+    let mut names = std::collections::BTreeMap::new();
+    let mut walk = |gitignore: bool, only_included: bool| -> Result<(), ContextError> {
+        let prune = ignored.clone();
+        let prune_root = root.clone();
+        let walker = ignore::WalkBuilder::new(&root)
+            .standard_filters(false)
+            .hidden(false)
+            .follow_links(false)
+            .git_ignore(gitignore)
+            .git_exclude(gitignore)
+            .require_git(false)
+            .parents(gitignore)
+            .filter_entry(move |e| {
+                let Some(rel) = relative(&prune_root, e.path()) else {
+                    return true;
+                };
+                let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+                if gitignore && is_dir && rel == ".git" {
+                    return false;
+                }
+                let (dockerignore, exclude) = &*prune;
+                let excluded = dockerignore.matches(&rel) || exclude.matches(&rel);
+                let walk_anyway = dockerignore.has_exceptions() || exclude.has_exceptions();
+                !is_dir || !excluded || walk_anyway
+            })
+            .build();
+        for item in walker {
+            let item = item.map_err(|e| ContextError::Read {
+                path: root.clone(),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk failed")),
+            })?;
+            let Some(rel) = relative(&root, item.path()) else {
+                continue;
+            };
+            let (dockerignore, exclude) = &*ignored;
+            if dockerignore.matches(&rel)
+                || exclude.matches(&rel)
+                || (only_included && !include.any_matches(&rel))
+            {
+                continue;
+            }
+            let meta = fs::symlink_metadata(item.path()).map_err(read_err(item.path()))?;
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+            let kind = if meta.file_type().is_symlink() {
+                EntryKind::Symlink {
+                    target: fs::read_link(item.path()).map_err(read_err(item.path()))?,
+                }
+            } else if meta.is_dir() {
+                EntryKind::Dir { mode }
+            } else if meta.is_file() {
+                EntryKind::File {
+                    size: meta.len(),
+                    mode,
+                }
+            } else {
+                continue;
+            };
+            let name = format!("{prefix}{rel}");
+            names.entry(name.clone()).or_insert(Entry {
+                name,
+                source: item.path().to_path_buf(),
+                kind,
+            });
+        }
+        Ok(())
+    };
+    walk(context.use_gitignore, false)?;
+    if context.use_gitignore && !include.is_empty() {
+        walk(false, true)?;
+    }
+    Ok(names.into_values().collect())
+}
+
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let text = rel.to_string_lossy();
+    (!text.is_empty()).then(|| text.into_owned())
+}
+
+/// Everything an image's context holds: the Dockerfile, generated files, the context
+/// directory and extra directories.
+pub fn entries(build: &Build, boundary: &Path) -> Result<Vec<Entry>, ContextError> {
+    let mut out = Vec::new();
+    if let Some(context) = &build.context {
+        out.extend(select(context, boundary, "")?);
+    }
+    for extra in &build.extra_contexts {
+        out.push(Entry {
+            name: extra.name.clone(),
+            source: extra.context.parent_dir.clone(),
+            kind: EntryKind::Dir { mode: 0o755 },
+        });
+        out.extend(select(
+            &extra.context,
+            boundary,
+            &format!("{}/", extra.name),
+        )?);
+    }
+    Ok(out)
+}
+
+/// Writes the tar of `build`'s context into `tx` in chunks. Runs on a blocking thread.
+pub fn write(
+    build: &Build,
+    entries: &[Entry],
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<ContextStats, ContextError> {
+    let mut tar = tar::Builder::new(ChunkWriter {
+        buf: Vec::with_capacity(CHUNK),
+        tx,
+        sent: 0,
+    });
+    let aborted = |_| ContextError::Aborted;
+    let mut stats = ContextStats::default();
+    append_bytes(
+        &mut tar,
+        DOCKERFILE_NAME,
+        build.dockerfile.as_bytes(),
+        0o644,
+    )
+    .map_err(aborted)?;
+    for file in &build.generated_files {
+        append_bytes(&mut tar, &file.name, file.contents.as_bytes(), file.mode).map_err(aborted)?;
+    }
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        match &entry.kind {
+            EntryKind::File { size, mode } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(*size);
+                header.set_mode(*mode);
+                let file = fs::File::open(&entry.source).map_err(|source| ContextError::Read {
+                    path: entry.source.clone(),
+                    source,
+                })?;
+                let mut reader = Exact {
+                    inner: file,
+                    left: *size,
+                };
+                tar.append_data(&mut header, &entry.name, &mut reader)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => ContextError::Changed {
+                            path: entry.source.clone(),
+                        },
+                        io::ErrorKind::BrokenPipe => ContextError::Aborted,
+                        _ => ContextError::Read {
+                            path: entry.source.clone(),
+                            source: e,
+                        },
+                    })?;
+                stats.bytes += size;
+            }
+            EntryKind::Dir { mode } => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_mode(*mode);
+                tar.append_data(&mut header, format!("{}/", entry.name), io::empty())
+                    .map_err(aborted)?;
+            }
+            EntryKind::Symlink { target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                tar.append_link(&mut header, &entry.name, target)
+                    .map_err(aborted)?;
+            }
+        }
+        stats.entries += 1;
+    }
+    let mut writer = tar.into_inner().map_err(aborted)?;
+    writer.flush().map_err(aborted)?;
+    Ok(stats)
+}
+
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    tar.append_data(&mut header, name, data)
+}
+
+/// Reads exactly `left` bytes, failing if the file ends early (it changed under us) and
+/// stopping at the size the header promised if it grew.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// An `io::Write` that hands fixed-size chunks to the HTTP body.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    sent: u64,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.sent += chunk.len() as u64;
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}

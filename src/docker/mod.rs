@@ -1,0 +1,53 @@
+//! Everything that talks to the Docker engine (the only module that uses bollard):
+//! connecting, build contexts, builds, containers and networks, wait conditions, cleanup.
+
+mod build;
+mod client;
+mod container;
+pub mod context;
+pub mod ignore;
+pub mod labels;
+mod wait;
+
+pub use wait::Readiness;
+
+pub use build::BuildResult;
+pub use client::Engine;
+pub use container::{ContainerSpec, ExitStatus, Leftovers};
+pub use labels::Owner;
+
+/// Infrastructure failures: the engine could not be reached or refused a request. A
+/// failing build step or a task's exit code is never one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "no Docker engine answers at {address}: {cause} (is dockerd running? set DOCKER_HOST to reach another engine)"
+    )]
+    Unreachable { address: String, cause: String },
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{0}")]
+    Context(#[from] context::ContextError),
+}
+
+impl DockerError {
+    fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+        let action = action.into();
+        move |source| DockerError::Api { action, source }
+    }
+}
+
+/// Whether an API error is the engine saying "no such object".
+fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}

@@ -1,0 +1,127 @@
+//! The event types.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
+
+/// A wall-clock time, shown as RFC 3339.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Collect,
+    Build,
+    Run,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// The engine's build output.
+    Build,
+    /// dockhand's own account of the stage (waiting for a service, a dependency's logs).
+    System,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Passed,
+    Failed,
+    /// Not run because a stage it needs did not pass.
+    Skipped,
+    Cancelled,
+    TimedOut,
+    /// Infrastructure broke during the stage.
+    Error,
+}
+
+/// How a stage ended. A failing task or build is data here, not an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageOutcome {
+    pub status: StageStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl StageOutcome {
+    pub fn new(status: StageStatus) -> Self {
+        StageOutcome {
+            status,
+            exit_code: None,
+            image_id: None,
+            message: None,
+        }
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    JobStarted {
+        job: String,
+        /// Every stage of the job, in order; stage ids index this list.
+        stages: Vec<(String, StageKind)>,
+        at: Timestamp,
+    },
+    StageStarted {
+        stage: usize,
+        at: Timestamp,
+    },
+    Log {
+        stage: usize,
+        stream: LogStream,
+        #[serde(serialize_with = "lossy")]
+        bytes: Bytes,
+    },
+    StageFinished {
+        stage: usize,
+        outcome: StageOutcome,
+        at: Timestamp,
+    },
+    JobFinished {
+        status: JobStatus,
+        exit_code: u8,
+        at: Timestamp,
+    },
+}
+
+fn lossy<S: Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}

@@ -1,0 +1,8 @@
+//! Everything a job does, as events: the one vocabulary between the executor and the
+//! sinks that report it (console, JSON lines, the results directory).
+
+mod emitter;
+mod event;
+
+pub use emitter::{Emitter, StageLog};
+pub use event::{Event, JobStatus, LogStream, StageKind, StageOutcome, StageStatus, Timestamp};

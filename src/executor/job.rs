@@ -1,0 +1,347 @@
+//! One job: the stage list, the scheduler for build and run stages, and the job's status
+//! and exit code.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::policy::MountPolicy;
+use super::task::run_task;
+use crate::collector::Config;
+use crate::docker::{BuildResult, DockerError, Engine, Owner, labels};
+use crate::events::{
+    Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
+};
+use crate::plan::Plan;
+
+/// Exit codes a job can end with besides a task's own (see `cli::exit`).
+pub mod codes {
+    pub const BUILD_FAILED: u8 = 201;
+    pub const INFRASTRUCTURE: u8 = 202;
+    pub const CANCELLED: u8 = 130;
+    pub const TIMED_OUT: u8 = 124;
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    pub job_id: String,
+    pub agent: String,
+    /// Build contexts and bind mounts may not leave this directory.
+    pub workspace: PathBuf,
+    pub allow_host_mounts: Vec<PathBuf>,
+    pub allow_docker_socket: bool,
+    /// Stages of one kind running at once.
+    pub parallel: usize,
+    pub no_cache: bool,
+    /// The timeout for a task whose pipeline step sets none.
+    pub task_timeout: Option<Duration>,
+    pub host_env: HashMap<String, String>,
+}
+
+impl ExecutorOptions {
+    pub fn mount_policy(&self) -> MountPolicy {
+        MountPolicy {
+            workspace: self.workspace.clone(),
+            allow_host_mounts: self.allow_host_mounts.clone(),
+            allow_docker_socket: self.allow_docker_socket,
+        }
+    }
+
+    pub(super) fn owner(&self, stage: &str) -> Owner {
+        Owner {
+            agent: self.agent.clone(),
+            job: self.job_id.clone(),
+            stage: stage.to_owned(),
+        }
+    }
+}
+
+/// How the job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub status: JobStatus,
+    pub exit_code: u8,
+    pub stages: Vec<StageOutcome>,
+}
+
+/// Runs every stage of `plan`. Returns when all stages have ended and every container and
+/// network of the job is gone; `cancel` stops it early, with the same cleanup.
+pub async fn run_job(
+    engine: &Engine,
+    config: &Config,
+    plan: &Plan,
+    options: &ExecutorOptions,
+    emitter: &Emitter,
+    cancel: &CancellationToken,
+) -> JobOutcome {
+    let mut stages = vec![("collect".to_owned(), StageKind::Collect)];
+    stages.extend(
+        plan.builds
+            .iter()
+            .map(|b| (b.image.clone(), StageKind::Build)),
+    );
+    stages.extend(plan.runs.iter().map(|r| (r.task.clone(), StageKind::Run)));
+    emitter
+        .send(Event::JobStarted {
+            job: options.job_id.clone(),
+            stages: stages.clone(),
+            at: Timestamp::now(),
+        })
+        .await;
+
+    let collect = emitter.stage(0);
+    collect.started().await;
+    let files: Vec<String> = config
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    collect
+        .note(format!(
+            "collected {} ({} image(s), {} task(s))",
+            files.join(", "),
+            config.images.len(),
+            config.tasks.len()
+        ))
+        .await;
+    let mut outcomes = vec![StageOutcome::new(StageStatus::Passed)];
+    collect.finished(outcomes[0].clone()).await;
+
+    let engine = Arc::new(engine.clone());
+    let options = Arc::new(options.clone());
+    let builds = schedule(
+        plan.builds.iter().map(|b| b.after.clone()).collect(),
+        |_| true,
+        |_| false,
+        options.parallel,
+        cancel,
+        |i, cancel| {
+            let engine = engine.clone();
+            let options = options.clone();
+            let stage = plan.builds[i].clone();
+            let log = emitter.stage(1 + i);
+            async move { build_stage(&engine, &stage.spec, &options, &log, &cancel).await }
+        },
+        |i| emitter.stage(1 + i),
+    )
+    .await;
+    let build_passed: Vec<bool> = builds
+        .iter()
+        .map(|o| o.status == StageStatus::Passed)
+        .collect();
+    let offset = 1 + plan.builds.len();
+    let runs = schedule(
+        plan.runs.iter().map(|r| r.needs.clone()).collect(),
+        |i| plan.runs[i].builds.iter().all(|&b| build_passed[b]),
+        |i| plan.runs[i].allow_failure,
+        options.parallel,
+        cancel,
+        |i, cancel| {
+            let engine = engine.clone();
+            let options = options.clone();
+            let stage = plan.runs[i].clone();
+            let log = emitter.stage(offset + i);
+            let deadline = stage
+                .timeout
+                .or(options.task_timeout)
+                .map(|t| Instant::now() + t);
+            async move {
+                run_task(
+                    &engine,
+                    &stage,
+                    offset + i,
+                    &options,
+                    &log,
+                    &cancel,
+                    deadline,
+                )
+                .await
+            }
+        },
+        |i| emitter.stage(offset + i),
+    )
+    .await;
+
+    if let Err(e) = engine.remove_labelled(labels::JOB, &options.job_id).await {
+        tracing::warn!("sweeping the job's containers and networks failed: {e}");
+    }
+    let (status, exit_code) = verdict(&builds, &runs, plan);
+    outcomes.extend(builds);
+    outcomes.extend(runs);
+    emitter
+        .send(Event::JobFinished {
+            status,
+            exit_code,
+            at: Timestamp::now(),
+        })
+        .await;
+    JobOutcome {
+        status,
+        exit_code,
+        stages: outcomes,
+    }
+}
+
+/// Runs stages `0..n` as their predecessors finish, `limit` at a time. A stage whose
+/// predecessor did not pass (and may not fail), or for which `ready` is false, is skipped;
+/// once `cancel` fires, stages not started are cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn schedule<F, Fut>(
+    after: Vec<Vec<usize>>,
+    ready: impl Fn(usize) -> bool,
+    may_fail: impl Fn(usize) -> bool,
+    limit: usize,
+    cancel: &CancellationToken,
+    start: F,
+    log: impl Fn(usize) -> StageLog,
+) -> Vec<StageOutcome>
+where
+    F: Fn(usize, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<StageOutcome, DockerError>> + Send + 'static,
+{
+    let n = after.len();
+    let mut outcomes: Vec<Option<StageOutcome>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running: JoinSet<(usize, StageOutcome)> = JoinSet::new();
+    loop {
+        for i in 0..n {
+            if started[i] || running.len() >= limit.max(1) {
+                continue;
+            }
+            if after[i].iter().any(|&d| outcomes[d].is_none()) {
+                continue;
+            }
+            started[i] = true;
+            let log = log(i);
+            let need_failed = after[i].iter().any(|&d| {
+                outcomes[d]
+                    .as_ref()
+                    .is_some_and(|o| o.status != StageStatus::Passed)
+                    && !may_fail(d)
+            });
+            let blocked = need_failed || !ready(i);
+            if blocked || cancel.is_cancelled() {
+                let status = if cancel.is_cancelled() {
+                    StageStatus::Cancelled
+                } else {
+                    StageStatus::Skipped
+                };
+                let outcome = StageOutcome::new(status).with_message(if blocked {
+                    "a stage it needs did not pass"
+                } else {
+                    "the job was cancelled"
+                });
+                log.finished(outcome.clone()).await;
+                outcomes[i] = Some(outcome);
+                continue;
+            }
+            let future = start(i, cancel.child_token());
+            running.spawn(async move {
+                log.started().await;
+                let outcome = match future.await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        log.note(format!("error: {e}")).await;
+                        StageOutcome::new(StageStatus::Error).with_message(e.to_string())
+                    }
+                };
+                log.finished(outcome.clone()).await;
+                (i, outcome)
+            });
+        }
+        if outcomes.iter().all(Option::is_some) {
+            break;
+        }
+        match running.join_next().await {
+            Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
+            Some(Err(e)) => {
+                tracing::error!("a stage task failed: {e}");
+                if let Some(i) = (0..n).find(|&i| started[i] && outcomes[i].is_none()) {
+                    outcomes[i] =
+                        Some(StageOutcome::new(StageStatus::Error).with_message(e.to_string()));
+                }
+            }
+            None => {
+                for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                    *outcome = Some(StageOutcome::new(StageStatus::Skipped));
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| StageOutcome::new(StageStatus::Skipped)))
+        .collect()
+}
+
+async fn build_stage(
+    engine: &Engine,
+    image: &crate::collector::Image,
+    options: &ExecutorOptions,
+    log: &StageLog,
+    cancel: &CancellationToken,
+) -> Result<StageOutcome, DockerError> {
+    log.note(format!("building {}", image.full_name)).await;
+    Ok(
+        match engine
+            .build(image, &options.workspace, log, cancel, options.no_cache)
+            .await?
+        {
+            BuildResult::Built { image_id } => StageOutcome {
+                image_id: Some(image_id),
+                ..StageOutcome::new(StageStatus::Passed)
+            },
+            BuildResult::Failed {
+                message,
+                step,
+                tail,
+            } => {
+                let mut text = match &step {
+                    Some(step) => format!("{message} (at {step})"),
+                    None => message,
+                };
+                if !tail.is_empty() {
+                    log.note(format!("last lines of output:\n{}", tail.join("\n")))
+                        .await;
+                    text.push_str(&format!("\n{}", tail.join("\n")));
+                }
+                StageOutcome::new(StageStatus::Failed).with_message(text)
+            }
+            BuildResult::Cancelled => StageOutcome::new(StageStatus::Cancelled),
+        },
+    )
+}
+
+/// The job's status and exit code: an infrastructure error first, then cancellation, then
+/// the first failing task's exit code (1–125), then a failed build.
+fn verdict(builds: &[StageOutcome], runs: &[StageOutcome], plan: &Plan) -> (JobStatus, u8) {
+    let all = || builds.iter().chain(runs);
+    if all().any(|o| o.status == StageStatus::Error) {
+        return (JobStatus::Error, codes::INFRASTRUCTURE);
+    }
+    if all().any(|o| o.status == StageStatus::Cancelled) {
+        return (JobStatus::Cancelled, codes::CANCELLED);
+    }
+    for (outcome, stage) in runs.iter().zip(&plan.runs) {
+        if stage.allow_failure {
+            continue;
+        }
+        match outcome.status {
+            StageStatus::Failed => {
+                let code = outcome.exit_code.unwrap_or(1).clamp(1, 125);
+                return (JobStatus::Failed, u8::try_from(code).unwrap_or(1));
+            }
+            StageStatus::TimedOut => return (JobStatus::TimedOut, codes::TIMED_OUT),
+            _ => {}
+        }
+    }
+    if builds.iter().any(|o| o.status == StageStatus::Failed) {
+        return (JobStatus::Failed, codes::BUILD_FAILED);
+    }
+    (JobStatus::Succeeded, 0)
+}

@@ -1,0 +1,10 @@
+//! Walking a [`Plan`](crate::plan::Plan): build stages as their dependencies finish (up to a
+//! parallel limit), then run stages as their `needs` finish, each task with its dependency
+//! containers on its own network. Every stage's end is an event; the job's result is data.
+
+mod job;
+mod policy;
+mod task;
+
+pub use job::{ExecutorOptions, JobOutcome, run_job};
+pub use policy::{MountPolicy, PolicyError, check_policy};

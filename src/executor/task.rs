@@ -1,0 +1,296 @@
+//! One run stage: a network of its own, the dependency containers (links, share_with) in
+//! start order with their wait conditions, then the task's container attached before it
+//! starts. Everything the stage created is removed on every path.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::job::ExecutorOptions;
+use super::policy::resolve_env;
+use crate::collector::{DependencyOptions, Image, RunCommand, TaskAction};
+use crate::docker::{ContainerSpec, DockerError, Engine, ExitStatus, Owner, Readiness};
+use crate::events::{LogStream, StageLog, StageOutcome, StageStatus};
+use crate::plan::RunStage;
+
+/// A dependency's last output kept to show when it dies: 64 KiB.
+const SERVICE_TAIL_BYTES: usize = 64 * 1024;
+
+pub async fn run_task(
+    engine: &Engine,
+    stage: &RunStage,
+    stage_index: usize,
+    options: &ExecutorOptions,
+    log: &StageLog,
+    cancel: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Result<StageOutcome, DockerError> {
+    if stage.action == TaskAction::Make {
+        log.note(format!("`{}` only builds {}", stage.task, stage.image))
+            .await;
+        return Ok(StageOutcome::new(StageStatus::Passed));
+    }
+    let owner = options.owner(&stage.task);
+    let network = format!("dockhand-{}-{stage_index}", options.job_id);
+    engine.create_network(&network, &owner).await?;
+    let mut run = TaskRun {
+        engine,
+        stage,
+        options,
+        owner: &owner,
+        network: &network,
+        log,
+        containers: Vec::new(),
+        pumps: JoinSet::new(),
+    };
+    let result = run.run(cancel, deadline).await;
+    let cleanup = run.cleanup().await;
+    let outcome = result?;
+    cleanup?;
+    Ok(outcome)
+}
+
+struct TaskRun<'a> {
+    engine: &'a Engine,
+    stage: &'a RunStage,
+    options: &'a ExecutorOptions,
+    owner: &'a Owner,
+    network: &'a str,
+    log: &'a StageLog,
+    containers: Vec<String>,
+    pumps: JoinSet<()>,
+}
+
+impl TaskRun<'_> {
+    async fn run(
+        &mut self,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Result<StageOutcome, DockerError> {
+        let images = &self.stage.images;
+        let task_image = &images[&self.stage.image];
+        for service in &self.stage.services {
+            if let Some(outcome) = self
+                .start_service(&images[service], task_image, cancel)
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
+        let mut env: Vec<&crate::collector::EnvVar> = task_image.run.env.iter().collect();
+        env.extend(&self.stage.env);
+        let spec = self.spec(task_image, &self.stage.task, env, Vec::new());
+        let id = self.engine.create_container(&spec, self.owner).await?;
+        self.containers.push(id.clone());
+        Ok(
+            match self
+                .engine
+                .run_attached(&id, self.log, cancel, deadline)
+                .await?
+            {
+                ExitStatus::Exited(0) => StageOutcome {
+                    exit_code: Some(0),
+                    ..StageOutcome::new(StageStatus::Passed)
+                },
+                ExitStatus::Exited(code) => {
+                    let failure = StageOutcome {
+                        exit_code: Some(code),
+                        ..StageOutcome::new(StageStatus::Failed)
+                    };
+                    failure.with_message(format!("exited with code {code}"))
+                }
+                ExitStatus::TimedOut => StageOutcome::new(StageStatus::TimedOut)
+                    .with_message("the task ran past its timeout and was killed"),
+                ExitStatus::Cancelled => {
+                    StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
+                }
+            },
+        )
+    }
+
+    /// Starts one dependency container and waits until it is ready. `Some(outcome)` ends
+    /// the stage (the service died, never got ready, or the job was cancelled).
+    async fn start_service(
+        &mut self,
+        image: &Image,
+        task_image: &Image,
+        cancel: &CancellationToken,
+    ) -> Result<Option<StageOutcome>, DockerError> {
+        let overrides = task_image
+            .run
+            .dependency_options
+            .get(&image.name)
+            .cloned()
+            .unwrap_or_default();
+        let aliases = self.aliases(&image.name);
+        let mut env: Vec<&crate::collector::EnvVar> = image.run.env.iter().collect();
+        env.extend(&overrides.env);
+        let mut spec = self.spec(image, &image.name, env, aliases.clone());
+        spec.ports.extend(overrides.ports.iter().cloned());
+        let id = self.engine.create_container(&spec, self.owner).await?;
+        self.containers.push(id.clone());
+        let output = self.engine.attach_and_start(&id).await?;
+        let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
+        self.pumps.spawn(pump(
+            output,
+            tail.clone(),
+            overrides.attached.then(|| self.log.clone()),
+            image.name.clone(),
+        ));
+        self.log
+            .note(format!(
+                "started service {} as {}",
+                image.name,
+                aliases.join(", ")
+            ))
+            .await;
+
+        let Some(condition) = wait_condition(image, &overrides) else {
+            return Ok(None);
+        };
+        let readiness = self
+            .engine
+            .wait_ready(&id, self.network, condition, cancel)
+            .await?;
+        let failure = match readiness {
+            Readiness::Ready => {
+                self.log
+                    .note(format!("service {} is ready", image.name))
+                    .await;
+                return Ok(None);
+            }
+            Readiness::Cancelled => {
+                return Ok(Some(
+                    StageOutcome::new(StageStatus::Cancelled).with_message("cancelled"),
+                ));
+            }
+            Readiness::Died(code) => format!(
+                "service {} exited with code {} before it was ready",
+                image.name,
+                code.map_or("?".into(), |c| c.to_string())
+            ),
+            Readiness::TimedOut { pending } => format!(
+                "service {} was not ready after {:?}: {pending}",
+                image.name, condition.timeout
+            ),
+        };
+        let tail = tail
+            .lock()
+            .map(|mut t| String::from_utf8_lossy(t.make_contiguous()).into_owned())
+            .unwrap_or_default();
+        self.log
+            .note(format!("{failure}; its last output:\n{tail}"))
+            .await;
+        Ok(Some(
+            StageOutcome::new(StageStatus::Failed).with_message(failure),
+        ))
+    }
+
+    /// The names a dependency answers to: its image name and every alias a link to it gives.
+    fn aliases(&self, service: &str) -> Vec<String> {
+        let mut aliases = vec![service.to_owned()];
+        for image in std::iter::once(&self.stage.image).chain(&self.stage.services) {
+            for link in &self.stage.images[image].run.links {
+                if link.image == service && !aliases.contains(&link.alias) {
+                    aliases.push(link.alias.clone());
+                }
+            }
+        }
+        aliases
+    }
+
+    fn spec(
+        &self,
+        image: &Image,
+        role: &str,
+        env: Vec<&crate::collector::EnvVar>,
+        aliases: Vec<String>,
+    ) -> ContainerSpec {
+        let run = &image.run;
+        ContainerSpec {
+            name: format!("{}-{role}", self.network),
+            image: image.full_name.clone(),
+            cmd: run.command.as_ref().map(|c| match c {
+                RunCommand::Exec(argv) => argv.clone(),
+                RunCommand::Shell { shell, script } => {
+                    vec![shell.clone(), "-c".into(), script.clone()]
+                }
+            }),
+            env: resolve_env(env, &self.options.host_env),
+            user: run.user.clone(),
+            binds: run
+                .mounts
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}:{}{}",
+                        m.host.display(),
+                        m.container,
+                        if m.read_only { ":ro" } else { "" }
+                    )
+                })
+                .collect(),
+            ports: run.ports.clone(),
+            network: self.network.to_owned(),
+            aliases,
+            cpu: run.cpu.clone(),
+            network_options: run.network.clone(),
+            memory_bytes: None,
+            nano_cpus: None,
+        }
+    }
+
+    /// Removes the stage's containers (newest first) and network, and reaps the output
+    /// pumps. Runs on every path.
+    async fn cleanup(&mut self) -> Result<(), DockerError> {
+        let mut first_error = None;
+        for id in self.containers.drain(..).rev() {
+            if let Err(e) = self.engine.remove_container(&id).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.pumps.abort_all();
+        while self.pumps.join_next().await.is_some() {}
+        if let Err(e) = self.engine.remove_network(self.network).await {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn wait_condition<'i>(
+    image: &'i Image,
+    overrides: &'i DependencyOptions,
+) -> Option<&'i crate::collector::WaitCondition> {
+    overrides
+        .wait_condition
+        .as_ref()
+        .or(image.run.wait_condition.as_ref())
+}
+
+/// Reads a dependency's output: keeps its tail, and streams it to the task's log when the
+/// dependency is `attached`.
+async fn pump(
+    mut output: impl futures_util::Stream<Item = Result<(LogStream, Bytes), DockerError>> + Unpin,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    attached: Option<StageLog>,
+    name: String,
+) {
+    while let Some(Ok((_, bytes))) = output.next().await {
+        if let Ok(mut tail) = tail.lock() {
+            tail.extend(bytes.iter());
+            let excess = tail.len().saturating_sub(SERVICE_TAIL_BYTES);
+            tail.drain(..excess);
+        }
+        if let Some(log) = &attached {
+            let text = String::from_utf8_lossy(&bytes);
+            let prefixed: String = text.lines().map(|l| format!("[{name}] {l}\n")).collect();
+            log.output(LogStream::System, Bytes::from(prefixed)).await;
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Sinks: the console, JSON lines, and the results directory. The [`reporter`] receives the
+//! job's events, turns output into whole lines once, keeps the [`record`] of every stage,
+//! and hands both to each sink.
+
+mod console;
+mod jsonl;
+mod record;
+mod reporter;
+mod results;
+
+pub use console::Console;
+pub use jsonl::JsonLines;
+pub use record::{JobRecord, StageRecord};
+pub use reporter::{Sink, report};
+pub use results::{JobInfo, ResultsDir};

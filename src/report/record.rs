@@ -1,0 +1,107 @@
+//! What every sink may want to know about the job so far, kept in one place.
+
+use serde::Serialize;
+
+use crate::events::{Event, JobStatus, StageKind, StageOutcome, StageStatus, Timestamp};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub kind: StageKind,
+    pub status: Option<StageStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl StageRecord {
+    /// `build base`, `run test`.
+    pub fn label(&self) -> String {
+        let kind = match self.kind {
+            StageKind::Collect => "collect",
+            StageKind::Build => "build",
+            StageKind::Run => "run",
+        };
+        if self.kind == StageKind::Collect {
+            kind.to_owned()
+        } else {
+            format!("{kind} {}", self.name)
+        }
+    }
+
+    pub fn seconds(&self) -> Option<f64> {
+        let (Some(start), Some(end)) = (self.started_at, self.finished_at) else {
+            return None;
+        };
+        end.0.duration_since(start.0).ok().map(|d| d.as_secs_f64())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobRecord {
+    pub job: String,
+    pub stages: Vec<StageRecord>,
+    pub status: Option<JobStatus>,
+    pub exit_code: Option<u8>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl JobRecord {
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::JobStarted { job, stages, at } => {
+                self.job = job.clone();
+                self.started_at = Some(*at);
+                self.stages = stages
+                    .iter()
+                    .map(|(name, kind)| StageRecord {
+                        name: name.clone(),
+                        kind: *kind,
+                        status: None,
+                        exit_code: None,
+                        image_id: None,
+                        message: None,
+                        started_at: None,
+                        finished_at: None,
+                    })
+                    .collect();
+            }
+            Event::StageStarted { stage, at } => {
+                if let Some(s) = self.stages.get_mut(*stage) {
+                    s.started_at = Some(*at);
+                }
+            }
+            Event::StageFinished { stage, outcome, at } => {
+                if let Some(s) = self.stages.get_mut(*stage) {
+                    let StageOutcome {
+                        status,
+                        exit_code,
+                        image_id,
+                        message,
+                    } = outcome.clone();
+                    s.status = Some(status);
+                    s.exit_code = exit_code;
+                    s.image_id = image_id;
+                    s.message = message;
+                    s.finished_at = Some(*at);
+                }
+            }
+            Event::JobFinished {
+                status,
+                exit_code,
+                at,
+            } => {
+                self.status = Some(*status);
+                self.exit_code = Some(*exit_code);
+                self.finished_at = Some(*at);
+            }
+            Event::Log { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The results directory: `<dir>/<job>/result.json`, `log.txt` (the whole job, a header
+//! line wherever the stage changes) and `stages/<n>-<kind>-<name>.log`.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::record::{JobRecord, StageRecord};
+use super::reporter::Sink;
+use crate::events::Event;
+
+/// Bumped when result.json changes shape incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub struct ResultsDir {
+    dir: PathBuf,
+    log: BufWriter<File>,
+    written: u64,
+    current: Option<usize>,
+    ranges: Vec<Option<(u64, u64)>>,
+    stage_files: Vec<Option<BufWriter<File>>>,
+    job: JobInfo,
+}
+
+/// What was asked of the job, for result.json.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobInfo {
+    pub config: PathBuf,
+    pub tasks: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ResultFile<'r> {
+    schema_version: u32,
+    job: &'r str,
+    config: &'r Path,
+    tasks: &'r [String],
+    status: Option<crate::events::JobStatus>,
+    exit_code: Option<u8>,
+    started_at: Option<crate::events::Timestamp>,
+    finished_at: Option<crate::events::Timestamp>,
+    stages: Vec<StageResult<'r>>,
+}
+
+#[derive(Serialize)]
+struct StageResult<'r> {
+    #[serde(flatten)]
+    stage: &'r StageRecord,
+    log_file: String,
+    /// Bytes `[start, end)` of log.txt from this stage's first line to its last (other
+    /// stages' lines may interleave when stages run in parallel).
+    log_range: Option<(u64, u64)>,
+}
+
+impl ResultsDir {
+    /// Creates `<root>/<job>/`.
+    pub fn create(root: &Path, job: &str, info: JobInfo) -> io::Result<ResultsDir> {
+        let dir = root.join(job);
+        fs::create_dir_all(dir.join("stages"))?;
+        Ok(ResultsDir {
+            log: BufWriter::new(File::create(dir.join("log.txt"))?),
+            dir,
+            written: 0,
+            current: None,
+            ranges: Vec::new(),
+            stage_files: Vec::new(),
+            job: info,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn stage_file_name(index: usize, stage: &StageRecord) -> String {
+        let label: String = stage
+            .label()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("stages/{index}-{label}.log")
+    }
+
+    fn write_log(&mut self, stage: usize, record: &JobRecord, bytes: &[u8]) -> io::Result<()> {
+        if self.current != Some(stage) {
+            let header = format!("==> {}\n", record.stages[stage].label());
+            self.log.write_all(header.as_bytes())?;
+            self.written += header.len() as u64;
+            self.current = Some(stage);
+        }
+        let start = self.written;
+        self.log.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.ranges.len() <= stage {
+            self.ranges.resize(stage + 1, None);
+        }
+        let range = self.ranges[stage].get_or_insert((start, start));
+        range.1 = self.written;
+        if self.stage_files.len() <= stage {
+            self.stage_files.resize_with(stage + 1, || None);
+        }
+        if self.stage_files[stage].is_none() {
+            let path = self
+                .dir
+                .join(Self::stage_file_name(stage, &record.stages[stage]));
+            self.stage_files[stage] = Some(BufWriter::new(File::create(path)?));
+        }
+        if let Some(file) = &mut self.stage_files[stage] {
+            file.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    fn write_result(&mut self, record: &JobRecord) -> io::Result<()> {
+        self.log.flush()?;
+        for file in self.stage_files.iter_mut().flatten() {
+            file.flush()?;
+        }
+        let stages = record
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| StageResult {
+                stage,
+                log_file: Self::stage_file_name(i, stage),
+                log_range: self.ranges.get(i).copied().flatten(),
+            })
+            .collect();
+        let result = ResultFile {
+            schema_version: SCHEMA_VERSION,
+            job: &record.job,
+            config: &self.job.config,
+            tasks: &self.job.tasks,
+            status: record.status,
+            exit_code: record.exit_code,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            stages,
+        };
+        let tmp = self.dir.join("result.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&result)?)?;
+        fs::rename(tmp, self.dir.join("result.json"))
+    }
+}
+
+impl Sink for ResultsDir {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+        match event {
+            Event::Log { stage, bytes, .. } => self.write_log(*stage, record, bytes),
+            Event::StageFinished { stage, .. } => {
+                if let Some(Some(file)) = self.stage_files.get_mut(*stage) {
+                    file.flush()?;
+                }
+                self.log.flush()
+            }
+            Event::JobFinished { .. } => self.write_result(record),
+            Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
+        }
+    }
+}
