@@ -431,6 +431,7 @@ fn links(
 
 fn wait_condition(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<WaitCondition> {
     let node = r.map(node, path)?;
+    let errors_before = r.d.error_count();
     suggest::check_keys(
         &node,
         path,
@@ -469,7 +470,7 @@ fn wait_condition(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option
         file_exists: r
             .field(&node, path, "file_exists", Reader::texts)
             .unwrap_or_default(),
-        greps: r.field(&node, path, "greps", text_map).unwrap_or_default(),
+        greps: r.field(&node, path, "greps", greps).unwrap_or_default(),
         file_value: r
             .field(&node, path, "file_value", text_map)
             .unwrap_or_default(),
@@ -485,7 +486,7 @@ fn wait_condition(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option
         && condition.file_exists.is_empty()
         && condition.greps.is_empty()
         && condition.file_value.is_empty();
-    if empty {
+    if empty && r.d.error_count() == errors_before {
         r.invalid(
             &node,
             path,
@@ -496,6 +497,27 @@ fn wait_condition(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option
         return None;
     }
     Some(condition)
+}
+
+/// `file: regex` pairs; the regexes are checked now, not when a service is waited on.
+fn greps(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<IndexMap<String, String>> {
+    let map = text_map(r, node, path)?;
+    let mut ok = true;
+    for (file, pattern) in &map {
+        if let Err(e) = regex::Regex::new(pattern) {
+            let at = node.get(file).unwrap_or(node);
+            let reason = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .to_owned();
+            r.invalid(at, &path.key(file), "regular expression", pattern, reason);
+            ok = false;
+        }
+    }
+    ok.then_some(map)
 }
 
 fn text_map(

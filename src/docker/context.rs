@@ -16,6 +16,9 @@ use crate::collector::{Build, Context};
 
 /// The generated Dockerfile's name inside the context; no user file is called this.
 pub const DOCKERFILE_NAME: &str = "__dockhand_Dockerfile";
+/// dockhand's own results and work directories, never sent: a job writing its log while
+/// its context is read would send a changing file.
+pub const STATE_DIR: &str = ".dockhand";
 const CHUNK: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,7 @@ pub struct ContextStats {
 
 /// The files of a context directory that are sent, in order: not git-ignored (when
 /// `use_gitignore`) or matching `include`, not matching `exclude`, not excluded by the
-/// directory's `.dockerignore`. `prefix` is prepended to every name.
+/// directory's `.dockerignore`, not in [`STATE_DIR`]. `prefix` is prepended to every name.
 pub fn select(
     context: &Context,
     boundary: &Path,
@@ -115,7 +118,7 @@ pub fn select(
                     return true;
                 };
                 let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-                if gitignore && is_dir && rel == ".git" {
+                if is_dir && (rel == STATE_DIR || (gitignore && rel == ".git")) {
                     return false;
                 }
                 let (dockerignore, exclude) = &*prune;

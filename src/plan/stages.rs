@@ -17,7 +17,8 @@ use crate::collector::{Config, EnvVar, Image, Images, TaskAction, closest};
 pub enum Request {
     /// The pipeline, or every image when the config has no pipeline.
     Default,
-    /// These tasks, one after another.
+    /// These tasks, one after another. A name that is no task but an image runs that image
+    /// with its own options (harpoon's `run` of an image).
     Tasks(Vec<String>),
     /// Build these images (all of them when empty), run nothing.
     Images(Vec<String>),
@@ -231,18 +232,22 @@ impl Planner {
         allow_failure: bool,
         env: Vec<EnvVar>,
     ) -> Result<(), PlanError> {
-        let task = config
-            .tasks
-            .get(name)
-            .ok_or_else(|| PlanError::UnknownTask {
-                name: name.to_owned(),
-                suggestion: closest(name, config.tasks.keys().map(String::as_str))
-                    .map(str::to_owned),
-            })?;
-        let images = &task.images;
-        let mut builds = vec![self.build_closure(images, &task.image, name)?];
-        let services = if task.action == TaskAction::Run {
-            services(images, &task.image)
+        let (image, action, images) = match config.tasks.get(name) {
+            Some(task) => (task.image.clone(), task.action, &task.images),
+            None if config.images.contains_key(name) => {
+                (name.to_owned(), TaskAction::Run, &config.images)
+            }
+            None => {
+                let candidates = config.tasks.keys().chain(config.images.keys());
+                return Err(PlanError::UnknownTask {
+                    name: name.to_owned(),
+                    suggestion: closest(name, candidates.map(String::as_str)).map(str::to_owned),
+                });
+            }
+        };
+        let mut builds = vec![self.build_closure(images, &image, name)?];
+        let services = if action == TaskAction::Run {
+            services(images, &image)
         } else {
             Vec::new()
         };
@@ -253,8 +258,8 @@ impl Planner {
         builds.dedup();
         self.runs.push(RunStage {
             task: name.to_owned(),
-            image: task.image.clone(),
-            action: task.action,
+            image,
+            action,
             needs,
             builds,
             services,

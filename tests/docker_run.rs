@@ -1,0 +1,349 @@
+//! Run stages against the real engine: exit codes, linked services and wait conditions,
+//! env forms, mounts, timeouts, Ctrl-C, pipelines, and the results directory. Every run
+//! checks afterwards that no container or network of the job is left.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{JobRun, Project};
+
+#[test]
+fn a_tasks_exit_code_is_the_jobs_exit_code() {
+    let project = Project::new(
+        "tag: t-exit3\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nbash: 'echo failing; exit 3'\n",
+    );
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(3), "{run}");
+    let stage = run.stage("run", "t-exit3");
+    assert_eq!(
+        (stage["status"].as_str(), stage["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(run.result()["status"], "failed");
+    assert!(run.stdout.contains("run t-exit3 | failing"), "{run}");
+}
+
+#[test]
+fn linked_services_start_first_and_answer_by_alias_once_ready() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-links
+context: false
+images:
+  web:
+    commands:
+      - FROM dockhand/busybox:local
+      - [ADD, {dest: /srv/index.html, content: "hello from web\n"}]
+    command: [sh, -c, "sleep 1; exec httpd -f -p 8080 -h /srv"]
+    wait_condition: {port_open: [8080], timeout: 20s, wait_between_attempts: 100ms}
+  client:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.web}:frontend"]
+    tasks:
+      fetch:
+        options:
+          command: [sh, -c, "wget -q -O - http://frontend:8080/ && wget -q -O - http://web:8080/"]
+"#,
+    );
+    let run = project.run(&["run", "fetch"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("service web is ready"), "{run}");
+    assert_eq!(
+        run.stdout.matches("run fetch | hello from web").count(),
+        2,
+        "{run}"
+    );
+}
+
+#[test]
+fn a_service_that_dies_before_it_is_ready_fails_the_task_and_shows_its_output() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-deadsvc
+context: false
+images:
+  db:
+    commands: [FROM dockhand/busybox:local]
+    command: [sh, -c, "echo 'db: config is broken'; exit 4"]
+    wait_condition: {port_open: [5432], timeout: 20s}
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.db}"]
+    command: "true"
+"#,
+    );
+    let run = project.run(&["run", "app"]);
+    assert_eq!(run.code, Some(1), "{run}");
+    let stage = run.stage("run", "app");
+    assert_eq!(stage["status"], "failed");
+    assert!(
+        stage["message"]
+            .as_str()
+            .unwrap()
+            .contains("service db exited with code 4 before it was ready"),
+        "{stage}"
+    );
+    assert!(run.log().contains("db: config is broken"), "{}", run.log());
+}
+
+#[test]
+fn a_service_that_never_gets_ready_times_out_with_what_was_pending() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-slowsvc
+context: false
+images:
+  db:
+    commands: [FROM dockhand/busybox:local]
+    command: [sleep, "60"]
+    wait_condition: {port_open: [5432], file_exists: [/ready], timeout: 2s, wait_between_attempts: 200ms}
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.db}"]
+    command: "true"
+"#,
+    );
+    let started = Instant::now();
+    let run = project.run(&["run", "app"]);
+    assert_eq!(run.code, Some(1), "{run}");
+    let message = run.stage("run", "app")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("was not ready after 2s: port 5432 is not open"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_starts() {
+    let config = "tag: t-env\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nenv: [FROM_HOST, LITERAL=one two, 'WITH_DEFAULT:fallback', 'OVERRIDDEN:unused']\nbash: 'echo \"[$FROM_HOST|$LITERAL|$WITH_DEFAULT|$OVERRIDDEN]\"'\n";
+    let project = Project::new(config);
+    let output = project
+        .command(&["run"])
+        .env("FROM_HOST", "host value")
+        .env("OVERRIDDEN", "from host")
+        .env_remove("WITH_DEFAULT")
+        .output()
+        .unwrap();
+    let run = JobRun::from_output(output);
+    run.assert_nothing_left();
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stdout
+            .contains("[host value|one two|fallback|from host]"),
+        "{run}"
+    );
+
+    let output = project
+        .command(&["run"])
+        .env_remove("FROM_HOST")
+        .output()
+        .unwrap();
+    let run = JobRun::from_output(output);
+    assert_eq!(run.code, Some(200), "{run}");
+    assert!(
+        run.stderr
+            .contains("environment variable `FROM_HOST` must be set on the host"),
+        "{run}"
+    );
+    assert!(
+        run.results.is_none() && run.stdout.is_empty(),
+        "nothing may start: {run}"
+    );
+}
+
+#[test]
+fn mounts_reach_the_workspace_and_nothing_else() {
+    let project = Project::new(
+        "tag: t-mount\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {mount: ['./data:/data:ro']}\ncommand: [cat, /data/file.txt]\n",
+    );
+    project.write("data/file.txt", "from the workspace\n");
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("from the workspace"), "{run}");
+
+    let outside = Project::new(
+        "tag: t-mount2\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {mount: ['/etc:/host-etc', '/var/run/docker.sock:/var/run/docker.sock']}\ncommand: 'true'\n",
+    );
+    let run = outside.run(&["run"]);
+    assert_eq!(run.code, Some(200), "{run}");
+    assert!(
+        run.stderr
+            .contains("mount of /etc is outside the workspace"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("mounting the Docker socket"), "{run}");
+    let run = outside.run(&["run", "--allow-host-mount", "/etc", "--allow-docker-socket"]);
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+#[test]
+fn a_task_past_its_timeout_is_killed_and_removed() {
+    let project = Project::new(
+        "tag: t-timeout\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: [sleep, '60']\n",
+    );
+    let started = Instant::now();
+    let run = project.run(&["run", "--timeout", "2s"]);
+    assert_eq!(run.code, Some(124), "{run}");
+    assert_eq!(run.stage("run", "t-timeout")["status"], "timed_out");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_and_removes_everything() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-cancel
+context: false
+images:
+  svc:
+    commands: [FROM dockhand/busybox:local]
+    command: [sleep, "300"]
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.svc}"]
+    command: [sh, -c, "echo started; sleep 300"]
+"#,
+    );
+    let mut child = project.spawn(&["run", "app"]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let seen = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("run app | started"));
+    assert!(seen, "the task never started");
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let output = child.wait_with_output().unwrap();
+    let mut run = JobRun::from_output(output);
+    run.stdout = rest.join("\n");
+    assert_eq!(run.code, Some(130), "{run}");
+    run.assert_nothing_left();
+    assert_eq!(run.result()["status"], "cancelled");
+    assert_eq!(run.stage("run", "app")["status"], "cancelled");
+}
+
+#[test]
+fn pipelines_respect_needs_and_allow_failure() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-pipe
+context: false
+images:
+  box:
+    commands: [FROM dockhand/busybox:local]
+    tasks:
+      flaky: {options: {bash: "exit 5"}}
+      after-flaky: {options: {bash: "echo ran after flaky"}}
+      broken: {options: {bash: "exit 9"}}
+      after-broken: {options: {bash: "echo should not run"}}
+pipeline:
+  - task: flaky
+    allow_failure: true
+  - task: after-flaky
+    needs: [flaky]
+  - broken
+  - task: after-broken
+    needs: [broken]
+"#,
+    );
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(9), "{run}");
+    assert_eq!(run.stage("run", "flaky")["exit_code"], 5);
+    assert_eq!(run.stage("run", "after-flaky")["status"], "passed");
+    assert_eq!(run.stage("run", "after-broken")["status"], "skipped");
+    assert!(!run.stdout.contains("should not run"));
+}
+
+#[test]
+fn the_results_directory_holds_the_result_the_whole_log_and_stage_logs() {
+    let project = Project::new(
+        "tag: t-results\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nbash: 'echo out; echo err >&2; printf partial'\n",
+    );
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let result = run.result();
+    assert_eq!(result["schema_version"], 1);
+    assert_eq!(result["exit_code"], 0);
+    let kinds: Vec<&str> = result["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["collect", "build", "run"]);
+    let log = run.log();
+    for want in [
+        "==> run t-results\n",
+        "out\n",
+        "err\n",
+        "partial\n",
+        "==> build t-results\n",
+    ] {
+        assert!(log.contains(want), "log.txt lacks {want:?}:\n{log}");
+    }
+    let stage = run.stage("run", "t-results");
+    let (start, end) = (
+        stage["log_range"][0].as_u64().unwrap() as usize,
+        stage["log_range"][1].as_u64().unwrap() as usize,
+    );
+    assert!(log[start..end].contains("partial"));
+    let stage_log = std::fs::read_to_string(
+        run.results
+            .as_ref()
+            .unwrap()
+            .join(stage["log_file"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert!(
+        stage_log.contains("out\n") && stage_log.contains("partial\n"),
+        "{stage_log}"
+    );
+}
+
+#[test]
+fn extra_arguments_reach_the_task() {
+    let project = Project::new(
+        "tag: t-args\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nbash: 'echo args: {$@}'\n",
+    );
+    let run = project.run(&["run", "t-args", "--", "one", "two"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("args: one two"), "{run}");
+    let run = project.run(&["run", "nope"]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("no task named `nope`"), "{run}");
+}
+
+#[test]
+fn no_engine_is_an_infrastructure_error_naming_the_address() {
+    let project =
+        Project::new("tag: t-noengine\ncontext: false\ncommands: [FROM dockhand/busybox:local]\n");
+    let output = project
+        .command(&["run"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let run = JobRun::from_output(output);
+    assert_eq!(run.code, Some(202), "{run}");
+    assert!(
+        run.stderr
+            .contains("no Docker engine answers at unix:///nonexistent/docker.sock"),
+        "{run}"
+    );
+}
