@@ -6,6 +6,8 @@ pub const AGENT: &str = "dockhand.agent";
 pub const JOB: &str = "dockhand.job";
 pub const STAGE: &str = "dockhand.stage";
 pub const IMAGE: &str = "dockhand.image";
+/// On agent-wide objects no job owns (the isolated network).
+pub const SHARED: &str = "dockhand.shared";
 
 /// Who owns an object: the agent, the job and the stage.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
-//! One run stage: a network of its own, the dependency containers (links, share_with) in
-//! start order with their wait conditions, then the task's container attached before it
-//! starts. Everything the stage created is removed on every path.
+//! One run stage: the dependency containers (links, share_with) in start order on a
+//! network of the stage's own, with their wait conditions, then the task's container
+//! attached before it starts. A task without dependencies joins the shared isolated
+//! network instead. Everything the stage created is removed on every path.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -36,14 +37,21 @@ pub async fn run_task(
         return Ok(StageOutcome::new(StageStatus::Passed));
     }
     let owner = options.owner(&stage.task);
-    let network = format!("dockhand-{}-{stage_index}", options.job_id);
-    engine.create_network(&network, &owner).await?;
+    let own_network = !stage.services.is_empty();
+    let network = if own_network {
+        let name = format!("dockhand-{}-{stage_index}", options.job_id);
+        engine.create_network(&name, &owner).await?;
+        name
+    } else {
+        engine.isolated_network().await?
+    };
     let mut run = TaskRun {
         engine,
         stage,
         options,
         owner: &owner,
         network: &network,
+        own_network,
         log,
         containers: Vec::new(),
         pumps: JoinSet::new(),
@@ -61,6 +69,9 @@ struct TaskRun<'a> {
     options: &'a ExecutorOptions,
     owner: &'a Owner,
     network: &'a str,
+    /// Whether `network` is this stage's to remove (it has dependency containers), or the
+    /// shared isolated network.
+    own_network: bool,
     log: &'a StageLog,
     containers: Vec<String>,
     pumps: JoinSet<()>,
@@ -213,7 +224,7 @@ impl TaskRun<'_> {
     ) -> ContainerSpec {
         let run = &image.run;
         ContainerSpec {
-            name: format!("{}-{role}", self.network),
+            name: format!("dockhand-{}-{}-{role}", self.options.job_id, self.log.stage),
             image: image.full_name.clone(),
             cmd: run.command.as_ref().map(|c| match c {
                 RunCommand::Exec(argv) => argv.clone(),
@@ -256,7 +267,9 @@ impl TaskRun<'_> {
         }
         self.pumps.abort_all();
         while self.pumps.join_next().await.is_some() {}
-        if let Err(e) = self.engine.remove_network(self.network).await {
+        if self.own_network
+            && let Err(e) = self.engine.remove_network(self.network).await
+        {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)

@@ -10,13 +10,16 @@ use crate::events::{Event, StageStatus};
 pub struct Console<W: Write + Send> {
     out: io::BufWriter<W>,
     width: usize,
+    /// `"   build base | "` per stage, made once: output lines are the hot path.
+    prefixes: Vec<Vec<u8>>,
 }
 
 impl<W: Write + Send> Console<W> {
     pub fn new(out: W) -> Self {
         Console {
-            out: io::BufWriter::with_capacity(64 * 1024, out),
+            out: io::BufWriter::with_capacity(256 * 1024, out),
             width: 0,
+            prefixes: Vec::new(),
         }
     }
 }
@@ -43,16 +46,23 @@ impl<W: Write + Send> Sink for Console<W> {
                     .map(|s| s.label().len())
                     .max()
                     .unwrap_or(0);
+                self.prefixes = record
+                    .stages
+                    .iter()
+                    .map(|s| format!("{:>w$} | ", s.label(), w = self.width).into_bytes())
+                    .collect();
                 writeln!(self.out, "job {job}: {} stage(s)", record.stages.len())?;
             }
             Event::StageStarted { stage, .. } => {
                 writeln!(self.out, "==> {}", record.stages[*stage].label())?;
             }
             Event::Log { stage, bytes, .. } => {
-                let label = record.stages[*stage].label();
-                for line in bytes.split_inclusive(|&b| b == b'\n') {
-                    write!(self.out, "{label:>width$} | ", width = self.width)?;
-                    self.out.write_all(line)?;
+                let prefix = &self.prefixes[*stage];
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', bytes) {
+                    self.out.write_all(prefix)?;
+                    self.out.write_all(&bytes[start..=end])?;
+                    start = end + 1;
                 }
             }
             Event::StageFinished { stage, outcome, .. } => {

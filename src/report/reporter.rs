@@ -16,17 +16,27 @@ pub trait Sink: Send {
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()>;
 }
 
-/// Runs until the sender side closes; returns the final record. A sink that fails is
-/// reported once and dropped, so one full disk does not stop the console.
+/// Runs until the sender side closes; returns the final record. A sink that fails (or
+/// panics) is reported once and dropped, so one full disk does not stop the console and a
+/// console bug does not lose the results directory.
 pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> JobRecord {
     let mut record = JobRecord::default();
     let mut partial: HashMap<(usize, LogStream), BytesMut> = HashMap::new();
     let deliver = |event: &Event, record: &JobRecord, sinks: &mut Vec<Box<dyn Sink>>| {
-        sinks.retain_mut(|sink| match sink.event(event, record) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("a report sink failed and was dropped: {e}");
-                false
+        sinks.retain_mut(|sink| {
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sink.event(event, record)
+            }));
+            match delivered {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::error!("a report sink failed and was dropped: {e}");
+                    false
+                }
+                Err(_) => {
+                    tracing::error!("a report sink panicked and was dropped");
+                    false
+                }
             }
         });
     };
@@ -38,7 +48,7 @@ pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> J
                 bytes,
             } => {
                 let pending = partial.entry((stage, stream)).or_default();
-                let Some(last_newline) = bytes.iter().rposition(|&b| b == b'\n') else {
+                let Some(last_newline) = memchr::memrchr(b'\n', &bytes) else {
                     pending.extend_from_slice(&bytes);
                     continue;
                 };

@@ -11,6 +11,9 @@ use super::record::{JobRecord, StageRecord};
 use super::reporter::Sink;
 use crate::events::Event;
 
+/// Large buffers: a chatty task's output is written in few system calls.
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// Bumped when result.json changes shape incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -60,7 +63,7 @@ impl ResultsDir {
         let dir = root.join(job);
         fs::create_dir_all(dir.join("stages"))?;
         Ok(ResultsDir {
-            log: BufWriter::new(File::create(dir.join("log.txt"))?),
+            log: BufWriter::with_capacity(WRITE_BUFFER, File::create(dir.join("log.txt"))?),
             dir,
             written: 0,
             current: None,
@@ -111,7 +114,8 @@ impl ResultsDir {
             let path = self
                 .dir
                 .join(Self::stage_file_name(stage, &record.stages[stage]));
-            self.stage_files[stage] = Some(BufWriter::new(File::create(path)?));
+            self.stage_files[stage] =
+                Some(BufWriter::with_capacity(WRITE_BUFFER, File::create(path)?));
         }
         if let Some(file) = &mut self.stage_files[stage] {
             file.write_all(bytes)?;
