@@ -245,3 +245,45 @@ commands:
     let run = dotdot.run(&["build"]);
     assert_eq!(run.code, Some(201), "{run}");
 }
+
+#[test]
+fn use_gitignore_leaves_out_ignored_files_unless_included() {
+    let project = Project::new(
+        r#"
+tag: t-gitignore
+context:
+  use_gitignore: true
+  include: ["build/keep.txt"]
+commands:
+  - FROM dockhand/busybox:local
+  - COPY . /ctx
+"#,
+    );
+    project.write(".gitignore", "build/\n*.tmp\n");
+    for file in [
+        "src/app.txt",
+        "build/out.bin",
+        "build/keep.txt",
+        "scratch.tmp",
+    ] {
+        project.write(file, file);
+    }
+    let run = project.run(&["build", "--no-cache"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let listed = in_image("t-gitignore:latest", &["find", "/ctx", "-type", "f"]);
+    let mut arrived: Vec<&str> = listed
+        .lines()
+        .map(|l| l.trim_start_matches("/ctx/"))
+        .collect();
+    arrived.sort_unstable();
+    assert_eq!(
+        arrived,
+        [
+            ".gitignore",
+            "__dockhand_Dockerfile",
+            "build/keep.txt",
+            "config.yml",
+            "src/app.txt"
+        ]
+    );
+}

@@ -347,3 +347,58 @@ fn no_engine_is_an_infrastructure_error_naming_the_address() {
         "{run}"
     );
 }
+
+#[test]
+fn wait_conditions_need_no_shell_in_the_service() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-waits
+context: false
+images:
+  svc:
+    commands: [FROM dockhand/busybox:local]
+    command: [sh, -c, "sleep 1; echo up > /state; echo 'server ready to accept' > /log; touch /ready; exec sleep 60"]
+    wait_condition:
+      file_exists: [/ready]
+      file_value: {/state: up}
+      greps: {/log: "ready to \\w+"}
+      command: ["test -s /log"]
+      timeout: 20s
+      wait_between_attempts: 200ms
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.svc}"]
+    bash: 'echo "running in $0"'
+    shell: /bin/ash
+"#,
+    );
+    let run = project.run(&["run", "app"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("service svc is ready"), "{run}");
+    assert!(run.stdout.contains("running in /bin/ash"), "{run}");
+}
+
+#[test]
+fn the_repository_demo_runs() {
+    support::require_engine();
+    let results = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args([
+            "--no-harpoonrc",
+            "run",
+            "--results-dir",
+            results.path().to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DOCKHAND_CONFIG")
+        .output()
+        .unwrap();
+    let run = JobRun::from_output(output);
+    run.assert_nothing_left();
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stdout
+            .contains("run test | service answered: dockhand demo service"),
+        "{run}"
+    );
+}
