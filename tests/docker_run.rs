@@ -122,15 +122,13 @@ images:
 fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_starts() {
     let config = "tag: t-env\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nenv: [FROM_HOST, LITERAL=one two, 'WITH_DEFAULT:fallback', 'OVERRIDDEN:unused']\nbash: 'echo \"[$FROM_HOST|$LITERAL|$WITH_DEFAULT|$OVERRIDDEN]\"'\n";
     let project = Project::new(config);
-    let output = project
-        .command(&["run"])
-        .env("FROM_HOST", "host value")
-        .env("OVERRIDDEN", "from host")
-        .env_remove("WITH_DEFAULT")
-        .output()
-        .unwrap();
-    let run = JobRun::from_output(output);
-    run.assert_nothing_left();
+    let run = support::finish(
+        project
+            .command(&["run"])
+            .env("FROM_HOST", "host value")
+            .env("OVERRIDDEN", "from host")
+            .env_remove("WITH_DEFAULT"),
+    );
     assert_eq!(run.code, Some(0), "{run}");
     assert!(
         run.stdout
@@ -138,12 +136,7 @@ fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_start
         "{run}"
     );
 
-    let output = project
-        .command(&["run"])
-        .env_remove("FROM_HOST")
-        .output()
-        .unwrap();
-    let run = JobRun::from_output(output);
+    let run = support::finish(project.command(&["run"]).env_remove("FROM_HOST"));
     assert_eq!(run.code, Some(200), "{run}");
     assert!(
         run.stderr
@@ -230,8 +223,7 @@ images:
             .success()
     );
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let output = child.wait_with_output().unwrap();
-    let mut run = JobRun::from_output(output);
+    let mut run = JobRun::from_output(child.wait_with_output().unwrap());
     run.stdout = rest.join("\n");
     assert_eq!(run.code, Some(130), "{run}");
     run.assert_nothing_left();
@@ -334,12 +326,13 @@ fn extra_arguments_reach_the_task() {
 fn no_engine_is_an_infrastructure_error_naming_the_address() {
     let project =
         Project::new("tag: t-noengine\ncontext: false\ncommands: [FROM dockhand/busybox:local]\n");
-    let output = project
-        .command(&["run"])
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .output()
-        .unwrap();
-    let run = JobRun::from_output(output);
+    let run = JobRun::from_output(
+        project
+            .command(&["run"])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(run.code, Some(202), "{run}");
     assert!(
         run.stderr
@@ -382,19 +375,17 @@ images:
 fn the_repository_demo_runs() {
     support::require_engine();
     let results = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
-        .args([
-            "--no-harpoonrc",
-            "run",
-            "--results-dir",
-            results.path().to_str().unwrap(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("DOCKHAND_CONFIG")
-        .output()
-        .unwrap();
-    let run = JobRun::from_output(output);
-    run.assert_nothing_left();
+    let run = support::finish(
+        std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args([
+                "--no-harpoonrc",
+                "run",
+                "--results-dir",
+                results.path().to_str().unwrap(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("DOCKHAND_CONFIG"),
+    );
     assert_eq!(run.code, Some(0), "{run}");
     assert!(
         run.stdout

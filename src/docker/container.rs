@@ -535,13 +535,6 @@ impl Engine {
             .list_containers(Some(options))
             .await
             .map_err(DockerError::api("listing containers"))?;
-        let mut removed = Leftovers::default();
-        for container in containers {
-            if let Some(id) = container.id {
-                self.remove_container(&id).await?;
-                removed.containers += 1;
-            }
-        }
         let options = ListNetworksOptionsBuilder::default()
             .filters(&filter)
             .build();
@@ -550,38 +543,15 @@ impl Engine {
             .list_networks(Some(options))
             .await
             .map_err(DockerError::api("listing networks"))?;
-        for network in networks {
-            if let Some(name) = network.name {
-                self.remove_network(&name).await?;
-                removed.networks += 1;
-            }
+        let mut removed = Leftovers::default();
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            self.remove_container(&id).await?;
+            removed.containers += 1;
+        }
+        for name in networks.into_iter().filter_map(|n| n.name) {
+            self.remove_network(&name).await?;
+            removed.networks += 1;
         }
         Ok(removed)
-    }
-
-    /// Counts what carries `label=value`, for tests and reports.
-    pub async fn count_labelled(&self, label: &str, value: &str) -> Result<Leftovers, DockerError> {
-        let filter = HashMap::from([("label", vec![format!("{label}={value}")])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filter)
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(DockerError::api("listing containers"))?;
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(DockerError::api("listing networks"))?;
-        Ok(Leftovers {
-            containers: containers.len(),
-            networks: networks.len(),
-        })
     }
 }

@@ -102,13 +102,18 @@ impl<W: Write + Send> Sink for Console<W> {
                     w = self.width
                 )?;
                 for s in &record.stages {
-                    let exit = s.exit_code.map(|c| c.to_string()).unwrap_or_default();
+                    let exit = s
+                        .outcome
+                        .as_ref()
+                        .and_then(|o| o.exit_code)
+                        .map(|c| c.to_string())
+                        .unwrap_or_default();
                     let time = s.seconds().map(|t| format!("{t:.1}s")).unwrap_or_default();
                     writeln!(
                         self.out,
                         "{:<w$}  {:<9}  {exit:>4}  {time:>7}",
                         s.label(),
-                        status_word(s.status),
+                        status_word(s.outcome.as_ref().map(|o| o.status)),
                         w = self.width
                     )?;
                 }

@@ -2,19 +2,15 @@
 
 use serde::Serialize;
 
-use crate::events::{Event, JobStatus, StageKind, StageOutcome, StageStatus, Timestamp};
+use crate::events::{Event, JobStatus, StageKind, StageOutcome, Timestamp};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StageRecord {
     pub name: String,
     pub kind: StageKind,
-    pub status: Option<StageStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    /// How it ended; absent while it runs or when it never ran.
+    #[serde(flatten)]
+    pub outcome: Option<StageOutcome>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }
@@ -63,10 +59,7 @@ impl JobRecord {
                     .map(|(name, kind)| StageRecord {
                         name: name.clone(),
                         kind: *kind,
-                        status: None,
-                        exit_code: None,
-                        image_id: None,
-                        message: None,
+                        outcome: None,
                         started_at: None,
                         finished_at: None,
                     })
@@ -79,16 +72,7 @@ impl JobRecord {
             }
             Event::StageFinished { stage, outcome, at } => {
                 if let Some(s) = self.stages.get_mut(*stage) {
-                    let StageOutcome {
-                        status,
-                        exit_code,
-                        image_id,
-                        message,
-                    } = outcome.clone();
-                    s.status = Some(status);
-                    s.exit_code = exit_code;
-                    s.image_id = image_id;
-                    s.message = message;
+                    s.outcome = Some(outcome.clone());
                     s.finished_at = Some(*at);
                 }
             }

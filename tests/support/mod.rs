@@ -45,10 +45,7 @@ impl Project {
 
     /// Runs `dockhand ARGS` to its end, then checks the job left nothing behind.
     pub fn run(&self, args: &[&str]) -> JobRun {
-        let output = self.command(args).output().unwrap();
-        let run = JobRun::from_output(output);
-        run.assert_nothing_left();
-        run
+        finish(&mut self.command(args))
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
@@ -58,6 +55,13 @@ impl Project {
             .spawn()
             .unwrap()
     }
+}
+
+/// Runs a prepared `dockhand` command to its end, then checks its job left nothing behind.
+pub fn finish(command: &mut Command) -> JobRun {
+    let run = JobRun::from_output(command.output().unwrap());
+    run.assert_nothing_left();
+    run
 }
 
 /// What one `dockhand build`/`run` did.
