@@ -20,12 +20,12 @@ DOCKHAND = os.path.join(ROOT, "target", "release", "dockhand")
 BASE = "dockhand/busybox:local"
 
 
-def timed(argv, cwd=None, stdout=subprocess.DEVNULL):
+def timed(argv, cwd=None, stdout=subprocess.DEVNULL, env=None):
     """Runs argv; returns (seconds, peak RSS in MiB of that process tree's largest member).
     Dirty pages are written back first, so one run's writeback does not slow the next."""
     os.sync()
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=stdout, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=stdout, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -38,7 +38,8 @@ def sh(script, cwd=None):
 
 
 def measure(name, runs, contenders):
-    """contenders: [(label, fn)] where fn() -> (seconds, rss). Interleaved, first = dockhand."""
+    """contenders: [(label, fn)] where fn() -> (seconds, rss), run interleaved. Labels
+    starting with "dockhand" are compared with every other."""
     for _, fn in contenders:
         fn()  # warm the cache and the engine
     samples = {label: [] for label, _ in contenders}
@@ -49,12 +50,14 @@ def measure(name, runs, contenders):
             samples[label].append(seconds)
             rss[label] = max(rss[label], peak)
     medians = {label: statistics.median(s) for label, s in samples.items()}
-    ours = contenders[0][0]
     print(f"\n## {name} (median of {runs})")
     for label, _ in contenders:
-        ratio = medians[ours] / medians[label]
-        suffix = "" if label == ours else f"   dockhand/this = {ratio:.2f}"
-        print(f"  {label:<44} {medians[label]:8.3f}s  peak RSS {rss[label]:6.1f} MiB{suffix}")
+        print(f"  {label:<44} {medians[label]:8.3f}s  peak RSS {rss[label]:6.1f} MiB")
+    ours = [label for label, _ in contenders if label.startswith("dockhand")]
+    theirs = [label for label, _ in contenders if not label.startswith("dockhand")]
+    for a in ours:
+        for b in theirs:
+            print(f"  ratio  {a} / {b} = {medians[a] / medians[b]:.3f}")
     return medians, rss
 
 
@@ -103,14 +106,34 @@ def big_context(runs, work):
         with open(os.path.join(sub, f"f{i:05d}.dat"), "wb") as f:
             f.write(block[: 5_000 + (i % 10) * 1000] + i.to_bytes(4, "little"))
     with open(os.path.join(d, "config.yml"), "w") as f:
-        f.write(f"tag: bench-context\ncommands: [FROM {BASE}, 'COPY src /src']\ncommand: 'true'\n")
+        # docker's Dockerfiles (rewritten during the run) are not part of dockhand's context.
+        f.write(f"tag: bench-context\ncontext: {{exclude: ['Dockerfile*']}}\ncommands: [FROM {BASE}, 'COPY src /src', [ENV, 'RUN_ID={{RUN_ID:from_env}}']]\ncommand: 'true'\n")
     with open(os.path.join(d, "Dockerfile"), "w") as f:
-        f.write(f"FROM {BASE}\nCOPY src /src\n")
+        f.write(f"FROM {BASE}\nCOPY src /src\nENV RUN_ID=0\n")
     results = os.path.join(d, ".dockhand", "results")
     size = subprocess.run(["du", "-sm", os.path.join(d, "src")], capture_output=True, text=True).stdout.split()[0]
-    return measure(f"a 20,000-file context ({size} MB), every step cached", runs, [
-        ("dockhand build", lambda: timed([DOCKHAND, "--no-harpoonrc", "build", "--results-dir", results], cwd=d)),
-        ("docker build -q", sh("docker build -q -t bench-context-cli . >/dev/null", cwd=d)),
+    dockhand = [DOCKHAND, "--no-harpoonrc", "build", "--results-dir", results]
+    runs_so_far = [0]
+
+    def first_run():
+        # A new RUN_ID changes the Dockerfile's last step, so no image has the build key,
+        # and without the digest cache every file is hashed: dockhand does all its work and
+        # sends the context; the engine answers FROM and COPY from its cache.
+        shutil.rmtree(os.path.join(d, ".dockhand", "cache"), ignore_errors=True)
+        runs_so_far[0] += 1
+        return timed(dockhand, cwd=d, env={**os.environ, "RUN_ID": str(runs_so_far[0])})
+
+    def docker_changed():
+        # The same change for docker: its last step is new, FROM and COPY come from cache.
+        with open(os.path.join(d, "Dockerfile.changed"), "w") as f:
+            f.write(f"FROM {BASE}\nCOPY src /src\nENV RUN_ID=x{runs_so_far[0]}\n")
+        return timed(["sh", "-c", "docker build -q -f Dockerfile.changed -t bench-context-cli2 . >/dev/null"], cwd=d)
+
+    return measure(f"a 20,000-file context ({size} MB)", runs, [
+        ("dockhand build, unchanged re-run", lambda: timed(dockhand, cwd=d, env={**os.environ, "RUN_ID": "0"})),
+        ("dockhand build, first run (last step changed, no digest cache)", first_run),
+        ("docker build -q, every step cached", sh("docker build -q -t bench-context-cli . >/dev/null", cwd=d)),
+        ("docker build -q, last step changed", docker_changed),
     ])
 
 

@@ -5,14 +5,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use std::sync::{Arc, Mutex};
+
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::build_key::{BuildKey, LABEL_KEY, file_changes, write_manifest};
 use super::context::{self, DOCKERFILE_NAME};
-use super::{DockerError, Engine, is_not_found, labels};
+use super::digests::DigestCache;
+use super::{DockerError, Engine, is_not_found};
 use crate::collector::Image;
 use crate::events::{LogStream, StageLog};
 
@@ -21,8 +27,16 @@ const TAIL_LINES: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BuildResult {
+    /// Built now; `reason` says why the last build could not be reused.
     Built {
         image_id: String,
+        key: String,
+        reason: String,
+    },
+    /// An image with the same build key exists: nothing was sent.
+    Cached {
+        image_id: String,
+        key: String,
     },
     Failed {
         message: String,
@@ -32,47 +46,126 @@ pub enum BuildResult {
     Cancelled,
 }
 
+/// What a build needs besides the image.
+pub struct BuildRequest<'a> {
+    pub image: &'a Image,
+    /// No context directory may be outside it; `.dockhand/cache` in it holds the digest
+    /// cache and the manifests of earlier builds.
+    pub workspace: &'a Path,
+    /// The build keys of the images this one builds from, in `depends_on` order.
+    pub dependency_keys: Vec<String>,
+    pub digests: Arc<Mutex<DigestCache>>,
+    /// Build every step again and do not reuse an image with the same key.
+    pub no_cache: bool,
+}
+
+/// Where a workspace keeps the digest cache and build manifests.
+pub fn cache_dir(workspace: &Path) -> PathBuf {
+    workspace.join(context::STATE_DIR).join("cache")
+}
+
 impl Engine {
-    /// Builds `image` with its context read from `boundary` (no context directory may be
-    /// outside it). Build output goes to `log` as it arrives. The image is labelled with
-    /// its config name only: it outlives the job and is shared by later ones.
+    /// Builds `request.image` unless an image with the same build key exists. Build
+    /// output goes to `log` as it arrives. The image is labelled with its config name and
+    /// key only: it outlives the job and is shared by later ones.
     pub async fn build(
         &self,
-        image: &Image,
-        boundary: &Path,
+        request: BuildRequest<'_>,
         log: &StageLog,
         cancel: &CancellationToken,
-        no_cache: bool,
     ) -> Result<BuildResult, DockerError> {
+        let image = request.image;
+        let mut base_ids = Vec::new();
         for base in &image.build.external_bases {
-            if !self.image_exists(base).await? {
-                return Ok(failed(format!(
-                    "base image `{base}` is not in the engine, and dockhand never pulls: build or load it first"
-                )));
+            match self.image_id(base).await? {
+                Some(id) => base_ids.push(id),
+                None => {
+                    return Ok(failed(format!(
+                        "base image `{base}` is not in the engine, and dockhand never pulls: build or load it first"
+                    )));
+                }
             }
         }
         let build = image.build.clone();
-        let root: PathBuf = boundary.to_path_buf();
+        let root: PathBuf = request.workspace.to_path_buf();
         let entries =
             match tokio::task::spawn_blocking(move || context::entries(&build, &root)).await {
-                Ok(Ok(entries)) => entries,
+                Ok(Ok(entries)) => Arc::new(entries),
                 Ok(Err(e)) => return Ok(failed(e.to_string())),
                 Err(e) => return Ok(failed(format!("reading the context failed: {e}"))),
             };
+        let hashing = {
+            let entries = entries.clone();
+            let cache = request.digests.clone();
+            tokio::task::spawn_blocking(move || {
+                cache
+                    .lock()
+                    .map_err(|_| std::io::Error::other("the digest cache is poisoned"))?
+                    .digests(&entries)
+            })
+        };
+        let digests = match hashing.await {
+            Ok(Ok(digests)) => digests,
+            Ok(Err(e)) => return Ok(failed(format!("reading the context failed: {e}"))),
+            Err(e) => return Ok(failed(format!("reading the context failed: {e}"))),
+        };
+        let key = BuildKey::new(
+            &image.build,
+            &entries,
+            &digests,
+            &request.dependency_keys,
+            &base_ids,
+        );
+        let manifest = cache_dir(request.workspace)
+            .join("manifests")
+            .join(format!("{}.tsv", image.full_name.replace(['/', ':'], "_")));
+        let value = key.label_value();
+        let current = self.image_labels(&image.full_name).await?;
+        if !request.no_cache {
+            let tagged = current
+                .as_ref()
+                .filter(|(_, labels)| labels.get(LABEL_KEY) == Some(&value))
+                .map(|(id, _)| id.clone());
+            let found = match tagged {
+                Some(id) => Some(id),
+                None => self.image_with_label(&value, &image.full_name).await?,
+            };
+            if let Some(image_id) = found {
+                log.note(format!(
+                    "{} is up to date (build key {})",
+                    image.full_name,
+                    &key.key[..12]
+                ))
+                .await;
+                return Ok(BuildResult::Cached {
+                    image_id,
+                    key: key.key,
+                });
+            }
+        }
+        let reason = match (&current, request.no_cache) {
+            (_, true) => "--no-cache".to_owned(),
+            (None, false) => "no earlier build".to_owned(),
+            (Some((_, labels)), false) => why_rebuilt(&key, labels, &manifest, &entries, &digests),
+        };
+        log.note(format!("building {}: {reason}", image.full_name))
+            .await;
         let (tx, rx) = mpsc::channel(4);
         let build = image.build.clone();
-        let writer = tokio::task::spawn_blocking(move || context::write(&build, &entries, tx));
+        let tar_entries = entries.clone();
+        let writer = tokio::task::spawn_blocking(move || context::write(&build, &tar_entries, tx));
         let body = futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
 
-        let image_labels = HashMap::from([(labels::IMAGE, image.name.as_str())]);
+        let label = key.label_value();
+        let image_labels = HashMap::from([(LABEL_KEY, label.as_str())]);
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(DOCKERFILE_NAME)
             .t(&image.full_name)
             .rm(true)
             .forcerm(true)
-            .nocache(no_cache)
+            .nocache(request.no_cache)
             .labels(&image_labels)
             .build();
         let mut stream =
@@ -121,8 +214,21 @@ impl Engine {
                 }
             }
         }
-        if let Ok(Err(e)) = writer.await {
-            failure.get_or_insert_with(|| e.to_string());
+        match writer.await {
+            Ok(Ok(stats)) => {
+                let megabytes = stats.bytes as f64 / 1e6;
+                log.note(format!(
+                    "sent a context of {} entries, {megabytes:.1} MB",
+                    stats.entries
+                ))
+                .await;
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                failure.get_or_insert_with(|| format!("writing the context failed: {e}"));
+            }
         }
         if let Some(message) = failure {
             let message = message.trim_end().to_owned();
@@ -138,7 +244,59 @@ impl Engine {
             Some(id) => id,
             None => self.image_id(&image.full_name).await?.unwrap_or_default(),
         };
-        Ok(BuildResult::Built { image_id })
+        if let Err(e) = write_manifest(&manifest, &entries, &digests) {
+            tracing::warn!("cannot write {}: {e}", manifest.display());
+        }
+        Ok(BuildResult::Built {
+            image_id,
+            key: key.key,
+            reason,
+        })
+    }
+
+    /// The id and labels of the image `reference` names, if any.
+    async fn image_labels(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, HashMap<String, String>)>, DockerError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(Some((
+                image.id.unwrap_or_default(),
+                image.config.and_then(|c| c.labels).unwrap_or_default(),
+            ))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
+        }
+    }
+
+    /// Any image whose build-key label is `value` (listing images is slow with many of
+    /// them, so this is the fallback when the tagged image is another build); it is tagged
+    /// as `reference`.
+    async fn image_with_label(
+        &self,
+        value: &str,
+        reference: &str,
+    ) -> Result<Option<String>, DockerError> {
+        let filter = HashMap::from([("label", vec![format!("{LABEL_KEY}={value}")])]);
+        let options = ListImagesOptionsBuilder::default().filters(&filter).build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(DockerError::api("listing images"))?;
+        let Some(image_id) = images.into_iter().next().map(|i| i.id) else {
+            return Ok(None);
+        };
+        let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(&image_id, Some(options))
+            .await
+            .map_err(DockerError::api(format!("tagging {reference}")))?;
+        Ok(Some(image_id))
     }
 
     pub async fn image_exists(&self, reference: &str) -> Result<bool, DockerError> {
@@ -152,6 +310,30 @@ impl Engine {
             Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
         }
     }
+}
+
+/// Why the earlier build (the image under the same name, with these labels) is not this one.
+fn why_rebuilt(
+    key: &BuildKey,
+    labels: &HashMap<String, String>,
+    manifest: &Path,
+    entries: &[context::Entry],
+    digests: &[Option<String>],
+) -> String {
+    let Some(earlier) = labels.get(LABEL_KEY) else {
+        return "the image under that name has no build key".to_owned();
+    };
+    let changed = key.changed_since(earlier);
+    if changed.is_empty() {
+        return "the earlier build is gone".to_owned();
+    }
+    let mut reasons: Vec<String> = changed.iter().map(|c| format!("{c} changed")).collect();
+    if let Some(i) = changed.iter().position(|c| c.contains("context"))
+        && let Some(files) = file_changes(manifest, entries, digests)
+    {
+        reasons[i] = format!("context changed: {files}");
+    }
+    reasons.join("; ")
 }
 
 fn failed(message: String) -> BuildResult {

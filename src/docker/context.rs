@@ -31,7 +31,7 @@ pub enum ContextError {
     Escapes { path: PathBuf, boundary: PathBuf },
     #[error("{path}: {source}")]
     Pattern { path: PathBuf, source: PatternError },
-    #[error("{path} changed size while it was being sent")]
+    #[error("{path} changed while the build context was being read; run again")]
     Changed { path: PathBuf },
     #[error("the engine stopped reading the build context")]
     Aborted,
@@ -48,12 +48,33 @@ pub struct Entry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File { size: u64, mode: u32 },
+    File { mode: u32, stamp: Stamp },
     Dir { mode: u32 },
     Symlink { target: PathBuf },
 }
 
-/// What was sent.
+/// What identifies a file's content without reading it: the build key trusts it (through
+/// the digest cache), and the tar writer checks it again when it opens the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+}
+
+impl Stamp {
+    pub fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            inode: meta.ino(),
+        }
+    }
+}
+
+/// What was sent besides the Dockerfile and generated files: entries (files, directories,
+/// links) and the bytes of the files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContextStats {
     pub entries: u64,
@@ -154,8 +175,8 @@ pub fn select(
                 EntryKind::Dir { mode }
             } else if meta.is_file() {
                 EntryKind::File {
-                    size: meta.len(),
                     mode,
+                    stamp: Stamp::of(&meta),
                 }
             } else {
                 continue;
@@ -213,7 +234,6 @@ pub fn write(
     let mut tar = tar::Builder::new(ChunkWriter {
         buf: Vec::with_capacity(CHUNK),
         tx,
-        sent: 0,
     });
     let aborted = |_| ContextError::Aborted;
     let mut stats = ContextStats::default();
@@ -233,17 +253,23 @@ pub fn write(
         header.set_gid(0);
         header.set_mtime(0);
         match &entry.kind {
-            EntryKind::File { size, mode } => {
+            EntryKind::File { mode, stamp } => {
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(*size);
+                header.set_size(stamp.size);
                 header.set_mode(*mode);
-                let file = fs::File::open(&entry.source).map_err(|source| ContextError::Read {
+                let read_err = |source| ContextError::Read {
                     path: entry.source.clone(),
                     source,
-                })?;
+                };
+                let file = fs::File::open(&entry.source).map_err(read_err)?;
+                if Stamp::of(&file.metadata().map_err(read_err)?) != *stamp {
+                    return Err(ContextError::Changed {
+                        path: entry.source.clone(),
+                    });
+                }
                 let mut reader = Exact {
                     inner: file,
-                    left: *size,
+                    left: stamp.size,
                 };
                 tar.append_data(&mut header, &entry.name, &mut reader)
                     .map_err(|e| match e.kind() {
@@ -256,7 +282,7 @@ pub fn write(
                             source: e,
                         },
                     })?;
-                stats.bytes += size;
+                stats.bytes += stamp.size;
             }
             EntryKind::Dir { mode } => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -324,7 +350,6 @@ impl<R: Read> Read for Exact<R> {
 struct ChunkWriter {
     buf: Vec<u8>,
     tx: mpsc::Sender<io::Result<Bytes>>,
-    sent: u64,
 }
 
 impl ChunkWriter {
@@ -333,7 +358,6 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.sent += chunk.len() as u64;
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))

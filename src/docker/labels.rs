@@ -5,7 +5,6 @@ use std::collections::HashMap;
 pub const AGENT: &str = "dockhand.agent";
 pub const JOB: &str = "dockhand.job";
 pub const STAGE: &str = "dockhand.stage";
-pub const IMAGE: &str = "dockhand.image";
 /// On agent-wide objects no job owns (the isolated network).
 pub const SHARED: &str = "dockhand.shared";
 

@@ -2,18 +2,21 @@
 //! connecting, build contexts, builds, containers and networks, wait conditions, cleanup.
 
 mod build;
+mod build_key;
 mod client;
 mod container;
 pub mod context;
+mod digests;
 pub mod ignore;
 pub mod labels;
 mod wait;
 
 pub use wait::Readiness;
 
-pub use build::BuildResult;
+pub use build::{BuildRequest, BuildResult, cache_dir};
 pub use client::Engine;
 pub use container::{ContainerSpec, ExitStatus, Leftovers};
+pub use digests::DigestCache;
 pub use labels::Owner;
 
 /// Infrastructure failures: the engine could not be reached or refused a request. A
@@ -30,8 +33,8 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("{0}")]
-    Context(#[from] context::ContextError),
+    #[error("a thread holding shared build state panicked")]
+    Poisoned,
 }
 
 impl DockerError {

@@ -44,6 +44,8 @@ pub enum LogStream {
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     Passed,
+    /// A build whose inputs match an image the engine already has: nothing was built.
+    Cached,
     Failed,
     /// Not run because a stage it needs did not pass.
     Skipped,
@@ -51,6 +53,13 @@ pub enum StageStatus {
     TimedOut,
     /// Infrastructure broke during the stage.
     Error,
+}
+
+impl StageStatus {
+    /// Whether stages that need this one may go ahead.
+    pub fn passed(self) -> bool {
+        matches!(self, StageStatus::Passed | StageStatus::Cached)
+    }
 }
 
 /// How a stage ended. A failing task or build is data here, not an error.

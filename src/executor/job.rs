@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::policy::MountPolicy;
 use super::task::run_task;
 use crate::collector::Config;
-use crate::docker::{BuildResult, DockerError, Engine, Owner, labels};
+use crate::docker::{
+    BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner, cache_dir,
+    labels,
+};
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
 };
@@ -114,6 +117,9 @@ pub async fn run_job(
 
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
+    let digest_cache = cache_dir(&options.workspace).join("digests.tsv");
+    let digests = Arc::new(Mutex::new(DigestCache::load(&digest_cache)));
+    let keys: BuildKeys = Arc::default();
     let builds = schedule(
         plan.builds.iter().map(|b| b.after.clone()).collect(),
         |_| true,
@@ -125,15 +131,32 @@ pub async fn run_job(
             let options = options.clone();
             let stage = plan.builds[i].clone();
             let log = emitter.stage(1 + i);
-            async move { build_stage(&engine, &stage.spec, &options, &log, &cancel).await }
+            let (digests, keys) = (digests.clone(), keys.clone());
+            async move {
+                build_stage(
+                    &engine,
+                    &stage.spec,
+                    &options,
+                    digests,
+                    &keys,
+                    &log,
+                    &cancel,
+                )
+                .await
+            }
         },
         |i| emitter.stage(1 + i),
     )
     .await;
-    let build_passed: Vec<bool> = builds
-        .iter()
-        .map(|o| o.status == StageStatus::Passed)
-        .collect();
+    if let Ok(mut cache) = digests.lock()
+        && let Err(e) = cache.save()
+    {
+        tracing::warn!(
+            "cannot save the digest cache {}: {e}",
+            digest_cache.display()
+        );
+    }
+    let build_passed: Vec<bool> = builds.iter().map(|o| o.status.passed()).collect();
     let offset = 1 + plan.builds.len();
     let runs = schedule(
         plan.runs.iter().map(|r| r.needs.clone()).collect(),
@@ -167,8 +190,16 @@ pub async fn run_job(
     )
     .await;
 
-    if let Err(e) = engine.remove_labelled(labels::JOB, &options.job_id).await {
-        tracing::warn!("sweeping the job's containers and networks failed: {e}");
+    match engine.remove_labelled(labels::JOB, &options.job_id).await {
+        Ok(left) if left != Leftovers::default() => {
+            tracing::warn!(
+                "the job left {} container(s) and {} network(s); removed them",
+                left.containers,
+                left.networks
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("sweeping the job's containers and networks failed: {e}"),
     }
     let (status, exit_code) = verdict(&builds, &runs, plan);
     outcomes.extend(builds);
@@ -218,12 +249,9 @@ where
             }
             started[i] = true;
             let log = log(i);
-            let need_failed = after[i].iter().any(|&d| {
-                outcomes[d]
-                    .as_ref()
-                    .is_some_and(|o| o.status != StageStatus::Passed)
-                    && !may_fail(d)
-            });
+            let need_failed = after[i]
+                .iter()
+                .any(|&d| outcomes[d].as_ref().is_some_and(|o| !o.status.passed()) && !may_fail(d));
             let blocked = need_failed || !ready(i);
             if blocked || cancel.is_cancelled() {
                 let status = if cancel.is_cancelled() {
@@ -279,42 +307,72 @@ where
         .collect()
 }
 
+/// Build keys of the images built (or found cached) so far, by image name: a dependent's
+/// key includes its dependencies' keys.
+type BuildKeys = Arc<Mutex<HashMap<String, String>>>;
+
 async fn build_stage(
     engine: &Engine,
     image: &crate::collector::Image,
     options: &ExecutorOptions,
+    digests: Arc<Mutex<DigestCache>>,
+    keys: &BuildKeys,
     log: &StageLog,
     cancel: &CancellationToken,
 ) -> Result<StageOutcome, DockerError> {
-    log.note(format!("building {}", image.full_name)).await;
-    Ok(
-        match engine
-            .build(image, &options.workspace, log, cancel, options.no_cache)
-            .await?
-        {
-            BuildResult::Built { image_id } => StageOutcome {
-                image_id: Some(image_id),
-                ..StageOutcome::new(StageStatus::Passed)
-            },
-            BuildResult::Failed {
-                message,
-                step,
-                tail,
-            } => {
-                let mut text = match &step {
-                    Some(step) => format!("{message} (at {step})"),
-                    None => message,
-                };
-                if !tail.is_empty() {
-                    log.note(format!("last lines of output:\n{}", tail.join("\n")))
-                        .await;
-                    text.push_str(&format!("\n{}", tail.join("\n")));
-                }
-                StageOutcome::new(StageStatus::Failed).with_message(text)
+    let dependency_keys = {
+        let keys = keys.lock().map_err(|_| DockerError::Poisoned)?;
+        image
+            .build
+            .depends_on
+            .iter()
+            .map(|d| keys.get(d).cloned().unwrap_or_default())
+            .collect()
+    };
+    let request = BuildRequest {
+        image,
+        workspace: &options.workspace,
+        dependency_keys,
+        digests,
+        no_cache: options.no_cache,
+    };
+    let result = engine.build(request, log, cancel).await?;
+    if let BuildResult::Built { key, .. } | BuildResult::Cached { key, .. } = &result {
+        keys.lock()
+            .map_err(|_| DockerError::Poisoned)?
+            .insert(image.name.clone(), key.clone());
+    }
+    Ok(match result {
+        BuildResult::Built {
+            image_id, reason, ..
+        } => StageOutcome {
+            image_id: Some(image_id),
+            ..StageOutcome::new(StageStatus::Passed)
+        }
+        .with_message(format!("built: {reason}")),
+        BuildResult::Cached { image_id, .. } => StageOutcome {
+            image_id: Some(image_id),
+            ..StageOutcome::new(StageStatus::Cached)
+        }
+        .with_message("up to date: an image with the same build key exists"),
+        BuildResult::Failed {
+            message,
+            step,
+            tail,
+        } => {
+            let mut text = match &step {
+                Some(step) => format!("{message} (at {step})"),
+                None => message,
+            };
+            if !tail.is_empty() {
+                log.note(format!("last lines of output:\n{}", tail.join("\n")))
+                    .await;
+                text.push_str(&format!("\n{}", tail.join("\n")));
             }
-            BuildResult::Cancelled => StageOutcome::new(StageStatus::Cancelled),
-        },
-    )
+            StageOutcome::new(StageStatus::Failed).with_message(text)
+        }
+        BuildResult::Cancelled => StageOutcome::new(StageStatus::Cancelled),
+    })
 }
 
 /// The job's status and exit code: an infrastructure error first, then cancellation, then

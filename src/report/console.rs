@@ -28,6 +28,7 @@ pub fn status_word(status: Option<StageStatus>) -> &'static str {
     match status {
         None => "not run",
         Some(StageStatus::Passed) => "passed",
+        Some(StageStatus::Cached) => "cached",
         Some(StageStatus::Failed) => "failed",
         Some(StageStatus::Skipped) => "skipped",
         Some(StageStatus::Cancelled) => "cancelled",
@@ -82,7 +83,7 @@ impl<W: Write + Send> Sink for Console<W> {
                     s.label(),
                     status_word(Some(outcome.status))
                 )?;
-                if outcome.status != StageStatus::Passed
+                if !outcome.status.passed()
                     && let Some(message) = &outcome.message
                 {
                     writeln!(self.out, "    {}", message.replace('\n', "\n    "))?;

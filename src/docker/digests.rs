@@ -1,0 +1,159 @@
+//! Content digests of context files, remembered between runs: a file whose path, size,
+//! mtime and inode are unchanged is not read again. Files that must be read are hashed on
+//! every core.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::context::{Entry, EntryKind, Stamp};
+
+/// The on-disk digest cache of one workspace.
+#[derive(Debug, Default)]
+pub struct DigestCache {
+    path: PathBuf,
+    known: HashMap<PathBuf, (Stamp, String)>,
+    changed: bool,
+}
+
+impl DigestCache {
+    /// Loads `path`; a missing or unreadable cache is an empty one (it is only a speed-up).
+    pub fn load(path: &Path) -> DigestCache {
+        let mut known = HashMap::new();
+        if let Ok(file) = fs::File::open(path) {
+            for line in io::BufReader::new(file).lines().map_while(Result::ok) {
+                let mut fields = line.splitn(5, '\t');
+                let (Some(digest), Some(size), Some(mtime), Some(inode), Some(file)) = (
+                    fields.next(),
+                    fields.next(),
+                    fields.next(),
+                    fields.next(),
+                    fields.next(),
+                ) else {
+                    continue;
+                };
+                let (Ok(size), Ok(mtime_ns), Ok(inode)) =
+                    (size.parse(), mtime.parse(), inode.parse())
+                else {
+                    continue;
+                };
+                known.insert(
+                    PathBuf::from(file),
+                    (
+                        Stamp {
+                            size,
+                            mtime_ns,
+                            inode,
+                        },
+                        digest.to_owned(),
+                    ),
+                );
+            }
+        }
+        DigestCache {
+            path: path.to_path_buf(),
+            known,
+            changed: false,
+        }
+    }
+
+    /// Writes the cache back if it learnt anything (atomically: a crash leaves the old one).
+    pub fn save(&mut self) -> io::Result<()> {
+        if !self.changed {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
+        for (file, (stamp, digest)) in &self.known {
+            let Some(file) = file.to_str().filter(|f| !f.contains(['\n', '\t'])) else {
+                continue;
+            };
+            writeln!(
+                out,
+                "{digest}\t{}\t{}\t{}\t{file}",
+                stamp.size, stamp.mtime_ns, stamp.inode
+            )?;
+        }
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()?;
+        fs::rename(tmp, &self.path)?;
+        self.changed = false;
+        Ok(())
+    }
+
+    /// The digest of every regular file among `entries` (`None` for directories and
+    /// links), reading only files the cache cannot vouch for.
+    pub fn digests(&mut self, entries: &[Entry]) -> io::Result<Vec<Option<String>>> {
+        let mut out = vec![None; entries.len()];
+        let mut to_read: Vec<(usize, Stamp)> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let EntryKind::File { stamp, .. } = entry.kind else {
+                continue;
+            };
+            match self.known.get(&entry.source) {
+                Some((known, digest)) if *known == stamp => out[i] = Some(digest.clone()),
+                _ => to_read.push((i, stamp)),
+            }
+        }
+        let workers = std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .min(to_read.len().max(1));
+        let chunks: Vec<&[(usize, Stamp)]> = to_read
+            .chunks(to_read.len().div_ceil(workers).max(1))
+            .collect();
+        let results: Vec<io::Result<Vec<(usize, Stamp, String)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(i, stamp)| Ok((i, stamp, hash_file(&entries[i].source)?)))
+                            .collect::<io::Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked")))
+                })
+                .collect()
+        });
+        for batch in results {
+            for (i, stamp, digest) in batch? {
+                self.known
+                    .insert(entries[i].source.clone(), (stamp, digest.clone()));
+                self.changed = true;
+                out[i] = Some(digest);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
