@@ -61,10 +61,12 @@ fn expect(run: &JobRun, want: &[(&str, &str)]) {
 fn only_what_changed_is_rebuilt() {
     docker(&["tag", support::BASE_IMAGE, "t-cache-external:1"]);
     let project = Project::new(CONFIG);
-    project.write("mid/a.txt", "one\n");
+    // Contents no earlier run had, so no image from an earlier run carries these keys.
+    let nonce = project.path().display().to_string();
+    project.write("mid/a.txt", &format!("one {nonce}\n"));
     project.write("mid/.dockerignore", "scratch.log\n");
     project.write("mid/scratch.log", "ignored\n");
-    project.write("other/b.txt", "other\n");
+    project.write("other/b.txt", &format!("other {nonce}\n"));
     let built = [("mid", "passed"), ("other", "passed"), ("leaf", "passed")];
     let cached = [("mid", "cached"), ("other", "cached"), ("leaf", "cached")];
 
@@ -81,7 +83,7 @@ fn only_what_changed_is_rebuilt() {
     project.write("mid/scratch.log", "still ignored, but different\n");
     expect(&project.run(&["build"]), &cached);
 
-    project.write("mid/a.txt", "onE\n");
+    project.write("mid/a.txt", &format!("onE {nonce}\n"));
     let run = project.run(&["build"]);
     expect(
         &run,
