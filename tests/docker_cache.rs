@@ -57,6 +57,15 @@ fn expect(run: &JobRun, want: &[(&str, &str)]) {
     assert_eq!(got, want, "{run}");
 }
 
+fn assert_message(run: &JobRun, image: &str, want: &str) {
+    let stage = run.stage("build", image);
+    let message = stage["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(want),
+        "{image}: {message:?} lacks {want:?}\n{run}"
+    );
+}
+
 #[test]
 fn only_what_changed_is_rebuilt() {
     docker(&["tag", support::BASE_IMAGE, "t-cache-external:1"]);
@@ -89,20 +98,8 @@ fn only_what_changed_is_rebuilt() {
         &run,
         &[("mid", "passed"), ("other", "cached"), ("leaf", "passed")],
     );
-    assert!(
-        run.stage("build", "mid")["message"]
-            .as_str()
-            .unwrap()
-            .contains("context changed: changed a.txt"),
-        "{run}"
-    );
-    assert!(
-        run.stage("build", "leaf")["message"]
-            .as_str()
-            .unwrap()
-            .contains("an image it builds from changed"),
-        "{run}"
-    );
+    assert_message(&run, "mid", "context changed: changed a.txt");
+    assert_message(&run, "leaf", "an image it builds from changed");
 
     let file = project.path().join("other/b.txt");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -121,13 +118,7 @@ fn only_what_changed_is_rebuilt() {
         &run,
         &[("mid", "cached"), ("other", "cached"), ("leaf", "passed")],
     );
-    assert!(
-        run.stage("build", "leaf")["message"]
-            .as_str()
-            .unwrap()
-            .contains("the Dockerfile or a generated file changed"),
-        "{run}"
-    );
+    assert_message(&run, "leaf", "the Dockerfile or a generated file changed");
 
     let different_base = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -147,13 +138,7 @@ fn only_what_changed_is_rebuilt() {
         &run,
         &[("mid", "passed"), ("other", "cached"), ("leaf", "passed")],
     );
-    assert!(
-        run.stage("build", "mid")["message"]
-            .as_str()
-            .unwrap()
-            .contains("an external base image changed"),
-        "{run}"
-    );
+    assert_message(&run, "mid", "an external base image changed");
 
     docker(&["rmi", "t-cache-other:latest"]);
     expect(

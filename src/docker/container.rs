@@ -137,17 +137,24 @@ impl Engine {
         Ok(chosen)
     }
 
-    /// Ids of the networks named exactly `name`, lowest first.
-    async fn network_ids(&self, name: &str) -> Result<Vec<String>, DockerError> {
-        let filter = HashMap::from([("name", vec![name.to_owned()])]);
+    /// The networks matching one filter, e.g. `("label", "dockhand.job=...")`.
+    async fn networks(
+        &self,
+        (kind, value): (&str, String),
+    ) -> Result<Vec<bollard::models::Network>, DockerError> {
+        let filter = HashMap::from([(kind, vec![value])]);
         let options = ListNetworksOptionsBuilder::default()
             .filters(&filter)
             .build();
-        let networks = self
-            .docker
+        self.docker
             .list_networks(Some(options))
             .await
-            .map_err(DockerError::api("listing networks"))?;
+            .map_err(DockerError::api("listing networks"))
+    }
+
+    /// Ids of the networks named exactly `name`, lowest first.
+    async fn network_ids(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        let networks = self.networks(("name", name.to_owned())).await?;
         let mut ids: Vec<String> = networks
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name))
@@ -535,14 +542,7 @@ impl Engine {
             .list_containers(Some(options))
             .await
             .map_err(DockerError::api("listing containers"))?;
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(DockerError::api("listing networks"))?;
+        let networks = self.networks(("label", format!("{label}={value}"))).await?;
         let mut removed = Leftovers::default();
         for id in containers.into_iter().filter_map(|c| c.id) {
             self.remove_container(&id).await?;
