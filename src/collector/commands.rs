@@ -378,26 +378,23 @@ impl Dockerfile {
         if !ok {
             return;
         }
-        let from = match spec
-            .get("from")
-            .map(|n| (n, r.format(n, &path.key("from"))))
-        {
-            Some((_, Some(Formatted::Image(name)))) => {
+        let from_node = spec.get("from").unwrap_or(spec);
+        let from = match r.format(from_node, &path.key("from")) {
+            Some(Formatted::Image(name)) => {
                 self.depend(&name);
                 names.full.get(&name).cloned().unwrap_or_default()
             }
-            Some((_, Some(Formatted::Text(text)))) => {
+            Some(Formatted::Text(text)) => {
                 if let Some(name) = names.by_full_name(&text) {
                     self.depend(name);
                 }
                 text
             }
-            Some((n, Some(Formatted::Node(other)))) => {
+            Some(Formatted::Node(other)) => {
                 r.wrong(&other, &path.key("from"), "an image or a stage name");
-                let _ = n;
                 return;
             }
-            _ => return,
+            None => return,
         };
         let sources = match spec.get("path") {
             Some(n) if matches!(n.value, Value::Seq(_)) => r.texts(n, &path.key("path")),
