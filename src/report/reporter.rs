@@ -97,3 +97,86 @@ pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> J
     }
     record
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::events::{StageKind, StageOutcome, StageStatus, Timestamp};
+
+    /// Records what it is given.
+    struct Tape(Arc<Mutex<Vec<(usize, String)>>>);
+
+    impl Sink for Tape {
+        fn event(&mut self, event: &Event, _: &JobRecord) -> io::Result<()> {
+            if let Event::Log { stage, bytes, .. } = event {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((*stage, String::from_utf8_lossy(bytes).into_owned()));
+            }
+            Ok(())
+        }
+    }
+
+    struct Broken;
+
+    impl Sink for Broken {
+        fn event(&mut self, _: &Event, _: &JobRecord) -> io::Result<()> {
+            panic!("a buggy sink")
+        }
+    }
+
+    #[test]
+    fn sinks_get_whole_lines_per_stage_and_stream_and_a_panicking_sink_is_dropped() {
+        let (tx, rx) = mpsc::channel(16);
+        let tape = Arc::new(Mutex::new(Vec::new()));
+        let log = |stage, stream, text: &'static str| Event::Log {
+            stage,
+            stream,
+            bytes: Bytes::from_static(text.as_bytes()),
+        };
+        let events = vec![
+            Event::JobStarted {
+                job: "j".into(),
+                stages: vec![("a".into(), StageKind::Run), ("b".into(), StageKind::Run)],
+                at: Timestamp::now(),
+            },
+            log(0, LogStream::Stdout, "one\ntw"),
+            log(1, LogStream::Stdout, "other stage\n"),
+            log(0, LogStream::Stderr, "err"),
+            log(0, LogStream::Stdout, "o\nthree"),
+            log(0, LogStream::Stdout, " and more"),
+            Event::StageFinished {
+                stage: 0,
+                outcome: StageOutcome::new(StageStatus::Passed),
+                at: Timestamp::now(),
+            },
+        ];
+        for event in events {
+            tx.try_send(event).unwrap();
+        }
+        drop(tx);
+        let record = report(rx, vec![Box::new(Broken), Box::new(Tape(tape.clone()))]);
+        let got = tape.lock().unwrap().clone();
+        let want = [
+            (0, "one\n"),
+            (1, "other stage\n"),
+            (0, "two\n"),
+            (0, "err\n"),
+            (0, "three and more\n"),
+        ];
+        let want: Vec<(usize, String)> = want.iter().map(|(s, t)| (*s, (*t).to_owned())).collect();
+        let mut sorted_got = got.clone();
+        sorted_got.sort();
+        let mut sorted_want = want.clone();
+        sorted_want.sort();
+        assert_eq!(sorted_got, sorted_want, "{got:?}");
+        assert_eq!(got[..3], want[..3], "lines keep their order");
+        assert_eq!(
+            record.stages[0].outcome.as_ref().map(|o| o.status),
+            Some(StageStatus::Passed)
+        );
+    }
+}
