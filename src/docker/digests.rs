@@ -60,11 +60,13 @@ impl DigestCache {
         }
     }
 
-    /// Writes the cache back if it learnt anything (atomically: a crash leaves the old one).
+    /// Writes the cache back if it learnt anything, forgetting files that no longer exist
+    /// (atomically: a crash leaves the old one).
     pub fn save(&mut self) -> io::Result<()> {
         if !self.changed {
             return Ok(());
         }
+        self.known.retain(|file, _| file.exists());
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -156,4 +158,46 @@ fn hash_file(path: &Path) -> io::Result<String> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::context::Stamp;
+
+    fn entry(path: &Path) -> Entry {
+        let meta = fs::metadata(path).unwrap();
+        Entry {
+            name: path.file_name().unwrap().to_string_lossy().into_owned(),
+            source: path.to_path_buf(),
+            kind: EntryKind::File {
+                mode: 0o644,
+                stamp: Stamp::of(&meta),
+            },
+        }
+    }
+
+    #[test]
+    fn digests_are_reused_until_a_file_changes_and_forgotten_when_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, "alpha").unwrap();
+        fs::write(&b, "beta").unwrap();
+        let cache_path = dir.path().join("cache/digests.tsv");
+        let mut cache = DigestCache::load(&cache_path);
+        let first = cache.digests(&[entry(&a), entry(&b)]).unwrap();
+        cache.save().unwrap();
+
+        let mut reloaded = DigestCache::load(&cache_path);
+        assert_eq!(reloaded.digests(&[entry(&a)]).unwrap()[0], first[0]);
+        assert!(!reloaded.changed, "an unchanged file is not read again");
+        fs::write(&a, "a different length").unwrap();
+        let changed = reloaded.digests(&[entry(&a)]).unwrap();
+        assert_ne!(changed[0], first[0]);
+
+        fs::remove_file(&b).unwrap();
+        reloaded.save().unwrap();
+        let text = fs::read_to_string(&cache_path).unwrap();
+        assert!(!text.contains("/b\n") && text.contains("/a\n"), "{text}");
+    }
 }
