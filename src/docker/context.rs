@@ -138,14 +138,15 @@ pub fn select(
                 let Some(rel) = relative(&prune_root, e.path()) else {
                     return true;
                 };
-                let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-                if is_dir && (rel == STATE_DIR || (gitignore && rel == ".git")) {
+                if !e.file_type().is_some_and(|t| t.is_dir()) {
+                    return true;
+                }
+                if rel == STATE_DIR || (gitignore && rel == ".git") {
                     return false;
                 }
                 let (dockerignore, exclude) = &*prune;
-                let excluded = dockerignore.matches(&rel) || exclude.matches(&rel);
                 let walk_anyway = dockerignore.has_exceptions() || exclude.has_exceptions();
-                !is_dir || !excluded || walk_anyway
+                walk_anyway || !(dockerignore.matches(&rel) || exclude.matches(&rel))
             })
             .build();
         for item in walker {

@@ -126,11 +126,10 @@ pub async fn run_job(
         |_| false,
         options.parallel,
         cancel,
-        |i, cancel| {
+        |i, log, cancel| {
             let engine = engine.clone();
             let options = options.clone();
             let stage = plan.builds[i].clone();
-            let log = emitter.stage(1 + i);
             let (digests, keys) = (digests.clone(), keys.clone());
             async move {
                 build_stage(
@@ -164,11 +163,10 @@ pub async fn run_job(
         |i| plan.runs[i].allow_failure,
         options.parallel,
         cancel,
-        |i, cancel| {
+        |i, log, cancel| {
             let engine = engine.clone();
             let options = options.clone();
             let stage = plan.runs[i].clone();
-            let log = emitter.stage(offset + i);
             let deadline = stage
                 .timeout
                 .or(options.task_timeout)
@@ -220,7 +218,8 @@ pub async fn run_job(
 
 /// Runs stages `0..n` as their predecessors finish, `limit` at a time. A stage whose
 /// predecessor did not pass (and may not fail), or for which `ready` is false, is skipped;
-/// once `cancel` fires, stages not started are cancelled.
+/// once `cancel` fires, stages not started are cancelled. `start` gets the stage's
+/// index, its log (from `log`) and its own cancellation token.
 #[allow(clippy::too_many_arguments)]
 async fn schedule<F, Fut>(
     after: Vec<Vec<usize>>,
@@ -232,7 +231,7 @@ async fn schedule<F, Fut>(
     log: impl Fn(usize) -> StageLog,
 ) -> Vec<StageOutcome>
 where
-    F: Fn(usize, CancellationToken) -> Fut,
+    F: Fn(usize, StageLog, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<StageOutcome, DockerError>> + Send + 'static,
 {
     let n = after.len();
@@ -268,7 +267,7 @@ where
                 outcomes[i] = Some(outcome);
                 continue;
             }
-            let future = start(i, cancel.child_token());
+            let future = start(i, log.clone(), cancel.child_token());
             running.spawn(async move {
                 log.started().await;
                 let outcome = match future.await {
