@@ -26,9 +26,12 @@ fn options(dir: &Path) -> CollectOptions {
 
 /// The snapshot text for one fixture.
 fn resolved(name: &str) -> String {
-    let dir = fixture(name);
+    resolved_in(&fixture(name), name)
+}
+
+fn resolved_in(dir: &Path, name: &str) -> String {
     let collected =
-        collect(&options(&dir)).unwrap_or_else(|d| panic!("{name} should be valid:\n{d}"));
+        collect(&options(dir)).unwrap_or_else(|d| panic!("{name} should be valid:\n{d}"));
     assert!(
         collected.warnings.is_empty(),
         "{name} has warnings:\n{}",
@@ -64,6 +67,21 @@ fn single_image_shape() {
 #[test]
 fn harpoon_shape_with_every_form() {
     insta::assert_snapshot!(resolved("harpoon"));
+}
+
+/// A checkout elsewhere resolves to the same text: nothing that reaches a Dockerfile (and
+/// with it a build key) may depend on where the repository lives.
+#[test]
+fn resolution_does_not_depend_on_the_checkout_path() {
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", fixture("harpoon").display()))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(resolved_in(copy.path(), "harpoon"), resolved("harpoon"));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::context;
 use super::diagnostic::Problem;
 use super::format::Formatted;
-use super::model::{ExtraContext, GeneratedFile};
+use super::model::{Context, ExtraContext, GeneratedFile};
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
 use super::suggest;
@@ -457,10 +457,7 @@ impl Dockerfile {
                 if let Some(Some(context)) =
                     context::read(r, Some(node), &key_path, config_root, false)
                 {
-                    let name = format!(
-                        "__dockhand_ctx_{}",
-                        short_hash(format!("{context:?}").as_bytes())
-                    );
+                    let name = extra_context_name(&context, config_root);
                     if !self.extra_contexts.iter().any(|c| c.name == name) {
                         self.extra_contexts.push(ExtraContext {
                             name: name.clone(),
@@ -573,6 +570,20 @@ fn instruction_line(instruction: &str, flag: Option<&str>, args: &[&str]) -> Str
     } else {
         format!("{instruction} {flag}{}", args.join(" "))
     }
+}
+
+/// Names an extra context by what it sends, with its directory relative to the config root,
+/// so the Dockerfile (and with it the build key) stays the same wherever the checkout lives.
+fn extra_context_name(context: &Context, config_root: &Path) -> String {
+    let dir = context
+        .parent_dir
+        .strip_prefix(config_root)
+        .unwrap_or(&context.parent_dir);
+    let described = format!(
+        "{dir:?} {:?} {:?} {}",
+        context.include, context.exclude, context.use_gitignore
+    );
+    format!("__dockhand_ctx_{}", short_hash(described.as_bytes()))
 }
 
 /// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
