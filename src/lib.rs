@@ -19,8 +19,12 @@
 
 pub mod cli;
 pub mod collector;
+pub mod config;
 pub mod docker;
 pub mod events;
 pub mod executor;
+pub mod job;
 pub mod plan;
 pub mod report;
+pub mod source;
+pub mod workspace;

@@ -2,9 +2,6 @@
 //! connect, run the job with the console (or JSON lines) and the results directory as
 //! sinks, and exit with the job's code.
 
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
 use tokio_util::sync::CancellationToken;
 
 use super::args::JobArgs;
@@ -13,6 +10,7 @@ use crate::collector::{CollectOptions, Collected};
 use crate::docker::Engine;
 use crate::events::Emitter;
 use crate::executor::{ExecutorOptions, check_policy, run_job};
+use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{Console, JobInfo, JsonLines, ResultsDir, Sink, report};
 
@@ -38,7 +36,7 @@ pub fn run(
         }
     };
     let options = ExecutorOptions {
-        job_id: job_id(),
+        job_id: new_job_id(),
         agent: hostname(),
         workspace: workspace_root(&config.config_root),
         allow_host_mounts: args.allow_host_mounts.clone(),
@@ -153,38 +151,4 @@ async fn cancel_on_signal(cancel: CancellationToken) {
             cancel.cancel();
         }
     }
-}
-
-/// Build contexts and mounts may reach up to the repository the config lives in, or the
-/// config's own directory outside a repository.
-fn workspace_root(config_root: &Path) -> PathBuf {
-    config_root
-        .ancestors()
-        .find(|dir| dir.join(".git").exists())
-        .unwrap_or(config_root)
-        .to_path_buf()
-}
-
-/// `YYYYMMDD-HHMMSS-xxxx`: sortable, and unique enough for one machine.
-fn job_id() -> String {
-    let now = SystemTime::now();
-    let stamp: String = humantime::format_rfc3339_seconds(now)
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    let nanos = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
-    format!("{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "dockhand".to_owned())
 }

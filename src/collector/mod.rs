@@ -22,6 +22,7 @@ mod task;
 mod yaml;
 
 pub use collect::{CollectOptions, Collected, collect};
+pub use commands::short_hash;
 pub use diagnostic::{Diagnostic, Diagnostics, Problem, Severity};
 pub use model::*;
 pub use node::{KeyPath, Location};

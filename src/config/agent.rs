@@ -1,0 +1,190 @@
+//! The shape of agent.toml, with its defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::{ByteSize, duration, optional_duration};
+use crate::job::OnBusy;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub docker: DockerSection,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Labels every Docker object; the sweep only touches this agent's objects.
+    pub name: String,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// Stages of one kind at once within a job.
+    pub parallel: usize,
+    pub workspace_root: PathBuf,
+    pub results_dir: PathBuf,
+    /// Schedules remember their last run here, for the catch-up run after downtime.
+    pub state_dir: PathBuf,
+    pub labels: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub job_timeout: Duration,
+    pub keep_workspace: KeepWorkspace,
+    /// Results directories kept, newest first; 0 keeps all.
+    pub keep_results: usize,
+    /// How long a draining agent lets running jobs finish before cancelling them.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// How often an idle agent sweeps leftovers of jobs that are not running.
+    #[serde(deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            name: crate::job::hostname(),
+            concurrency: 2,
+            parallel: 2,
+            workspace_root: ".dockhand/work".into(),
+            results_dir: ".dockhand/results".into(),
+            state_dir: ".dockhand/state".into(),
+            labels: Vec::new(),
+            job_timeout: Duration::from_secs(3600),
+            keep_workspace: KeepWorkspace::Never,
+            keep_results: 50,
+            shutdown_grace: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepWorkspace {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSection {
+    /// The engine's address; unset means `DOCKER_HOST`, then the local socket.
+    pub host: Option<String>,
+    /// The driver of each job's own network.
+    pub network: String,
+    /// Memory limit for every task container.
+    pub memory: Option<ByteSize>,
+    /// CPUs for every task container, e.g. 1.5.
+    pub cpus: Option<f64>,
+    pub allow_host_mounts: Vec<PathBuf>,
+    pub allow_docker_socket: bool,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            host: None,
+            network: "bridge".to_owned(),
+            memory: None,
+            cpus: None,
+            allow_host_mounts: Vec::new(),
+            allow_docker_socket: false,
+        }
+    }
+}
+
+/// Values no sink may show. Jobs see them as environment variables (for config.yml's
+/// `env` forms); every log, result and report shows `***` instead.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSection {
+    /// Names of the agent's own environment variables whose values are secret.
+    pub from_env: Vec<String>,
+    /// Secret values written here, by the name jobs see them under.
+    pub values: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Watch(WatchSource),
+    Schedule(ScheduleSource),
+}
+
+/// Runs a job whenever files in a checkout change.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSource {
+    pub path: PathBuf,
+    #[serde(default = "default_config_file")]
+    pub config: PathBuf,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Quiet time after the last change before a run starts.
+    #[serde(default = "default_debounce", deserialize_with = "duration")]
+    pub debounce: Duration,
+    /// A change during a run: `cancel` it and start again, or `queue` a run after it.
+    #[serde(default)]
+    pub on_change: OnBusy,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// Runs a job on a cron schedule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSource {
+    /// Distinguishes schedules in results and state; defaults to the cron expression.
+    pub name: Option<String>,
+    /// Five fields (or six, with seconds first), or `@daily`-style aliases.
+    pub cron: String,
+    /// An IANA zone such as "Europe/Berlin"; defaults to UTC.
+    pub timezone: Option<String>,
+    pub path: Option<PathBuf>,
+    pub git: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    #[serde(default = "default_config_file")]
+    pub config: PathBuf,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// A random delay up to this long, so many agents do not start at the same second.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub jitter: Option<Duration>,
+    /// A firing while the last run still runs: `skip` (default), `queue` or `parallel`.
+    #[serde(default = "default_overlap")]
+    pub overlap: OnBusy,
+    /// One run at start when a due time passed while the agent was down.
+    #[serde(default = "default_true")]
+    pub catch_up: bool,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_config_file() -> PathBuf {
+    "config.yml".into()
+}
+
+fn default_debounce() -> Duration {
+    Duration::from_millis(300)
+}
+
+fn default_overlap() -> OnBusy {
+    OnBusy::Skip
+}
+
+fn default_true() -> bool {
+    true
+}

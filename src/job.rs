@@ -1,0 +1,91 @@
+//! The `Job`: one run of one config at one revision. Every source (command line, watched
+//! checkout, schedule) produces this one type; nothing downstream knows which source it
+//! came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: String,
+    /// The stream of jobs this one belongs to (one watched checkout, one schedule): what
+    /// "a newer run of the same thing" means for [`OnBusy`].
+    pub stream: String,
+    pub origin: Origin,
+    /// The config file, relative to the root of `origin`.
+    pub config_file: PathBuf,
+    /// Tasks to run; empty runs the config's pipeline.
+    pub tasks: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// Why the job exists, for people: "change: src/main.rs", "schedule 0 3 * * *".
+    pub trigger: String,
+    pub on_busy: OnBusy,
+}
+
+/// Where a job's files come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// A local directory, snapshotted into the job's workspace.
+    Path { path: PathBuf },
+    /// A git repository, cloned into the job's workspace and checked out at `reference`
+    /// (a branch, tag or commit).
+    Git { url: String, reference: String },
+}
+
+/// What happens when a job arrives while an earlier job of its stream still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBusy {
+    /// Cancel the running job and start this one (a newer edit makes the old run moot).
+    #[default]
+    Cancel,
+    /// Start this one when the running one ends; later arrivals replace it in the queue.
+    Queue,
+    /// Drop this one (a schedule firing while its last run still runs).
+    Skip,
+    /// Run both.
+    Parallel,
+}
+
+/// `YYYYMMDD-HHMMSS-xxxx`: sortable, and unique enough for one machine.
+pub fn new_job_id() -> String {
+    let now = SystemTime::now();
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let nanos = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    static ISSUED: AtomicU32 = AtomicU32::new(0);
+    let issued = ISSUED.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37);
+    let salt = (nanos ^ (nanos >> 16) ^ std::process::id().rotate_left(16) ^ issued) & 0xffff;
+    format!("{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
+}
+
+/// The machine's name, which labels everything an agent creates.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dockhand".to_owned())
+}
+
+/// Build contexts and mounts may reach up to the repository the config lives in, or the
+/// config's own directory outside a repository.
+pub fn workspace_root(config_root: &Path) -> PathBuf {
+    config_root
+        .ancestors()
+        .find(|dir| dir.join(".git").exists())
+        .unwrap_or(config_root)
+        .to_path_buf()
+}

@@ -1,0 +1,21 @@
+//! Where jobs come from besides the command line: a watched checkout and cron schedules.
+//! Each source is a task that sends [`SourceEvent`]s to the agent's dispatcher and stops
+//! when its cancellation token does.
+
+mod schedule;
+mod watch;
+
+pub use schedule::{Schedule, ScheduleError, run_schedule};
+pub use watch::{WatchError, run_watch};
+
+use crate::job::Job;
+
+#[derive(Debug)]
+pub enum SourceEvent {
+    Job(Job),
+    /// Something the operator must see; the source keeps going when it can.
+    Problem {
+        stream: String,
+        message: String,
+    },
+}

@@ -1,0 +1,264 @@
+//! A watched checkout: a job at start, then one per burst of changes, once the checkout
+//! has been quiet for the debounce time. `.git`, dockhand's own directories and git-ignored
+//! files never count as changes, and neither does reading a file (the job's own snapshot
+//! reads every file).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use notify::event::{EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::SourceEvent;
+use crate::config::WatchSource;
+use crate::job::{Job, Origin, new_job_id};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(
+        "cannot watch {path}: the system's inotify watch limit is reached; raise it with \
+         `sudo sysctl fs.inotify.max_user_watches=524288` (and add that line to \
+         /etc/sysctl.conf to keep it), or watch a smaller directory"
+    )]
+    WatchLimit { path: PathBuf },
+    #[error(
+        "cannot watch {path}: the system's inotify instance limit is reached; raise it with \
+         `sudo sysctl fs.inotify.max_user_instances=1024`"
+    )]
+    InstanceLimit { path: PathBuf },
+    #[error("cannot watch {path}: {source}")]
+    Notify {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Paths named in a job's trigger; the rest are counted.
+const TRIGGER_PATHS: usize = 3;
+
+/// Changes seen since the last job, shared with notify's thread.
+#[derive(Default)]
+struct Pending {
+    paths: Vec<PathBuf>,
+    count: usize,
+}
+
+/// Which paths count as changes.
+struct Relevance {
+    root: PathBuf,
+    /// Directories of the agent's own inside the checkout (workspaces, results, state).
+    own_dirs: Vec<PathBuf>,
+    /// Every `.gitignore` below the root with its directory, shallowest first.
+    gitignores: Vec<Gitignore>,
+}
+
+impl Relevance {
+    fn new(root: &Path, own_dirs: Vec<PathBuf>) -> Relevance {
+        let mut relevance = Relevance {
+            root: root.to_path_buf(),
+            own_dirs,
+            gitignores: Vec::new(),
+        };
+        relevance.reload_gitignores();
+        relevance
+    }
+
+    fn reload_gitignores(&mut self) {
+        let mut files: Vec<PathBuf> = ignore::WalkBuilder::new(&self.root)
+            .hidden(false)
+            .require_git(false)
+            .filter_entry(|e| e.file_name() != ".git")
+            .build()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() == ".gitignore")
+            .map(|e| e.into_path())
+            .collect();
+        files.sort_by_key(|f| f.components().count());
+        let exclude = self.root.join(".git/info/exclude");
+        if exclude.is_file() {
+            files.insert(0, exclude);
+        }
+        self.gitignores = files
+            .iter()
+            .filter_map(|file| {
+                let dir = if file.ends_with(".git/info/exclude") {
+                    self.root.clone()
+                } else {
+                    file.parent()?.to_path_buf()
+                };
+                let mut builder = GitignoreBuilder::new(dir);
+                builder.add(file);
+                builder.build().ok()
+            })
+            .collect();
+    }
+
+    fn counts(&self, path: &Path) -> bool {
+        let Ok(relative) = path.strip_prefix(&self.root) else {
+            return false;
+        };
+        let first = relative.components().next();
+        if first.is_some_and(|c| c.as_os_str() == ".git" || c.as_os_str() == ".dockhand") {
+            return false;
+        }
+        if self.own_dirs.iter().any(|d| path.starts_with(d)) {
+            return false;
+        }
+        let is_dir = path.is_dir();
+        let mut ignored = false;
+        for gitignore in &self.gitignores {
+            if !path.starts_with(gitignore.path()) {
+                continue;
+            }
+            let matched = gitignore.matched_path_or_any_parents(path, is_dir);
+            if matched.is_ignore() {
+                ignored = true;
+            } else if matched.is_whitelist() {
+                ignored = false;
+            }
+        }
+        !ignored
+    }
+}
+
+/// Watches `source.path` until `cancel`. Fails only when the watch cannot be set up; the
+/// message then says what to do.
+pub async fn run_watch(
+    source: WatchSource,
+    own_dirs: Vec<PathBuf>,
+    tx: mpsc::Sender<SourceEvent>,
+    cancel: CancellationToken,
+) -> Result<(), WatchError> {
+    let root = source.path.canonicalize().unwrap_or(source.path.clone());
+    let own_dirs = own_dirs
+        .iter()
+        .map(|d| d.canonicalize().unwrap_or(d.clone()))
+        .collect();
+    let relevance = Arc::new(Mutex::new(Relevance::new(&root, own_dirs)));
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let wake = Arc::new(Notify::new());
+    let mut watcher = {
+        let (relevance, pending, wake) = (relevance.clone(), pending.clone(), wake.clone());
+        RecommendedWatcher::new(
+            move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if matches!(
+                    event.kind,
+                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                ) {
+                    return;
+                }
+                let Ok(mut relevance) = relevance.lock() else {
+                    return;
+                };
+                if event.paths.iter().any(|p| p.ends_with(".gitignore")) {
+                    relevance.reload_gitignores();
+                }
+                let changed: Vec<PathBuf> = event
+                    .paths
+                    .into_iter()
+                    .filter(|p| relevance.counts(p))
+                    .collect();
+                drop(relevance);
+                if changed.is_empty() {
+                    return;
+                }
+                if let Ok(mut pending) = pending.lock() {
+                    pending.count += changed.len();
+                    for path in changed {
+                        if pending.paths.len() < TRIGGER_PATHS && !pending.paths.contains(&path) {
+                            pending.paths.push(path);
+                        }
+                    }
+                }
+                wake.notify_one();
+            },
+            notify::Config::default(),
+        )
+        .map_err(|e| watch_error(&root, e))?
+    };
+    watcher
+        .watch(&root, RecursiveMode::Recursive)
+        .map_err(|e| watch_error(&root, e))?;
+
+    let job = |trigger: String| Job {
+        id: new_job_id(),
+        stream: format!("watch:{}", root.display()),
+        origin: Origin::Path { path: root.clone() },
+        config_file: source.config.clone(),
+        tasks: source.tasks.clone(),
+        env: Default::default(),
+        timeout: source.timeout,
+        trigger,
+        on_busy: source.on_change,
+    };
+    if tx
+        .send(SourceEvent::Job(job("start".to_owned())))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = wake.notified() => {}
+        }
+        if !quiet_for(source.debounce, &wake, &cancel).await {
+            return Ok(());
+        }
+        let Pending { paths, count } =
+            std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if count == 0 {
+            continue;
+        }
+        let mut trigger = paths
+            .iter()
+            .map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if count > paths.len() {
+            trigger.push_str(&format!(" and {} more", count - paths.len()));
+        }
+        if tx
+            .send(SourceEvent::Job(job(format!("change: {trigger}"))))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until no change has arrived for `debounce`; false when cancelled first.
+async fn quiet_for(debounce: Duration, wake: &Notify, cancel: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = wake.notified() => continue,
+            _ = tokio::time::sleep(debounce) => return true,
+        }
+    }
+}
+
+fn watch_error(path: &Path, error: notify::Error) -> WatchError {
+    let path = path.to_path_buf();
+    let limit = matches!(error.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&error.kind, notify::ErrorKind::Io(e) if e.raw_os_error() == Some(28));
+    let instances = matches!(&error.kind, notify::ErrorKind::Io(e) if e.raw_os_error() == Some(24));
+    if limit {
+        WatchError::WatchLimit { path }
+    } else if instances {
+        WatchError::InstanceLimit { path }
+    } else {
+        WatchError::Notify {
+            path,
+            source: error,
+        }
+    }
+}
