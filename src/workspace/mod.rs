@@ -3,9 +3,9 @@
 //! happens to the source during the run changes the run.
 
 mod git;
+mod job_dir;
 mod snapshot;
-mod workspace;
 
 pub use git::{GitError, redact_url};
+pub use job_dir::{Workspace, WorkspaceError};
 pub use snapshot::{SnapshotError, snapshot};
-pub use workspace::{Workspace, WorkspaceError};
