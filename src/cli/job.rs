@@ -8,14 +8,10 @@ use super::args::JobArgs;
 use super::exit;
 use crate::collector::{CollectOptions, Collected};
 use crate::docker::Engine;
-use crate::events::Emitter;
-use crate::executor::{ExecutorOptions, check_policy, run_job};
+use crate::executor::{ExecutorOptions, Limits, check_policy, run_job};
 use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
-use crate::report::{Console, JobInfo, JsonLines, ResultsDir, Sink, report};
-
-/// Events buffered between the job and the sinks.
-const EVENT_BUFFER: usize = 64;
+use crate::report::{ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, secret_values};
 
 pub fn run(
     collected: &Collected,
@@ -44,7 +40,10 @@ pub fn run(
         parallel: args.parallel.max(1),
         no_cache: args.no_cache,
         task_timeout: args.timeout,
+        job_timeout: None,
         host_env: collect.env.clone(),
+        job_network_driver: None,
+        limits: Limits::default(),
     };
     let problems = check_policy(&plan, &options.host_env, &options.mount_policy());
     if !problems.is_empty() {
@@ -94,38 +93,40 @@ async fn run_async(
             Request::Tasks(tasks) => tasks.clone(),
             _ => plan.runs.iter().map(|r| r.task.clone()).collect(),
         },
+        stream: None,
+        trigger: None,
     };
-    let results = match ResultsDir::create(&results_root, &options.job_id, info) {
-        Ok(results) => results,
-        Err(e) => {
-            eprintln!(
-                "error: cannot create the results directory under {}: {e}",
-                results_root.display()
-            );
-            return exit::INFRASTRUCTURE;
-        }
-    };
-    let results_dir = results.dir().to_path_buf();
-    let console: Box<dyn Sink> = if args.json {
-        Box::new(JsonLines::new(std::io::stdout()))
+    let (masker, too_short) = Masker::new(secret_values(&config.secrets, &collect.env, []));
+    if too_short > 0 {
+        eprintln!(
+            "warning: {too_short} secret value(s) shorter than {MIN_SECRET_LEN} characters are not masked"
+        );
+    }
+    let console = if args.json {
+        ConsoleOutput::Json
     } else {
-        Box::new(Console::new(std::io::stdout()))
+        ConsoleOutput::Lines
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-    let reporter =
-        tokio::task::spawn_blocking(move || report(rx, vec![console, Box::new(results)]));
-
+    let (emitter, report) =
+        match LocalReport::start(&results_root, &options.job_id, info, console, masker) {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot create the results directory under {}: {e}",
+                    results_root.display()
+                );
+                return exit::INFRASTRUCTURE;
+            }
+        };
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let emitter = Emitter::new(tx);
     let outcome = run_job(&engine, config, &plan, &options, &emitter, &cancel).await;
     drop(emitter);
     signals.abort();
     let _ = signals.await;
-    if let Err(e) = reporter.await {
-        eprintln!("error: the reporter failed: {e}");
-    }
-    eprintln!("results: {}", results_dir.display());
+    let dir = report.dir.clone();
+    report.finish().await;
+    eprintln!("results: {}", dir.display());
     outcome.exit_code
 }
 

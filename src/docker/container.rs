@@ -164,10 +164,15 @@ impl Engine {
         Ok(ids)
     }
 
-    pub async fn create_network(&self, name: &str, owner: &Owner) -> Result<(), DockerError> {
+    pub async fn create_network(
+        &self,
+        name: &str,
+        driver: &str,
+        owner: &Owner,
+    ) -> Result<(), DockerError> {
         let request = NetworkCreateRequest {
             name: name.to_owned(),
-            driver: Some("bridge".to_owned()),
+            driver: Some(driver.to_owned()),
             labels: Some(owner.labels()),
             ..Default::default()
         };

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +44,22 @@ pub struct ExecutorOptions {
     pub no_cache: bool,
     /// The timeout for a task whose pipeline step sets none.
     pub task_timeout: Option<Duration>,
+    /// The whole job's time limit: when it passes, the job is cancelled and reports
+    /// `timed_out`.
+    pub job_timeout: Option<Duration>,
     pub host_env: HashMap<String, String>,
+    /// With a driver, the job gets its own network `dockhand-<job>` for tasks without
+    /// dependency containers (the agent); without, they share the isolated bridge (one-shot
+    /// runs, where creating a network would cost more than a trivial task).
+    pub job_network_driver: Option<String>,
+    pub limits: Limits,
+}
+
+/// Resources of every task container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
 }
 
 impl ExecutorOptions {
@@ -53,6 +69,12 @@ impl ExecutorOptions {
             allow_host_mounts: self.allow_host_mounts.clone(),
             allow_docker_socket: self.allow_docker_socket,
         }
+    }
+
+    pub(super) fn job_network(&self) -> Option<String> {
+        self.job_network_driver
+            .as_ref()
+            .map(|_| format!("dockhand-{}", self.job_id))
     }
 
     pub(super) fn owner(&self, stage: &str) -> Owner {
@@ -82,6 +104,15 @@ pub async fn run_job(
     emitter: &Emitter,
     cancel: &CancellationToken,
 ) -> JobOutcome {
+    if let (Some(driver), Some(name)) = (&options.job_network_driver, options.job_network())
+        && !plan.runs.is_empty()
+        && let Err(e) = engine
+            .create_network(&name, driver, &options.owner("network"))
+            .await
+    {
+        let verdict = (JobStatus::Error, codes::INFRASTRUCTURE);
+        return report_unrunnable(emitter, &options.job_id, &e.to_string(), verdict).await;
+    }
     let mut stages = vec![("collect".to_owned(), StageKind::Collect)];
     stages.extend(
         plan.builds
@@ -115,6 +146,17 @@ pub async fn run_job(
     let mut outcomes = vec![StageOutcome::new(StageStatus::Passed)];
     collect.finished(outcomes[0].clone()).await;
 
+    let job_cancel = cancel.child_token();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer = options.job_timeout.map(|limit| {
+        let (job_cancel, timed_out) = (job_cancel.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            timed_out.store(true, Ordering::SeqCst);
+            job_cancel.cancel();
+        })
+    });
+    let cancel = &job_cancel;
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
     let digest_cache = cache_dir(&options.workspace).join("digests.tsv");
@@ -199,7 +241,14 @@ pub async fn run_job(
         Ok(_) => {}
         Err(e) => tracing::warn!("sweeping the job's containers and networks failed: {e}"),
     }
-    let (status, exit_code) = verdict(&builds, &runs, plan);
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    let (status, exit_code) = if timed_out.load(Ordering::SeqCst) {
+        (JobStatus::TimedOut, codes::TIMED_OUT)
+    } else {
+        verdict(&builds, &runs, plan)
+    };
     outcomes.extend(builds);
     outcomes.extend(runs);
     emitter
@@ -213,6 +262,47 @@ pub async fn run_job(
         status,
         exit_code,
         stages: outcomes,
+    }
+}
+
+/// Reports a job that cannot run (its workspace, config or plan failed) as a collect stage
+/// that failed with `text`, so it leaves the same results as any other job.
+pub async fn report_unrunnable(
+    emitter: &Emitter,
+    job_id: &str,
+    text: &str,
+    verdict: (JobStatus, u8),
+) -> JobOutcome {
+    emitter
+        .send(Event::JobStarted {
+            job: job_id.to_owned(),
+            stages: vec![("collect".to_owned(), StageKind::Collect)],
+            at: Timestamp::now(),
+        })
+        .await;
+    let collect = emitter.stage(0);
+    collect.started().await;
+    collect.note(text).await;
+    let (status, exit_code) = verdict;
+    let first_line = text.lines().next().unwrap_or_default().to_owned();
+    let outcome = StageOutcome::new(if status == JobStatus::Error {
+        StageStatus::Error
+    } else {
+        StageStatus::Failed
+    })
+    .with_message(first_line);
+    collect.finished(outcome.clone()).await;
+    emitter
+        .send(Event::JobFinished {
+            status,
+            exit_code,
+            at: Timestamp::now(),
+        })
+        .await;
+    JobOutcome {
+        status,
+        exit_code,
+        stages: vec![outcome],
     }
 }
 

@@ -40,8 +40,10 @@ pub async fn run_task(
     let own_network = !stage.services.is_empty();
     let network = if own_network {
         let name = format!("dockhand-{}-{stage_index}", options.job_id);
-        engine.create_network(&name, &owner).await?;
+        engine.create_network(&name, "bridge", &owner).await?;
         name
+    } else if let Some(job_network) = options.job_network() {
+        job_network
     } else {
         engine.isolated_network().await?
     };
@@ -70,7 +72,7 @@ struct TaskRun<'a> {
     owner: &'a Owner,
     network: &'a str,
     /// Whether `network` is this stage's to remove (it has dependency containers), or the
-    /// shared isolated network.
+    /// job's network or the shared isolated one.
     own_network: bool,
     log: &'a StageLog,
     containers: Vec<String>,
@@ -251,8 +253,8 @@ impl TaskRun<'_> {
             aliases,
             cpu: run.cpu.clone(),
             network_options: run.network.clone(),
-            memory_bytes: None,
-            nano_cpus: None,
+            memory_bytes: self.options.limits.memory_bytes,
+            nano_cpus: self.options.limits.nano_cpus,
         }
     }
 

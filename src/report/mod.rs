@@ -4,12 +4,18 @@
 
 mod console;
 mod jsonl;
+mod junit;
+mod local;
+mod mask;
 mod record;
 mod reporter;
 mod results;
 
 pub use console::Console;
 pub use jsonl::JsonLines;
+pub use junit::JUnit;
+pub use local::{ConsoleOutput, LocalReport};
+pub use mask::{MASK, MIN_SECRET_LEN, Masker, secret_values};
 pub use record::{JobRecord, StageRecord};
 pub use reporter::{Sink, report};
-pub use results::{JobInfo, ResultsDir};
+pub use results::{JobInfo, ResultsDir, prune_results};

@@ -1,11 +1,13 @@
 //! The reporter loop: events in, whole lines and the job record out to every sink.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::mask::Masker;
 use super::record::JobRecord;
 use crate::events::{Event, LogStream};
 
@@ -16,10 +18,15 @@ pub trait Sink: Send {
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()>;
 }
 
-/// Runs until the sender side closes; returns the final record. A sink that fails (or
-/// panics) is reported once and dropped, so one full disk does not stop the console and a
-/// console bug does not lose the results directory.
-pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> JobRecord {
+/// Runs until the sender side closes; returns the final record. Secrets are masked here,
+/// in whole lines and stage messages, before any sink or the record sees them. A sink that
+/// fails (or panics) is reported once and dropped, so one full disk does not stop the
+/// console and a console bug does not lose the results directory.
+pub fn report(
+    mut rx: mpsc::Receiver<Event>,
+    mut sinks: Vec<Box<dyn Sink>>,
+    masker: &Masker,
+) -> JobRecord {
     let mut record = JobRecord::default();
     let mut partial: HashMap<(usize, LogStream), BytesMut> = HashMap::new();
     let deliver = |event: &Event, record: &JobRecord, sinks: &mut Vec<Box<dyn Sink>>| {
@@ -59,6 +66,10 @@ pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> J
                     pending.split().freeze()
                 };
                 pending.extend_from_slice(&bytes[last_newline + 1..]);
+                let lines = match masker.mask(&lines) {
+                    Cow::Borrowed(_) => lines,
+                    Cow::Owned(masked) => Bytes::from(masked),
+                };
                 deliver(
                     &Event::Log {
                         stage,
@@ -81,11 +92,12 @@ pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> J
                         let line = Event::Log {
                             stage,
                             stream: key.1,
-                            bytes: Bytes::from(rest),
+                            bytes: Bytes::from(masker.mask(&rest).into_owned()),
                         };
                         deliver(&line, &record, &mut sinks);
                     }
                 }
+                let event = mask_message(event, masker);
                 record.apply(&event);
                 deliver(&event, &record, &mut sinks);
             }
@@ -96,6 +108,15 @@ pub fn report(mut rx: mpsc::Receiver<Event>, mut sinks: Vec<Box<dyn Sink>>) -> J
         }
     }
     record
+}
+
+fn mask_message(mut event: Event, masker: &Masker) -> Event {
+    if let Event::StageFinished { outcome, .. } = &mut event
+        && let Some(message) = &mut outcome.message
+    {
+        *message = masker.mask_str(message);
+    }
+    event
 }
 
 #[cfg(test)]
@@ -147,7 +168,8 @@ mod tests {
             log(1, LogStream::Stdout, "other stage\n"),
             log(0, LogStream::Stderr, "err"),
             log(0, LogStream::Stdout, "o\nthree"),
-            log(0, LogStream::Stdout, " and more"),
+            log(0, LogStream::Stdout, " and more split-"),
+            log(0, LogStream::Stdout, "secret"),
             Event::StageFinished {
                 stage: 0,
                 outcome: StageOutcome::new(StageStatus::Passed),
@@ -158,14 +180,19 @@ mod tests {
             tx.try_send(event).unwrap();
         }
         drop(tx);
-        let record = report(rx, vec![Box::new(Broken), Box::new(Tape(tape.clone()))]);
+        let (masker, _) = Masker::new(["split-secret"]);
+        let record = report(
+            rx,
+            vec![Box::new(Broken), Box::new(Tape(tape.clone()))],
+            &masker,
+        );
         let got = tape.lock().unwrap().clone();
         let want = [
             (0, "one\n"),
             (1, "other stage\n"),
             (0, "two\n"),
             (0, "err\n"),
-            (0, "three and more\n"),
+            (0, "three and more ***\n"),
         ];
         let want: Vec<(usize, String)> = want.iter().map(|(s, t)| (*s, (*t).to_owned())).collect();
         let mut sorted_got = got.clone();

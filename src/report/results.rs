@@ -32,6 +32,10 @@ pub struct ResultsDir {
 pub struct JobInfo {
     pub config: PathBuf,
     pub tasks: Vec<String>,
+    /// The agent's stream ("watch:/src/app", "schedule:nightly"); none from the command line.
+    pub stream: Option<String>,
+    /// Why the job ran ("change: src/main.rs").
+    pub trigger: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -40,6 +44,10 @@ struct ResultFile<'r> {
     job: &'r str,
     config: &'r Path,
     tasks: &'r [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger: Option<&'r str>,
     status: Option<crate::events::JobStatus>,
     exit_code: Option<u8>,
     started_at: Option<crate::events::Timestamp>,
@@ -143,6 +151,8 @@ impl ResultsDir {
             job: &record.job,
             config: &self.job.config,
             tasks: &self.job.tasks,
+            stream: self.job.stream.as_deref(),
+            trigger: self.job.trigger.as_deref(),
             status: record.status,
             exit_code: record.exit_code,
             started_at: record.started_at,
@@ -169,4 +179,24 @@ impl Sink for ResultsDir {
             Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
         }
     }
+}
+
+/// Keeps the newest `keep` job directories under `root` (job ids sort by time) and removes
+/// the rest; `keep == 0` keeps all. Returns how many were removed.
+pub fn prune_results(root: &Path, keep: usize) -> io::Result<usize> {
+    if keep == 0 {
+        return Ok(0);
+    }
+    let mut jobs: Vec<PathBuf> = fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|p| p.join("result.json").exists() || p.join("log.txt").exists())
+        .collect();
+    jobs.sort();
+    let excess = jobs.len().saturating_sub(keep);
+    for dir in &jobs[..excess] {
+        fs::remove_dir_all(dir)?;
+    }
+    Ok(excess)
 }

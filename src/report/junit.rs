@@ -1,0 +1,149 @@
+//! `junit.xml` in the results directory: a testsuite for the job, a testcase per stage,
+//! with a failing stage's message and the tail of its output, for CI dashboards that read
+//! JUnit reports.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+
+use super::console::status_word;
+use super::record::JobRecord;
+use super::reporter::Sink;
+use crate::events::{Event, StageKind, StageStatus};
+
+/// Output lines kept per stage for a failure's body.
+const TAIL_LINES: usize = 40;
+
+pub struct JUnit {
+    path: PathBuf,
+    tails: HashMap<usize, VecDeque<String>>,
+}
+
+impl JUnit {
+    /// Writes `path` when the job finishes.
+    pub fn new(path: PathBuf) -> Self {
+        JUnit {
+            path,
+            tails: HashMap::new(),
+        }
+    }
+
+    fn render(&self, record: &JobRecord) -> String {
+        let mut cases = String::new();
+        let (mut failures, mut errors, mut skipped) = (0, 0, 0);
+        let mut total = 0.0;
+        for (index, stage) in record.stages.iter().enumerate() {
+            let seconds = stage.seconds().unwrap_or(0.0);
+            total += seconds;
+            let class = match stage.kind {
+                StageKind::Collect => "collect",
+                StageKind::Build => "build",
+                StageKind::Run => "run",
+            };
+            let _ = write!(
+                cases,
+                "    <testcase classname=\"{class}\" name=\"{}\" time=\"{seconds:.3}\"",
+                escape(&stage.name)
+            );
+            let outcome = stage.outcome.as_ref();
+            let status = outcome.map(|o| o.status);
+            let message = outcome
+                .and_then(|o| o.message.clone())
+                .or_else(|| {
+                    outcome
+                        .and_then(|o| o.exit_code)
+                        .map(|c| format!("exit code {c}"))
+                })
+                .unwrap_or_else(|| status_word(status).to_owned());
+            let tail = self
+                .tails
+                .get(&index)
+                .map(|t| t.iter().map(String::as_str).collect::<String>())
+                .unwrap_or_default();
+            let element = match status {
+                Some(StageStatus::Passed | StageStatus::Cached) => None,
+                Some(StageStatus::Failed | StageStatus::TimedOut) => {
+                    failures += 1;
+                    Some("failure")
+                }
+                Some(StageStatus::Error) => {
+                    errors += 1;
+                    Some("error")
+                }
+                Some(StageStatus::Skipped | StageStatus::Cancelled) | None => {
+                    skipped += 1;
+                    Some("skipped")
+                }
+            };
+            match element {
+                None => cases.push_str("/>\n"),
+                Some("skipped") => {
+                    let _ = write!(
+                        cases,
+                        ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                        escape(&message)
+                    );
+                }
+                Some(kind) => {
+                    let _ = write!(
+                        cases,
+                        ">\n      <{kind} message=\"{}\">{}</{kind}>\n    </testcase>\n",
+                        escape(&message),
+                        escape(&tail)
+                    );
+                }
+            }
+        }
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = write!(
+            xml,
+            "<testsuites>\n  <testsuite name=\"dockhand job {}\" tests=\"{}\" failures=\"{failures}\" \
+             errors=\"{errors}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n{cases}  </testsuite>\n</testsuites>\n",
+            escape(&record.job),
+            record.stages.len()
+        );
+        xml
+    }
+}
+
+impl Sink for JUnit {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+        match event {
+            Event::Log { stage, bytes, .. } => {
+                let tail = self.tails.entry(*stage).or_default();
+                for line in String::from_utf8_lossy(bytes).split_inclusive('\n') {
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.to_owned());
+                }
+            }
+            Event::JobFinished { .. } => {
+                let partial = self.path.with_extension("xml.partial");
+                std::fs::write(&partial, self.render(record))?;
+                std::fs::rename(&partial, &self.path)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// XML text and attribute escaping; characters XML 1.0 cannot carry become U+FFFD.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}

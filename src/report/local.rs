@@ -1,0 +1,73 @@
+//! The sinks of a job run on this machine, started together: the console (or JSON lines),
+//! the results directory and junit.xml, behind one reporter thread and one secret masker.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::console::Console;
+use super::jsonl::JsonLines;
+use super::junit::JUnit;
+use super::mask::Masker;
+use super::record::JobRecord;
+use super::reporter::{Sink, report};
+use super::results::{JobInfo, ResultsDir};
+use crate::events::Emitter;
+
+/// Events buffered between a job and its reporter.
+const EVENT_BUFFER: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// Prefixed lines and a summary table.
+    Lines,
+    /// The event stream as JSON lines.
+    Json,
+}
+
+/// A running reporter; [`LocalReport::finish`] waits for it once the job's emitter is gone.
+pub struct LocalReport {
+    handle: JoinHandle<JobRecord>,
+    /// `<results root>/<job id>`.
+    pub dir: PathBuf,
+}
+
+impl LocalReport {
+    /// Creates the job's results directory and starts the reporter. Returns the emitter the
+    /// job sends its events to.
+    pub fn start(
+        results_root: &Path,
+        job_id: &str,
+        info: JobInfo,
+        console: ConsoleOutput,
+        masker: Masker,
+    ) -> io::Result<(Emitter, LocalReport)> {
+        let results = ResultsDir::create(results_root, job_id, info)?;
+        let dir = results.dir().to_path_buf();
+        let console: Box<dyn Sink> = match console {
+            ConsoleOutput::Lines => Box::new(Console::new(io::stdout())),
+            ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
+        };
+        let sinks = vec![
+            console,
+            Box::new(results),
+            Box::new(JUnit::new(dir.join("junit.xml"))),
+        ];
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let handle = tokio::task::spawn_blocking(move || report(rx, sinks, &masker));
+        Ok((Emitter::new(tx), LocalReport { handle, dir }))
+    }
+
+    /// The final record, once every emitter of the job is dropped.
+    pub async fn finish(self) -> Option<JobRecord> {
+        match self.handle.await {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::error!("the reporter failed: {e}");
+                None
+            }
+        }
+    }
+}
