@@ -17,6 +17,7 @@
 //! - [`report`]: the sinks for those events: console, JSON lines, results directory.
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
+pub mod agent;
 pub mod cli;
 pub mod collector;
 pub mod config;

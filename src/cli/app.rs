@@ -21,6 +21,24 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> u8 {
+    match &cli.command {
+        Command::Agent {
+            agent_config,
+            agent,
+        } => return super::agent::agent(agent_config.clone(), agent),
+        Command::Watch {
+            dir,
+            tasks,
+            debounce,
+            on_change,
+            agent,
+        } => {
+            let config = cli.config.clone().unwrap_or_else(|| "config.yml".into());
+            let change = (*debounce, *on_change);
+            return super::agent::watch(dir, &config, tasks.clone(), change, agent);
+        }
+        _ => {}
+    }
     let cli_args = match &cli.command {
         Command::Run { args, .. } => args.clone(),
         _ => Vec::new(),
@@ -47,6 +65,7 @@ fn run(cli: Cli) -> u8 {
             };
             with_config(collected, |c| job::run(c, &options, request, &args))
         }
+        Command::Agent { .. } | Command::Watch { .. } => unreachable!("handled above"),
     }
 }
 

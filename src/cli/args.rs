@@ -57,6 +57,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as an agent: jobs from the sources in agent.toml, each in its own workspace
+    Agent {
+        /// agent.toml [default: DOCKHAND_AGENT_CONFIG, then ./agent.toml when present]
+        #[arg(long, value_name = "FILE")]
+        agent_config: Option<PathBuf>,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Watch a checkout and run its pipeline (or TASKs) whenever files change
+    Watch {
+        /// The checkout to watch
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Tasks to run [default: the pipeline]
+        tasks: Vec<String>,
+        /// Quiet time after the last change before a run, e.g. "300ms"
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
+        debounce: std::time::Duration,
+        /// A change during a run cancels it and starts again, or queues a run after it
+        #[arg(long, value_enum, default_value = "cancel")]
+        on_change: OnChange,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Print an image's generated Dockerfile exactly as it will be sent
     Dockerfile {
         /// The image, by its name in the config
@@ -94,4 +118,35 @@ pub struct JobArgs {
     /// The engine's address [default: DOCKER_HOST, then the local socket]
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
+}
+
+/// What `dockhand watch` does with a change during a run.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OnChange {
+    Cancel,
+    Queue,
+}
+
+/// Options of `agent` and `watch`: each overrides the agent.toml key it names.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Print job events as JSON lines instead of the console report
+    #[arg(long)]
+    pub json: bool,
+    /// agent.concurrency: jobs at once
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// agent.name: labels every Docker object this agent creates
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Any agent.toml key, e.g. `--set docker.memory=2g` (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub overrides: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::args::JobArgs;
 use super::exit;
 use crate::collector::{CollectOptions, Collected};
-use crate::docker::Engine;
+use crate::docker::{Engine, cache_dir};
 use crate::executor::{ExecutorOptions, Limits, check_policy, run_job};
 use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
@@ -31,10 +31,12 @@ pub fn run(
             return exit::CONFIG_ERROR;
         }
     };
+    let workspace = workspace_root(&config.config_root);
     let options = ExecutorOptions {
         job_id: new_job_id(),
         agent: hostname(),
-        workspace: workspace_root(&config.config_root),
+        workspace: workspace.clone(),
+        cache_dir: cache_dir(&workspace),
         allow_host_mounts: args.allow_host_mounts.clone(),
         allow_docker_socket: args.allow_docker_socket,
         parallel: args.parallel.max(1),

@@ -1,6 +1,7 @@
 //! The `dockhand` command line: [`args`] defines it, [`app`] dispatches, one file per
 //! subcommand does the work, [`exit`] documents the exit codes.
 
+mod agent;
 mod app;
 pub mod args;
 mod check;

@@ -49,9 +49,11 @@ pub enum BuildResult {
 /// What a build needs besides the image.
 pub struct BuildRequest<'a> {
     pub image: &'a Image,
-    /// No context directory may be outside it; `.dockhand/cache` in it holds the digest
-    /// cache and the manifests of earlier builds.
+    /// No context directory may be outside it.
     pub workspace: &'a Path,
+    /// Holds the manifests of earlier builds (what the last build of an image was made
+    /// of), to say which input changed.
+    pub cache_dir: &'a Path,
     /// The build keys of the images this one builds from, in `depends_on` order.
     pub dependency_keys: Vec<String>,
     pub digests: Arc<Mutex<DigestCache>>,
@@ -59,7 +61,8 @@ pub struct BuildRequest<'a> {
     pub no_cache: bool,
 }
 
-/// Where a workspace keeps the digest cache and build manifests.
+/// Where a one-shot run keeps the digest cache and build manifests: in the workspace it
+/// builds from. (An agent keeps them per stream of jobs, as each job's workspace is new.)
 pub fn cache_dir(workspace: &Path) -> PathBuf {
     workspace.join(context::STATE_DIR).join("cache")
 }
@@ -116,7 +119,8 @@ impl Engine {
             &request.dependency_keys,
             &base_ids,
         );
-        let manifest = cache_dir(request.workspace)
+        let manifest = request
+            .cache_dir
             .join("manifests")
             .join(format!("{}.tsv", image.full_name.replace(['/', ':'], "_")));
         let value = key.label_value();

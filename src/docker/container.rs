@@ -1,7 +1,7 @@
 //! Containers and networks: create with labels, attach before start, stream output, wait,
 //! and remove — plus the label-based sweep that finds what a job left behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -537,6 +537,18 @@ impl Engine {
         label: &str,
         value: &str,
     ) -> Result<Leftovers, DockerError> {
+        self.remove_labelled_except(label, value, &HashSet::new())
+            .await
+    }
+
+    /// As [`Engine::remove_labelled`], but keeps objects of the jobs in `running`: an
+    /// agent's sweep of what its earlier, crashed self left.
+    pub async fn remove_labelled_except(
+        &self,
+        label: &str,
+        value: &str,
+        running: &HashSet<String>,
+    ) -> Result<Leftovers, DockerError> {
         let filter = HashMap::from([("label", vec![format!("{label}={value}")])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -548,14 +560,23 @@ impl Engine {
             .await
             .map_err(DockerError::api("listing containers"))?;
         let networks = self.networks(("label", format!("{label}={value}"))).await?;
+        let left = |labels: Option<&HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(labels::JOB))
+                .is_none_or(|job| !running.contains(job))
+        };
         let mut removed = Leftovers::default();
-        for id in containers.into_iter().filter_map(|c| c.id) {
-            self.remove_container(&id).await?;
-            removed.containers += 1;
+        for container in containers {
+            if let Some(id) = container.id.filter(|_| left(container.labels.as_ref())) {
+                self.remove_container(&id).await?;
+                removed.containers += 1;
+            }
         }
-        for name in networks.into_iter().filter_map(|n| n.name) {
-            self.remove_network(&name).await?;
-            removed.networks += 1;
+        for network in networks {
+            if let Some(name) = network.name.filter(|_| left(network.labels.as_ref())) {
+                self.remove_network(&name).await?;
+                removed.networks += 1;
+            }
         }
         Ok(removed)
     }

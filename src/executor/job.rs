@@ -15,17 +15,21 @@ use super::policy::MountPolicy;
 use super::task::run_task;
 use crate::collector::Config;
 use crate::docker::{
-    BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner, cache_dir,
-    labels,
+    BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner, labels,
 };
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
 };
 use crate::plan::Plan;
 
-/// Exit codes a job can end with besides a task's own (see `cli::exit`).
+/// Exit codes a job can end with besides a task's own (see `cli::exit`): above the range
+/// a task's own code is passed through in.
 pub mod codes {
+    /// The configuration (or the policy it breaks) stops the job before anything runs.
+    pub const CONFIG_ERROR: u8 = 200;
+    /// An image failed to build.
     pub const BUILD_FAILED: u8 = 201;
+    /// Infrastructure broke (Docker unreachable, disk full): the job could not be carried out.
     pub const INFRASTRUCTURE: u8 = 202;
     pub const CANCELLED: u8 = 130;
     pub const TIMED_OUT: u8 = 124;
@@ -37,6 +41,8 @@ pub struct ExecutorOptions {
     pub agent: String,
     /// Build contexts and bind mounts may not leave this directory.
     pub workspace: PathBuf,
+    /// The digest cache and build manifests (see [`crate::docker::cache_dir`]).
+    pub cache_dir: PathBuf,
     pub allow_host_mounts: Vec<PathBuf>,
     pub allow_docker_socket: bool,
     /// Stages of one kind running at once.
@@ -159,7 +165,7 @@ pub async fn run_job(
     let cancel = &job_cancel;
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
-    let digest_cache = cache_dir(&options.workspace).join("digests.tsv");
+    let digest_cache = options.cache_dir.join("digests.tsv");
     let digests = Arc::new(Mutex::new(DigestCache::load(&digest_cache)));
     let keys: BuildKeys = Arc::default();
     let builds = schedule(
@@ -421,6 +427,7 @@ async fn build_stage(
     let request = BuildRequest {
         image,
         workspace: &options.workspace,
+        cache_dir: &options.cache_dir,
         dependency_keys,
         digests,
         no_cache: options.no_cache,

@@ -1,0 +1,371 @@
+//! The agent's one loop: inputs (source events, finished jobs, signals, ticks) become
+//! calls on [`AgentState`], whose actions this loop carries out. Cancellation runs as a
+//! tree: agent → job → stage.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{self, Finished, JobContext};
+use super::state::{Action, AgentState};
+use super::sweep::sweep;
+use crate::config::{AgentConfig, LoadOptions, SourceConfig, load};
+use crate::docker::Engine;
+use crate::events::JobStatus;
+use crate::report::ConsoleOutput;
+use crate::source::{Schedule, SourceEvent, run_schedule, run_watch};
+
+/// Source events waiting for the dispatcher.
+const SOURCE_BUFFER: usize = 64;
+
+/// After the grace period ran out and jobs were cancelled, how long their cleanup may take
+/// before the agent exits anyway.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen for signals: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("no [[source]] is configured: the agent would have nothing to do")]
+    NoSources,
+}
+
+/// How the agent ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Drained after a signal, or every source ended.
+    Stopped,
+    /// Every source failed (a watch limit, say) and nothing was left to do.
+    SourcesFailed,
+}
+
+enum Input {
+    Source(Option<SourceEvent>),
+    Finished(Result<Finished, (tokio::task::Id, String)>),
+    SourceEnded,
+    Stop,
+    Reload,
+    Tick,
+    GraceOver,
+}
+
+pub struct Agent {
+    engine: Engine,
+    settings: Arc<AgentConfig>,
+    /// How the settings were read, to read them again on SIGHUP; none for settings made in
+    /// code (`dockhand watch`).
+    reload: Option<LoadOptions>,
+    host_env: HashMap<String, String>,
+    console: ConsoleOutput,
+}
+
+impl Agent {
+    pub fn new(
+        engine: Engine,
+        settings: AgentConfig,
+        reload: Option<LoadOptions>,
+        host_env: HashMap<String, String>,
+        console: ConsoleOutput,
+    ) -> Self {
+        Agent {
+            engine,
+            settings: Arc::new(settings),
+            reload,
+            host_env,
+            console,
+        }
+    }
+
+    pub async fn run(mut self) -> Result<AgentExit, AgentError> {
+        if self.settings.sources.is_empty() {
+            return Err(AgentError::NoSources);
+        }
+        let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
+
+        let root = CancellationToken::new();
+        let mut state = AgentState::new(self.settings.agent.concurrency);
+        let mut jobs: JoinSet<Finished> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut tokens: HashMap<String, CancellationToken> = HashMap::new();
+        let mut context = self.context();
+
+        self.sweep(&HashSet::new()).await;
+        let (tx, mut rx) = mpsc::channel(SOURCE_BUFFER);
+        let mut sources_cancel = root.child_token();
+        let mut sources = self.start_sources(&tx, &sources_cancel);
+        let mut source_failures = 0usize;
+        let mut draining = false;
+        let mut grace: Option<Instant> = None;
+        let mut hard_stop: Option<Instant> = None;
+        let mut tick = tokio::time::interval_at(
+            Instant::now() + self.settings.agent.sweep_interval,
+            self.settings.agent.sweep_interval,
+        );
+
+        loop {
+            if (draining || sources.is_empty()) && jobs.is_empty() {
+                break;
+            }
+            if hard_stop.is_some_and(|t| Instant::now() >= t) {
+                say(format!(
+                    "{} job(s) did not finish cleaning up in time; exiting",
+                    jobs.len()
+                ));
+                break;
+            }
+            let deadline = grace.or(hard_stop);
+            let input = tokio::select! {
+                event = rx.recv() => Input::Source(event),
+                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => Input::Finished(
+                    done.map(|(_, finished)| finished).map_err(|e| (e.id(), e.to_string()))
+                ),
+                Some(ended) = sources.join_next(), if !sources.is_empty() => {
+                    if matches!(ended, Ok(false) | Err(_)) {
+                        source_failures += 1;
+                    }
+                    Input::SourceEnded
+                }
+                _ = terminate.recv() => Input::Stop,
+                _ = interrupt.recv() => Input::Stop,
+                _ = hangup.recv() => Input::Reload,
+                _ = tick.tick() => Input::Tick,
+                _ = sleep_until(deadline), if deadline.is_some() => Input::GraceOver,
+            };
+            let actions = match input {
+                Input::Source(Some(SourceEvent::Job(job))) => state.submit(job),
+                Input::Source(Some(SourceEvent::Problem { stream, message })) => {
+                    say(format!("{stream}: {message}"));
+                    Vec::new()
+                }
+                Input::Source(None) | Input::SourceEnded => Vec::new(),
+                Input::Finished(result) => {
+                    let id = match result {
+                        Ok(finished) => {
+                            report_finished(&finished);
+                            tasks.retain(|_, job| *job != finished.id);
+                            finished.id
+                        }
+                        Err((task, error)) => {
+                            let id = tasks.remove(&task).unwrap_or_default();
+                            say(format!("job {id} failed inside the agent: {error}"));
+                            id
+                        }
+                    };
+                    tokens.remove(&id);
+                    state.finished(&id)
+                }
+                Input::Stop if !draining => {
+                    draining = true;
+                    sources_cancel.cancel();
+                    let grace_period = self.settings.agent.shutdown_grace;
+                    grace = Some(Instant::now() + grace_period);
+                    if !jobs.is_empty() {
+                        say(format!(
+                            "stopping: waiting up to {} for {} running job(s); a second signal cancels them",
+                            humantime::format_duration(grace_period),
+                            jobs.len()
+                        ));
+                    }
+                    state.drain()
+                }
+                Input::Stop | Input::GraceOver => {
+                    if grace.take().is_some() || hard_stop.is_none() {
+                        say(format!(
+                            "cancelling {} running job(s) and removing their containers",
+                            tokens.len()
+                        ));
+                        root.cancel();
+                        hard_stop = Some(Instant::now() + CLEANUP_LIMIT);
+                    }
+                    Vec::new()
+                }
+                Input::Reload => match self.reload() {
+                    Some(()) if !draining => {
+                        context = self.context();
+                        sources_cancel.cancel();
+                        drain_sources(&mut sources).await;
+                        sources_cancel = root.child_token();
+                        sources = self.start_sources(&tx, &sources_cancel);
+                        source_failures = 0;
+                        state.set_concurrency(self.settings.agent.concurrency)
+                    }
+                    _ => Vec::new(),
+                },
+                Input::Tick => {
+                    if state.is_idle() && !draining {
+                        self.sweep(&HashSet::new()).await;
+                    }
+                    Vec::new()
+                }
+            };
+            for action in actions {
+                match action {
+                    Action::Start(job) => {
+                        say(format!("job {} ({}): {}", job.id, job.stream, job.trigger));
+                        let token = root.child_token();
+                        tokens.insert(job.id.clone(), token.clone());
+                        let id = job.id.clone();
+                        let context = context.clone();
+                        let handle =
+                            jobs.spawn(async move { runner::run(job, &context, token).await });
+                        tasks.insert(handle.id(), id);
+                    }
+                    Action::Cancel { job, reason } => {
+                        say(format!("job {job}: cancelling, {reason}"));
+                        if let Some(token) = tokens.get(&job) {
+                            token.cancel();
+                        }
+                    }
+                    Action::Drop { job, reason } => {
+                        say(format!(
+                            "job {} ({}) not run: {reason}",
+                            job.id, job.trigger
+                        ));
+                    }
+                }
+            }
+        }
+        root.cancel();
+        drain_sources(&mut sources).await;
+        let running: HashSet<String> = HashSet::new();
+        self.sweep(&running).await;
+        Ok(if source_failures > 0 && !draining {
+            AgentExit::SourcesFailed
+        } else {
+            AgentExit::Stopped
+        })
+    }
+
+    fn context(&self) -> Arc<JobContext> {
+        Arc::new(JobContext {
+            engine: self.engine.clone(),
+            settings: self.settings.clone(),
+            host_env: self.host_env.clone(),
+            console: self.console,
+        })
+    }
+
+    /// Re-reads agent.toml; a bad file keeps the running settings.
+    fn reload(&mut self) -> Option<()> {
+        let Some(options) = &self.reload else {
+            say("SIGHUP: these settings were not read from a file; nothing to reload");
+            return None;
+        };
+        match load(options) {
+            Ok((settings, _)) => {
+                say("SIGHUP: settings reloaded; sources restarted");
+                self.settings = Arc::new(settings);
+                Some(())
+            }
+            Err(e) => {
+                say(format!("SIGHUP: keeping the running settings: {e}"));
+                None
+            }
+        }
+    }
+
+    /// One task per source; each ends `true` when cancelled, `false` when it failed.
+    fn start_sources(
+        &self,
+        tx: &mpsc::Sender<SourceEvent>,
+        cancel: &CancellationToken,
+    ) -> JoinSet<bool> {
+        let mut sources = JoinSet::new();
+        let agent = &self.settings.agent;
+        let own_dirs = vec![
+            agent.workspace_root.clone(),
+            agent.results_dir.clone(),
+            agent.state_dir.clone(),
+        ];
+        for source in &self.settings.sources {
+            let (tx, cancel) = (tx.clone(), cancel.clone());
+            match source {
+                SourceConfig::Watch(watch) => {
+                    let (watch, own_dirs) = (watch.clone(), own_dirs.clone());
+                    sources.spawn(async move {
+                        match run_watch(watch, own_dirs, tx, cancel).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                say(format!("error: {e}"));
+                                false
+                            }
+                        }
+                    });
+                }
+                SourceConfig::Schedule(schedule) => match Schedule::new(schedule) {
+                    Ok(schedule) => {
+                        let state_dir = agent.state_dir.clone();
+                        sources.spawn(async move {
+                            run_schedule(schedule, state_dir, tx, cancel).await;
+                            true
+                        });
+                    }
+                    Err(e) => say(format!("error: {e}")),
+                },
+            }
+        }
+        sources
+    }
+
+    async fn sweep(&self, running: &HashSet<String>) {
+        let agent = &self.settings.agent;
+        match sweep(&self.engine, &agent.name, &agent.workspace_root, running).await {
+            Ok(swept) if !swept.is_empty() => say(format!(
+                "removed leftovers of jobs that are not running: {} container(s), {} network(s), {} workspace(s)",
+                swept.docker.containers, swept.docker.networks, swept.workspaces
+            )),
+            Ok(_) => {}
+            Err(e) => say(format!("sweeping leftovers failed: {e}")),
+        }
+    }
+}
+
+/// Waits (bounded) for cancelled sources to end.
+async fn drain_sources(sources: &mut JoinSet<bool>) {
+    let all = async { while sources.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
+        sources.abort_all();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn report_finished(finished: &Finished) {
+    let status = match finished.status {
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+        JobStatus::TimedOut => "timed out",
+        JobStatus::Error => "error",
+    };
+    let results = finished
+        .results
+        .as_ref()
+        .map(|d| format!(", results in {}", d.display()))
+        .unwrap_or_default();
+    say(format!(
+        "job {} {status} (exit code {}){results}",
+        finished.id, finished.exit_code
+    ));
+}
+
+/// The agent's own messages go to stderr; job output goes to stdout.
+fn say(text: impl AsRef<str>) {
+    eprintln!("agent: {}", text.as_ref());
+}

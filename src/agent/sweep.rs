@@ -1,0 +1,72 @@
+//! Leftovers of jobs that are not running (an earlier agent that crashed or was killed):
+//! their containers, networks and workspace directories. Only this agent's objects (by the
+//! `dockhand.agent` label) and only directories named like job ids are touched.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::docker::{DockerError, Engine, Leftovers, labels};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub docker: Leftovers,
+    pub workspaces: usize,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        *self == Swept::default()
+    }
+}
+
+pub async fn sweep(
+    engine: &Engine,
+    agent: &str,
+    workspace_root: &Path,
+    running: &HashSet<String>,
+) -> Result<Swept, DockerError> {
+    let docker = engine
+        .remove_labelled_except(labels::AGENT, agent, running)
+        .await?;
+    let mut workspaces = 0;
+    if let Ok(entries) = std::fs::read_dir(workspace_root) {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_job_id(&name) || running.contains(&name) {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => workspaces += 1,
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+    Ok(Swept { docker, workspaces })
+}
+
+/// `YYYYMMDD-HHMMSS-xxxx`, as [`crate::job::new_job_id`] makes them.
+fn is_job_id(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    matches!(parts.as_slice(), [date, time, salt]
+        if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit())
+        && time.len() == 6 && time.bytes().all(|b| b.is_ascii_digit())
+        && salt.len() == 4 && salt.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_job_id;
+
+    #[test]
+    fn only_job_ids_are_swept() {
+        assert!(is_job_id(&crate::job::new_job_id()));
+        for other in [
+            "src",
+            "20261123-101500",
+            "2026112-101500-abcd",
+            "20261123-101500-abcg",
+        ] {
+            assert!(!is_job_id(other), "{other}");
+        }
+    }
+}

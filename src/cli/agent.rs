@@ -1,0 +1,127 @@
+//! `dockhand agent` and `dockhand watch`: read the agent settings, connect, sweep, and run
+//! the dispatcher until a signal drains it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::args::{AgentArgs, OnChange};
+use super::exit;
+use crate::agent::{Agent, AgentExit};
+use crate::config::{AgentConfig, LoadOptions, SourceConfig, WatchSource, load};
+use crate::docker::Engine;
+use crate::job::OnBusy;
+use crate::report::ConsoleOutput;
+
+pub fn agent(file: Option<PathBuf>, args: &AgentArgs) -> u8 {
+    let options = load_options(file, args, current_dir());
+    match load(&options) {
+        Ok((settings, _)) => serve(settings, Some(options), args),
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::CONFIG_ERROR
+        }
+    }
+}
+
+pub fn watch(
+    dir: &Path,
+    config: &Path,
+    tasks: Vec<String>,
+    (debounce, on_change): (std::time::Duration, OnChange),
+    args: &AgentArgs,
+) -> u8 {
+    let dir = match current_dir().join(dir).canonicalize() {
+        Ok(dir) if dir.is_dir() => dir,
+        _ => {
+            eprintln!("error: {} is not a directory", dir.display());
+            return exit::USAGE;
+        }
+    };
+    let options = load_options(None, args, dir.clone());
+    let mut settings = match load(&options) {
+        Ok((settings, _)) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    };
+    settings.sources = vec![SourceConfig::Watch(WatchSource {
+        path: dir,
+        config: config.to_path_buf(),
+        tasks,
+        debounce,
+        on_change: match on_change {
+            OnChange::Cancel => OnBusy::Cancel,
+            OnChange::Queue => OnBusy::Queue,
+        },
+        timeout: None,
+    })];
+    serve(settings, None, args)
+}
+
+fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INFRASTRUCTURE;
+        }
+    };
+    let console = if args.json {
+        ConsoleOutput::Json
+    } else {
+        ConsoleOutput::Lines
+    };
+    runtime.block_on(async move {
+        let engine = match Engine::connect(settings.docker.host.as_deref()).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INFRASTRUCTURE;
+            }
+        };
+        eprintln!(
+            "agent: {} started: {} source(s), {} job(s) at once, results in {}",
+            settings.agent.name,
+            settings.sources.len(),
+            settings.agent.concurrency,
+            settings.agent.results_dir.display()
+        );
+        let host_env: HashMap<String, String> = std::env::vars().collect();
+        match Agent::new(engine, settings, reload, host_env, console)
+            .run()
+            .await
+        {
+            Ok(AgentExit::Stopped) => exit::SUCCESS,
+            Ok(AgentExit::SourcesFailed) => exit::INFRASTRUCTURE,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::CONFIG_ERROR
+            }
+        }
+    })
+}
+
+fn load_options(file: Option<PathBuf>, args: &AgentArgs, cwd: PathBuf) -> LoadOptions {
+    let mut overrides = args.overrides.clone();
+    if let Some(n) = args.concurrency {
+        overrides.push(("agent.concurrency".to_owned(), n.to_string()));
+    }
+    if let Some(name) = &args.name {
+        overrides.push(("agent.name".to_owned(), name.clone()));
+    }
+    LoadOptions {
+        file,
+        env: std::env::vars().collect(),
+        overrides,
+        cwd,
+    }
+}
+
+fn current_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
