@@ -68,6 +68,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
         tasks: job.tasks.clone(),
         stream: Some(job.stream.clone()),
         trigger: Some(job.trigger.clone()),
+        origin: workspace.as_ref().ok().map(|ws| ws.description.clone()),
     };
     let started = LocalReport::start(&agent.results_dir, &job.id, info, context.console, masker);
     let (emitter, report) = match started {

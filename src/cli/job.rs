@@ -97,6 +97,7 @@ async fn run_async(
         },
         stream: None,
         trigger: None,
+        origin: None,
     };
     let (masker, too_short) = Masker::new(secret_values(&config.secrets, &collect.env, []));
     if too_short > 0 {

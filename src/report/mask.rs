@@ -37,16 +37,15 @@ impl Masker {
                 too_short += 1;
                 continue;
             }
-            let mut forms = vec![secret.as_bytes().to_vec()];
-            forms.extend(
+            // A multi-line value is masked line by line, so the output keeps its lines.
+            patterns.extend(
                 secret
                     .lines()
                     .map(|l| l.trim_end_matches('\r'))
                     .filter(|l| l.len() >= MIN_SECRET_LEN)
                     .map(|l| l.as_bytes().to_vec()),
             );
-            forms.extend(base64_forms(secret.as_bytes()));
-            patterns.extend(forms);
+            patterns.extend(base64_forms(secret.as_bytes()));
         }
         patterns.sort();
         patterns.dedup();
@@ -130,6 +129,7 @@ mod tests {
         assert_eq!(short, 1);
         assert_eq!(masker.mask_str("pw=hunter2-secret;"), "pw=***;");
         assert_eq!(masker.mask_str("line two only"), "*** only");
+        assert_eq!(masker.mask_str("line one\nline two\n"), "***\n***\n");
         assert_eq!(masker.mask_str("ab stays"), "ab stays");
         for prefix in ["", "x", "xy", "user:"] {
             let encoded = STANDARD.encode(format!("{prefix}hunter2-secret and more"));

@@ -36,6 +36,9 @@ pub struct JobInfo {
     pub stream: Option<String>,
     /// Why the job ran ("change: src/main.rs").
     pub trigger: Option<String>,
+    /// What the job's workspace holds: a snapshot of a directory, or a repository at a
+    /// commit.
+    pub origin: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +51,8 @@ struct ResultFile<'r> {
     stream: Option<&'r str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger: Option<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'r str>,
     status: Option<crate::events::JobStatus>,
     exit_code: Option<u8>,
     started_at: Option<crate::events::Timestamp>,
@@ -153,6 +158,7 @@ impl ResultsDir {
             tasks: &self.job.tasks,
             stream: self.job.stream.as_deref(),
             trigger: self.job.trigger.as_deref(),
+            origin: self.job.origin.as_deref(),
             status: record.status,
             exit_code: record.exit_code,
             started_at: record.started_at,

@@ -136,7 +136,8 @@ pub async fn run_schedule(
     let now = Utc::now();
     if schedule.source.catch_up && schedule.missed(last_run, now) {
         let due = schedule.last_at_or_before(now).unwrap_or(now);
-        fire(&schedule, &state, due, format!("catch-up for {due}"), &tx).await;
+        let trigger = format!("catch-up for {}", due.format("%Y-%m-%dT%H:%M:%SZ"));
+        fire(&schedule, &state, due, trigger, &tx).await;
     } else if last_run.is_none() {
         record(&schedule, &state, now, &tx).await;
     }
@@ -150,7 +151,11 @@ pub async fn run_schedule(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let trigger = format!("schedule {} at {due}", schedule.source.cron);
+        let trigger = format!(
+            "schedule {} at {}",
+            schedule.source.cron,
+            due.format("%Y-%m-%dT%H:%M:%SZ")
+        );
         fire(&schedule, &state, due, trigger, &tx).await;
         after = due;
     }

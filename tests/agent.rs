@@ -1,0 +1,594 @@
+//! The agent with the real binary, real Docker and real files: watched checkouts, schedules,
+//! concurrency, signals, a killed agent's leftovers, and secrets kept out of every sink.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{assert_nothing_labelled, docker, require_engine};
+
+/// A running `dockhand agent` or `dockhand watch`, its output collected line by line.
+struct AgentProcess {
+    child: Child,
+    name: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// A finished job as the agent reported it.
+#[derive(Debug, Clone)]
+struct JobLine {
+    id: String,
+    status: String,
+    exit_code: i32,
+    results: PathBuf,
+}
+
+impl JobLine {
+    fn result(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.results.join("result.json")).unwrap()).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.results.join("log.txt")).unwrap()
+    }
+}
+
+impl AgentProcess {
+    fn start(dir: &Path, args: &[&str]) -> AgentProcess {
+        require_engine();
+        let name = format!("test-{}", unique());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(args)
+            .args(["--name", &name])
+            .current_dir(dir)
+            .env_remove("DOCKHAND_AGENT_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |stream: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        AgentProcess {
+            child,
+            name,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn transcript(&self) -> String {
+        format!(
+            "--- stderr\n{}\n--- stdout\n{}",
+            self.stderr().join("\n"),
+            self.stdout().join("\n")
+        )
+    }
+
+    /// Waits until `ready` holds for the agent's stderr lines.
+    fn wait_for(&self, what: &str, timeout: Duration, ready: impl Fn(&[String]) -> bool) {
+        let start = Instant::now();
+        while !ready(&self.stderr()) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}\n{}",
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for_stdout(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stdout().iter().any(|l| l.contains(needle)) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {needle:?} on stdout\n{}",
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Jobs the agent reported finished, in order.
+    fn finished(&self) -> Vec<JobLine> {
+        self.stderr()
+            .iter()
+            .filter_map(|l| parse_finished(l))
+            .collect()
+    }
+
+    /// Jobs the agent started, in order.
+    fn started(&self) -> Vec<String> {
+        self.stderr()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("agent: job ")?;
+                let (id, rest) = rest.split_once(' ')?;
+                rest.starts_with('(').then(|| id.to_owned())
+            })
+            .collect()
+    }
+
+    fn wait_finished(&self, count: usize, timeout: Duration) -> Vec<JobLine> {
+        self.wait_for(&format!("{count} finished job(s)"), timeout, |lines| {
+            lines.iter().filter(|l| parse_finished(l).is_some()).count() >= count
+        });
+        self.finished()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the agent did not exit\n{}",
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let label = format!("label=dockhand.agent={}", self.name);
+        for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
+            let _ = Command::new("docker").args(["network", "rm", id]).output();
+        }
+    }
+}
+
+/// `agent: job ID STATUS (exit code N), results in DIR`.
+fn parse_finished(line: &str) -> Option<JobLine> {
+    let rest = line.strip_prefix("agent: job ")?;
+    let (id, rest) = rest.split_once(' ')?;
+    let (status, rest) = rest.split_once(" (exit code ")?;
+    let (code, rest) = rest.split_once(')')?;
+    let results = rest.strip_prefix(", results in ")?;
+    Some(JobLine {
+        id: id.to_owned(),
+        status: status.to_owned(),
+        exit_code: code.parse().ok()?,
+        results: PathBuf::from(results),
+    })
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+/// A checkout whose `app` image copies `msg.txt` and whose `show` task runs `task.sh`.
+fn checkout(task_script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"image_name_prefix: agent-test-{}
+images:
+  app:
+    context:
+      parent_dir: .
+    commands:
+      - FROM dockhand/busybox:local
+      - [ADD, {{prefix: /app, get: [msg.txt, task.sh]}}]
+    tasks:
+      show:
+        options:
+          command: [/bin/sh, /app/task.sh]
+pipeline: [show]
+"#,
+        unique()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    std::fs::write(dir.path().join("msg.txt"), "first\n").unwrap();
+    std::fs::write(dir.path().join("task.sh"), task_script).unwrap();
+    std::fs::write(dir.path().join(".gitignore"), "*.tmp\n").unwrap();
+    dir
+}
+
+const LONG: Duration = Duration::from_secs(90);
+
+#[test]
+fn watch_runs_on_change_with_the_new_content_and_a_burst_gives_one_run() {
+    let repo = checkout("cat /app/msg.txt\n");
+    let agent = AgentProcess::start(repo.path(), &["watch", ".", "--debounce", "300ms"]);
+    let first = &agent.wait_finished(1, LONG)[0];
+    assert_eq!(first.status, "succeeded", "{}", agent.transcript());
+    assert!(first.log().contains("first"));
+
+    std::fs::write(repo.path().join("msg.txt"), "second\n").unwrap();
+    let second = agent.wait_finished(2, LONG)[1].clone();
+    assert!(second.log().contains("second"), "{}", second.log());
+    assert_eq!(second.result()["trigger"], "change: msg.txt");
+
+    std::fs::write(repo.path().join("ignored.tmp"), "git-ignored").unwrap();
+    std::fs::create_dir_all(repo.path().join(".git")).unwrap();
+    std::fs::write(repo.path().join(".git/index"), "git's own").unwrap();
+    for i in 0..50 {
+        std::fs::write(repo.path().join("msg.txt"), format!("burst {i}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let third = agent.wait_finished(3, LONG)[2].clone();
+    assert!(third.log().contains("burst 49"), "{}", third.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent.started().len(),
+        3,
+        "one run at start, one per burst; ignored files, .git and the agent's own results start none\n{}",
+        agent.transcript()
+    );
+    assert!(
+        !repo
+            .path()
+            .join(".dockhand/work")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "workspaces are removed"
+    );
+    assert_nothing_labelled(&format!("dockhand.job={}", third.id));
+}
+
+#[test]
+fn a_change_during_a_run_cancels_it_and_the_rerun_passes() {
+    let repo =
+        checkout("if grep -q slow /app/msg.txt; then echo started; sleep 60; fi\necho done\n");
+    std::fs::write(repo.path().join("msg.txt"), "slow\n").unwrap();
+    let agent = AgentProcess::start(repo.path(), &["watch", ".", "--debounce", "200ms"]);
+    agent.wait_for_stdout("run show | started", LONG);
+    std::fs::write(repo.path().join("msg.txt"), "fast\n").unwrap();
+    let jobs = agent.wait_finished(2, LONG);
+    assert_eq!(jobs[0].status, "cancelled", "{}", agent.transcript());
+    assert_eq!(jobs[0].exit_code, 130);
+    assert_eq!(jobs[1].status, "succeeded", "{}", agent.transcript());
+    assert!(jobs[1].log().contains("done"));
+    assert!(
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("cancelling, superseded by")),
+        "{}",
+        agent.transcript()
+    );
+    assert_nothing_labelled(&format!("dockhand.job={}", jobs[0].id));
+}
+
+#[test]
+fn a_broken_config_is_a_failed_job_and_the_fix_runs() {
+    let repo = checkout("echo fine\n");
+    let config = std::fs::read_to_string(repo.path().join("config.yml")).unwrap();
+    std::fs::write(
+        repo.path().join("config.yml"),
+        config.replace("pipeline: [show]", "pipeline: [shwo]"),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["watch", ".", "--debounce", "200ms"]);
+    let broken = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!(broken.status, "failed");
+    assert_eq!(broken.exit_code, 200);
+    let result = broken.result();
+    assert_eq!(result["stages"][0]["kind"], "collect");
+    assert_eq!(result["stages"][0]["status"], "failed");
+    let log = broken.log();
+    assert!(log.contains("shwo"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{}/config.yml:",
+            repo.path().canonicalize().unwrap().display()
+        )),
+        "diagnostics name the file in the checkout, not the workspace copy:\n{log}"
+    );
+    std::fs::write(repo.path().join("config.yml"), config).unwrap();
+    let fixed = agent.wait_finished(2, LONG)[1].clone();
+    assert_eq!(fixed.status, "succeeded", "{}", agent.transcript());
+    assert!(fixed.log().contains("fine"));
+}
+
+#[test]
+fn a_schedule_fires_on_time_and_does_not_overlap() {
+    let repo = checkout("sleep 3\n");
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        r#"
+[agent]
+concurrency = 4
+[[source]]
+kind = "schedule"
+name = "every-two-seconds"
+cron = "*/2 * * * * *"
+path = "."
+"#,
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    let jobs = agent.wait_finished(2, LONG);
+    let mut spans = Vec::new();
+    for job in &jobs {
+        assert_eq!(job.status, "succeeded", "{}", agent.transcript());
+        let result = job.result();
+        let trigger = result["trigger"].as_str().unwrap().to_owned();
+        let due = humantime::parse_rfc3339(trigger.rsplit(" at ").next().unwrap()).unwrap();
+        let started = humantime::parse_rfc3339(result["started_at"].as_str().unwrap()).unwrap();
+        let finished = humantime::parse_rfc3339(result["finished_at"].as_str().unwrap()).unwrap();
+        let late = started.duration_since(due).unwrap_or_default();
+        assert!(
+            late < Duration::from_millis(1500),
+            "{trigger}: started {late:?} late"
+        );
+        spans.push((started, finished));
+    }
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "runs of one schedule overlap: {spans:?}"
+    );
+    assert!(
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("has not finished")),
+        "firings during a run are skipped\n{}",
+        agent.transcript()
+    );
+}
+
+#[test]
+fn concurrency_two_runs_four_jobs_at_most_two_at_a_time() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sources = String::from("[agent]\nconcurrency = 2\n");
+    let repos: Vec<_> = (0..4).map(|_| checkout("sleep 2\n")).collect();
+    for repo in &repos {
+        sources.push_str(&format!(
+            "[[source]]\nkind = \"watch\"\npath = \"{}\"\n",
+            repo.path().display()
+        ));
+    }
+    std::fs::write(root.path().join("agent.toml"), sources).unwrap();
+    let agent = AgentProcess::start(root.path(), &["agent"]);
+    let jobs = agent.wait_finished(4, LONG * 2);
+    let mut edges = Vec::new();
+    for job in &jobs {
+        assert_eq!(job.status, "succeeded", "{}", agent.transcript());
+        let result = job.result();
+        let at = |key: &str| humantime::parse_rfc3339(result[key].as_str().unwrap()).unwrap();
+        edges.push((at("started_at"), 1));
+        edges.push((at("finished_at"), -1));
+    }
+    edges.sort();
+    let mut running = 0;
+    let mut most = 0;
+    for (_, delta) in edges {
+        running += delta;
+        most = most.max(running);
+    }
+    assert_eq!(most, 2, "{}", agent.transcript());
+}
+
+#[test]
+fn sigterm_lets_the_running_job_finish_and_report() {
+    let repo = checkout("echo started; sleep 3; echo finished\n");
+    let mut agent = AgentProcess::start(repo.path(), &["watch", "."]);
+    agent.wait_for_stdout("run show | started", LONG);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+    let jobs = agent.finished();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, "succeeded", "{}", agent.transcript());
+    assert!(jobs[0].log().contains("finished"));
+    assert_eq!(jobs[0].result()["status"], "succeeded");
+}
+
+#[test]
+fn a_second_signal_cancels_the_running_job_with_cleanup() {
+    let repo = checkout("echo started; sleep 60\n");
+    let mut agent = AgentProcess::start(repo.path(), &["watch", "."]);
+    agent.wait_for_stdout("run show | started", LONG);
+    agent.signal("TERM");
+    agent.wait_for("draining", LONG, |l| {
+        l.iter().any(|l| l.contains("stopping"))
+    });
+    agent.signal("INT");
+    assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+    let jobs = agent.finished();
+    assert_eq!(jobs[0].status, "cancelled", "{}", agent.transcript());
+    assert_nothing_labelled(&format!("dockhand.agent={}", agent.name));
+}
+
+#[test]
+fn a_killed_agents_leftovers_are_removed_by_the_next_start() {
+    let repo = checkout("echo started; sleep 120\n");
+    let mut first = AgentProcess::start(repo.path(), &["watch", "."]);
+    first.wait_for_stdout("run show | started", LONG);
+    let job = first.started()[0].clone();
+    first.signal("KILL");
+    first.wait_exit(LONG);
+    let label = format!("label=dockhand.job={job}");
+    assert!(
+        !docker(&["ps", "-aq", "--filter", &label]).trim().is_empty(),
+        "the killed agent's container is still there"
+    );
+    let workspace = repo.path().join(".dockhand/work").join(&job);
+    assert!(workspace.is_dir());
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+    command
+        .args(["watch", ".", "--name", &first.name])
+        .current_dir(repo.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut second = command.spawn().unwrap();
+    let stderr = BufReader::new(second.stderr.take().unwrap());
+    let mut swept = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains("removed leftovers") {
+            swept = Some(line);
+            break;
+        }
+        if line.contains("(watch:") {
+            break;
+        }
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    let swept = swept.expect("the next start sweeps before it runs anything");
+    assert!(swept.contains("1 container(s)"), "{swept}");
+    assert!(swept.contains("1 workspace(s)"), "{swept}");
+    assert!(docker(&["ps", "-aq", "--filter", &label]).trim().is_empty());
+    assert!(!workspace.exists());
+}
+
+#[test]
+fn secrets_appear_in_no_sink() {
+    const SECRET: &str = "s3cr3t-Value-42";
+    let repo = checkout(
+        r#"printf 'token=s3cr3t-'; sleep 0.3; printf 'Value-42\n'
+printf '%s' "$API_TOKEN" | base64
+printf 'x%s' "$API_TOKEN" | base64
+printf '%s\n' "$MULTI"
+echo "$API_TOKEN" >&2
+exit 3
+"#,
+    );
+    let config = std::fs::read_to_string(repo.path().join("config.yml")).unwrap();
+    let config = config.replace(
+        "command: [/bin/sh, /app/task.sh]",
+        "command: [/bin/sh, /app/task.sh]\n          env: [API_TOKEN, MULTI]",
+    ) + "secrets: [API_TOKEN]\n";
+    std::fs::write(repo.path().join("config.yml"), config).unwrap();
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        format!(
+            "[secrets]\nvalues = {{ API_TOKEN = \"{SECRET}\", MULTI = \"first-line-secret\\nsecond-line-secret\" }}\n[[source]]\nkind = \"watch\"\npath = \".\"\n"
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!(job.exit_code, 3, "{}", agent.transcript());
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    let shifted = base64::engine::general_purpose::STANDARD.encode(format!("x{SECRET}"));
+    let forbidden = [
+        SECRET.to_owned(),
+        encoded[..encoded.len() - 4].to_owned(),
+        shifted[4..shifted.len() - 4].to_owned(),
+        "first-line-secret".to_owned(),
+        "second-line-secret".to_owned(),
+    ];
+    let mut sinks = vec![("console".to_owned(), agent.stdout().join("\n"))];
+    for file in walk(&job.results) {
+        sinks.push((
+            file.display().to_string(),
+            std::fs::read_to_string(&file).unwrap(),
+        ));
+    }
+    assert!(sinks.iter().any(|(name, _)| name.ends_with("junit.xml")));
+    for (name, text) in &sinks {
+        for secret in &forbidden {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} in {name}:\n{text}"
+            );
+        }
+    }
+    let log = job.log();
+    assert!(log.contains("token=***"), "{log}");
+    assert_eq!(log.matches("***").count(), 6, "{log}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        if entry.file_type().unwrap().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+#[test]
+fn a_schedule_with_a_git_source_runs_the_committed_revision() {
+    let repo = checkout("cat /app/msg.txt\n");
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "first"]);
+    std::fs::write(repo.path().join("msg.txt"), "not committed\n").unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        agent_dir.path().join("agent.toml"),
+        format!(
+            "[[source]]\nkind = \"schedule\"\ncron = \"* * * * * *\"\ngit = \"file://{}\"\nref = \"main\"\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(agent_dir.path(), &["agent"]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!(job.status, "succeeded", "{}", agent.transcript());
+    let log = job.log();
+    assert!(log.contains("first"), "{log}");
+    assert!(!log.contains("not committed"), "{log}");
+    let origin = job.result()["origin"].as_str().unwrap().to_owned();
+    assert!(origin.contains(" at main ("), "{origin}");
+}

@@ -1,0 +1,174 @@
+//! agent.toml through its layers: file → DOCKHAND__SECTION__KEY → command-line overrides,
+//! and the errors a bad file gives (with the file's name).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dockhand::config::{ByteSize, KeepWorkspace, LoadOptions, SourceConfig, load};
+use dockhand::job::OnBusy;
+
+fn options(dir: &tempfile::TempDir, toml: &str) -> LoadOptions {
+    std::fs::write(dir.path().join("agent.toml"), toml).unwrap();
+    LoadOptions {
+        file: Some(PathBuf::from("agent.toml")),
+        env: HashMap::new(),
+        overrides: Vec::new(),
+        cwd: dir.path().to_path_buf(),
+    }
+}
+
+fn error(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(&options(&dir, toml)).unwrap_err().to_string();
+    assert!(e.contains("agent.toml"), "the error names the file: {e}");
+    e
+}
+
+#[test]
+fn defaults_then_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("repo")).unwrap();
+    let mut options = options(
+        &dir,
+        r#"
+[agent]
+name = "build-01"
+concurrency = 3
+job_timeout = "10m"
+keep_workspace = "on_failure"
+workspace_root = "work"
+
+[docker]
+memory = "512m"
+cpus = 1.5
+
+[[source]]
+kind = "watch"
+path = "repo"
+debounce = "150ms"
+on_change = "queue"
+
+[[source]]
+kind = "schedule"
+cron = "@daily"
+timezone = "Europe/Berlin"
+git = "https://example.com/x.git"
+ref = "main"
+"#,
+    );
+    options
+        .env
+        .insert("DOCKHAND__AGENT__CONCURRENCY".into(), "4".into());
+    options
+        .env
+        .insert("DOCKHAND__AGENT__LABELS".into(), "linux,docker".into());
+    options
+        .env
+        .insert("DOCKHAND__AGENT__SHUTDOWN_GRACE".into(), "5s".into());
+    options
+        .overrides
+        .push(("agent.shutdown_grace".into(), "7s".into()));
+    let (config, file) = load(&options).unwrap();
+    assert_eq!(file, Some(dir.path().join("agent.toml")));
+    let agent = &config.agent;
+    assert_eq!(agent.name, "build-01");
+    assert_eq!(agent.concurrency, 4, "env beats the file");
+    assert_eq!(agent.labels, ["linux", "docker"]);
+    assert_eq!(
+        agent.shutdown_grace,
+        Duration::from_secs(7),
+        "flags beat env"
+    );
+    assert_eq!(agent.job_timeout, Duration::from_secs(600));
+    assert_eq!(agent.keep_workspace, KeepWorkspace::OnFailure);
+    assert_eq!(agent.keep_results, 50, "a default");
+    assert_eq!(agent.workspace_root, dir.path().join("work"));
+    assert_eq!(agent.results_dir, dir.path().join(".dockhand/results"));
+    assert_eq!(config.docker.memory, Some(ByteSize(512 << 20)));
+    assert_eq!(config.docker.cpus, Some(1.5));
+    assert_eq!(config.docker.network, "bridge");
+    match &config.sources[..] {
+        [SourceConfig::Watch(watch), SourceConfig::Schedule(schedule)] => {
+            assert_eq!(watch.path, dir.path().join("repo"));
+            assert_eq!(watch.debounce, Duration::from_millis(150));
+            assert_eq!(watch.on_change, OnBusy::Queue);
+            assert_eq!(schedule.reference.as_deref(), Some("main"));
+            assert_eq!(
+                schedule.overlap,
+                OnBusy::Skip,
+                "schedules do not overlap by default"
+            );
+            assert!(schedule.catch_up);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn no_file_is_fine_and_a_named_missing_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LoadOptions {
+        cwd: dir.path().to_path_buf(),
+        ..LoadOptions::default()
+    };
+    let (config, file) = load(&options).unwrap();
+    assert_eq!(file, None);
+    assert_eq!(config.agent.concurrency, 2);
+    let missing = LoadOptions {
+        file: Some("nope.toml".into()),
+        ..options
+    };
+    assert!(
+        load(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("nope.toml: no such file")
+    );
+}
+
+#[test]
+fn bad_files_name_the_file_and_the_problem() {
+    for (toml, expected) in [
+        ("[agent]\nconcurency = 2\n", "unknown field `concurency`"),
+        ("[agnet]\n", "unknown field `agnet`"),
+        ("[agent]\njob_timeout = \"soon\"\n", "not a duration"),
+        (
+            "[agent]\nconcurrency = 0\n",
+            "agent.concurrency must be at least 1",
+        ),
+        ("[docker]\nmemory = \"lots\"\n", "not a size"),
+        ("[agent]\nkeep_workspace = \"sometimes\"\n", "sometimes"),
+        ("[[source]]\nkind = \"ftp\"\n", "ftp"),
+        (
+            "[[source]]\nkind = \"schedule\"\ncron = \"0 3 * *\"\npath = \".\"\n",
+            "[[source]] #1: cron `0 3 * *`",
+        ),
+        (
+            "[[source]]\nkind = \"schedule\"\ncron = \"0 0 30 2 *\"\npath = \".\"\n",
+            "never fires",
+        ),
+        (
+            "[[source]]\nkind = \"schedule\"\ncron = \"@daily\"\n",
+            "exactly one of `path` and `git`",
+        ),
+        (
+            "[[source]]\nkind = \"schedule\"\ncron = \"@daily\"\npath = \".\"\ntimezone = \"Moon/Base\"\n",
+            "IANA",
+        ),
+        (
+            "[[source]]\nkind = \"watch\"\npath = \"missing\"\n",
+            "is not a directory",
+        ),
+        (
+            "[[source]]\nkind = \"watch\"\npath = \".\"\ndebounse = \"1s\"\n",
+            "unknown field `debounse`",
+        ),
+    ] {
+        let e = error(toml);
+        assert!(
+            e.contains(expected),
+            "{toml:?}: expected {expected:?} in {e}"
+        );
+    }
+}
