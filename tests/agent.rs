@@ -260,15 +260,21 @@ fn watch_runs_on_change_with_the_new_content_and_a_burst_gives_one_run() {
         "one run at start, one per burst; ignored files, .git and the agent's own results start none\n{}",
         agent.transcript()
     );
-    assert!(
-        !repo
-            .path()
-            .join(".dockhand/work")
-            .read_dir()
-            .unwrap()
-            .any(|_| true),
-        "workspaces are removed"
+    std::fs::create_dir_all(repo.path().join("new/deeper")).unwrap();
+    std::fs::write(repo.path().join("new/deeper/file"), "1").unwrap();
+    agent.wait_finished(4, LONG);
+    std::fs::write(repo.path().join("new/deeper/file"), "2").unwrap();
+    let fifth = agent.wait_finished(5, LONG)[4].clone();
+    assert_eq!(
+        fifth.result()["trigger"],
+        "change: new/deeper/file",
+        "directories made after the start are watched too"
     );
+    let workspaces: Vec<String> = std::fs::read_dir(repo.path().join(".dockhand/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(workspaces, [".mirrors"], "job workspaces are removed");
     assert_nothing_labelled(&format!("dockhand.job={}", third.id));
 }
 

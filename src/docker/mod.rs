@@ -35,6 +35,8 @@ pub enum DockerError {
     },
     #[error("a thread holding shared build state panicked")]
     Poisoned,
+    #[error("the job's network could not be created: {0}")]
+    JobNetwork(String),
 }
 
 impl DockerError {

@@ -110,15 +110,6 @@ pub async fn run_job(
     emitter: &Emitter,
     cancel: &CancellationToken,
 ) -> JobOutcome {
-    if let (Some(driver), Some(name)) = (&options.job_network_driver, options.job_network())
-        && !plan.runs.is_empty()
-        && let Err(e) = engine
-            .create_network(&name, driver, &options.owner("network"))
-            .await
-    {
-        let verdict = (JobStatus::Error, codes::INFRASTRUCTURE);
-        return report_unrunnable(emitter, &options.job_id, &e.to_string(), verdict).await;
-    }
     let mut stages = vec![("collect".to_owned(), StageKind::Collect)];
     stages.extend(
         plan.builds
@@ -165,6 +156,17 @@ pub async fn run_job(
     let cancel = &job_cancel;
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
+    // Made while the images build: creating a network costs about 230 ms here.
+    let job_network = match (&options.job_network_driver, options.job_network()) {
+        (Some(driver), Some(name)) if !plan.runs.is_empty() => {
+            let (engine, driver, owner) =
+                (engine.clone(), driver.clone(), options.owner("network"));
+            Some(tokio::spawn(async move {
+                engine.create_network(&name, &driver, &owner).await
+            }))
+        }
+        _ => None,
+    };
     let digest_cache = options.cache_dir.join("digests.tsv");
     let digests = Arc::new(Mutex::new(DigestCache::load(&digest_cache)));
     let keys: BuildKeys = Arc::default();
@@ -205,6 +207,14 @@ pub async fn run_job(
     }
     let build_passed: Vec<bool> = builds.iter().map(|o| o.status.passed()).collect();
     let offset = 1 + plan.builds.len();
+    let network_error = match job_network {
+        Some(creating) => match creating.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        },
+        None => None,
+    };
     let runs = schedule(
         plan.runs.iter().map(|r| r.needs.clone()).collect(),
         |i| plan.runs[i].builds.iter().all(|&b| build_passed[b]),
@@ -219,7 +229,11 @@ pub async fn run_job(
                 .timeout
                 .or(options.task_timeout)
                 .map(|t| Instant::now() + t);
+            let network_error = network_error.clone();
             async move {
+                if let Some(error) = network_error {
+                    return Err(DockerError::JobNetwork(error));
+                }
                 run_task(
                     &engine,
                     &stage,

@@ -46,6 +46,8 @@ const TRIGGER_PATHS: usize = 3;
 struct Pending {
     paths: Vec<PathBuf>,
     count: usize,
+    /// Directories created since the watches were last added.
+    new_dirs: Vec<PathBuf>,
 }
 
 /// Which paths count as changes.
@@ -169,6 +171,14 @@ pub async fn run_watch(
                     return;
                 }
                 if let Ok(mut pending) = pending.lock() {
+                    if matches!(
+                        event.kind,
+                        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+                    ) {
+                        pending
+                            .new_dirs
+                            .extend(changed.iter().filter(|p| p.is_dir()).cloned());
+                    }
                     pending.count += changed.len();
                     for path in changed {
                         if pending.paths.len() < TRIGGER_PATHS && !pending.paths.contains(&path) {
@@ -182,9 +192,7 @@ pub async fn run_watch(
         )
         .map_err(|e| watch_error(&root, e))?
     };
-    watcher
-        .watch(&root, RecursiveMode::Recursive)
-        .map_err(|e| watch_error(&root, e))?;
+    watch_tree(&mut watcher, &root, &relevance)?;
 
     let job = |trigger: String| Job {
         id: new_job_id(),
@@ -212,8 +220,14 @@ pub async fn run_watch(
         if !quiet_for(source.debounce, &wake, &cancel).await {
             return Ok(());
         }
-        let Pending { paths, count } =
-            std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let Pending {
+            paths,
+            count,
+            new_dirs,
+        } = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in new_dirs {
+            watch_tree(&mut watcher, &dir, &relevance)?;
+        }
         if count == 0 {
             continue;
         }
@@ -233,6 +247,40 @@ pub async fn run_watch(
             return Ok(());
         }
     }
+}
+
+/// Watches `dir` and every directory below it that counts, one directory at a time: a
+/// recursive watch would also cover `.git`, the agent's own workspaces and git-ignored
+/// trees such as `target/`, spending inotify watches and events on them.
+fn watch_tree(
+    watcher: &mut RecommendedWatcher,
+    dir: &Path,
+    relevance: &Mutex<Relevance>,
+) -> Result<(), WatchError> {
+    let relevance = relevance.lock().unwrap_or_else(|p| p.into_inner());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
+                    || matches!(e.kind, notify::ErrorKind::PathNotFound) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(watch_error(&dir, e)),
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && relevance.counts(&path) {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until no change has arrived for `debounce`; false when cancelled first.

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::git::{GitError, checkout};
 use super::snapshot::{SnapshotError, snapshot};
+use crate::collector::short_hash;
 use crate::job::{Job, Origin};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum WorkspaceError {
     #[error("the snapshot thread failed: {0}")]
     Join(String),
 }
+
+/// Under the workspace root: one mirror per local source, which job directories link to.
+pub const MIRRORS: &str = ".mirrors";
 
 /// Time allowed for each git command of a checkout.
 const GIT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -55,7 +59,8 @@ impl Workspace {
                 path: dir.clone(),
                 source,
             })?;
-        let filled = fill(&job.origin, &dir, skip, cancel).await;
+        let mirrors = root.join(MIRRORS);
+        let filled = fill(&job.origin, &dir, &mirrors, skip, cancel).await;
         match filled {
             Ok(description) => Ok(Workspace { dir, description }),
             Err(e) => {
@@ -76,13 +81,15 @@ impl Workspace {
 async fn fill(
     origin: &Origin,
     dir: &Path,
+    mirrors: &Path,
     skip: Vec<PathBuf>,
     cancel: &CancellationToken,
 ) -> Result<String, WorkspaceError> {
     match origin {
         Origin::Path { path } => {
             let (from, to) = (path.clone(), dir.to_path_buf());
-            let copied = tokio::task::spawn_blocking(move || snapshot(&from, &to, &skip))
+            let mirror = mirrors.join(short_hash(path.as_os_str().as_encoded_bytes()));
+            let copied = tokio::task::spawn_blocking(move || snapshot(&from, &mirror, &to, &skip))
                 .await
                 .map_err(|e| WorkspaceError::Join(e.to_string()))?
                 .map_err(|source| WorkspaceError::Snapshot {
@@ -90,10 +97,11 @@ async fn fill(
                     source,
                 })?;
             Ok(format!(
-                "snapshot of {}: {} files, {} bytes",
+                "snapshot of {}: {} files, {} bytes, {} copied since the last",
                 path.display(),
                 copied.files,
-                copied.bytes
+                copied.bytes,
+                copied.copied
             ))
         }
         Origin::Git { url, reference } => {

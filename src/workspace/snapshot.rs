@@ -1,12 +1,21 @@
-//! Copies a checkout into a workspace: what git would track (`.gitignore`s and
-//! `.git/info/exclude` respected, `.git` and dockhand's own state left out), symlinks as
-//! symlinks, modes and modification times kept. Files are copied with `copy_file_range`,
-//! which shares extents (a reflink) on filesystems that can; hard links are not used, as an
-//! in-place edit of the checkout would then reach into the running job.
+//! Snapshots of a checkout: what git would track (`.gitignore`s and `.git/info/exclude`
+//! respected, `.git` and dockhand's own state left out), symlinks as symlinks, modes and
+//! modification times kept.
+//!
+//! Copying every file for every job costs about 0.7 ms per file on this machine's disk, so
+//! a snapshot goes in two steps. The checkout is first synchronised into a mirror only the
+//! agent writes: files whose size, mtime or mode differ are copied (to a temporary name,
+//! then renamed, never written in place), files gone from the checkout are deleted. The
+//! job's fresh directory is then a tree of hard links into the mirror. An edit in the
+//! checkout during the run reaches neither; a job that writes into its own files changes
+//! their mtime, so the next synchronisation replaces them in the mirror.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -24,24 +33,64 @@ pub enum SnapshotError {
     },
 }
 
-/// What a snapshot copied.
+/// What a snapshot took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Copied {
+    /// Files in the snapshot.
     pub files: u64,
     pub bytes: u64,
+    /// Files copied into the mirror because they were new or changed.
+    pub copied: u64,
 }
 
-/// Copies `from` into the existing, empty directory `to`, leaving out `skip` (the agent's
-/// own directories when they live inside the checkout).
-pub fn snapshot(from: &Path, to: &Path, skip: &[PathBuf]) -> Result<Copied, SnapshotError> {
+/// Snapshots `from` into the existing, empty directory `to` through the mirror `mirror`
+/// (created when missing), leaving out `skip` (the agent's own directories when they live
+/// inside the checkout).
+pub fn snapshot(
+    from: &Path,
+    mirror: &Path,
+    to: &Path,
+    skip: &[PathBuf],
+) -> Result<Copied, SnapshotError> {
+    let lock = mirror_lock(mirror);
+    let _synchronising = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let started = std::time::Instant::now();
+    let mut copied = sync_mirror(from, mirror, skip)?;
+    let synced = started.elapsed();
+    copied.files = link_tree(mirror, to)?;
+    tracing::debug!(?synced, linked = ?(started.elapsed() - synced), "snapshot of {}", from.display());
+    Ok(copied)
+}
+
+/// One lock per mirror: two jobs of one stream may snapshot at once.
+fn mirror_lock(mirror: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<std::collections::HashMap<PathBuf, Arc<Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(mirror.to_path_buf()).or_default().clone()
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_mirror(from: &Path, mirror: &Path, skip: &[PathBuf]) -> Result<Copied, SnapshotError> {
     let skip: Vec<PathBuf> = skip
         .iter()
         .map(|d| d.canonicalize().unwrap_or(d.clone()))
         .collect();
-    let root = from.canonicalize().map_err(|source| SnapshotError::Read {
-        path: from.to_path_buf(),
-        source,
-    })?;
+    let root = from.canonicalize().map_err(read_error(from))?;
+    fs::create_dir_all(mirror).map_err(write_error(mirror))?;
     let walk_root = root.clone();
     let walker = ignore::WalkBuilder::new(&root)
         .standard_filters(false)
@@ -58,6 +107,7 @@ pub fn snapshot(from: &Path, to: &Path, skip: &[PathBuf]) -> Result<Copied, Snap
         })
         .build();
     let mut copied = Copied::default();
+    let mut present: HashSet<PathBuf> = HashSet::new();
     for entry in walker {
         let entry = entry.map_err(|e| SnapshotError::Read {
             path: root.clone(),
@@ -71,54 +121,144 @@ pub fn snapshot(from: &Path, to: &Path, skip: &[PathBuf]) -> Result<Copied, Snap
         if relative.as_os_str().is_empty() {
             continue;
         }
-        let target = to.join(relative);
-        let write = |source| SnapshotError::Write {
-            path: target.clone(),
-            source,
-        };
-        let Some(kind) = entry.file_type() else {
+        let (Some(kind), source) = (entry.file_type(), entry.path()) else {
             continue;
         };
+        let target = mirror.join(relative);
+        let existing = fs::symlink_metadata(&target).ok();
         if kind.is_dir() {
-            fs::create_dir(&target).map_err(write)?;
+            if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                remove_any(&target)?;
+                fs::create_dir(&target).map_err(write_error(&target))?;
+            }
         } else if kind.is_symlink() {
-            let link = fs::read_link(entry.path()).map_err(|source| SnapshotError::Read {
-                path: entry.path().to_path_buf(),
-                source,
-            })?;
-            std::os::unix::fs::symlink(link, &target).map_err(write)?;
+            let link = fs::read_link(source).map_err(read_error(source))?;
+            if fs::read_link(&target).ok().as_ref() != Some(&link) {
+                remove_any(&target)?;
+                std::os::unix::fs::symlink(&link, &target).map_err(write_error(&target))?;
+            }
         } else if kind.is_file() {
-            copied.bytes += copy_file(entry.path(), &target)?;
-            copied.files += 1;
+            let wanted = fs::metadata(source).map_err(read_error(source))?;
+            copied.bytes += wanted.len();
+            if !existing.as_ref().is_some_and(|m| same_file(m, &wanted)) {
+                copy_file(source, &target, &wanted)?;
+                copied.copied += 1;
+            }
+        } else {
+            continue;
         }
+        present.insert(relative.to_path_buf());
     }
+    remove_absent(mirror, mirror, &present)?;
     Ok(copied)
 }
 
-/// Copies contents and mode, then the modification time (the build key's digest cache and
-/// make-style tools in the job both go by it).
-fn copy_file(from: &Path, to: &Path) -> Result<u64, SnapshotError> {
-    let read = |source| SnapshotError::Read {
-        path: from.to_path_buf(),
-        source,
-    };
-    let write = |source| SnapshotError::Write {
-        path: to.to_path_buf(),
-        source,
-    };
-    let modified = fs::metadata(from)
-        .and_then(|m| m.modified())
-        .map_err(read)?;
-    let bytes = fs::copy(from, to).map_err(|source| match fs::metadata(from) {
-        Err(_) => read(source),
-        Ok(_) => write(source),
+fn same_file(mirror: &fs::Metadata, source: &fs::Metadata) -> bool {
+    mirror.is_file()
+        && mirror.len() == source.len()
+        && mirror.mtime() == source.mtime()
+        && mirror.mtime_nsec() == source.mtime_nsec()
+        && mirror.mode() == source.mode()
+}
+
+/// Copies to a temporary name and renames it over `to`, so a job holding a hard link to the
+/// old file keeps the old contents.
+fn copy_file(from: &Path, to: &Path, metadata: &fs::Metadata) -> Result<(), SnapshotError> {
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    let partial = to.with_file_name(format!(".{name}.dockhand-partial"));
+    fs::copy(from, &partial).map_err(|source| match fs::metadata(from) {
+        Err(_) => SnapshotError::Read {
+            path: from.to_path_buf(),
+            source,
+        },
+        Ok(_) => SnapshotError::Write {
+            path: partial.clone(),
+            source,
+        },
     })?;
+    let modified = metadata.modified().map_err(read_error(from))?;
     fs::File::options()
         .write(true)
-        .open(to)
+        .open(&partial)
         .and_then(|f| f.set_modified(modified))
-        .map_err(write)?;
-    Ok(bytes)
+        .map_err(write_error(&partial))?;
+    if fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+        remove_any(to)?;
+    }
+    fs::rename(&partial, to).map_err(write_error(to))
+}
+
+fn remove_any(path: &Path) -> Result<(), SnapshotError> {
+    let removed = match fs::symlink_metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    removed.map_err(write_error(path))
+}
+
+/// Deletes what the mirror holds beyond `present` (paths relative to `root`).
+fn remove_absent(root: &Path, dir: &Path, present: &HashSet<PathBuf>) -> Result<(), SnapshotError> {
+    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+        let entry = entry.map_err(read_error(dir))?;
+        let path = entry.path();
+        let relative = path.strip_prefix(root).unwrap_or(&path);
+        if !present.contains(relative) {
+            remove_any(&path)?;
+        } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_absent(root, &path, present)?;
+        }
+    }
+    Ok(())
+}
+
+/// Threads that make a job directory's hard links: `link` is a system call that mostly waits
+/// on the filesystem's journal, so a few at once go faster even on two cores.
+const LINK_THREADS: usize = 4;
+
+/// Recreates the mirror's tree in `to`: directories made, files hard-linked, symlinks
+/// copied. Returns the number of files.
+fn link_tree(mirror: &Path, to: &Path) -> Result<u64, SnapshotError> {
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(dir) = dirs.pop() {
+        let from = mirror.join(&dir);
+        for entry in fs::read_dir(&from).map_err(read_error(&from))? {
+            let entry = entry.map_err(read_error(&from))?;
+            let relative = dir.join(entry.file_name());
+            let (source, target) = (entry.path(), to.join(&relative));
+            let kind = entry.file_type().map_err(read_error(&source))?;
+            if kind.is_dir() {
+                fs::create_dir(&target).map_err(write_error(&target))?;
+                dirs.push(relative);
+            } else if kind.is_symlink() {
+                let link = fs::read_link(&source).map_err(read_error(&source))?;
+                std::os::unix::fs::symlink(link, &target).map_err(write_error(&target))?;
+            } else {
+                files.push(relative);
+            }
+        }
+    }
+    let chunk = files.len().div_ceil(LINK_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().try_for_each(|file| {
+                        let target = to.join(file);
+                        fs::hard_link(mirror.join(file), &target).map_err(write_error(&target))
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(write_error(to)(io::Error::other("a link thread panicked")))
+            })
+        })
+    })?;
+    Ok(files.len() as u64)
 }
 
 #[cfg(test)]
@@ -151,7 +291,8 @@ mod tests {
         fs::set_permissions(f.join("run.sh"), perms).unwrap();
         std::os::unix::fs::symlink("../outside", f.join("link")).unwrap();
 
-        let copied = snapshot(f, to.path(), &[]).unwrap();
+        let mirror = tempfile::tempdir().unwrap();
+        let copied = snapshot(f, mirror.path(), to.path(), &[]).unwrap();
 
         let mut found: Vec<String> = ignore::WalkBuilder::new(to.path())
             .standard_filters(false)
@@ -199,6 +340,51 @@ mod tests {
         assert_eq!(
             fs::read_to_string(t.join("src/main.rs")).unwrap(),
             "fn main() {}"
+        );
+    }
+
+    #[test]
+    fn later_snapshots_copy_only_changes_and_never_share_a_jobs_writes() {
+        let from = tempfile::tempdir().unwrap();
+        let mirror = tempfile::tempdir().unwrap();
+        let f = from.path();
+        for name in ["a", "b", "c"] {
+            fs::write(f.join(name), name).unwrap();
+        }
+        let first = tempfile::tempdir().unwrap();
+        assert_eq!(
+            snapshot(f, mirror.path(), first.path(), &[])
+                .unwrap()
+                .copied,
+            3
+        );
+
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(f.join("a"), "edited").unwrap();
+        fs::remove_file(f.join("b")).unwrap();
+        fs::write(first.path().join("c"), "written by the first job").unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let copied = snapshot(f, mirror.path(), second.path(), &[]).unwrap();
+        assert_eq!(
+            (copied.files, copied.copied),
+            (2, 2),
+            "a changed; c was written by a job"
+        );
+        let s = second.path();
+        assert_eq!(fs::read_to_string(s.join("a")).unwrap(), "edited");
+        assert!(!s.join("b").exists());
+        assert_eq!(fs::read_to_string(s.join("c")).unwrap(), "c");
+        assert_eq!(
+            fs::read_to_string(first.path().join("a")).unwrap(),
+            "a",
+            "a running job keeps what it started with"
+        );
+        let third = tempfile::tempdir().unwrap();
+        assert_eq!(
+            snapshot(f, mirror.path(), third.path(), &[])
+                .unwrap()
+                .copied,
+            0
         );
     }
 }
