@@ -598,3 +598,83 @@ fn a_schedule_with_a_git_source_runs_the_committed_revision() {
     let origin = job.result()["origin"].as_str().unwrap().to_owned();
     assert!(origin.contains(" at main ("), "{origin}");
 }
+
+#[test]
+fn jobs_get_their_own_network_and_the_configured_limits() {
+    let repo = checkout(
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes\necho started\nsleep 3\n",
+    );
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        "[docker]\nmemory = \"64m\"\ncpus = 0.5\n[[source]]\nkind = \"watch\"\npath = \".\"\n",
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    agent.wait_for_stdout("run show | started", LONG);
+    let job = agent.started()[0].clone();
+    let label = format!("label=dockhand.job={job}");
+    let networks = docker(&["ps", "--filter", &label, "--format", "{{.Networks}}"]);
+    assert_eq!(networks.trim(), format!("dockhand-{job}"));
+    let id = docker(&["ps", "-q", "--filter", &label]);
+    let cpus = docker(&["inspect", "--format", "{{.HostConfig.NanoCpus}}", id.trim()]);
+    assert_eq!(cpus.trim(), "500000000");
+    let finished = agent.wait_finished(1, LONG)[0].clone();
+    assert!(finished.log().contains("67108864"), "{}", finished.log());
+    assert_nothing_labelled(&format!("dockhand.job={job}"));
+}
+
+#[test]
+fn an_idle_agent_sweeps_leftovers_of_jobs_that_are_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "[agent]\nsweep_interval = \"1s\"\n[[source]]\nkind = \"schedule\"\ncron = \"@yearly\"\npath = \".\"\n",
+    )
+    .unwrap();
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    agent.wait_for("the agent to start", LONG, |l| {
+        l.iter().any(|l| l.contains("started"))
+    });
+    let stale = dir.path().join(".dockhand/work/20200101-000000-abcd");
+    std::fs::create_dir_all(&stale).unwrap();
+    docker(&[
+        "create",
+        "--label",
+        &format!("dockhand.agent={}", agent.name),
+        "--label",
+        "dockhand.job=20200101-000000-abcd",
+        support::BASE_IMAGE,
+        "true",
+    ]);
+    agent.wait_for("the idle sweep", LONG, |l| {
+        l.iter().any(|l| l.contains("removed leftovers"))
+    });
+    assert_nothing_labelled(&format!("dockhand.agent={}", agent.name));
+    assert!(!stale.exists());
+}
+
+#[test]
+fn sighup_reloads_agent_toml_and_a_bad_file_keeps_the_running_settings() {
+    let repo = checkout("echo reloaded\n");
+    let toml = repo.path().join("agent.toml");
+    std::fs::write(
+        &toml,
+        "[[source]]\nkind = \"schedule\"\ncron = \"@yearly\"\npath = \".\"\n",
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(repo.path(), &["agent"]);
+    agent.wait_for("the agent to start", LONG, |l| {
+        l.iter().any(|l| l.contains("started"))
+    });
+    std::fs::write(&toml, "[[source]]\nkind = \"watch\"\npath = \".\"\n").unwrap();
+    agent.signal("HUP");
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert!(job.log().contains("reloaded"));
+    std::fs::write(&toml, "[agent]\nconcurrency = \"many\"\n").unwrap();
+    agent.signal("HUP");
+    agent.wait_for("the refusal", LONG, |l| {
+        l.iter().any(|l| l.contains("keeping the running settings"))
+    });
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+}
