@@ -1,7 +1,10 @@
 //! The console: each output line prefixed with its stage, a line when a stage starts and
-//! ends, and a summary table at the end.
+//! ends, and a summary table at the end. On a terminal, a status line below the output
+//! shows the running stages, a build's current step and how long each has run.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::time::Instant;
 
 use super::record::JobRecord;
 use super::reporter::Sink;
@@ -12,15 +15,100 @@ pub struct Console<W: Write + Send> {
     width: usize,
     /// `"   build base | "` per stage, made once: output lines are the hot path.
     prefixes: Vec<Vec<u8>>,
+    /// Only on a terminal.
+    progress: Option<Progress>,
+}
+
+/// The running stages, for the status line.
+#[derive(Default)]
+struct Progress {
+    /// Stage index → when it started and its latest `Step N/M`.
+    running: BTreeMap<usize, (Instant, Option<String>)>,
+    shown: bool,
+    columns: usize,
 }
 
 impl<W: Write + Send> Console<W> {
-    pub fn new(out: W) -> Self {
+    /// `terminal`: whether `out` is one a person watches, which gets the status line.
+    pub fn new(out: W, terminal: bool) -> Self {
+        let columns = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100);
         Console {
             out: io::BufWriter::with_capacity(256 * 1024, out),
             width: 0,
             prefixes: Vec::new(),
+            progress: terminal.then(|| Progress {
+                columns,
+                ..Progress::default()
+            }),
         }
+    }
+
+    fn track(&mut self, event: &Event) {
+        let Some(progress) = &mut self.progress else {
+            return;
+        };
+        match event {
+            Event::StageStarted { stage, .. } => {
+                progress.running.insert(*stage, (Instant::now(), None));
+            }
+            Event::StageFinished { stage, .. } => {
+                progress.running.remove(stage);
+            }
+            Event::Log { stage, bytes, .. } => {
+                if let Some((_, step)) = progress.running.get_mut(stage) {
+                    let text = String::from_utf8_lossy(bytes);
+                    if let Some(line) = text.lines().rev().find(|l| l.starts_with("Step ")) {
+                        let step_of = line.split(' ').nth(1).unwrap_or_default();
+                        *step = Some(format!("step {step_of}"));
+                    }
+                }
+            }
+            Event::JobFinished { .. } => progress.running.clear(),
+            Event::JobStarted { .. } => {}
+        }
+    }
+
+    /// Clears the status line before output is written over it.
+    fn clear_status(&mut self) -> io::Result<()> {
+        if let Some(progress) = &mut self.progress
+            && progress.shown
+        {
+            self.out.write_all(b"\r\x1b[K")?;
+            progress.shown = false;
+        }
+        Ok(())
+    }
+
+    fn draw_status(&mut self, record: &JobRecord) -> io::Result<()> {
+        let Some(progress) = &mut self.progress else {
+            return Ok(());
+        };
+        if progress.running.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<String> = progress
+            .running
+            .iter()
+            .map(|(stage, (since, step))| {
+                let label = record
+                    .stages
+                    .get(*stage)
+                    .map(|s| s.label())
+                    .unwrap_or_default();
+                let step = step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
+                format!("{label}{step} ({}s)", since.elapsed().as_secs())
+            })
+            .collect();
+        let line: String = format!("… {}", parts.join(" · "))
+            .chars()
+            .take(progress.columns.saturating_sub(1))
+            .collect();
+        self.out.write_all(line.as_bytes())?;
+        progress.shown = true;
+        Ok(())
     }
 }
 
@@ -39,6 +127,8 @@ pub fn status_word(status: Option<StageStatus>) -> &'static str {
 
 impl<W: Write + Send> Sink for Console<W> {
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+        self.clear_status()?;
+        self.track(event);
         match event {
             Event::JobStarted { job, .. } => {
                 self.width = record
@@ -137,6 +227,80 @@ impl<W: Write + Send> Sink for Console<W> {
                 )?;
             }
         }
+        self.draw_status(record)?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::events::{LogStream, StageKind, StageOutcome, Timestamp};
+
+    #[derive(Clone, Default)]
+    struct Screen(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Screen {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn show(terminal: bool) -> String {
+        let screen = Screen::default();
+        let mut console = Console::new(screen.clone(), terminal);
+        let mut record = JobRecord::default();
+        let events = [
+            Event::JobStarted {
+                job: "j".into(),
+                stages: vec![("app".into(), StageKind::Build)],
+                at: Timestamp::now(),
+            },
+            Event::StageStarted {
+                stage: 0,
+                at: Timestamp::now(),
+            },
+            Event::Log {
+                stage: 0,
+                stream: LogStream::Build,
+                bytes: Bytes::from_static(b"Step 2/3 : RUN make\n"),
+            },
+            Event::StageFinished {
+                stage: 0,
+                outcome: StageOutcome::new(StageStatus::Passed),
+                at: Timestamp::now(),
+            },
+        ];
+        for event in &events {
+            record.apply(event);
+            console.event(event, &record).unwrap();
+        }
+        String::from_utf8(screen.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_terminal_gets_a_status_line_and_a_pipe_plain_lines() {
+        let terminal = show(true);
+        assert!(
+            terminal.contains("… build app step 2/3 (0s)\r\x1b[K"),
+            "{terminal:?}"
+        );
+        assert!(terminal.contains("build app | Step 2/3 : RUN make\n"));
+        let plain = show(false);
+        assert!(!plain.contains('\x1b') && !plain.contains('…'), "{plain:?}");
+        assert_eq!(
+            plain,
+            terminal
+                .replace("… build app (0s)\r\x1b[K", "")
+                .replace("… build app step 2/3 (0s)\r\x1b[K", "")
+        );
     }
 }

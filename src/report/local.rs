@@ -47,7 +47,10 @@ impl LocalReport {
         let results = ResultsDir::create(results_root, job_id, info)?;
         let dir = results.dir().to_path_buf();
         let console: Box<dyn Sink> = match console {
-            ConsoleOutput::Lines => Box::new(Console::new(io::stdout())),
+            ConsoleOutput::Lines => {
+                let terminal = io::IsTerminal::is_terminal(&io::stdout());
+                Box::new(Console::new(io::stdout(), terminal))
+            }
             ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
         };
         let sinks = vec![
