@@ -14,7 +14,14 @@
 //! - [`executor`]: walks a plan, stages as their dependencies finish, every object it
 //!   creates removed on every path.
 //! - [`events`]: what a job does, as events, on a bounded channel.
-//! - [`report`]: the sinks for those events: console, JSON lines, results directory.
+//! - [`report`]: the sinks for those events: console, JSON lines, results directory,
+//!   junit.xml, with secrets masked before any of them.
+//! - [`job`]: the `Job` every source produces.
+//! - [`config`]: agent.toml, layered.
+//! - [`workspace`]: per-job directories filled from a checkout or a git repository.
+//! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
+//! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, signals,
+//!   the sweep of dead jobs' leftovers.
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
 pub mod agent;

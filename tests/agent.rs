@@ -678,3 +678,26 @@ fn sighup_reloads_agent_toml_and_a_bad_file_keeps_the_running_settings() {
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
 }
+
+#[test]
+fn a_job_past_its_timeout_is_cancelled_and_its_workspace_kept_on_failure() {
+    let repo = checkout("echo started; sleep 60\n");
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        "[agent]\nkeep_workspace = \"on_failure\"\n[[source]]\nkind = \"watch\"\npath = \".\"\ntimeout = \"4s\"\n",
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!(job.status, "timed out", "{}", agent.transcript());
+    assert_eq!(job.exit_code, 124);
+    assert_eq!(job.result()["status"], "timed_out");
+    assert!(
+        repo.path()
+            .join(".dockhand/work")
+            .join(&job.id)
+            .join("config.yml")
+            .is_file()
+    );
+    assert_nothing_labelled(&format!("dockhand.job={}", job.id));
+}

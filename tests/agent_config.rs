@@ -172,3 +172,33 @@ fn bad_files_name_the_file_and_the_problem() {
         );
     }
 }
+
+#[test]
+fn the_shipped_examples_load() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for file in ["agent.toml", "deploy/agent.toml"] {
+        let options = LoadOptions {
+            file: Some(file.into()),
+            cwd: root.clone(),
+            ..LoadOptions::default()
+        };
+        let (config, _) = load(&options).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!config.sources.is_empty(), "{file}");
+    }
+}
+
+#[test]
+fn printed_settings_hide_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = load(&options(
+        &dir,
+        "[secrets]\nvalues = { TOKEN = \"hunter2-secret\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(config.secrets.values["TOKEN"], "hunter2-secret");
+    let printed = format!("{config:?}");
+    assert!(
+        printed.contains("TOKEN = ***") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+}

@@ -1,6 +1,6 @@
 //! The long-running agent: jobs from its sources (watched checkouts, schedules), each in
 //! its own workspace, `concurrency` at a time, with leftovers of dead jobs swept away.
-//! [`state`] decides, [`dispatcher`] carries out, [`runner`] runs one job, [`sweep`]
+//! `state` decides, `dispatcher` carries out, `runner` runs one job, `sweep`
 //! cleans up after jobs that are not running.
 
 mod dispatcher;

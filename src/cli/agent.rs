@@ -6,15 +6,24 @@ use std::path::{Path, PathBuf};
 
 use super::args::{AgentArgs, OnChange};
 use super::exit;
+use super::output::outln;
 use crate::agent::{Agent, AgentExit};
 use crate::config::{AgentConfig, LoadOptions, SourceConfig, WatchSource, load};
 use crate::docker::Engine;
 use crate::job::OnBusy;
 use crate::report::ConsoleOutput;
 
-pub fn agent(file: Option<PathBuf>, args: &AgentArgs) -> u8 {
+pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
     let options = load_options(file, args, current_dir());
     match load(&options) {
+        Ok((settings, file)) if check => {
+            let from = file.map_or("defaults and environment".to_owned(), |f| {
+                f.display().to_string()
+            });
+            outln!("{from}: ok");
+            outln!("{settings:#?}");
+            exit::SUCCESS
+        }
         Ok((settings, _)) => serve(settings, Some(options), args),
         Err(e) => {
             eprintln!("error: {e}");

@@ -24,8 +24,9 @@ fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Agent {
             agent_config,
+            check,
             agent,
-        } => return super::agent::agent(agent_config.clone(), agent),
+        } => return super::agent::agent(agent_config.clone(), *check, agent),
         Command::Watch {
             dir,
             tasks,

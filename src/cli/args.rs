@@ -62,6 +62,9 @@ pub enum Command {
         /// agent.toml [default: DOCKHAND_AGENT_CONFIG, then ./agent.toml when present]
         #[arg(long, value_name = "FILE")]
         agent_config: Option<PathBuf>,
+        /// Check the settings (every layer) and print them, without running
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         agent: AgentArgs,
     },

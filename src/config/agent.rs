@@ -107,13 +107,30 @@ impl Default for DockerSection {
 
 /// Values no sink may show. Jobs see them as environment variables (for config.yml's
 /// `env` forms); every log, result and report shows `***` instead.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsSection {
     /// Names of the agent's own environment variables whose values are secret.
     pub from_env: Vec<String>,
     /// Secret values written here, by the name jobs see them under.
     pub values: BTreeMap<String, String>,
+}
+
+/// Names only: `dockhand agent --check` and logs print settings.
+impl std::fmt::Debug for SecretsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsSection")
+            .field("from_env", &self.from_env)
+            .field(
+                "values",
+                &self
+                    .values
+                    .keys()
+                    .map(|k| format!("{k} = ***"))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -206,3 +206,31 @@ pub fn prune_results(root: &Path, keep: usize) -> io::Result<usize> {
     }
     Ok(excess)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prune_results;
+
+    #[test]
+    fn pruning_keeps_the_newest_job_directories_only() {
+        let root = tempfile::tempdir().unwrap();
+        let jobs = [
+            "20261101-000000-aaaa",
+            "20261102-000000-bbbb",
+            "20261103-000000-cccc",
+        ];
+        for job in jobs {
+            std::fs::create_dir(root.path().join(job)).unwrap();
+            std::fs::write(root.path().join(job).join("result.json"), "{}").unwrap();
+        }
+        std::fs::create_dir(root.path().join("notes")).unwrap();
+        assert_eq!(prune_results(root.path(), 2).unwrap(), 1);
+        assert!(!root.path().join(jobs[0]).exists());
+        assert!(root.path().join(jobs[2]).exists());
+        assert!(
+            root.path().join("notes").exists(),
+            "only job directories are pruned"
+        );
+        assert_eq!(prune_results(root.path(), 0).unwrap(), 0, "0 keeps all");
+    }
+}

@@ -310,3 +310,52 @@ fn watch_error(path: &Path, error: notify::Error) -> WatchError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inotify_limits_say_which_sysctl_to_raise() {
+        let dir = Path::new("/src/app");
+        let watches = watch_error(dir, notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert!(
+            watches.to_string().contains("fs.inotify.max_user_watches"),
+            "{watches}"
+        );
+        let enospc = notify::Error::io(std::io::Error::from_raw_os_error(28));
+        assert!(matches!(
+            watch_error(dir, enospc),
+            WatchError::WatchLimit { .. }
+        ));
+        let emfile = notify::Error::io(std::io::Error::from_raw_os_error(24));
+        let instances = watch_error(dir, emfile).to_string();
+        assert!(
+            instances.contains("fs.inotify.max_user_instances"),
+            "{instances}"
+        );
+    }
+
+    #[test]
+    fn what_counts_as_a_change() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().canonicalize().unwrap();
+        std::fs::write(r.join(".gitignore"), "target/\n*.log\n").unwrap();
+        std::fs::create_dir_all(r.join("sub")).unwrap();
+        std::fs::write(r.join("sub/.gitignore"), "local.txt\n!keep.log\n").unwrap();
+        let relevance = Relevance::new(&r, vec![r.join("work")]);
+        for (path, counts) in [
+            ("src/main.rs", true),
+            ("target/debug/x", false),
+            ("a.log", false),
+            ("sub/local.txt", false),
+            ("sub/keep.log", true),
+            ("local.txt", true),
+            (".git/index", false),
+            (".dockhand/results/x", false),
+            ("work/job/file", false),
+        ] {
+            assert_eq!(relevance.counts(&r.join(path)), counts, "{path}");
+        }
+    }
+}
