@@ -1,4 +1,5 @@
-//! `--json`: the event stream as JSON lines on stdout.
+//! `--json`: the event stream as JSON lines on stdout, each naming its job (an agent's jobs
+//! share stdout).
 
 use std::io::{self, Write};
 
@@ -18,9 +19,19 @@ impl<W: Write + Send> JsonLines<W> {
     }
 }
 
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    /// `job_started` carries its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
 impl<W: Write + Send> Sink for JsonLines<W> {
-    fn event(&mut self, event: &Event, _: &JobRecord) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, event)?;
+    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+        let job = (!matches!(event, Event::JobStarted { .. })).then_some(record.job.as_str());
+        serde_json::to_writer(&mut self.out, &Line { job, event })?;
         self.out.write_all(b"\n")?;
         if !matches!(event, Event::Log { .. }) {
             self.out.flush()?;
