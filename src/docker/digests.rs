@@ -1,6 +1,7 @@
 //! Content digests of context files, remembered between runs: a file whose path, size,
 //! mtime and inode are unchanged is not read again. Files that must be read are hashed on
-//! every core.
+//! every core. Paths are kept relative to the workspace, so an agent's job directories,
+//! hard-linked from one mirror, share the digests of the files they share.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,13 +16,16 @@ use super::context::{Entry, EntryKind, Stamp};
 #[derive(Debug, Default)]
 pub struct DigestCache {
     path: PathBuf,
+    /// The workspace the remembered paths are relative to.
+    root: PathBuf,
     known: HashMap<PathBuf, (Stamp, String)>,
     changed: bool,
 }
 
 impl DigestCache {
-    /// Loads `path`; a missing or unreadable cache is an empty one (it is only a speed-up).
-    pub fn load(path: &Path) -> DigestCache {
+    /// Loads `path` for files under `root`; a missing or unreadable cache is an empty one
+    /// (it is only a speed-up).
+    pub fn load(path: &Path, root: &Path) -> DigestCache {
         let mut known = HashMap::new();
         if let Ok(file) = fs::File::open(path) {
             for line in io::BufReader::new(file).lines().map_while(Result::ok) {
@@ -55,6 +59,7 @@ impl DigestCache {
         }
         DigestCache {
             path: path.to_path_buf(),
+            root: root.to_path_buf(),
             known,
             changed: false,
         }
@@ -66,7 +71,8 @@ impl DigestCache {
         if !self.changed {
             return Ok(());
         }
-        self.known.retain(|file, _| file.exists());
+        let root = &self.root;
+        self.known.retain(|file, _| root.join(file).exists());
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -99,7 +105,7 @@ impl DigestCache {
             let EntryKind::File { stamp, .. } = entry.kind else {
                 continue;
             };
-            match self.known.get(&entry.source) {
+            match self.known.get(self.relative(&entry.source)) {
                 Some((known, digest)) if *known == stamp => out[i] = Some(digest.clone()),
                 _ => to_read.push((i, stamp)),
             }
@@ -132,13 +138,19 @@ impl DigestCache {
         });
         for batch in results {
             for (i, stamp, digest) in batch? {
-                self.known
-                    .insert(entries[i].source.clone(), (stamp, digest.clone()));
+                let file = self.relative(&entries[i].source).to_path_buf();
+                self.known.insert(file, (stamp, digest.clone()));
                 self.changed = true;
                 out[i] = Some(digest);
             }
         }
         Ok(out)
+    }
+}
+
+impl DigestCache {
+    fn relative<'p>(&self, path: &'p Path) -> &'p Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
     }
 }
 
@@ -184,11 +196,11 @@ mod tests {
         fs::write(&a, "alpha").unwrap();
         fs::write(&b, "beta").unwrap();
         let cache_path = dir.path().join("cache/digests.tsv");
-        let mut cache = DigestCache::load(&cache_path);
+        let mut cache = DigestCache::load(&cache_path, dir.path());
         let first = cache.digests(&[entry(&a), entry(&b)]).unwrap();
         cache.save().unwrap();
 
-        let mut reloaded = DigestCache::load(&cache_path);
+        let mut reloaded = DigestCache::load(&cache_path, dir.path());
         assert_eq!(reloaded.digests(&[entry(&a)]).unwrap()[0], first[0]);
         assert!(!reloaded.changed, "an unchanged file is not read again");
         fs::write(&a, "a different length").unwrap();
@@ -198,6 +210,6 @@ mod tests {
         fs::remove_file(&b).unwrap();
         reloaded.save().unwrap();
         let text = fs::read_to_string(&cache_path).unwrap();
-        assert!(!text.contains("/b\n") && text.contains("/a\n"), "{text}");
+        assert!(!text.contains("\tb\n") && text.contains("\ta\n"), "{text}");
     }
 }

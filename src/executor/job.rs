@@ -168,7 +168,10 @@ pub async fn run_job(
         _ => None,
     };
     let digest_cache = options.cache_dir.join("digests.tsv");
-    let digests = Arc::new(Mutex::new(DigestCache::load(&digest_cache)));
+    let digests = Arc::new(Mutex::new(DigestCache::load(
+        &digest_cache,
+        &options.workspace,
+    )));
     let keys: BuildKeys = Arc::default();
     let builds = schedule(
         plan.builds.iter().map(|b| b.after.clone()).collect(),
