@@ -41,10 +41,16 @@ pub enum WatchError {
 /// Paths named in a job's trigger; the rest are counted.
 const TRIGGER_PATHS: usize = 3;
 
+/// Distinct changed paths remembered per run; beyond this, changes are only counted.
+const DISTINCT_PATHS: usize = 10_000;
+
 /// Changes seen since the last job, shared with notify's thread.
 #[derive(Default)]
 struct Pending {
+    /// The first few changed paths, for the trigger.
     paths: Vec<PathBuf>,
+    /// Distinct changed paths (one save makes several events for one file).
+    seen: std::collections::HashSet<PathBuf>,
     count: usize,
     /// Directories created since the watches were last added.
     new_dirs: Vec<PathBuf>,
@@ -179,10 +185,16 @@ pub async fn run_watch(
                             .new_dirs
                             .extend(changed.iter().filter(|p| p.is_dir()).cloned());
                     }
-                    pending.count += changed.len();
                     for path in changed {
-                        if pending.paths.len() < TRIGGER_PATHS && !pending.paths.contains(&path) {
-                            pending.paths.push(path);
+                        if pending.seen.contains(&path) {
+                            continue;
+                        }
+                        pending.count += 1;
+                        if pending.paths.len() < TRIGGER_PATHS {
+                            pending.paths.push(path.clone());
+                        }
+                        if pending.seen.len() < DISTINCT_PATHS {
+                            pending.seen.insert(path);
                         }
                     }
                 }
@@ -224,6 +236,7 @@ pub async fn run_watch(
             paths,
             count,
             new_dirs,
+            ..
         } = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
         for dir in new_dirs {
             watch_tree(&mut watcher, &dir, &relevance)?;
