@@ -701,3 +701,28 @@ fn a_job_past_its_timeout_is_cancelled_and_its_workspace_kept_on_failure() {
     );
     assert_nothing_labelled(&format!("dockhand.job={}", job.id));
 }
+
+#[test]
+fn a_second_agent_on_the_same_workspace_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "[[source]]\nkind = \"schedule\"\ncron = \"@yearly\"\npath = \".\"\n",
+    )
+    .unwrap();
+    let first = AgentProcess::start(dir.path(), &["agent"]);
+    first.wait_for("the agent to start", LONG, |l| {
+        l.iter().any(|l| l.contains("started"))
+    });
+    let second = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["agent", "--name", "another"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(200), "{stderr}");
+    assert!(
+        stderr.contains("another agent uses the workspace root"),
+        "{stderr}"
+    );
+}

@@ -34,7 +34,20 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     #[error("no [[source]] is configured: the agent would have nothing to do")]
     NoSources,
+    #[error(
+        "another agent uses the workspace root {root} (it holds {root}/{LOCK_FILE}); give each agent its own workspace_root"
+    )]
+    WorkspaceTaken { root: String },
+    #[error("cannot lock the workspace root {root}: {source}")]
+    Lock {
+        root: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// Held while an agent runs, so two agents never sweep each other's workspaces.
+const LOCK_FILE: &str = ".agent.lock";
 
 /// How the agent ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +99,7 @@ impl Agent {
         if self.settings.sources.is_empty() {
             return Err(AgentError::NoSources);
         }
+        let _lock = self.lock_workspace_root()?;
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
@@ -98,6 +112,14 @@ impl Agent {
         let mut context = self.context();
 
         self.sweep(&HashSet::new()).await;
+        let agent = &self.settings.agent;
+        say(format!(
+            "{} started: {} source(s), {} job(s) at once, results in {}",
+            agent.name,
+            self.settings.sources.len(),
+            agent.concurrency,
+            agent.results_dir.display()
+        ));
         let (tx, mut rx) = mpsc::channel(SOURCE_BUFFER);
         let mut sources_cancel = root.child_token();
         let mut sources = self.start_sources(&tx, &sources_cancel);
@@ -242,6 +264,23 @@ impl Agent {
         } else {
             AgentExit::Stopped
         })
+    }
+
+    fn lock_workspace_root(&self) -> Result<std::fs::File, AgentError> {
+        let root = &self.settings.agent.workspace_root;
+        let error = |source| AgentError::Lock {
+            root: root.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(error)?;
+        let file = std::fs::File::create(root.join(LOCK_FILE)).map_err(error)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::WorkspaceTaken {
+                root: root.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(error(e)),
+        }
     }
 
     fn context(&self) -> Arc<JobContext> {

@@ -46,6 +46,17 @@ pub fn watch(
             return exit::USAGE;
         }
     };
+    let mut args_named = args.clone();
+    if args_named.name.is_none() {
+        // One watcher per checkout may run at once; each sweeps only its own objects.
+        let checkout = crate::collector::short_hash(dir.as_os_str().as_encoded_bytes());
+        args_named.name = Some(format!(
+            "watch-{}@{}",
+            &checkout[..8],
+            crate::job::hostname()
+        ));
+    }
+    let args = &args_named;
     let options = load_options(None, args, dir.clone());
     let mut settings = match load(&options) {
         Ok((settings, _)) => settings,
@@ -93,13 +104,6 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
                 return exit::INFRASTRUCTURE;
             }
         };
-        eprintln!(
-            "agent: {} started: {} source(s), {} job(s) at once, results in {}",
-            settings.agent.name,
-            settings.sources.len(),
-            settings.agent.concurrency,
-            settings.agent.results_dir.display()
-        );
         let host_env: HashMap<String, String> = std::env::vars().collect();
         match Agent::new(engine, settings, reload, host_env, console)
             .run()

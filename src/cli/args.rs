@@ -131,7 +131,7 @@ pub enum OnChange {
 }
 
 /// Options of `agent` and `watch`: each overrides the agent.toml key it names.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
     /// Print job events as JSON lines instead of the console report
     #[arg(long)]
@@ -139,7 +139,8 @@ pub struct AgentArgs {
     /// agent.concurrency: jobs at once
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// agent.name: labels every Docker object this agent creates
+    /// agent.name: labels every Docker object this agent creates [default: the hostname;
+    /// for watch, one name per checkout]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Any agent.toml key, e.g. `--set docker.memory=2g` (repeatable)

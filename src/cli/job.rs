@@ -34,7 +34,9 @@ pub fn run(
     let workspace = workspace_root(&config.config_root);
     let options = ExecutorOptions {
         job_id: new_job_id(),
-        agent: hostname(),
+        // Not the hostname an agent on this machine is named by: its sweep would take
+        // this run's containers for a dead job's.
+        agent: format!("cli@{}", hostname()),
         workspace: workspace.clone(),
         cache_dir: cache_dir(&workspace),
         allow_host_mounts: args.allow_host_mounts.clone(),

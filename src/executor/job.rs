@@ -274,6 +274,16 @@ pub async fn run_job(
     };
     outcomes.extend(builds);
     outcomes.extend(runs);
+    finish(emitter, status, exit_code, outcomes).await
+}
+
+/// Sends `JobFinished` and makes the outcome.
+async fn finish(
+    emitter: &Emitter,
+    status: JobStatus,
+    exit_code: u8,
+    stages: Vec<StageOutcome>,
+) -> JobOutcome {
     emitter
         .send(Event::JobFinished {
             status,
@@ -284,7 +294,7 @@ pub async fn run_job(
     JobOutcome {
         status,
         exit_code,
-        stages: outcomes,
+        stages,
     }
 }
 
@@ -315,18 +325,7 @@ pub async fn report_unrunnable(
     })
     .with_message(first_line);
     collect.finished(outcome.clone()).await;
-    emitter
-        .send(Event::JobFinished {
-            status,
-            exit_code,
-            at: Timestamp::now(),
-        })
-        .await;
-    JobOutcome {
-        status,
-        exit_code,
-        stages: vec![outcome],
-    }
+    finish(emitter, status, exit_code, vec![outcome]).await
 }
 
 /// Runs stages `0..n` as their predecessors finish, `limit` at a time. A stage whose
