@@ -270,11 +270,16 @@ fn watch_runs_on_change_with_the_new_content_and_a_burst_gives_one_run() {
         "change: new/deeper/file",
         "directories made after the start are watched too"
     );
-    let workspaces: Vec<String> = std::fs::read_dir(repo.path().join(".dockhand/work"))
+    let mut workspaces: Vec<String> = std::fs::read_dir(repo.path().join(".dockhand/work"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(workspaces, [".mirrors"], "job workspaces are removed");
+    workspaces.sort();
+    assert_eq!(
+        workspaces,
+        [".agent.lock", ".mirrors"],
+        "job workspaces are removed"
+    );
     assert_nothing_labelled(&format!("dockhand.job={}", third.id));
 }
 
