@@ -299,7 +299,17 @@ impl Agent {
             return None;
         };
         match load(options) {
-            Ok((settings, _)) => {
+            Ok((mut settings, _)) => {
+                let running = &self.settings.agent;
+                if settings.agent.name != running.name
+                    || settings.agent.workspace_root != running.workspace_root
+                {
+                    say(
+                        "SIGHUP: agent.name and agent.workspace_root change only with a restart (they own the agent's objects and lock); keeping them",
+                    );
+                    settings.agent.name = running.name.clone();
+                    settings.agent.workspace_root = running.workspace_root.clone();
+                }
                 say("SIGHUP: settings reloaded; sources restarted");
                 self.settings = Arc::new(settings);
                 Some(())

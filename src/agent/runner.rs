@@ -62,7 +62,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     if let Some(Ok(collected)) = &collected {
         secret_names.extend(&collected.config.secrets);
     }
-    let (masker, too_short) = Masker::new(secret_values(secret_names, &env, []));
+    let (masker, too_short) = Masker::new(secret_values(secret_names, &env));
     let info = JobInfo {
         config: job.config_file.clone(),
         tasks: job.tasks.clone(),

@@ -101,7 +101,7 @@ async fn run_async(
         trigger: None,
         origin: None,
     };
-    let (masker, too_short) = Masker::new(secret_values(&config.secrets, &collect.env, []));
+    let (masker, too_short) = Masker::new(secret_values(&config.secrets, &collect.env));
     if too_short > 0 {
         eprintln!(
             "warning: {too_short} secret value(s) shorter than {MIN_SECRET_LEN} characters are not masked"

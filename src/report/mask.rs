@@ -83,18 +83,12 @@ impl Masker {
     }
 }
 
-/// The values of the secret variables `names` in `env`, plus `extra`: what a job's masker
-/// hides.
+/// The values of the secret variables `names` in `env`: what a job's masker hides.
 pub fn secret_values<'a>(
     names: impl IntoIterator<Item = &'a String>,
     env: &'a std::collections::HashMap<String, String>,
-    extra: impl IntoIterator<Item = &'a String>,
 ) -> Vec<&'a String> {
-    names
-        .into_iter()
-        .filter_map(|name| env.get(name))
-        .chain(extra)
-        .collect()
+    names.into_iter().filter_map(|name| env.get(name)).collect()
 }
 
 /// The encoded forms of `secret` that appear in any base64 text containing it: for each of
