@@ -22,6 +22,7 @@
 //! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
 //! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, signals,
 //!   the sweep of dead jobs' leftovers.
+//! - [`server`]: the job server agents poll (DESIGN.md §4).
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
 pub mod agent;
@@ -34,5 +35,6 @@ pub mod executor;
 pub mod job;
 pub mod plan;
 pub mod report;
+pub mod server;
 pub mod source;
 pub mod workspace;

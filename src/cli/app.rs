@@ -38,6 +38,7 @@ fn run(cli: Cli) -> u8 {
             let change = (*debounce, *on_change);
             return super::agent::watch(dir, &config, tasks.clone(), change, agent);
         }
+        Command::Server(args) => return super::server::run(args),
         _ => {}
     }
     let cli_args = match &cli.command {
@@ -66,7 +67,9 @@ fn run(cli: Cli) -> u8 {
             };
             with_config(collected, |c| job::run(c, &options, request, &args))
         }
-        Command::Agent { .. } | Command::Watch { .. } => unreachable!("handled above"),
+        Command::Agent { .. } | Command::Watch { .. } | Command::Server(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -84,6 +84,8 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Run the job server that agents poll (DESIGN.md §4)
+    Server(ServerArgs),
     /// Print an image's generated Dockerfile exactly as it will be sent
     Dockerfile {
         /// The image, by its name in the config
@@ -153,4 +155,30 @@ fn key_value(text: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// Options of `server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed)
+    #[arg(long, default_value = "127.0.0.1:8750", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The SQLite database file; job logs go to logs/ beside it
+    #[arg(long, default_value = ".dockhand/server/jobs.db", value_name = "FILE")]
+    pub database: PathBuf,
+    /// Token agents register with
+    #[arg(long, env = "DOCKHAND_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub registration_token: String,
+    /// Token for submitting, listing, reading and cancelling jobs
+    #[arg(long, env = "DOCKHAND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// How long an offer waits to be accepted before its job is queued again
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub offer_ttl: std::time::Duration,
+    /// A lease's length; a job whose lease lapses is lost
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub lease: std::time::Duration,
+    /// The longest a claim waits for a job
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub claim_wait: std::time::Duration,
 }

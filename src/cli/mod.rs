@@ -10,5 +10,6 @@ pub mod exit;
 mod job;
 mod list;
 mod output;
+mod server;
 
 pub use app::main;

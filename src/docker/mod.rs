@@ -16,7 +16,7 @@ pub use wait::Readiness;
 pub use build::{BuildRequest, BuildResult, cache_dir};
 pub use client::Engine;
 pub use container::{ContainerSpec, ExitStatus, Leftovers};
-pub use digests::DigestCache;
+pub use digests::{DigestCache, hex};
 pub use labels::Owner;
 
 /// Infrastructure failures: the engine could not be reached or refused a request. A

@@ -1,0 +1,65 @@
+//! `dockhand server`: serve the job API until SIGTERM or Ctrl-C.
+
+use super::args::ServerArgs;
+use super::exit;
+use crate::server::{ServerSettings, serve};
+
+pub fn run(args: &ServerArgs) -> u8 {
+    if args.registration_token.len() < 16 || args.admin_token.len() < 16 {
+        eprintln!("error: the registration and admin tokens must be at least 16 characters");
+        return exit::USAGE;
+    }
+    let settings = ServerSettings {
+        listen: args.listen,
+        database: args.database.clone(),
+        registration_token: args.registration_token.clone(),
+        admin_token: args.admin_token.clone(),
+        offer_ttl: args.offer_ttl,
+        lease: args.lease,
+        claim_wait: args.claim_wait,
+        log_flush: std::time::Duration::from_millis(200),
+        log_chunk_max: 1 << 20,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INFRASTRUCTURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(mut terminate) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            stop.cancel();
+        });
+        let database = settings.database.clone();
+        let served = serve(settings, shutdown, |address| {
+            eprintln!(
+                "server: listening on http://{address} (database {})",
+                database.display()
+            );
+        })
+        .await;
+        match served {
+            Ok(()) => exit::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INFRASTRUCTURE
+            }
+        }
+    })
+}

@@ -1,0 +1,402 @@
+//! The HTTP API of DESIGN.md §4: routes, token checks, and the translation of store
+//! answers into status codes. Long-poll claims wait on a [`Notify`] that submissions and
+//! returned offers wake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::settings::ServerSettings;
+use super::store::{Accept, Finish, JobResult, JobSpec, LogAppend, Renew, Store, StoreError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub settings: Arc<ServerSettings>,
+    /// Woken when a job may be offered: a submission, an offer returned to the queue.
+    pub jobs_waiting: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/agents", post(register))
+        .route("/api/v1/agents/{id}/claim", post(claim))
+        .route("/api/v1/jobs", post(submit).get(list))
+        .route("/api/v1/jobs/{id}", get(detail))
+        .route("/api/v1/jobs/{id}/accept", post(accept))
+        .route("/api/v1/jobs/{id}/lease", put(lease))
+        .route("/api/v1/jobs/{id}/log", put(append_log).get(read_log))
+        .route("/api/v1/jobs/{id}/events", post(events))
+        .route("/api/v1/jobs/{id}/result", put(result))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .with_state(state)
+}
+
+/// A refusal or failure, as a status and a JSON body naming it.
+pub struct ApiError(StatusCode, serde_json::Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store: {e}");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "the server's store failed; retry later"}),
+        )
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> ApiError {
+    ApiError(status, json!({ "error": message }))
+}
+
+fn unauthorized() -> ApiError {
+    refuse(StatusCode::UNAUTHORIZED, "missing or wrong token")
+}
+
+fn no_job() -> ApiError {
+    refuse(StatusCode::NOT_FOUND, "no such job")
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without stopping at the first difference.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(token) if same_secret(token, &state.settings.admin_token) => Ok(()),
+        _ => Err(unauthorized()),
+    }
+}
+
+/// The calling agent's id and labels.
+async fn require_agent(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, Vec<String>), ApiError> {
+    let token = bearer(headers).ok_or_else(unauthorized)?;
+    state
+        .store
+        .agent_by_token(token)
+        .await?
+        .ok_or_else(unauthorized)
+}
+
+async fn require_job_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    job_id: &str,
+) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(unauthorized)?;
+    if state.store.job_token_valid(job_id, token).await? {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    name: String,
+    version: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    capacity: i64,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Registration>,
+) -> ApiResult {
+    match bearer(&headers) {
+        Some(token) if same_secret(token, &state.settings.registration_token) => {}
+        _ => return Err(unauthorized()),
+    }
+    let (agent_id, agent_token) = state
+        .store
+        .register_agent(&body.name, &body.version, &body.labels, body.capacity)
+        .await?;
+    let s = &state.settings;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "agent_id": agent_id,
+            "agent_token": agent_token,
+            "policy": {
+                "claim_wait_s": s.claim_wait.as_secs(),
+                "lease_s": s.lease.as_secs(),
+                "log_flush_ms": s.log_flush.as_millis() as u64,
+                "log_chunk_max": s.log_chunk_max,
+            },
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ClaimQuery {
+    wait: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Claim {
+    free_slots: u32,
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    Query(query): Query<ClaimQuery>,
+    headers: HeaderMap,
+    Json(body): Json<Claim>,
+) -> ApiResult {
+    let (caller, labels) = require_agent(&state, &headers).await?;
+    if caller != agent_id {
+        return Err(unauthorized());
+    }
+    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(state.settings.claim_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let arrived = state.jobs_waiting.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if body.free_slots > 0
+            && let Some(offer) = state
+                .store
+                .offer(&agent_id, &labels, state.settings.offer_ttl)
+                .await?
+        {
+            return Ok(Json(offer).into_response());
+        }
+        tokio::select! {
+            () = &mut arrived => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AcceptBody {
+    offer_id: String,
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<AcceptBody>,
+) -> ApiResult {
+    let (agent_id, _) = require_agent(&state, &headers).await?;
+    match state
+        .store
+        .accept(&job_id, &body.offer_id, &agent_id, state.settings.lease)
+        .await?
+    {
+        Accept::Accepted {
+            job,
+            lease,
+            job_token,
+        } => Ok(Json(json!({"job": job, "lease": lease, "job_token": job_token})).into_response()),
+        Accept::Conflict => Err(refuse(
+            StatusCode::CONFLICT,
+            "the offer expired or was taken; claim again",
+        )),
+        Accept::NotFound => Err(no_job()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseBody {
+    lease_id: String,
+}
+
+async fn lease(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<LeaseBody>,
+) -> ApiResult {
+    require_job_token(&state, &headers, &job_id).await?;
+    match state
+        .store
+        .renew(&job_id, &body.lease_id, state.settings.lease)
+        .await?
+    {
+        Renew::Renewed(renewal) => Ok(Json(renewal).into_response()),
+        Renew::Gone { state: job_state } => Err(ApiError(
+            StatusCode::GONE,
+            json!({"error": "the lease is gone: stop the job", "state": job_state}),
+        )),
+        Renew::NotFound => Err(no_job()),
+    }
+}
+
+#[derive(Deserialize)]
+struct OffsetQuery {
+    offset: u64,
+}
+
+async fn append_log(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    Query(query): Query<OffsetQuery>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    require_job_token(&state, &headers, &job_id).await?;
+    if bytes.len() > state.settings.log_chunk_max {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the chunk is larger than policy.log_chunk_max",
+        ));
+    }
+    match state
+        .store
+        .append_log(&job_id, query.offset, &bytes)
+        .await?
+    {
+        LogAppend::Committed(committed) => {
+            Ok(Json(json!({ "committed": committed })).into_response())
+        }
+        LogAppend::Gap(committed) => Err(ApiError(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            json!({ "committed": committed }),
+        )),
+        LogAppend::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
+        LogAppend::NotFound => Err(no_job()),
+    }
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    Json(events): Json<Vec<serde_json::Value>>,
+) -> ApiResult {
+    require_job_token(&state, &headers, &job_id).await?;
+    match state.store.add_events(&job_id, &events).await? {
+        Some(acked) => Ok(Json(json!({ "acked_seq": acked })).into_response()),
+        None => Err(no_job()),
+    }
+}
+
+async fn result(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    Json(result): Json<JobResult>,
+) -> ApiResult {
+    require_job_token(&state, &headers, &job_id).await?;
+    match state.store.finish(&job_id, &result).await? {
+        Finish::Recorded => Ok(StatusCode::OK.into_response()),
+        Finish::LogIncomplete { committed } => Err(ApiError(
+            StatusCode::CONFLICT,
+            json!({"error": "the log does not match the result's length and sha256", "committed": committed}),
+        )),
+        Finish::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
+        Finish::NotFound => Err(no_job()),
+    }
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(spec): Json<JobSpec>,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    let job_id = state.store.create_job(&spec).await?;
+    state.jobs_waiting.notify_waiters();
+    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(state.store.jobs(limit).await?).into_response())
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    match state.store.job(&job_id).await? {
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(no_job()),
+    }
+}
+
+async fn read_log(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    match state.store.read_log(&job_id, 0).await? {
+        Some(log) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], log).into_response())
+        }
+        None => Err(no_job()),
+    }
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    if state
+        .store
+        .cancel(&job_id, "cancelled through the API")
+        .await?
+    {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(no_job())
+    }
+}

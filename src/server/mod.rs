@@ -1,0 +1,13 @@
+//! The job server (DESIGN.md §4): agents register, claim jobs by long poll, accept an
+//! offer for a lease, upload logs by byte offset and events by sequence number, and report
+//! results checked against the log's sha256. The only module that uses the HTTP server and
+//! the database.
+
+mod api;
+mod serve;
+mod settings;
+mod store;
+
+pub use serve::{ServeError, serve};
+pub use settings::ServerSettings;
+pub use store::{JobResult, JobSource, JobSpec, JobView, LogSummary, Store, StoreError};

@@ -1,0 +1,510 @@
+//! The job server's protocol (DESIGN.md §4) against the real binary on 127.0.0.1:0 with a
+//! real SQLite file: tokens, long-poll claims, offers, leases, logs by offset, events,
+//! results checked against the log, restarts and many agents at once.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const REGISTRATION: &str = "registration-token-for-tests";
+const ADMIN: &str = "admin-token-for-the-tests";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(["server", "--listen", "127.0.0.1:0", "--database"])
+            .arg(db.join("jobs.db"))
+            .args(extra)
+            .env("DOCKHAND_REGISTRATION_TOKEN", REGISTRATION)
+            .env("DOCKHAND_ADMIN_TOKEN", ADMIN)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Server { child, url }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    fn new(server: &Server) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            url: server.url.clone(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(ADMIN), None)
+            .await
+    }
+
+    async fn log(&self, job: &str, token: &str, offset: u64, bytes: &[u8]) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .put(format!(
+                "{}/api/v1/jobs/{job}/log?offset={offset}",
+                self.url
+            ))
+            .bearer_auth(token)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers an agent; returns (id, token).
+    async fn register(&self, name: &str, labels: &[&str]) -> (String, String) {
+        let (status, body) = self
+            .post(
+                "/api/v1/agents",
+                Some(REGISTRATION),
+                json!({"name": name, "version": "test", "labels": labels, "capacity": 2}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["agent_id"].as_str().unwrap().to_owned(),
+            body["agent_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn submit(&self, labels: &[&str]) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/jobs",
+                Some(ADMIN),
+                json!({"source": {"git": "https://example.com/x.git", "ref": "main"}, "tasks": ["test"], "labels": labels}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["job_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn claim(&self, agent: &(String, String), wait: u64) -> (StatusCode, Value) {
+        self.post(
+            &format!("/api/v1/agents/{}/claim?wait={wait}", agent.0),
+            Some(&agent.1),
+            json!({"free_slots": 1}),
+        )
+        .await
+    }
+
+    /// Claims and accepts one job; returns (job id, job token, lease id).
+    async fn take(&self, agent: &(String, String)) -> Option<(String, String, String)> {
+        let (status, offer) = self.claim(agent, 0).await;
+        if status == StatusCode::NO_CONTENT {
+            return None;
+        }
+        let job = offer["job_id"].as_str().unwrap().to_owned();
+        let (status, accepted) = self
+            .post(
+                &format!("/api/v1/jobs/{job}/accept"),
+                Some(&agent.1),
+                json!({"offer_id": offer["offer_id"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{accepted}");
+        Some((
+            job,
+            accepted["job_token"].as_str().unwrap().to_owned(),
+            accepted["lease"]["lease_id"].as_str().unwrap().to_owned(),
+        ))
+    }
+
+    async fn finish(&self, job: &str, token: &str, log: &[u8]) -> (StatusCode, Value) {
+        let sha = Sha256::digest(log)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        self.put(
+            &format!("/api/v1/jobs/{job}/result"),
+            token,
+            json!({"status": "succeeded", "exit_code": 0, "stages": [], "started_at": null,
+                   "finished_at": null, "log": {"bytes": log.len(), "sha256": sha}}),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_job_from_submit_to_result() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+
+    let (status, _) = api
+        .post(
+            "/api/v1/agents",
+            Some("wrong"),
+            json!({"name": "a", "version": "1", "capacity": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api
+        .post("/api/v1/jobs", None, json!({"source": {"path": "/x"}}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let agent = api.register("a", &["linux"]).await;
+    let other = api.register("b", &["linux"]).await;
+
+    let waiting = {
+        let (http, url, agent) = (api.http.clone(), api.url.clone(), agent.clone());
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let offer: Value = http
+                .post(format!("{url}/api/v1/agents/{}/claim?wait=20", agent.0))
+                .bearer_auth(&agent.1)
+                .json(&json!({"free_slots": 1}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (offer, asked.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = api.submit(&["linux"]).await;
+    let (offer, waited) = waiting.await.unwrap();
+    assert_eq!(offer["job_id"], job.as_str());
+    assert!(
+        waited < Duration::from_secs(10),
+        "the long poll answered when the job arrived"
+    );
+
+    let accept = json!({"offer_id": offer["offer_id"]});
+    let path = format!("/api/v1/jobs/{job}/accept");
+    let (status, _) = api.post(&path, Some(&other.1), accept.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "another agent cannot take the offer"
+    );
+    let (status, first) = api.post(&path, Some(&agent.1), accept.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, replay) = api.post(&path, Some(&agent.1), accept).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        first["job_token"], replay["job_token"],
+        "a replayed accept is idempotent"
+    );
+    assert_eq!(first["lease"]["lease_id"], replay["lease"]["lease_id"]);
+    assert_eq!(first["job"]["tasks"], json!(["test"]));
+    let token = first["job_token"].as_str().unwrap();
+    let lease = json!({"lease_id": first["lease"]["lease_id"]});
+
+    let (status, renewed) = api
+        .put(&format!("/api/v1/jobs/{job}/lease"), token, lease)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(renewed["cancel"], false);
+
+    assert_eq!(api.log(&job, token, 0, b"hello ").await.1["committed"], 6);
+    assert_eq!(
+        api.log(&job, token, 0, b"hello ").await.1["committed"],
+        6,
+        "a replay is accepted"
+    );
+    let (status, gap) = api.log(&job, token, 10, b"late").await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(gap["committed"], 6);
+    assert_eq!(
+        api.log(&job, token, 3, b"lo world").await.1["committed"],
+        11
+    );
+    let (status, _) = api.log(&job, &agent.1, 11, b"x").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "an agent token is not a job token"
+    );
+
+    let events = format!("/api/v1/jobs/{job}/events");
+    let batch = json!([{"seq": 1, "type": "job_started"}, {"seq": 2, "type": "stage_started"}]);
+    let (_, acked) = api.post(&events, Some(token), batch.clone()).await;
+    assert_eq!(acked["acked_seq"], 2);
+    let (_, acked) = api.post(&events, Some(token), batch).await;
+    assert_eq!(acked["acked_seq"], 2, "events are idempotent by seq");
+    let (_, acked) = api.post(&events, Some(token), json!([{"seq": 4}])).await;
+    assert_eq!(acked["acked_seq"], 2, "a gap holds the ack back");
+
+    let (status, body) = api.finish(&job, token, b"hello").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["committed"], 11);
+    let (status, _) = api.finish(&job, token, b"hello world").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.finish(&job, token, b"hello world").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a retried result is acknowledged again"
+    );
+
+    let (_, detail) = api.get(&format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(detail["state"], "succeeded");
+    assert_eq!(detail["log_bytes"], 11);
+    let log = api
+        .http
+        .get(format!("{}/api/v1/jobs/{job}/log", api.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&log[..], b"hello world");
+
+    let second = api.submit(&[]).await;
+    let (taken, other_token, _) = api.take(&other).await.unwrap();
+    assert_eq!(taken, second);
+    let (status, _) = api.log(&job, &other_token, 0, b"x").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a job token is good for its own job only"
+    );
+}
+
+#[tokio::test]
+async fn offers_lapse_leases_lapse_and_cancel_rides_on_the_lease() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &["--offer-ttl", "1s", "--lease", "1s"]);
+    let api = Client::new(&server);
+    let agent = api.register("a", &[]).await;
+
+    let job = api.submit(&["gpu"]).await;
+    assert_eq!(
+        api.claim(&agent, 0).await.0,
+        StatusCode::NO_CONTENT,
+        "labels must be covered"
+    );
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/jobs/{job}/cancel"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        api.get(&format!("/api/v1/jobs/{job}")).await.1["state"],
+        "cancelled"
+    );
+
+    let job = api.submit(&[]).await;
+    let (_, stale) = api.claim(&agent, 0).await;
+    assert_eq!(stale["job_id"], job.as_str());
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (_, again) = api.claim(&agent, 5).await;
+    assert_eq!(
+        again["job_id"],
+        job.as_str(),
+        "an offer never accepted is offered again"
+    );
+    assert_ne!(again["offer_id"], stale["offer_id"]);
+    let path = format!("/api/v1/jobs/{job}/accept");
+    let (status, _) = api
+        .post(
+            &path,
+            Some(&agent.1),
+            json!({"offer_id": stale["offer_id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "the lapsed offer is gone");
+    let (status, accepted) = api
+        .post(
+            &path,
+            Some(&agent.1),
+            json!({"offer_id": again["offer_id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = accepted["job_token"].as_str().unwrap();
+    let lease = json!({"lease_id": accepted["lease"]["lease_id"]});
+
+    api.post(
+        &format!("/api/v1/jobs/{job}/cancel"),
+        Some(ADMIN),
+        json!({}),
+    )
+    .await;
+    let (_, renewed) = api
+        .put(&format!("/api/v1/jobs/{job}/lease"), token, lease.clone())
+        .await;
+    assert_eq!(renewed["cancel"], true, "{renewed}");
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        api.get(&format!("/api/v1/jobs/{job}")).await.1["state"],
+        "lost"
+    );
+    let (status, gone) = api
+        .put(&format!("/api/v1/jobs/{job}/lease"), token, lease)
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(gone["state"], "lost");
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_jobs_tokens_and_logs() {
+    let db = tempfile::tempdir().unwrap();
+    let mut server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let agent = api.register("a", &[]).await;
+    api.submit(&[]).await;
+    let (job, token, lease) = api.take(&agent).await.unwrap();
+    assert_eq!(
+        api.log(&job, &token, 0, b"before the crash\n").await.1["committed"],
+        17
+    );
+    server.kill();
+
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let (status, _) = api
+        .put(
+            &format!("/api/v1/jobs/{job}/lease"),
+            &token,
+            json!({"lease_id": lease}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the job token outlives the restart");
+    let (status, gap) = api.log(&job, &token, 40, b"x").await;
+    assert_eq!(
+        (status, gap["committed"].clone()),
+        (StatusCode::RANGE_NOT_SATISFIABLE, json!(17))
+    );
+    assert_eq!(
+        api.log(&job, &token, 17, b"after\n").await.1["committed"],
+        23
+    );
+    assert_eq!(
+        api.finish(&job, &token, b"before the crash\nafter\n")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/agents/{}/claim", agent.0),
+            Some(&agent.1),
+            json!({"free_slots": 1}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "the agent's token outlives the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let mut submitted = Vec::new();
+    for _ in 0..200 {
+        submitted.push(api.submit(&[]).await);
+    }
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        let agent = api.register(name, &[]).await;
+        let api = Client::new(&server);
+        agents.push(tokio::spawn(async move {
+            let mut ran = Vec::new();
+            while let Some((job, token, _)) = api.take(&agent).await {
+                let log = format!("{job} ran on {}\n", agent.0);
+                api.log(&job, &token, 0, log.as_bytes()).await;
+                assert_eq!(
+                    api.finish(&job, &token, log.as_bytes()).await.0,
+                    StatusCode::OK
+                );
+                ran.push(job);
+            }
+            ran
+        }));
+    }
+    let mut ran = Vec::new();
+    for agent in agents {
+        ran.extend(agent.await.unwrap());
+    }
+    ran.sort();
+    submitted.sort();
+    assert_eq!(ran, submitted, "every job ran, none twice");
+    let (_, jobs) = api.get("/api/v1/jobs?limit=1000").await;
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "succeeded")
+    );
+}
