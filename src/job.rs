@@ -25,6 +25,22 @@ pub struct Job {
     /// Why the job exists, for people: "change: src/main.rs", "schedule 0 3 * * *".
     pub trigger: String,
     pub on_busy: OnBusy,
+    /// For a job from the job server: where its lease, log, events and result go.
+    pub remote: Option<RemoteJob>,
+}
+
+/// A job accepted from the job server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RemoteJob {
+    pub url: String,
+    /// The server's id of the job (the local job id names workspaces and results).
+    pub job_id: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub job_token: String,
+    pub lease_id: String,
+    pub lease: Duration,
+    pub log_flush: Duration,
+    pub log_chunk_max: usize,
 }
 
 /// Where a job's files come from.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use crate::config::{AgentConfig, LoadOptions, SourceConfig, load};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::report::ConsoleOutput;
+use crate::source::http::{AgentInfo, resume_uploads, run_http};
 use crate::source::{Schedule, SourceEvent, run_schedule, run_watch};
 
 /// Source events waiting for the dispatcher.
@@ -109,7 +110,7 @@ impl Agent {
         let mut jobs: JoinSet<Finished> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut tokens: HashMap<String, CancellationToken> = HashMap::new();
-        let mut context = self.context();
+        let mut context = self.context(&root);
 
         self.sweep(&HashSet::new()).await;
         let agent = &self.settings.agent;
@@ -121,8 +122,9 @@ impl Agent {
             agent.results_dir.display()
         ));
         let (tx, mut rx) = mpsc::channel(SOURCE_BUFFER);
+        let (slots, free_slots) = watch::channel(state.free_slots());
         let mut sources_cancel = root.child_token();
-        let mut sources = self.start_sources(&tx, &sources_cancel);
+        let mut sources = self.start_sources(&tx, &free_slots, &sources_cancel);
         let mut source_failures = 0usize;
         let mut draining = false;
         let mut grace: Option<Instant> = None;
@@ -162,7 +164,7 @@ impl Agent {
                 _ = sleep_until(deadline), if deadline.is_some() => Input::GraceOver,
             };
             let actions = match input {
-                Input::Source(Some(SourceEvent::Job(job))) => state.submit(job),
+                Input::Source(Some(SourceEvent::Job(job))) => state.submit(*job),
                 Input::Source(Some(SourceEvent::Problem { stream, message })) => {
                     say(format!("{stream}: {message}"));
                     Vec::new()
@@ -211,11 +213,11 @@ impl Agent {
                 }
                 Input::Reload => match self.reload() {
                     Some(()) if !draining => {
-                        context = self.context();
+                        context = self.context(&root);
                         sources_cancel.cancel();
                         drain_sources(&mut sources).await;
                         sources_cancel = root.child_token();
-                        sources = self.start_sources(&tx, &sources_cancel);
+                        sources = self.start_sources(&tx, &free_slots, &sources_cancel);
                         source_failures = 0;
                         state.set_concurrency(self.settings.agent.concurrency)
                     }
@@ -228,6 +230,10 @@ impl Agent {
                     Vec::new()
                 }
             };
+            slots.send_if_modified(|free| {
+                let now = state.free_slots();
+                std::mem::replace(free, now) != now
+            });
             for action in actions {
                 match action {
                     Action::Start(job) => {
@@ -283,12 +289,13 @@ impl Agent {
         }
     }
 
-    fn context(&self) -> Arc<JobContext> {
+    fn context(&self, root: &CancellationToken) -> Arc<JobContext> {
         Arc::new(JobContext {
             engine: self.engine.clone(),
             settings: self.settings.clone(),
             host_env: self.host_env.clone(),
             console: self.console,
+            agent: root.clone(),
         })
     }
 
@@ -325,6 +332,7 @@ impl Agent {
     fn start_sources(
         &self,
         tx: &mpsc::Sender<SourceEvent>,
+        free_slots: &watch::Receiver<usize>,
         cancel: &CancellationToken,
     ) -> JoinSet<bool> {
         let mut sources = JoinSet::new();
@@ -341,6 +349,29 @@ impl Agent {
                     let (watch, own_dirs) = (watch.clone(), own_dirs.clone());
                     sources.spawn(async move {
                         match run_watch(watch, own_dirs, tx, cancel).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                say(format!("error: {e}"));
+                                false
+                            }
+                        }
+                    });
+                }
+                SourceConfig::Http(http) => {
+                    let info = AgentInfo {
+                        name: agent.name.clone(),
+                        labels: agent.labels.clone(),
+                        capacity: agent.concurrency,
+                    };
+                    let (http, state_dir, results) = (
+                        http.clone(),
+                        agent.state_dir.clone(),
+                        agent.results_dir.clone(),
+                    );
+                    let free_slots = free_slots.clone();
+                    sources.spawn(async move {
+                        resume_uploads(&results, cancel.clone()).await;
+                        match run_http(http, info, state_dir, free_slots, tx, cancel).await {
                             Ok(()) => true,
                             Err(e) => {
                                 say(format!("error: {e}"));

@@ -20,6 +20,7 @@ use crate::plan::{Plan, Request};
 use crate::report::{
     ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, prune_results, secret_values,
 };
+use crate::source::http::Upload;
 use crate::workspace::Workspace;
 
 /// What every job of an agent shares.
@@ -29,6 +30,9 @@ pub struct JobContext {
     /// The agent's environment, for `{NAME:from_env}` and task `env` forms.
     pub host_env: HashMap<String, String>,
     pub console: ConsoleOutput,
+    /// The agent's own token: cancelled when it stops for good (uploads then wait for the
+    /// next start).
+    pub agent: CancellationToken,
 }
 
 /// How a job ended, for the dispatcher.
@@ -70,7 +74,14 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
         trigger: Some(job.trigger.clone()),
         origin: workspace.as_ref().ok().map(|ws| ws.description.clone()),
     };
-    let started = LocalReport::start(&agent.results_dir, &job.id, info, context.console, masker);
+    let started = LocalReport::start(
+        &agent.results_dir,
+        &job.id,
+        info,
+        context.console,
+        masker,
+        job.remote.is_some(),
+    );
     let (emitter, report) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -96,6 +107,10 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             job.id
         );
     }
+    let upload = job
+        .remote
+        .as_ref()
+        .map(|remote| Upload::start(remote, &report.dir, cancel.clone(), context.agent.clone()));
     let config_error = (JobStatus::Failed, codes::CONFIG_ERROR);
     let outcome: JobOutcome = match (&workspace, collected) {
         (Err(e), _) => {
@@ -156,6 +171,14 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     drop(emitter);
     let results = report.dir.clone();
     report.finish().await;
+    if let Some(upload) = upload
+        && let Err(e) = upload.finish().await
+    {
+        tracing::warn!(
+            "job {}: the upload to the job server stopped ({e}); the next start resumes it",
+            job.id
+        );
+    }
     if let Ok(ws) = &workspace {
         let keep = match agent.keep_workspace {
             KeepWorkspace::Always => true,

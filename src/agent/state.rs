@@ -107,6 +107,12 @@ impl AgentState {
         self.running.iter().map(|r| r.id.as_str())
     }
 
+    /// Jobs that could start now without waiting: what the job server is told.
+    pub fn free_slots(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.running.len() + self.queue.len())
+    }
+
     pub fn is_idle(&self) -> bool {
         self.running.is_empty() && self.queue.is_empty()
     }
@@ -153,6 +159,7 @@ mod tests {
             timeout: None,
             trigger: "test".to_owned(),
             on_busy,
+            remote: None,
         }
     }
 

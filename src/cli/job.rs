@@ -113,7 +113,7 @@ async fn run_async(
         ConsoleOutput::Lines
     };
     let (emitter, report) =
-        match LocalReport::start(&results_root, &options.job_id, info, console, masker) {
+        match LocalReport::start(&results_root, &options.job_id, info, console, masker, false) {
             Ok(started) => started,
             Err(e) => {
                 eprintln!(

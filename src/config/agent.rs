@@ -138,6 +138,22 @@ impl std::fmt::Debug for SecretsSection {
 pub enum SourceConfig {
     Watch(WatchSource),
     Schedule(ScheduleSource),
+    Http(HttpSource),
+}
+
+/// Jobs from a dockhand job server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSource {
+    pub url: String,
+    /// The environment variable holding the server's registration token (used once; the
+    /// agent's own token is kept in the state directory).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+}
+
+fn default_token_env() -> String {
+    "DOCKHAND_TOKEN".to_owned()
 }
 
 /// Runs a job whenever files in a checkout change.

@@ -157,6 +157,14 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
                     )));
                 }
             }
+            SourceConfig::Http(http) => {
+                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
+                    return Err(problem(format!(
+                        "url `{}` is not an http:// or https:// address",
+                        http.url
+                    )));
+                }
+            }
             SourceConfig::Schedule(schedule) => {
                 Schedule::new(schedule).map_err(|e| problem(e.to_string()))?;
                 match (&mut schedule.path, &schedule.git) {

@@ -6,8 +6,8 @@ mod load;
 mod values;
 
 pub use agent::{
-    AgentConfig, AgentSection, DockerSection, KeepWorkspace, ScheduleSource, SecretsSection,
-    SourceConfig, WatchSource,
+    AgentConfig, AgentSection, DockerSection, HttpSource, KeepWorkspace, ScheduleSource,
+    SecretsSection, SourceConfig, WatchSource,
 };
 pub use load::{AgentConfigError, LoadOptions, load};
 pub use values::ByteSize;

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::console::Console;
+use super::event_file::EventFile;
 use super::jsonl::JsonLines;
 use super::junit::JUnit;
 use super::mask::Masker;
@@ -15,6 +16,9 @@ use super::record::JobRecord;
 use super::reporter::{Sink, report};
 use super::results::{JobInfo, ResultsDir};
 use crate::events::Emitter;
+
+/// The events of a job (all but output), beside log.txt, when asked for.
+pub const EVENTS_FILE: &str = "events.jsonl";
 
 /// Events buffered between a job and its reporter.
 const EVENT_BUFFER: usize = 64;
@@ -35,14 +39,15 @@ pub struct LocalReport {
 }
 
 impl LocalReport {
-    /// Creates the job's results directory and starts the reporter. Returns the emitter the
-    /// job sends its events to.
+    /// Creates the job's results directory and starts the reporter, with `events.jsonl`
+    /// when `event_file`. Returns the emitter the job sends its events to.
     pub fn start(
         results_root: &Path,
         job_id: &str,
         info: JobInfo,
         console: ConsoleOutput,
         masker: Masker,
+        event_file: bool,
     ) -> io::Result<(Emitter, LocalReport)> {
         let results = ResultsDir::create(results_root, job_id, info)?;
         let dir = results.dir().to_path_buf();
@@ -53,11 +58,14 @@ impl LocalReport {
             }
             ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
         };
-        let sinks = vec![
+        let mut sinks = vec![
             console,
             Box::new(results),
             Box::new(JUnit::new(dir.join("junit.xml"))),
         ];
+        if event_file {
+            sinks.push(Box::new(EventFile::create(&dir.join(EVENTS_FILE))?));
+        }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let handle = tokio::task::spawn_blocking(move || report(rx, sinks, &masker));
         Ok((Emitter::new(tx), LocalReport { handle, dir }))

@@ -3,6 +3,7 @@
 //! and hands both to each sink.
 
 mod console;
+mod event_file;
 mod jsonl;
 mod junit;
 mod local;
@@ -14,7 +15,7 @@ mod results;
 pub use console::Console;
 pub use jsonl::JsonLines;
 pub use junit::JUnit;
-pub use local::{ConsoleOutput, LocalReport};
+pub use local::{ConsoleOutput, EVENTS_FILE, LocalReport};
 pub use mask::{MASK, MIN_SECRET_LEN, Masker, secret_values};
 pub use record::{JobRecord, StageRecord};
 pub use reporter::{Sink, report};

@@ -133,7 +133,9 @@ impl ResultsDir {
         if let Some(file) = &mut self.stage_files[stage] {
             file.write_all(bytes)?;
         }
-        Ok(())
+        // log.txt is read while it grows (the job server's uploader tails it); events
+        // arrive in batches, so this is one write per batch, not per line.
+        self.log.flush()
     }
 
     fn write_result(&mut self, record: &JobRecord) -> io::Result<()> {

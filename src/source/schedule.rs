@@ -111,6 +111,7 @@ impl Schedule {
             timeout: source.timeout,
             trigger,
             on_busy: source.overlap,
+            remote: None,
         }
     }
 
@@ -169,7 +170,9 @@ async fn fire(
     tx: &mpsc::Sender<SourceEvent>,
 ) {
     record(schedule, state, due, tx).await;
-    let _ = tx.send(SourceEvent::Job(schedule.job(trigger))).await;
+    let _ = tx
+        .send(SourceEvent::Job(Box::new(schedule.job(trigger))))
+        .await;
 }
 
 /// A schedule whose state cannot be written still runs; it only loses its catch-up.

@@ -216,9 +216,10 @@ pub async fn run_watch(
         timeout: source.timeout,
         trigger,
         on_busy: source.on_change,
+        remote: None,
     };
     if tx
-        .send(SourceEvent::Job(job("start".to_owned())))
+        .send(SourceEvent::Job(Box::new(job("start".to_owned()))))
         .await
         .is_err()
     {
@@ -253,7 +254,9 @@ pub async fn run_watch(
             trigger.push_str(&format!(" and {} more", count - paths.len()));
         }
         if tx
-            .send(SourceEvent::Job(job(format!("change: {trigger}"))))
+            .send(SourceEvent::Job(Box::new(job(format!(
+                "change: {trigger}"
+            )))))
             .await
             .is_err()
         {

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 

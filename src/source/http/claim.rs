@@ -1,0 +1,290 @@
+//! The http source: registers once (the identity is kept in the state directory), then
+//! claims jobs by long poll whenever the agent has free slots, accepts each offer and hands
+//! the job to the dispatcher.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Body, ClientError, ServerClient};
+use crate::config::HttpSource;
+use crate::job::{Job, OnBusy, Origin, RemoteJob, new_job_id};
+use crate::source::SourceEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSourceError {
+    #[error("the registration token variable {0} is not set")]
+    NoToken(String),
+    #[error("registering with {url}: {source}")]
+    Register {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the agent identity file {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who this agent is to one server, and the timings the server asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Identity {
+    agent_id: String,
+    agent_token: String,
+    claim_wait_s: u64,
+    lease_s: u64,
+    log_flush_ms: u64,
+    log_chunk_max: usize,
+}
+
+/// What the agent tells the server about itself.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub capacity: usize,
+}
+
+pub async fn run_http(
+    source: HttpSource,
+    agent: AgentInfo,
+    state_dir: PathBuf,
+    mut free_slots: watch::Receiver<usize>,
+    tx: mpsc::Sender<SourceEvent>,
+    cancel: CancellationToken,
+) -> Result<(), HttpSourceError> {
+    let client = ServerClient::new(&source.url);
+    let identity_file = state_dir.join(format!(
+        "http-{}.json",
+        &crate::collector::short_hash(source.url.as_bytes())[..12]
+    ));
+    let mut identity = match load_identity(&identity_file) {
+        Some(identity) => identity,
+        None => register(&client, &source, &agent, &identity_file, &cancel).await?,
+    };
+    let stream = format!("http:{}", client.url);
+    loop {
+        let ready = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            ready = free_slots.wait_for(|n| *n > 0) => ready.map(|n| *n),
+        };
+        let Ok(slots) = ready else { return Ok(()) };
+        let claim_path = format!(
+            "/api/v1/agents/{}/claim?wait={}",
+            identity.agent_id, identity.claim_wait_s
+        );
+        let claim = client.call_until_answered(
+            Method::POST,
+            &claim_path,
+            &identity.agent_token,
+            Body::Json(json!({ "free_slots": slots })),
+            &[StatusCode::OK, StatusCode::NO_CONTENT],
+            &cancel,
+        );
+        let offer = match claim.await {
+            Ok((StatusCode::OK, offer)) => offer,
+            Ok(_) => continue,
+            Err(ClientError::Cancelled) => return Ok(()),
+            Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
+                tracing::warn!("the server no longer knows this agent; registering again");
+                let _ = std::fs::remove_file(&identity_file);
+                identity = register(&client, &source, &agent, &identity_file, &cancel).await?;
+                continue;
+            }
+            Err(e) => {
+                problem(&tx, &stream, format!("claiming failed: {e}")).await;
+                sleep_or_cancel(Duration::from_secs(5), &cancel).await;
+                continue;
+            }
+        };
+        let job_id = offer["job_id"].as_str().unwrap_or_default().to_owned();
+        let accepted = client
+            .call_until_answered(
+                Method::POST,
+                &format!("/api/v1/jobs/{job_id}/accept"),
+                &identity.agent_token,
+                Body::Json(json!({ "offer_id": offer["offer_id"] })),
+                &[StatusCode::OK, StatusCode::CONFLICT, StatusCode::NOT_FOUND],
+                &cancel,
+            )
+            .await;
+        let accepted = match accepted {
+            Ok((StatusCode::OK, accepted)) => accepted,
+            Ok(_) => continue,
+            Err(ClientError::Cancelled) => return Ok(()),
+            Err(e) => {
+                problem(&tx, &stream, format!("accepting {job_id} failed: {e}")).await;
+                continue;
+            }
+        };
+        let job = match job_from(&accepted, &identity, &client.url, &stream) {
+            Ok(job) => job,
+            Err(message) => {
+                problem(&tx, &stream, format!("job {job_id}: {message}")).await;
+                continue;
+            }
+        };
+        if tx.send(SourceEvent::Job(Box::new(job))).await.is_err() {
+            return Ok(());
+        }
+        // The dispatcher counts the job before this source claims again.
+        let _ = tokio::time::timeout(Duration::from_secs(2), free_slots.changed()).await;
+    }
+}
+
+fn job_from(accepted: &Value, identity: &Identity, url: &str, stream: &str) -> Result<Job, String> {
+    let fields = ["source", "config", "tasks", "env", "labels", "timeout"];
+    let spec: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter_map(|f| Some((f.to_string(), accepted["job"].get(*f)?.clone())))
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    let spec: crate::server::JobSpec = serde_json::from_value(Value::Object(spec))
+        .map_err(|e| format!("the server's job is not understood: {e}"))?;
+    let server_id = accepted["job"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let origin = match spec.source {
+        crate::server::JobSource::Git {
+            git,
+            commit,
+            reference,
+        } => Origin::Git {
+            url: git,
+            reference: commit.or(reference).unwrap_or_else(|| "HEAD".to_owned()),
+        },
+        crate::server::JobSource::Path { path } => Origin::Path { path: path.into() },
+    };
+    let timeout = spec
+        .timeout
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| format!("timeout: {e}"))?;
+    Ok(Job {
+        id: new_job_id(),
+        stream: format!("{stream}/{server_id}"),
+        origin,
+        config_file: spec.config.into(),
+        tasks: spec.tasks,
+        env: spec.env,
+        timeout,
+        trigger: format!("job {server_id} from {url}"),
+        on_busy: OnBusy::Parallel,
+        remote: Some(RemoteJob {
+            url: url.to_owned(),
+            job_id: server_id,
+            job_token: accepted["job_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            lease_id: accepted["lease"]["lease_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            lease: Duration::from_secs(identity.lease_s.max(3)),
+            log_flush: Duration::from_millis(identity.log_flush_ms.max(50)),
+            log_chunk_max: identity.log_chunk_max.max(1024),
+        }),
+    })
+}
+
+fn load_identity(path: &Path) -> Option<Identity> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+async fn register(
+    client: &ServerClient,
+    source: &HttpSource,
+    agent: &AgentInfo,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<Identity, HttpSourceError> {
+    let token = std::env::var(&source.token_env)
+        .map_err(|_| HttpSourceError::NoToken(source.token_env.clone()))?;
+    let body = json!({
+        "name": agent.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "labels": agent.labels,
+        "capacity": agent.capacity,
+    });
+    let (_, answer) = client
+        .call_until_answered(
+            Method::POST,
+            "/api/v1/agents",
+            &token,
+            Body::Json(body),
+            &[StatusCode::CREATED],
+            cancel,
+        )
+        .await
+        .map_err(|source| HttpSourceError::Register {
+            url: client.url.clone(),
+            source,
+        })?;
+    let policy = &answer["policy"];
+    let identity = Identity {
+        agent_id: answer["agent_id"].as_str().unwrap_or_default().to_owned(),
+        agent_token: answer["agent_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        claim_wait_s: policy["claim_wait_s"].as_u64().unwrap_or(30),
+        lease_s: policy["lease_s"].as_u64().unwrap_or(30),
+        log_flush_ms: policy["log_flush_ms"].as_u64().unwrap_or(200),
+        log_chunk_max: policy["log_chunk_max"].as_u64().unwrap_or(1 << 20) as usize,
+    };
+    write_private(
+        path,
+        &serde_json::to_vec_pretty(&identity).unwrap_or_default(),
+    )
+    .map_err(|source| HttpSourceError::Identity {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(identity)
+}
+
+/// Writes a file only its owner may read (it holds a token), atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(partial, path)
+}
+
+async fn problem(tx: &mpsc::Sender<SourceEvent>, stream: &str, message: String) {
+    let _ = tx
+        .send(SourceEvent::Problem {
+            stream: stream.to_owned(),
+            message,
+        })
+        .await;
+}
+
+async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) {
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(duration) => {}
+    }
+}

@@ -1,0 +1,336 @@
+//! A server job's way back: its lease renewed (a cancel from the server cancels the job),
+//! its log and events uploaded from the results directory while they grow, and its result
+//! reported until the server acknowledges it. The results directory is the spool: log.txt
+//! and events.jsonl are on disk before a byte is sent, and `remote.json` there says what
+//! is still owed, so an agent restart finishes the upload.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Body, ClientError, ServerClient};
+use crate::job::RemoteJob;
+use crate::report::EVENTS_FILE;
+
+/// In a job's results directory while its upload is owed.
+pub const REMOTE_FILE: &str = "remote.json";
+
+/// Events per upload call.
+const EVENT_BATCH: usize = 500;
+
+/// The running lease renewal and upload of one job.
+pub struct Upload {
+    lease: JoinHandle<()>,
+    upload: JoinHandle<Result<(), ClientError>>,
+    stop_lease: CancellationToken,
+    finished: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+}
+
+impl Upload {
+    /// Starts both for a job whose results go to `dir`. A cancel (or a lost lease) from the
+    /// server cancels `job`; `agent` stops the upload (a later start resumes it).
+    pub fn start(
+        remote: &RemoteJob,
+        dir: &Path,
+        job: CancellationToken,
+        agent: CancellationToken,
+    ) -> Upload {
+        if let Err(e) = super::claim::write_private(
+            &dir.join(REMOTE_FILE),
+            &serde_json::to_vec_pretty(remote).unwrap_or_default(),
+        ) {
+            tracing::warn!("cannot record the upload in {}: {e}", dir.display());
+        }
+        let stop_lease = agent.child_token();
+        let lease = tokio::spawn(renew_lease(remote.clone(), job, stop_lease.clone()));
+        let finished = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let uploader = Uploader {
+            client: ServerClient::new(&remote.url),
+            remote: remote.clone(),
+            dir: dir.to_path_buf(),
+        };
+        let upload = tokio::spawn(uploader.run(finished.clone(), wake.clone(), agent));
+        Upload {
+            lease,
+            upload,
+            stop_lease,
+            finished,
+            wake,
+        }
+    }
+
+    /// After the job's reporter has finished: uploads the rest and the result, then stops
+    /// renewing the lease.
+    pub async fn finish(self) -> Result<(), ClientError> {
+        self.finished.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let uploaded = self
+            .upload
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Cancelled));
+        self.stop_lease.cancel();
+        let _ = self.lease.await;
+        uploaded
+    }
+}
+
+/// Finishes the uploads an earlier agent left: finished jobs (with result.json) are
+/// uploaded, unfinished ones are dropped (the server has marked them lost).
+pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
+    let Ok(entries) = std::fs::read_dir(results_dir) else {
+        return;
+    };
+    for dir in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let Some(remote) = std::fs::read(dir.join(REMOTE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RemoteJob>(&b).ok())
+        else {
+            continue;
+        };
+        if !dir.join("result.json").exists() {
+            let _ = std::fs::remove_file(dir.join(REMOTE_FILE));
+            continue;
+        }
+        tracing::info!("resuming the upload of job {}", remote.job_id);
+        let uploader = Uploader {
+            client: ServerClient::new(&remote.url),
+            remote,
+            dir,
+        };
+        let finished = Arc::new(AtomicBool::new(true));
+        if let Err(e) = uploader
+            .run(finished, Arc::new(Notify::new()), cancel.clone())
+            .await
+        {
+            tracing::warn!("resuming an upload failed: {e}");
+        }
+    }
+}
+
+async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: CancellationToken) {
+    let client = ServerClient::new(&remote.url);
+    let every = remote.lease / 3;
+    let path = format!("/api/v1/jobs/{}/lease", remote.job_id);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let answer = client
+            .call(
+                Method::PUT,
+                &path,
+                &remote.job_token,
+                Body::Json(json!({ "lease_id": remote.lease_id })),
+                &[StatusCode::OK, StatusCode::GONE],
+                every,
+            )
+            .await;
+        match answer {
+            Ok((StatusCode::OK, renewal)) if renewal["cancel"] == true => {
+                tracing::warn!(
+                    "job {}: the server cancels it: {}",
+                    remote.job_id,
+                    renewal["reason"].as_str().unwrap_or("no reason given")
+                );
+                job.cancel();
+            }
+            Ok((StatusCode::GONE, gone)) => {
+                tracing::warn!(
+                    "job {}: the server says it is {}; stopping it",
+                    remote.job_id,
+                    gone["state"].as_str().unwrap_or("gone")
+                );
+                job.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("renewing the lease of {} failed: {e}", remote.job_id),
+        }
+    }
+}
+
+struct Uploader {
+    client: ServerClient,
+    remote: RemoteJob,
+    dir: PathBuf,
+}
+
+impl Uploader {
+    async fn run(
+        self,
+        finished: Arc<AtomicBool>,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), ClientError> {
+        let mut committed = 0u64;
+        let mut acked = 0usize;
+        loop {
+            let done = finished.load(Ordering::SeqCst);
+            committed = self.upload_log(committed, &cancel).await?;
+            acked = self.upload_events(acked, &cancel).await?;
+            if done {
+                break;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(ClientError::Cancelled),
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.remote.log_flush) => {}
+            }
+        }
+        loop {
+            let log_bytes = self.upload_log(committed, &cancel).await?;
+            match self.report_result(log_bytes, &cancel).await? {
+                None => break,
+                Some(server_has) => committed = server_has,
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join(REMOTE_FILE));
+        Ok(())
+    }
+
+    fn path(&self, call: &str) -> String {
+        format!("/api/v1/jobs/{}/{call}", self.remote.job_id)
+    }
+
+    /// Sends log.txt from `committed` to its current end; returns the new committed length.
+    async fn upload_log(
+        &self,
+        mut committed: u64,
+        cancel: &CancellationToken,
+    ) -> Result<u64, ClientError> {
+        let log = self.dir.join("log.txt");
+        loop {
+            let chunk = read_chunk(&log, committed, self.remote.log_chunk_max);
+            if chunk.is_empty() {
+                return Ok(committed);
+            }
+            let (status, answer) = self
+                .client
+                .call_until_answered(
+                    Method::PUT,
+                    &format!("{}?offset={committed}", self.path("log")),
+                    &self.remote.job_token,
+                    Body::Bytes(chunk),
+                    &[StatusCode::OK, StatusCode::RANGE_NOT_SATISFIABLE],
+                    cancel,
+                )
+                .await?;
+            let server_has = answer["committed"].as_u64().unwrap_or(committed);
+            if status == StatusCode::RANGE_NOT_SATISFIABLE {
+                tracing::info!(
+                    "the server holds {server_has} bytes of the log; resending from there"
+                );
+            }
+            committed = server_has;
+        }
+    }
+
+    async fn upload_events(
+        &self,
+        acked: usize,
+        cancel: &CancellationToken,
+    ) -> Result<usize, ClientError> {
+        let text = std::fs::read_to_string(self.dir.join(EVENTS_FILE)).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let events: Vec<Value> = complete
+            .lines()
+            .enumerate()
+            .skip(acked)
+            .take(EVENT_BATCH)
+            .map(|(i, line)| {
+                let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut event {
+                    map.insert("seq".to_owned(), json!(i + 1));
+                }
+                event
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(acked);
+        }
+        let (_, answer) = self
+            .client
+            .call_until_answered(
+                Method::POST,
+                &self.path("events"),
+                &self.remote.job_token,
+                Body::Json(Value::Array(events)),
+                &[StatusCode::OK],
+                cancel,
+            )
+            .await?;
+        Ok(answer["acked_seq"].as_u64().map_or(acked, |a| a as usize))
+    }
+
+    /// Reports result.json with the log's length and sha256. `Some(committed)` when the
+    /// server holds less of the log than that.
+    async fn report_result(
+        &self,
+        log_bytes: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<u64>, ClientError> {
+        let result: Value = std::fs::read(self.dir.join("result.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let log = std::fs::read(self.dir.join("log.txt")).unwrap_or_default();
+        let body = json!({
+            "status": result["status"].as_str().unwrap_or("error"),
+            "exit_code": result["exit_code"].as_i64().unwrap_or(202),
+            "stages": result["stages"].clone(),
+            "started_at": result["started_at"].clone(),
+            "finished_at": result["finished_at"].clone(),
+            "log": {
+                "bytes": log.len(),
+                "sha256": crate::docker::hex(&Sha256::digest(&log)),
+            },
+        });
+        let (status, answer) = self
+            .client
+            .call_until_answered(
+                Method::PUT,
+                &self.path("result"),
+                &self.remote.job_token,
+                Body::Json(body),
+                &[StatusCode::OK, StatusCode::CONFLICT],
+                cancel,
+            )
+            .await?;
+        if status == StatusCode::OK {
+            return Ok(None);
+        }
+        match answer["committed"].as_u64() {
+            Some(committed) if committed < log_bytes.max(log.len() as u64) => Ok(Some(committed)),
+            _ => Err(ClientError::Refused {
+                url: self.client.url.clone(),
+                status,
+                body: answer.to_string(),
+            }),
+        }
+    }
+}
+
+fn read_chunk(path: &Path, offset: u64, max: usize) -> Vec<u8> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut chunk = Vec::new();
+    let read = file
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| (&mut file).take(max as u64).read_to_end(&mut chunk));
+    if read.is_err() {
+        chunk.clear();
+    }
+    chunk
+}

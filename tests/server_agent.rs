@@ -1,0 +1,213 @@
+//! The job server and real agents end to end, on the real engine: jobs from git
+//! repositories made here, logs that reach the server byte for byte, a server restart and an
+//! agent killed mid-job, and a cancel from the server.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::agent::{AgentProcess, checkout};
+use support::server::{ADMIN, Client, Server};
+use support::{assert_nothing_labelled, docker};
+
+/// A git repository (committed on `main`) whose `show` task runs `script`.
+fn repository(script: &str) -> tempfile::TempDir {
+    let repo = checkout(script);
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "job",
+        ],
+    ] {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    repo
+}
+
+fn agent_dir(server: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "[agent]\nshutdown_grace = \"2s\"\n[[source]]\nkind = \"http\"\nurl = \"{}\"\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn submit(api: &Client, repo: &Path) -> String {
+    let (status, body) = api
+        .post(
+            "/api/v1/jobs",
+            Some(ADMIN),
+            json!({"source": {"git": format!("file://{}", repo.display()), "ref": "main"},
+                   "tasks": ["show"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
+async fn stored_log(api: &Client, job: &str) -> Vec<u8> {
+    api.http
+        .get(format!("{}/api/v1/jobs/{job}/log", api.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// The run stage's bytes in the stored log, by the range the result gives it.
+fn run_section(detail: &Value, log: &[u8]) -> String {
+    let stage = detail["result"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "run")
+        .unwrap_or_else(|| panic!("no run stage in {detail}"));
+    let (start, end) = (
+        stage["log_range"][0].as_u64().unwrap() as usize,
+        stage["log_range"][1].as_u64().unwrap() as usize,
+    );
+    String::from_utf8(log[start..end].to_vec()).unwrap()
+}
+
+fn finished(detail: &Value) -> bool {
+    !["queued", "offered", "running"].contains(&detail["state"].as_str().unwrap_or(""))
+}
+
+/// What `seq 1 N` prints.
+fn numbers(n: usize) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let repo = repository("seq 1 3000\nprintf 'ünïcode\\tand tabs\\n'\n");
+    let dir = agent_dir(&server);
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(
+        detail["state"],
+        "succeeded",
+        "{detail}\n{}",
+        agent.transcript()
+    );
+    let log = stored_log(&api, &job).await;
+    assert_eq!(detail["log_bytes"], log.len());
+    assert_eq!(
+        run_section(&detail, &log),
+        numbers(3000) + "ünïcode\tand tabs\n"
+    );
+    let local = agent.wait_finished(1, Duration::from_secs(60))[0].clone();
+    assert_eq!(std::fs::read(local.results.join("log.txt")).unwrap(), log);
+    assert!(
+        !local.results.join("remote.json").exists(),
+        "nothing is owed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_mid_job_loses_no_log_byte() {
+    let db = tempfile::tempdir().unwrap();
+    let mut server = Server::start(db.path(), &[]);
+    let address = server.address();
+    let api = Client::new(&server);
+    let repo =
+        repository("i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 0.05; done\n");
+    let dir = agent_dir(&server);
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    agent.wait_for_stdout("run show | line 5", Duration::from_secs(60));
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = Server::start_at(db.path(), &address, &[]);
+    let api = Client::new(&server);
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(
+        detail["state"],
+        "succeeded",
+        "{detail}\n{}",
+        agent.transcript()
+    );
+    let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        run_section(&detail, &stored_log(&api, &job).await),
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_job_leaves_a_lost_job_and_its_restart_cleans_up() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &["--lease", "3s"]);
+    let api = Client::new(&server);
+    let repo = repository("echo started; sleep 120\n");
+    let dir = agent_dir(&server);
+    let mut agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    agent.wait_for_stdout("run show | started", Duration::from_secs(60));
+    let label = format!("label=dockhand.agent={}", agent.name);
+    assert!(!docker(&["ps", "-q", "--filter", &label]).trim().is_empty());
+    agent.signal("KILL");
+    agent.wait_exit(Duration::from_secs(10));
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(detail["state"], "lost");
+
+    let restarted = AgentProcess::start_named(dir.path(), &["agent"], &agent.name);
+    restarted.wait_for("the sweep", Duration::from_secs(60), |lines| {
+        lines.iter().any(|l| l.contains("started:"))
+    });
+    assert_nothing_labelled(&format!("dockhand.agent={}", agent.name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_the_server_stops_the_container() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &["--lease", "3s"]);
+    let api = Client::new(&server);
+    let repo = repository("echo started; sleep 120\n");
+    let dir = agent_dir(&server);
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    agent.wait_for_stdout("run show | started", Duration::from_secs(60));
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/jobs/{job}/cancel"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let local = agent.wait_finished(1, Duration::from_secs(30))[0].clone();
+    assert_eq!(local.status, "cancelled", "{}", agent.transcript());
+    assert_nothing_labelled(&format!("dockhand.job={}", local.id));
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(detail["state"], "cancelled", "{detail}");
+}
