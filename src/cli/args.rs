@@ -181,4 +181,10 @@ pub struct ServerArgs {
     /// The longest a claim waits for a job
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub claim_wait: std::time::Duration,
+    /// Secret shared with GitHub/Gitea push webhooks (webhooks are off without one)
+    #[arg(long, env = "DOCKHAND_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// A repository pushes build, `owner/name` or `owner/name=task,task` (repeatable)
+    #[arg(long = "build-repo", value_name = "REPO")]
+    pub repositories: Vec<crate::server::BuiltRepository>,
 }

@@ -19,6 +19,8 @@ pub fn run(args: &ServerArgs) -> u8 {
         claim_wait: args.claim_wait,
         log_flush: std::time::Duration::from_millis(200),
         log_chunk_max: 1 << 20,
+        webhook_secret: args.webhook_secret.clone(),
+        repositories: args.repositories.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,12 +2,14 @@
 //! answers into status codes. Long-poll claims wait on a [`Notify`] that submissions and
 //! returned offers wake.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -17,6 +19,9 @@ use tokio::sync::Notify;
 
 use super::settings::ServerSettings;
 use super::store::{Accept, Finish, JobResult, JobSpec, LogAppend, Renew, Store, StoreError};
+
+/// How often a followed log looks for new bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,11 +43,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/events", post(events))
         .route("/api/v1/jobs/{id}/result", put(result))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/webhooks/{forge}", post(super::webhook::push))
         .with_state(state)
 }
 
 /// A refusal or failure, as a status and a JSON body naming it.
 pub struct ApiError(StatusCode, serde_json::Value);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: &str) -> ApiError {
+        ApiError(status, json!({ "error": message }))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -61,7 +73,7 @@ impl From<StoreError> for ApiError {
 }
 
 fn refuse(status: StatusCode, message: &str) -> ApiError {
-    ApiError(status, json!({ "error": message }))
+    ApiError::new(status, message)
 }
 
 fn unauthorized() -> ApiError {
@@ -370,18 +382,65 @@ async fn detail(
     }
 }
 
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: u8,
+    #[serde(default)]
+    offset: u64,
+}
+
+/// The job's log; with `follow=1`, server-sent events: `log` (a JSON string of new text, as
+/// it is committed) until the job ends, then `end` (its state).
 async fn read_log(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
+    Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
     require_admin(&state, &headers)?;
-    match state.store.read_log(&job_id, 0).await? {
-        Some(log) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], log).into_response())
-        }
-        None => Err(no_job()),
+    if query.follow == 0 {
+        return match state.store.read_log(&job_id, query.offset).await? {
+            Some(log) => {
+                Ok(([(header::CONTENT_TYPE, "application/octet-stream")], log).into_response())
+            }
+            None => Err(no_job()),
+        };
     }
+    if state.store.job(&job_id).await?.is_none() {
+        return Err(no_job());
+    }
+    let store = state.store.clone();
+    let events = futures_util::stream::unfold(
+        (store, job_id, query.offset, false),
+        |(store, job_id, offset, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let job = store.job(&job_id).await.ok().flatten()?;
+                let running = ["queued", "offered", "running"].contains(&job.state.as_str());
+                let text = store.read_log(&job_id, offset).await.ok().flatten()?;
+                if !text.is_empty() {
+                    let next = offset + text.len() as u64;
+                    let data = serde_json::to_string(&String::from_utf8_lossy(&text)).ok()?;
+                    let event = Event::default()
+                        .event("log")
+                        .id(next.to_string())
+                        .data(data);
+                    return Some((Ok::<_, Infallible>(event), (store, job_id, next, false)));
+                }
+                if !running {
+                    let event = Event::default().event("end").data(job.state);
+                    return Some((Ok(event), (store, job_id, offset, true)));
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn cancel(

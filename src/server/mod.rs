@@ -7,7 +7,8 @@ mod api;
 mod serve;
 mod settings;
 mod store;
+mod webhook;
 
 pub use serve::{ServeError, serve};
-pub use settings::ServerSettings;
+pub use settings::{BuiltRepository, ServerSettings};
 pub use store::{JobResult, JobSource, JobSpec, JobView, LogSummary, Store, StoreError};

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::webhook::BuiltRepository;
+
 #[derive(Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -22,6 +24,10 @@ pub struct ServerSettings {
     pub claim_wait: Duration,
     pub log_flush: Duration,
     pub log_chunk_max: usize,
+    /// Shared with the forges; webhooks are refused without one.
+    pub webhook_secret: Option<String>,
+    /// What a push webhook may start jobs for.
+    pub repositories: Vec<BuiltRepository>,
 }
 
 /// Tokens never appear in debug output.
@@ -33,6 +39,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("offer_ttl", &self.offer_ttl)
             .field("lease", &self.lease)
             .field("claim_wait", &self.claim_wait)
+            .field("repositories", &self.repositories)
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,172 @@
+//! Push webhooks from GitHub (`X-Hub-Signature-256: sha256=<hex>`) and Gitea
+//! (`X-Gitea-Signature: <hex>`): an HMAC-SHA256 of the body with the shared secret, checked
+//! before anything is read; a push to a repository the server is configured to build
+//! becomes a job for that commit.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::api::{ApiError, AppState};
+use super::store::{JobSource, JobSpec};
+
+/// A repository the server builds on push, and the tasks it runs (none: the pipeline).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltRepository {
+    /// `owner/name` as the forge names it.
+    pub full_name: String,
+    pub tasks: Vec<String>,
+}
+
+impl std::str::FromStr for BuiltRepository {
+    type Err = String;
+
+    /// `owner/name` or `owner/name=task,task`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, tasks) = text.split_once('=').unwrap_or((text, ""));
+        if name.split('/').count() != 2 || name.split('/').any(str::is_empty) {
+            return Err(format!("`{text}` is not owner/name[=task,task]"));
+        }
+        Ok(BuiltRepository {
+            full_name: name.to_owned(),
+            tasks: tasks
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+}
+
+/// Whether `signature` (hex) is the HMAC-SHA256 of `body` under `secret`.
+pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
+    let Some(expected) = decode_hex(signature.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub async fn push(
+    State(state): State<AppState>,
+    Path(forge): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (signature, event) = match forge.as_str() {
+        "github" => (
+            header("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=")),
+            header("x-github-event"),
+        ),
+        "gitea" => (header("x-gitea-signature"), header("x-gitea-event")),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "forges: github, gitea",
+            ));
+        }
+    };
+    let Some(secret) = &state.settings.webhook_secret else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "webhooks are off: the server has no webhook secret",
+        ));
+    };
+    if !signature.is_some_and(|s| signature_valid(secret, &body, s)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong webhook signature",
+        ));
+    }
+    if event != Some("push") {
+        return Ok((StatusCode::OK, Json(json!({"ignored": event}))).into_response());
+    }
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, &format!("payload: {e}")))?;
+    let repository = &payload["repository"];
+    let full_name = repository["full_name"].as_str().unwrap_or_default();
+    let Some(built) = state
+        .settings
+        .repositories
+        .iter()
+        .find(|r| r.full_name.eq_ignore_ascii_case(full_name))
+    else {
+        return Ok((StatusCode::OK, Json(json!({"ignored": full_name}))).into_response());
+    };
+    let commit = payload["after"].as_str().unwrap_or_default();
+    if payload["deleted"] == true || commit.chars().all(|c| c == '0') {
+        return Ok((StatusCode::OK, Json(json!({"ignored": "a deleted ref"}))).into_response());
+    }
+    let spec = JobSpec {
+        source: JobSource::Git {
+            git: repository["clone_url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            commit: Some(commit.to_owned()),
+            reference: payload["ref"].as_str().map(str::to_owned),
+        },
+        config: "config.yml".to_owned(),
+        tasks: built.tasks.clone(),
+        env: Default::default(),
+        labels: Vec::new(),
+        timeout: None,
+    };
+    let job_id = state.store.create_job(&spec).await?;
+    state.jobs_waiting.notify_waiters();
+    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_and_repositories() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
+        mac.update(b"Hello, World!");
+        let hex = crate::docker::hex(&mac.finalize().into_bytes());
+        assert_eq!(
+            hex, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "GitHub's documented example"
+        );
+        assert!(signature_valid(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            &hex
+        ));
+        assert!(!signature_valid("another secret", b"Hello, World!", &hex));
+        assert!(!signature_valid(
+            "It's a Secret to Everybody",
+            b"Hello, World",
+            &hex
+        ));
+        assert!(!signature_valid(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            "zz"
+        ));
+        let repo: BuiltRepository = "team/app=test,lint".parse().unwrap();
+        assert_eq!(repo.tasks, ["test", "lint"]);
+        assert!("app".parse::<BuiltRepository>().is_err());
+    }
+}
