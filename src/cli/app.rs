@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use super::args::{Cli, Command};
-use super::{check, dockerfile, exit, job, list};
+use super::{check, dockerfile, exit, job, list, remote};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
 use crate::plan::Request;
 
@@ -21,12 +21,41 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> u8 {
+    let collect = |cli_args: &[String]| {
+        let options = collect_options(&cli, cli_args.to_vec());
+        tracing::debug!(config = %options.config.display(), "collecting");
+        let collected = collector::collect(&options);
+        (options, collected)
+    };
     match &cli.command {
+        Command::Check { json } => check::run(collect(&[]).1, *json),
+        Command::List { json } => with_config(collect(&[]).1, |c| list::run(c, *json)),
+        Command::Dockerfile { image, task } => with_config(collect(&[]).1, |c| {
+            dockerfile::run(c, image, task.as_deref())
+        }),
+        Command::Build { images, job: args } => {
+            let (options, collected) = collect(&[]);
+            let request = Request::Images(images.clone());
+            with_config(collected, |c| job::run(c, &options, request, args))
+        }
+        Command::Run {
+            tasks,
+            args: extra,
+            job: args,
+        } => {
+            let (options, collected) = collect(extra);
+            let request = if tasks.is_empty() {
+                Request::Default
+            } else {
+                Request::Tasks(tasks.clone())
+            };
+            with_config(collected, |c| job::run(c, &options, request, args))
+        }
         Command::Agent {
             agent_config,
             check,
             agent,
-        } => return super::agent::agent(agent_config.clone(), *check, agent),
+        } => super::agent::agent(agent_config.clone(), *check, agent),
         Command::Watch {
             dir,
             tasks,
@@ -36,40 +65,21 @@ fn run(cli: Cli) -> u8 {
         } => {
             let config = cli.config.clone().unwrap_or_else(|| "config.yml".into());
             let change = (*debounce, *on_change);
-            return super::agent::watch(dir, &config, tasks.clone(), change, agent);
+            super::agent::watch(dir, &config, tasks.clone(), change, agent)
         }
-        Command::Server(args) => return super::server::run(args),
-        _ => {}
-    }
-    let cli_args = match &cli.command {
-        Command::Run { args, .. } => args.clone(),
-        _ => Vec::new(),
-    };
-    let options = collect_options(&cli, cli_args);
-    tracing::debug!(config = %options.config.display(), "collecting");
-    let collected = collector::collect(&options);
-    match cli.command {
-        Command::Check { json } => check::run(collected, json),
-        Command::List { json } => with_config(collected, |c| list::run(c, json)),
-        Command::Dockerfile { image, task } => {
-            with_config(collected, |c| dockerfile::run(c, &image, task.as_deref()))
-        }
-        Command::Build { images, job: args } => with_config(collected, |c| {
-            job::run(c, &options, Request::Images(images), &args)
-        }),
-        Command::Run {
-            tasks, job: args, ..
-        } => {
-            let request = if tasks.is_empty() {
-                Request::Default
-            } else {
-                Request::Tasks(tasks)
-            };
-            with_config(collected, |c| job::run(c, &options, request, &args))
-        }
-        Command::Agent { .. } | Command::Watch { .. } | Command::Server(_) => {
-            unreachable!("handled above")
-        }
+        Command::Server(args) => super::server::run(args),
+        Command::Submit(args) => remote::submit(args),
+        Command::Jobs {
+            server,
+            limit,
+            json,
+        } => remote::jobs(server, *limit, *json),
+        Command::Logs {
+            server,
+            job,
+            follow,
+        } => remote::logs(server, job, *follow),
+        Command::Cancel { server, job } => remote::cancel(server, job),
     }
 }
 

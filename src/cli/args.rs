@@ -86,6 +86,34 @@ pub enum Command {
     },
     /// Run the job server that agents poll (DESIGN.md §4)
     Server(ServerArgs),
+    /// Submit a job to the job server; prints its id
+    Submit(SubmitArgs),
+    /// List the job server's jobs, newest first
+    Jobs {
+        #[command(flatten)]
+        server: ServerAddress,
+        /// How many
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print them as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's log from the job server
+    Logs {
+        #[command(flatten)]
+        server: ServerAddress,
+        job: String,
+        /// Keep printing as the log grows, until the job ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a job on the job server (a running one stops within a lease renewal)
+    Cancel {
+        #[command(flatten)]
+        server: ServerAddress,
+        job: String,
+    },
     /// Print an image's generated Dockerfile exactly as it will be sent
     Dockerfile {
         /// The image, by its name in the config
@@ -187,4 +215,63 @@ pub struct ServerArgs {
     /// A repository pushes build, `owner/name` or `owner/name=task,task` (repeatable)
     #[arg(long = "build-repo", value_name = "REPO")]
     pub repositories: Vec<crate::server::BuiltRepository>,
+}
+
+/// Where the job server is, and the admin token for it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerAddress {
+    /// The job server
+    #[arg(
+        long,
+        env = "DOCKHAND_SERVER",
+        default_value = "http://127.0.0.1:8750",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// The server's admin token
+    #[arg(long, env = "DOCKHAND_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// Options of `submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub server: ServerAddress,
+    /// A git repository to build
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "path",
+        required_unless_present = "path"
+    )]
+    pub git: Option<String>,
+    /// The branch or tag (with --git)
+    #[arg(long = "ref", value_name = "REF", requires = "git")]
+    pub reference: Option<String>,
+    /// The commit (with --git); wins over --ref
+    #[arg(long, value_name = "SHA", requires = "git")]
+    pub commit: Option<String>,
+    /// A directory on the agent's machine to build
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<String>,
+    /// The config file in the repository
+    #[arg(
+        long = "config-file",
+        default_value = "config.yml",
+        value_name = "FILE"
+    )]
+    pub config_file: String,
+    /// A task to run (repeatable; none runs the pipeline)
+    #[arg(long = "task", value_name = "TASK")]
+    pub tasks: Vec<String>,
+    /// An environment variable for the job, NAME=VALUE (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// A label the agent must have (repeatable)
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// The job's time limit, e.g. "30m"
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
 }

@@ -10,6 +10,7 @@ pub mod exit;
 mod job;
 mod list;
 mod output;
+mod remote;
 mod server;
 
 pub use app::main;

@@ -1,0 +1,196 @@
+//! `submit`, `jobs`, `logs` and `cancel`: the job server's client commands, over the API of
+//! DESIGN.md §4 with the admin token.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::args::{ServerAddress, SubmitArgs};
+use super::exit;
+use super::output::outln;
+
+/// Exit code when the job server cannot be reached or refuses.
+const SERVER_ERROR: u8 = exit::INFRASTRUCTURE;
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+fn request(
+    client: &reqwest::Client,
+    server: &ServerAddress,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    client.request(method, url).bearer_auth(&server.token)
+}
+
+/// Sends, and turns a refusal or network failure into a message.
+async fn send(request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{what}: cannot reach the job server: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or(body);
+    Err(match status {
+        StatusCode::UNAUTHORIZED => format!("{what}: the server refused the token ({message})"),
+        _ => format!("{what}: the server answered {status}: {message}"),
+    })
+}
+
+fn finish(result: Result<u8, String>) -> u8 {
+    result.unwrap_or_else(|message| {
+        eprintln!("error: {message}");
+        SERVER_ERROR
+    })
+}
+
+pub fn submit(args: &SubmitArgs) -> u8 {
+    let server = &args.server;
+    let source = match (&args.git, &args.path) {
+        (Some(git), _) => json!({"git": git, "ref": args.reference, "commit": args.commit}),
+        (None, Some(path)) => json!({ "path": path }),
+        (None, None) => unreachable!("clap requires --git or --path"),
+    };
+    let env: BTreeMap<&String, &String> = args.env.iter().map(|(k, v)| (k, v)).collect();
+    let body = json!({"source": source, "config": args.config_file, "tasks": args.tasks,
+                      "env": env, "labels": args.labels, "timeout": args.timeout});
+    let Some(runtime) = runtime() else {
+        return exit::INFRASTRUCTURE;
+    };
+    finish(runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let request = request(&client, server, reqwest::Method::POST, "/api/v1/jobs").json(&body);
+        let answer: Value = send(request, "submitting")
+            .await?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        outln!("{}", answer["job_id"].as_str().unwrap_or_default());
+        Ok(exit::SUCCESS)
+    }))
+}
+
+pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
+    let Some(runtime) = runtime() else {
+        return exit::INFRASTRUCTURE;
+    };
+    finish(runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let path = format!("/api/v1/jobs?limit={limit}");
+        let request = request(&client, server, reqwest::Method::GET, &path);
+        let jobs: Vec<Value> = send(request, "listing jobs")
+            .await?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if as_json {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&jobs).unwrap_or_default()
+            );
+            return Ok(exit::SUCCESS);
+        }
+        outln!("{:<26}  {:<10}  {:>9}  source", "job", "state", "log");
+        for job in &jobs {
+            let source = &job["source"];
+            let from = source["git"]
+                .as_str()
+                .map(|g| {
+                    let at = source["commit"]
+                        .as_str()
+                        .or(source["ref"].as_str())
+                        .unwrap_or("HEAD");
+                    format!("{g} @ {at}")
+                })
+                .or_else(|| source["path"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            outln!(
+                "{:<26}  {:<10}  {:>9}  {from}",
+                job["id"].as_str().unwrap_or_default(),
+                job["state"].as_str().unwrap_or_default(),
+                job["log_bytes"].as_u64().unwrap_or(0)
+            );
+        }
+        Ok(exit::SUCCESS)
+    }))
+}
+
+pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
+    let Some(runtime) = runtime() else {
+        return exit::INFRASTRUCTURE;
+    };
+    finish(runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let path = format!(
+            "/api/v1/jobs/{job}/log{}",
+            if follow { "?follow=1" } else { "" }
+        );
+        let mut response = send(
+            request(&client, server, reqwest::Method::GET, &path),
+            "reading the log",
+        )
+        .await?;
+        let mut stdout = std::io::stdout();
+        if !follow {
+            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+            let _ = stdout.write_all(&bytes);
+            return Ok(exit::SUCCESS);
+        }
+        let mut pending = String::new();
+        let mut event = String::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_owned();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let data = data.strip_prefix(' ').unwrap_or(data);
+                    if event == "end" {
+                        eprintln!("job {job} {data}");
+                        return Ok(exit::SUCCESS);
+                    }
+                    if let Ok(text) = serde_json::from_str::<String>(data) {
+                        let _ = stdout.write_all(text.as_bytes());
+                        let _ = stdout.flush();
+                    }
+                }
+            }
+        }
+        Ok(exit::SUCCESS)
+    }))
+}
+
+pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
+    let Some(runtime) = runtime() else {
+        return exit::INFRASTRUCTURE;
+    };
+    finish(runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let path = format!("/api/v1/jobs/{job}/cancel");
+        send(
+            request(&client, server, reqwest::Method::POST, &path),
+            "cancelling",
+        )
+        .await?;
+        eprintln!("job {job}: cancel requested");
+        Ok(exit::SUCCESS)
+    }))
+}
