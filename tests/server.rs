@@ -326,3 +326,117 @@ async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
             .all(|j| j["state"] == "succeeded")
     );
 }
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        db.path(),
+        &[
+            "--webhook-secret",
+            "hook-secret",
+            "--build-repo",
+            "team/app=test",
+        ],
+    );
+    let api = Client::new(&server);
+    let push = |name: &str| {
+        json!({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+               "repository": {"full_name": name, "clone_url": format!("https://git.example.com/{name}.git")}})
+        .to_string()
+    };
+    let deliver = |forge: &str, event: &str, body: String, signature: Option<String>| {
+        let mut request = api
+            .http
+            .post(format!("{}/api/v1/webhooks/{forge}", api.url))
+            .body(body);
+        request = match forge {
+            "github" => request.header("X-GitHub-Event", event),
+            _ => request.header("X-Gitea-Event", event),
+        };
+        if let Some(signature) = signature {
+            request = match forge {
+                "github" => request.header("X-Hub-Signature-256", format!("sha256={signature}")),
+                _ => request.header("X-Gitea-Signature", signature),
+            };
+        }
+        request.send()
+    };
+
+    let body = push("team/app");
+    let bad = deliver(
+        "github",
+        "push",
+        body.clone(),
+        Some(sign("wrong", body.as_bytes())),
+    );
+    assert_eq!(bad.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let unsigned = deliver("gitea", "push", body.clone(), None);
+    assert_eq!(unsigned.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.get("/api/v1/jobs").await.1,
+        json!([]),
+        "refused deliveries make no job"
+    );
+
+    let good = deliver(
+        "github",
+        "push",
+        body.clone(),
+        Some(sign("hook-secret", body.as_bytes())),
+    );
+    let response = good.await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let job: Value = response.json().await.unwrap();
+    let (_, detail) = api
+        .get(&format!("/api/v1/jobs/{}", job["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        detail["source"]["git"],
+        "https://git.example.com/team/app.git"
+    );
+    assert_eq!(
+        detail["source"]["commit"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(detail["tasks"], json!(["test"]));
+
+    let gitea = deliver(
+        "gitea",
+        "push",
+        body.clone(),
+        Some(sign("hook-secret", body.as_bytes())),
+    );
+    assert_eq!(gitea.await.unwrap().status(), StatusCode::CREATED);
+    let other = push("someone/else");
+    let ignored = deliver(
+        "github",
+        "push",
+        other.clone(),
+        Some(sign("hook-secret", other.as_bytes())),
+    );
+    assert_eq!(
+        ignored.await.unwrap().status(),
+        StatusCode::OK,
+        "not a configured repository"
+    );
+    let ping = deliver(
+        "github",
+        "ping",
+        body.clone(),
+        Some(sign("hook-secret", body.as_bytes())),
+    );
+    assert_eq!(ping.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(api.get("/api/v1/jobs").await.1.as_array().unwrap().len(), 2);
+}

@@ -103,6 +103,18 @@ fn numbers(n: usize) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
 }
 
+/// `dockhand ARGS --server URL` with the admin token; its stdout.
+fn client(server: &Server, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(args)
+        .args(["--server", &server.url])
+        .env("DOCKHAND_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "dockhand {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
     let db = tempfile::tempdir().unwrap();
@@ -111,7 +123,14 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
     let repo = repository("seq 1 3000\nprintf 'ünïcode\\tand tabs\\n'\n");
     let dir = agent_dir(&server);
     let agent = AgentProcess::start(dir.path(), &["agent"]);
-    let job = submit(&api, repo.path()).await;
+    let git = format!("file://{}", repo.path().display());
+    let job = client(
+        &server,
+        &["submit", "--git", &git, "--ref", "main", "--task", "show"],
+    )
+    .trim()
+    .to_owned();
+    let followed = client(&server, &["logs", "-f", &job]);
     let detail = api.wait_job(&job, finished).await;
     assert_eq!(
         detail["state"],
@@ -121,6 +140,19 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
     );
     let log = stored_log(&api, &job).await;
     assert_eq!(detail["log_bytes"], log.len());
+    assert_eq!(
+        followed.as_bytes(),
+        &log[..],
+        "`logs -f` printed the whole log"
+    );
+    assert_eq!(client(&server, &["logs", &job]).as_bytes(), &log[..]);
+    let listed = client(&server, &["jobs"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&job) && l.contains(" succeeded ")),
+        "{listed}"
+    );
     assert_eq!(
         run_section(&detail, &log),
         numbers(3000) + "ünïcode\tand tabs\n"
