@@ -243,3 +243,49 @@ async fn a_cancel_from_the_server_stops_the_container() {
     let detail = api.wait_job(&job, finished).await;
     assert_eq!(detail["state"], "cancelled", "{detail}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
+    let db = tempfile::tempdir().unwrap();
+    let mut server = Server::start(db.path(), &["--lease", "60s"]);
+    let address = server.address();
+    let api = Client::new(&server);
+    let repo = repository("echo started; sleep 1; seq 1 500\n");
+    let dir = agent_dir(&server);
+    let mut agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    agent.wait_for_stdout("run show | started", Duration::from_secs(60));
+    server.kill();
+    let results = dir
+        .path()
+        .join(".dockhand/results")
+        .join(&agent.started()[0]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !results.join("result.json").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            agent.transcript()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent.finished().is_empty(),
+        "a job ends when its upload does"
+    );
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(60));
+    assert!(
+        results.join("remote.json").exists(),
+        "the upload is still owed"
+    );
+
+    let server = Server::start_at(db.path(), &address, &["--lease", "60s"]);
+    let api = Client::new(&server);
+    let _restarted = AgentProcess::start_named(dir.path(), &["agent"], &agent.name);
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(detail["state"], "succeeded", "{detail}");
+    let log = stored_log(&api, &job).await;
+    assert_eq!(log, std::fs::read(results.join("log.txt")).unwrap());
+    assert!(run_section(&detail, &log).ends_with(&numbers(500)));
+}

@@ -210,6 +210,7 @@ pub async fn run_job(
     }
     let build_passed: Vec<bool> = builds.iter().map(|o| o.status.passed()).collect();
     let offset = 1 + plan.builds.len();
+    let job_network_made = job_network.is_some();
     let network_error = match job_network {
         Some(creating) => match creating.await {
             Ok(Ok(())) => None,
@@ -253,6 +254,12 @@ pub async fn run_job(
     )
     .await;
 
+    if job_network_made
+        && let Some(name) = options.job_network()
+        && let Err(e) = engine.remove_network(&name).await
+    {
+        tracing::warn!("removing the job's network {name} failed: {e}");
+    }
     match engine.remove_labelled(labels::JOB, &options.job_id).await {
         Ok(left) if left != Leftovers::default() => {
             tracing::warn!(
