@@ -87,6 +87,13 @@ pub fn new_job_id() -> String {
     format!("{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
 }
 
+/// 32 random bytes from the system, as hex: ids, tokens, names that must not collide.
+pub fn random_hex() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(crate::docker::hex(&bytes))
+}
+
 /// The machine's name, which labels everything an agent creates.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -399,13 +399,25 @@ fn jobs_get_their_own_network_and_the_configured_limits() {
     let job = agent.started()[0].clone();
     let label = format!("label=dockhand.job={job}");
     let networks = docker(&["ps", "--filter", &label, "--format", "{{.Networks}}"]);
-    assert_eq!(networks.trim(), format!("dockhand-{job}"));
+    let network = networks.trim().to_owned();
+    assert!(
+        network == format!("dockhand-{job}") || network.starts_with("dockhand-net-"),
+        "the job's own network (made for it, or a fresh spare): {network}"
+    );
     let id = docker(&["ps", "-q", "--filter", &label]);
     let cpus = docker(&["inspect", "--format", "{{.HostConfig.NanoCpus}}", id.trim()]);
     assert_eq!(cpus.trim(), "500000000");
     let finished = agent.wait_finished(1, LONG)[0].clone();
     assert!(finished.log().contains("67108864"), "{}", finished.log());
     assert_nothing_labelled(&format!("dockhand.job={job}"));
+    let gone = Command::new("docker")
+        .args(["network", "inspect", &network])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the job's network is removed with it"
+    );
 }
 
 #[test]
@@ -434,8 +446,20 @@ fn an_idle_agent_sweeps_leftovers_of_jobs_that_are_not_running() {
     agent.wait_for("the idle sweep", LONG, |l| {
         l.iter().any(|l| l.contains("removed leftovers"))
     });
-    assert_nothing_labelled(&format!("dockhand.agent={}", agent.name));
+    assert_nothing_labelled("dockhand.job=20200101-000000-abcd");
     assert!(!stale.exists());
+    let spares = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=dockhand.agent={}", agent.name),
+    ]);
+    assert_eq!(
+        spares.lines().count(),
+        2,
+        "the spare job networks (concurrency 2) stay"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::networks::NetworkPool;
 use super::runner::{self, Finished, JobContext};
 use super::state::{Action, AgentState};
 use super::sweep::sweep;
@@ -71,6 +72,7 @@ enum Input {
 
 pub struct Agent {
     engine: Engine,
+    networks: Arc<NetworkPool>,
     settings: Arc<AgentConfig>,
     /// How the settings were read, to read them again on SIGHUP; none for settings made in
     /// code (`dockhand watch`).
@@ -87,8 +89,15 @@ impl Agent {
         host_env: HashMap<String, String>,
         console: ConsoleOutput,
     ) -> Self {
+        let networks = NetworkPool::new(
+            engine.clone(),
+            &settings.agent.name,
+            &settings.docker.network,
+            settings.agent.concurrency,
+        );
         Agent {
             engine,
+            networks,
             settings: Arc::new(settings),
             reload,
             host_env,
@@ -121,6 +130,7 @@ impl Agent {
             agent.concurrency,
             agent.results_dir.display()
         ));
+        let spares = tokio::spawn(self.networks.clone().keep_filled(root.child_token()));
         let (tx, mut rx) = mpsc::channel(SOURCE_BUFFER);
         let (slots, free_slots) = watch::channel(state.free_slots());
         let mut sources_cancel = root.child_token();
@@ -263,6 +273,9 @@ impl Agent {
         }
         root.cancel();
         drain_sources(&mut sources).await;
+        if tokio::time::timeout(CLEANUP_LIMIT, spares).await.is_err() {
+            say("removing the spare networks took too long");
+        }
         let running: HashSet<String> = HashSet::new();
         self.sweep(&running).await;
         Ok(if source_failures > 0 && !draining {
@@ -296,6 +309,7 @@ impl Agent {
             host_env: self.host_env.clone(),
             console: self.console,
             agent: root.clone(),
+            networks: self.networks.clone(),
         })
     }
 
@@ -397,7 +411,15 @@ impl Agent {
 
     async fn sweep(&self, running: &HashSet<String>) {
         let agent = &self.settings.agent;
-        match sweep(&self.engine, &agent.name, &agent.workspace_root, running).await {
+        let spares = self.networks.spares();
+        let swept = sweep(
+            &self.engine,
+            &agent.name,
+            &agent.workspace_root,
+            running,
+            &spares,
+        );
+        match swept.await {
             Ok(swept) if !swept.is_empty() => say(format!(
                 "removed leftovers of jobs that are not running: {} container(s), {} network(s), {} workspace(s)",
                 swept.docker.containers, swept.docker.networks, swept.workspaces

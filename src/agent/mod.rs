@@ -4,11 +4,13 @@
 //! cleans up after jobs that are not running.
 
 mod dispatcher;
+mod networks;
 mod runner;
 mod state;
 mod sweep;
 
 pub use dispatcher::{Agent, AgentError, AgentExit};
+pub use networks::NetworkPool;
 pub use runner::{Finished, JobContext};
 pub use state::{Action, AgentState};
 pub use sweep::{Swept, sweep};

@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::networks::NetworkPool;
 use crate::collector::{CollectOptions, collect, short_hash};
 use crate::config::{AgentConfig, KeepWorkspace};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::executor::{
-    ExecutorOptions, JobOutcome, Limits, check_policy, codes, report_unrunnable, run_job,
+    ExecutorOptions, JobNetwork, JobOutcome, Limits, check_policy, codes, report_unrunnable,
+    run_job,
 };
 use crate::job::{Job, Origin};
 use crate::plan::{Plan, Request};
@@ -33,6 +35,7 @@ pub struct JobContext {
     /// The agent's own token: cancelled when it stops for good (uploads then wait for the
     /// next start).
     pub agent: CancellationToken,
+    pub networks: Arc<NetworkPool>,
 }
 
 /// How a job ended, for the dispatcher.
@@ -147,7 +150,12 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                 task_timeout: None,
                 job_timeout: Some(job.timeout.unwrap_or(agent.job_timeout)),
                 host_env: env.clone(),
-                job_network_driver: Some(settings.docker.network.clone()),
+                job_network: match context.networks.take() {
+                    Some(name) => JobNetwork::Premade { name },
+                    None => JobNetwork::Create {
+                        driver: settings.docker.network.clone(),
+                    },
+                },
                 limits: Limits {
                     memory_bytes: settings.docker.memory.and_then(|m| i64::try_from(m.0).ok()),
                     nano_cpus: settings.docker.cpus.map(|c| (c * 1e9) as i64),

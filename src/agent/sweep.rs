@@ -19,14 +19,16 @@ impl Swept {
     }
 }
 
+/// `spare_networks`: the agent's own spares, not leftovers.
 pub async fn sweep(
     engine: &Engine,
     agent: &str,
     workspace_root: &Path,
     running: &HashSet<String>,
+    spare_networks: &HashSet<String>,
 ) -> Result<Swept, DockerError> {
     let docker = engine
-        .remove_labelled_except(labels::AGENT, agent, running)
+        .remove_labelled_except(labels::AGENT, agent, running, spare_networks)
         .await?;
     let mut workspaces = 0;
     if let Ok(entries) = std::fs::read_dir(workspace_root) {

@@ -8,7 +8,7 @@ use super::args::JobArgs;
 use super::exit;
 use crate::collector::{CollectOptions, Collected};
 use crate::docker::{Engine, cache_dir};
-use crate::executor::{ExecutorOptions, Limits, check_policy, run_job};
+use crate::executor::{ExecutorOptions, JobNetwork, Limits, check_policy, run_job};
 use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, secret_values};
@@ -46,7 +46,7 @@ pub fn run(
         task_timeout: args.timeout,
         job_timeout: None,
         host_env: collect.env.clone(),
-        job_network_driver: None,
+        job_network: JobNetwork::Shared,
         limits: Limits::default(),
     };
     let problems = check_policy(&plan, &options.host_env, &options.mount_policy());

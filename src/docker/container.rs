@@ -537,17 +537,19 @@ impl Engine {
         label: &str,
         value: &str,
     ) -> Result<Leftovers, DockerError> {
-        self.remove_labelled_except(label, value, &HashSet::new())
+        self.remove_labelled_except(label, value, &HashSet::new(), &HashSet::new())
             .await
     }
 
-    /// As [`Engine::remove_labelled`], but keeps objects of the jobs in `running`: an
-    /// agent's sweep of what its earlier, crashed self left.
+    /// As [`Engine::remove_labelled`], but keeps objects of the jobs in `running` and the
+    /// networks named in `keep_networks`: an agent's sweep of what its earlier, crashed self
+    /// left.
     pub async fn remove_labelled_except(
         &self,
         label: &str,
         value: &str,
         running: &HashSet<String>,
+        keep_networks: &HashSet<String>,
     ) -> Result<Leftovers, DockerError> {
         let filter = HashMap::from([("label", vec![format!("{label}={value}")])]);
         let options = ListContainersOptionsBuilder::default()
@@ -573,7 +575,14 @@ impl Engine {
             }
         }
         for network in networks {
-            if let Some(name) = network.name.filter(|_| left(network.labels.as_ref())) {
+            let kept = network
+                .name
+                .as_ref()
+                .is_some_and(|n| keep_networks.contains(n));
+            if let Some(name) = network
+                .name
+                .filter(|_| !kept && left(network.labels.as_ref()))
+            {
                 self.remove_network(&name).await?;
                 removed.networks += 1;
             }

@@ -54,11 +54,21 @@ pub struct ExecutorOptions {
     /// `timed_out`.
     pub job_timeout: Option<Duration>,
     pub host_env: HashMap<String, String>,
-    /// With a driver, the job gets its own network `dockhand-<job>` for tasks without
-    /// dependency containers (the agent); without, they share the isolated bridge (one-shot
-    /// runs, where creating a network would cost more than a trivial task).
-    pub job_network_driver: Option<String>,
+    pub job_network: JobNetwork,
     pub limits: Limits,
+}
+
+/// Where tasks without dependency containers run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobNetwork {
+    /// The shared isolated bridge: one-shot runs, where creating a network would cost more
+    /// than a trivial task.
+    Shared,
+    /// A network of the job's own, `dockhand-<job>`, created while the images build.
+    Create { driver: String },
+    /// A network of the job's own made ahead of time (the agent keeps spares); removed
+    /// with the job.
+    Premade { name: String },
 }
 
 /// Resources of every task container.
@@ -78,9 +88,11 @@ impl ExecutorOptions {
     }
 
     pub(super) fn job_network(&self) -> Option<String> {
-        self.job_network_driver
-            .as_ref()
-            .map(|_| format!("dockhand-{}", self.job_id))
+        match &self.job_network {
+            JobNetwork::Shared => None,
+            JobNetwork::Create { .. } => Some(format!("dockhand-{}", self.job_id)),
+            JobNetwork::Premade { name } => Some(name.clone()),
+        }
     }
 
     pub(super) fn owner(&self, stage: &str) -> Owner {
@@ -156,9 +168,9 @@ pub async fn run_job(
     let cancel = &job_cancel;
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
-    // Made while the images build: creating a network costs about 230 ms here.
-    let job_network = match (&options.job_network_driver, options.job_network()) {
-        (Some(driver), Some(name)) if !plan.runs.is_empty() => {
+    // Made while the images build: creating a network costs 60–230 ms here.
+    let job_network = match (&options.job_network, options.job_network()) {
+        (JobNetwork::Create { driver }, Some(name)) if !plan.runs.is_empty() => {
             let (engine, driver, owner) =
                 (engine.clone(), driver.clone(), options.owner("network"));
             Some(tokio::spawn(async move {
@@ -210,7 +222,8 @@ pub async fn run_job(
     }
     let build_passed: Vec<bool> = builds.iter().map(|o| o.status.passed()).collect();
     let offset = 1 + plan.builds.len();
-    let job_network_made = job_network.is_some();
+    let job_network_made =
+        job_network.is_some() || matches!(options.job_network, JobNetwork::Premade { .. });
     let network_error = match job_network {
         Some(creating) => match creating.await {
             Ok(Ok(())) => None,

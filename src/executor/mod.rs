@@ -6,5 +6,5 @@ mod job;
 mod policy;
 mod task;
 
-pub use job::{ExecutorOptions, JobOutcome, Limits, codes, report_unrunnable, run_job};
+pub use job::{ExecutorOptions, JobNetwork, JobOutcome, Limits, codes, report_unrunnable, run_job};
 pub use policy::{MountPolicy, PolicyError, check_policy};

@@ -192,9 +192,7 @@ pub fn now_ms() -> i64 {
 
 /// 32 random bytes as hex: ids and tokens.
 pub fn random_hex() -> Result<String, StoreError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
-    Ok(crate::docker::hex(&bytes))
+    crate::job::random_hex().map_err(StoreError::Random)
 }
 
 pub fn token_hash(token: &str) -> String {
