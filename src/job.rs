@@ -94,6 +94,14 @@ pub fn random_hex() -> Result<String, String> {
     Ok(crate::docker::hex(&bytes))
 }
 
+/// A number in [0, 1) from the clock's low bits hashed with a per-process random key:
+/// enough to spread retries and schedule jitter, no random-number crate needed.
+pub fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let draw = RandomState::new().hash_one(std::time::Instant::now());
+    (draw % 1_000_000) as f64 / 1_000_000.0
+}
+
 /// The machine's name, which labels everything an agent creates.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -164,14 +164,7 @@ async fn offers_lapse_leases_lapse_and_cancel_rides_on_the_lease() {
         StatusCode::NO_CONTENT,
         "labels must be covered"
     );
-    let (status, _) = api
-        .post(
-            &format!("/api/v1/jobs/{job}/cancel"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(api.cancel(&job).await, StatusCode::ACCEPTED);
     assert_eq!(
         api.get(&format!("/api/v1/jobs/{job}")).await.1["state"],
         "cancelled"
@@ -208,12 +201,7 @@ async fn offers_lapse_leases_lapse_and_cancel_rides_on_the_lease() {
     let token = accepted["job_token"].as_str().unwrap();
     let lease = json!({"lease_id": accepted["lease"]["lease_id"]});
 
-    api.post(
-        &format!("/api/v1/jobs/{job}/cancel"),
-        Some(ADMIN),
-        json!({}),
-    )
-    .await;
+    assert_eq!(api.cancel(&job).await, StatusCode::ACCEPTED);
     let (_, renewed) = api
         .put(&format!("/api/v1/jobs/{job}/lease"), token, lease.clone())
         .await;

@@ -229,14 +229,7 @@ async fn a_cancel_from_the_server_stops_the_container() {
     let agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | started", Duration::from_secs(60));
-    let (status, _) = api
-        .post(
-            &format!("/api/v1/jobs/{job}/cancel"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(api.cancel(&job).await, StatusCode::ACCEPTED);
     let local = agent.wait_finished(1, Duration::from_secs(30))[0].clone();
     assert_eq!(local.status, "cancelled", "{}", agent.transcript());
     assert_nothing_labelled(&format!("dockhand.job={}", local.id));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::args::{AgentArgs, OnChange};
 use super::exit;
 use super::output::outln;
+use super::runtime::{self, Threads};
 use crate::agent::{Agent, AgentExit};
 use crate::config::{AgentConfig, LoadOptions, SourceConfig, WatchSource, load};
 use crate::docker::Engine;
@@ -80,16 +81,8 @@ pub fn watch(
 }
 
 fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::INFRASTRUCTURE;
-        }
+    let Some(runtime) = runtime::start(Threads::Two) else {
+        return exit::INFRASTRUCTURE;
     };
     let console = if args.json {
         ConsoleOutput::Json

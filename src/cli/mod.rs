@@ -11,6 +11,7 @@ mod job;
 mod list;
 mod output;
 mod remote;
+mod runtime;
 mod server;
 
 pub use app::main;

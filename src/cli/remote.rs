@@ -10,17 +10,10 @@ use serde_json::{Value, json};
 use super::args::{ServerAddress, SubmitArgs};
 use super::exit;
 use super::output::outln;
+use super::runtime::{self, Threads};
 
 /// Exit code when the job server cannot be reached or refuses.
 const SERVER_ERROR: u8 = exit::INFRASTRUCTURE;
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
-        .ok()
-}
 
 fn request(
     client: &reqwest::Client,
@@ -70,7 +63,7 @@ pub fn submit(args: &SubmitArgs) -> u8 {
     let env: BTreeMap<&String, &String> = args.env.iter().map(|(k, v)| (k, v)).collect();
     let body = json!({"source": source, "config": args.config_file, "tasks": args.tasks,
                       "env": env, "labels": args.labels, "timeout": args.timeout});
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime::start(Threads::One) else {
         return exit::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
@@ -87,7 +80,7 @@ pub fn submit(args: &SubmitArgs) -> u8 {
 }
 
 pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime::start(Threads::One) else {
         return exit::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
@@ -132,7 +125,7 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
 }
 
 pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime::start(Threads::One) else {
         return exit::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
@@ -179,7 +172,7 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
 }
 
 pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime::start(Threads::One) else {
         return exit::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {

@@ -2,6 +2,7 @@
 
 use super::args::ServerArgs;
 use super::exit;
+use super::runtime::{self, Threads};
 use crate::server::{ServerSettings, serve};
 
 pub fn run(args: &ServerArgs) -> u8 {
@@ -22,16 +23,8 @@ pub fn run(args: &ServerArgs) -> u8 {
         webhook_secret: args.webhook_secret.clone(),
         repositories: args.repositories.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::INFRASTRUCTURE;
-        }
+    let Some(runtime) = runtime::start(Threads::Two) else {
+        return exit::INFRASTRUCTURE;
     };
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();

@@ -197,15 +197,9 @@ async fn record(
     }
 }
 
-/// Up to `limit`, from the clock's low bits hashed: enough spread for agents started
-/// together, no random-number crate needed.
+/// A random delay up to `limit`.
 fn jitter(limit: Option<Duration>) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let Some(limit) = limit.filter(|l| !l.is_zero()) else {
-        return Duration::ZERO;
-    };
-    let draw = RandomState::new().hash_one(std::time::Instant::now());
-    limit.mul_f64((draw % 10_000) as f64 / 10_000.0)
+    limit.map_or(Duration::ZERO, |l| l.mul_f64(crate::job::random_fraction()))
 }
 
 #[cfg(test)]

@@ -147,6 +147,11 @@ impl Client {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn cancel(&self, job: &str) -> StatusCode {
+        let path = format!("/api/v1/jobs/{job}/cancel");
+        self.post(&path, Some(ADMIN), json!({})).await.0
+    }
+
     /// Registers an agent; returns (id, token).
     pub async fn register(&self, name: &str, labels: &[&str]) -> (String, String) {
         let (status, body) = self

@@ -175,7 +175,5 @@ fn retry_after(error: &ClientError) -> Option<Duration> {
 /// Between half and all of `delay`, so agents that lost the server together do not come
 /// back together.
 pub fn jittered(delay: Duration) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let draw = RandomState::new().hash_one(std::time::Instant::now()) % 1000;
-    delay.mul_f64(0.5 + draw as f64 / 2000.0)
+    delay.mul_f64(0.5 + crate::job::random_fraction() / 2.0)
 }
