@@ -45,7 +45,7 @@ fn agent_dir(server: &Server) -> tempfile::TempDir {
     std::fs::write(
         dir.path().join("agent.toml"),
         format!(
-            "[agent]\nshutdown_grace = \"2s\"\n[[source]]\nkind = \"http\"\nurl = \"{}\"\n",
+            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n[[source]]\nkind = \"http\"\nurl = \"{}\"\n",
             server.url
         ),
     )
@@ -281,4 +281,56 @@ async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
     let log = stored_log(&api, &job).await;
     assert_eq!(log, std::fs::read(results.join("log.txt")).unwrap());
     assert!(run_section(&detail, &log).ends_with(&numbers(500)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let project = checkout("echo ran\n");
+    let agents: Vec<_> = (0..3)
+        .map(|_| {
+            let dir = agent_dir(&server);
+            let agent = AgentProcess::start(dir.path(), &["agent"]);
+            (dir, agent)
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for _ in 0..200 {
+        let (status, body) = api
+            .post(
+                "/api/v1/jobs",
+                Some(ADMIN),
+                json!({"source": {"path": project.path()}, "tasks": ["show"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        jobs.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    for job in &jobs {
+        let detail = api.wait_job(job, finished).await;
+        assert_eq!(detail["state"], "succeeded", "{detail}");
+    }
+    let mut ran: Vec<String> = Vec::new();
+    for (dir, agent) in &agents {
+        agent.wait_for("its last job", Duration::from_secs(60), |lines| {
+            lines
+                .iter()
+                .filter(|l| l.contains(" succeeded (exit code 0)"))
+                .count()
+                == lines.iter().filter(|l| l.contains("): job job-")).count()
+        });
+        for entry in std::fs::read_dir(dir.path().join(".dockhand/results")).unwrap() {
+            let result: Value = serde_json::from_slice(
+                &std::fs::read(entry.unwrap().path().join("result.json")).unwrap(),
+            )
+            .unwrap();
+            let trigger = result["trigger"].as_str().unwrap();
+            ran.push(trigger.split(' ').nth(1).unwrap().to_owned());
+        }
+    }
+    ran.sort();
+    jobs.sort();
+    assert_eq!(ran, jobs, "every job ran on exactly one agent, once");
 }
