@@ -432,6 +432,21 @@ fn an_idle_agent_sweeps_leftovers_of_jobs_that_are_not_running() {
     agent.wait_for("the agent to start", LONG, |l| {
         l.iter().any(|l| l.contains("started"))
     });
+    let spares = || {
+        let label = format!("label=dockhand.agent={}", agent.name);
+        let mut names: Vec<String> = docker(&["network", "ls", "-q", "--filter", &label])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    let deadline = std::time::Instant::now() + LONG;
+    while spares().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no spare networks");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let made = spares();
     let stale = dir.path().join(".dockhand/work/20200101-000000-abcd");
     std::fs::create_dir_all(&stale).unwrap();
     docker(&[
@@ -448,18 +463,7 @@ fn an_idle_agent_sweeps_leftovers_of_jobs_that_are_not_running() {
     });
     assert_nothing_labelled("dockhand.job=20200101-000000-abcd");
     assert!(!stale.exists());
-    let spares = docker(&[
-        "network",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=dockhand.agent={}", agent.name),
-    ]);
-    assert_eq!(
-        spares.lines().count(),
-        2,
-        "the spare job networks (concurrency 2) stay"
-    );
+    assert_eq!(spares(), made, "the spare job networks stay");
 }
 
 #[test]
