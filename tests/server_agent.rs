@@ -212,11 +212,21 @@ async fn an_agent_killed_mid_job_leaves_a_lost_job_and_its_restart_cleans_up() {
     let detail = api.wait_job(&job, finished).await;
     assert_eq!(detail["state"], "lost");
 
+    let networks = || docker(&["network", "ls", "-q", "--filter", &label]);
+    let left_by_the_dead = networks();
+    assert!(
+        !left_by_the_dead.trim().is_empty(),
+        "its job and spare networks"
+    );
     let restarted = AgentProcess::start_named(dir.path(), &["agent"], &agent.name);
     restarted.wait_for("the sweep", Duration::from_secs(60), |lines| {
         lines.iter().any(|l| l.contains("started:"))
     });
-    assert_nothing_labelled(&format!("dockhand.agent={}", agent.name));
+    assert!(docker(&["ps", "-aq", "--filter", &label]).trim().is_empty());
+    let now = networks();
+    for network in left_by_the_dead.lines() {
+        assert!(!now.contains(network), "{network} survived the sweep");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Engine, Owner};
 
+/// How long after a job takes a spare the next one is made.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct NetworkPool {
     engine: Engine,
     agent: String,
@@ -79,7 +82,14 @@ impl NetworkPool {
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = self.taken.notified() => {}
+                () = self.taken.notified() => {
+                    // The job that took one is starting its containers now; the engine
+                    // serialises network and container setup, so make the next one after.
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(REFILL_DELAY) => {}
+                    }
+                }
                 () = tokio::time::sleep(std::time::Duration::from_secs(30)), if missing => {}
             }
         }
