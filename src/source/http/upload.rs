@@ -167,18 +167,33 @@ struct Uploader {
 }
 
 impl Uploader {
+    /// Uploads until done. Nothing is owed any more when it succeeds or the server refuses
+    /// for good (the job was lost or finished elsewhere); a cancel leaves it owed.
     async fn run(
         self,
         finished: Arc<AtomicBool>,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), ClientError> {
+        let uploaded = self.upload(finished, wake, &cancel).await;
+        if !matches!(uploaded, Err(ClientError::Cancelled)) {
+            let _ = std::fs::remove_file(self.dir.join(REMOTE_FILE));
+        }
+        uploaded
+    }
+
+    async fn upload(
+        &self,
+        finished: Arc<AtomicBool>,
+        wake: Arc<Notify>,
+        cancel: &CancellationToken,
+    ) -> Result<(), ClientError> {
         let mut committed = 0u64;
         let mut acked = 0usize;
         loop {
             let done = finished.load(Ordering::SeqCst);
-            committed = self.upload_log(committed, &cancel).await?;
-            acked = self.upload_events(acked, &cancel).await?;
+            committed = self.upload_log(committed, cancel).await?;
+            acked = self.upload_events(acked, cancel).await?;
             if done {
                 break;
             }
@@ -189,13 +204,12 @@ impl Uploader {
             }
         }
         loop {
-            let log_bytes = self.upload_log(committed, &cancel).await?;
-            match self.report_result(log_bytes, &cancel).await? {
+            let log_bytes = self.upload_log(committed, cancel).await?;
+            match self.report_result(log_bytes, cancel).await? {
                 None => break,
                 Some(server_has) => committed = server_has,
             }
         }
-        let _ = std::fs::remove_file(self.dir.join(REMOTE_FILE));
         Ok(())
     }
 
