@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::server::{ADMIN, Client, Server};
+use support::server::{Client, Server};
 
 #[tokio::test]
 async fn a_job_from_submit_to_result() {
@@ -128,17 +128,7 @@ async fn a_job_from_submit_to_result() {
     let (_, detail) = api.get(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(detail["state"], "succeeded");
     assert_eq!(detail["log_bytes"], 11);
-    let log = api
-        .http
-        .get(format!("{}/api/v1/jobs/{job}/log", api.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(&log[..], b"hello world");
+    assert_eq!(api.read_log(&job).await, b"hello world");
 
     let second = api.submit(&[]).await;
     let (taken, other_token, _) = api.take(&other).await.unwrap();

@@ -66,19 +66,6 @@ async fn submit(api: &Client, repo: &Path) -> String {
     body["job_id"].as_str().unwrap().to_owned()
 }
 
-async fn stored_log(api: &Client, job: &str) -> Vec<u8> {
-    api.http
-        .get(format!("{}/api/v1/jobs/{job}/log", api.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
-}
-
 /// The run stage's bytes in the stored log, by the range the result gives it.
 fn run_section(detail: &Value, log: &[u8]) -> String {
     let stage = detail["result"]["stages"]
@@ -138,7 +125,7 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
         "{detail}\n{}",
         agent.transcript()
     );
-    let log = stored_log(&api, &job).await;
+    let log = api.read_log(&job).await;
     assert_eq!(detail["log_bytes"], log.len());
     assert_eq!(
         followed.as_bytes(),
@@ -189,10 +176,7 @@ async fn a_server_restarted_mid_job_loses_no_log_byte() {
         agent.transcript()
     );
     let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
-    assert_eq!(
-        run_section(&detail, &stored_log(&api, &job).await),
-        expected
-    );
+    assert_eq!(run_section(&detail, &api.read_log(&job).await), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +272,7 @@ async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
     let _restarted = AgentProcess::start_named(dir.path(), &["agent"], &agent.name);
     let detail = api.wait_job(&job, finished).await;
     assert_eq!(detail["state"], "succeeded", "{detail}");
-    let log = stored_log(&api, &job).await;
+    let log = api.read_log(&job).await;
     assert_eq!(log, std::fs::read(results.join("log.txt")).unwrap());
     assert!(run_section(&detail, &log).ends_with(&numbers(500)));
 }

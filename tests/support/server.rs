@@ -147,6 +147,20 @@ impl Client {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The job's stored log.
+    pub async fn read_log(&self, job: &str) -> Vec<u8> {
+        self.http
+            .get(format!("{}/api/v1/jobs/{job}/log", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
     pub async fn cancel(&self, job: &str) -> StatusCode {
         let path = format!("/api/v1/jobs/{job}/cancel");
         self.post(&path, Some(ADMIN), json!({})).await.0
