@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::record::JobRecord;
 use super::reporter::Sink;
-use crate::events::{Event, StageStatus};
+use crate::events::{Event, LogStream, StageStatus};
 
 pub struct Console<W: Write + Send> {
     out: io::BufWriter<W>,
@@ -57,7 +57,11 @@ impl<W: Write + Send> Console<W> {
             Event::StageFinished { stage, .. } => {
                 progress.running.remove(stage);
             }
-            Event::Log { stage, bytes, .. } => {
+            Event::Log {
+                stage,
+                stream: LogStream::Build,
+                bytes,
+            } => {
                 if let Some((_, step)) = progress.running.get_mut(stage) {
                     let text = String::from_utf8_lossy(bytes);
                     if let Some(line) = text.lines().rev().find(|l| l.starts_with("Step ")) {
@@ -67,7 +71,7 @@ impl<W: Write + Send> Console<W> {
                 }
             }
             Event::JobFinished { .. } => progress.running.clear(),
-            Event::JobStarted { .. } => {}
+            Event::JobStarted { .. } | Event::Log { .. } => {}
         }
     }
 

@@ -112,7 +112,12 @@ impl Sink for JUnit {
         match event {
             Event::Log { stage, bytes, .. } => {
                 let tail = self.tails.entry(*stage).or_default();
-                for line in String::from_utf8_lossy(bytes).split_inclusive('\n') {
+                // Only the batch's last lines can be in the tail: a chatty task's output is
+                // not copied line by line.
+                let start = memchr::memrchr_iter(b'\n', bytes)
+                    .nth(TAIL_LINES)
+                    .map_or(0, |newline| newline + 1);
+                for line in String::from_utf8_lossy(&bytes[start..]).split_inclusive('\n') {
                     if tail.len() == TAIL_LINES {
                         tail.pop_front();
                     }
@@ -146,4 +151,66 @@ fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::events::{LogStream, StageOutcome, Timestamp};
+
+    #[test]
+    fn a_failure_carries_the_last_lines_of_its_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junit.xml");
+        let mut junit = JUnit::new(path.clone());
+        let mut record = JobRecord::default();
+        let lines: String = (1..=100).map(|i| format!("line {i} <&>\n")).collect();
+        let events = [
+            Event::JobStarted {
+                job: "j".into(),
+                stages: vec![("app".into(), StageKind::Run)],
+                at: Timestamp::now(),
+            },
+            Event::Log {
+                stage: 0,
+                stream: LogStream::Stdout,
+                bytes: Bytes::from(lines),
+            },
+            Event::Log {
+                stage: 0,
+                stream: LogStream::Stdout,
+                bytes: Bytes::from_static(b"last\n"),
+            },
+            Event::StageFinished {
+                stage: 0,
+                outcome: StageOutcome {
+                    exit_code: Some(3),
+                    ..StageOutcome::new(StageStatus::Failed)
+                },
+                at: Timestamp::now(),
+            },
+            Event::JobFinished {
+                status: crate::events::JobStatus::Failed,
+                exit_code: 3,
+                at: Timestamp::now(),
+            },
+        ];
+        for event in &events {
+            record.apply(event);
+            junit.event(event, &record).unwrap();
+        }
+        let xml = std::fs::read_to_string(path).unwrap();
+        assert!(
+            xml.contains(r#"<failure message="exit code 3">line 62 &lt;&amp;&gt;"#),
+            "{xml}"
+        );
+        assert!(
+            !xml.contains("line 61 ")
+                && xml.contains("line 100 ")
+                && xml.contains("last\n</failure>")
+        );
+        assert!(xml.contains(r#"tests="1" failures="1""#));
+    }
 }
