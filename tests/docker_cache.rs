@@ -140,6 +140,16 @@ fn only_what_changed_is_rebuilt() {
     );
     assert_message(&run, "mid", "an external base image changed");
 
+    // The name taken by another image: the recorded build is still there, so it is
+    // reused and named again rather than rebuilt.
+    let other_id = docker(&["image", "inspect", "-f", "{{.Id}}", "t-cache-other:latest"]);
+    docker(&["tag", support::BASE_IMAGE, "t-cache-other:latest"]);
+    expect(&project.run(&["build"]), &cached);
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", "t-cache-other:latest"]),
+        other_id
+    );
+
     docker(&["rmi", "t-cache-other:latest"]);
     expect(
         &project.run(&["build"]),

@@ -143,6 +143,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                     .state_dir
                     .join("cache")
                     .join(short_hash(job.stream.as_bytes())),
+                build_records: agent.state_dir.join("cache").join("builds"),
                 allow_host_mounts: settings.docker.allow_host_mounts.clone(),
                 allow_docker_socket: settings.docker.allow_docker_socket,
                 parallel: agent.parallel,

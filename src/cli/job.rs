@@ -40,6 +40,7 @@ pub fn run(
         agent: format!("cli@{}", hostname()),
         workspace: workspace.clone(),
         cache_dir: cache_dir(&workspace),
+        build_records: cache_dir(&workspace).join("builds"),
         allow_host_mounts: args.allow_host_mounts.clone(),
         allow_docker_socket: args.allow_docker_socket,
         parallel: args.parallel.max(1),

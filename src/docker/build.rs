@@ -2,20 +2,19 @@
 //! read. A failing step is a [`BuildResult::Failed`] with the step and the tail of its
 //! output, not an error.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
 
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder,
-};
+use bollard::query_parameters::{BuildImageOptionsBuilder, TagImageOptionsBuilder};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::build_key::{BuildKey, LABEL_KEY, file_changes, write_manifest};
+use super::build_key::{BuildKey, file_changes, manifest_summary, write_manifest};
+use super::build_records::BuildRecords;
 use super::context::{self, DOCKERFILE_NAME};
 use super::digests::DigestCache;
 use super::{DockerError, Engine, is_not_found};
@@ -54,6 +53,8 @@ pub struct BuildRequest<'a> {
     /// Holds the manifests of earlier builds (what the last build of an image was made
     /// of), to say which input changed.
     pub cache_dir: &'a Path,
+    /// Which image each build key produced.
+    pub records: &'a BuildRecords,
     /// The build keys of the images this one builds from, in `depends_on` order.
     pub dependency_keys: Vec<String>,
     pub digests: Arc<Mutex<DigestCache>>,
@@ -61,16 +62,17 @@ pub struct BuildRequest<'a> {
     pub no_cache: bool,
 }
 
-/// Where a one-shot run keeps the digest cache and build manifests: in the workspace it
-/// builds from. (An agent keeps them per stream of jobs, as each job's workspace is new.)
+/// Where a one-shot run keeps the digest cache, build manifests and build records: in the
+/// workspace it builds from. (An agent keeps the first two per stream of jobs, as each
+/// job's workspace is new, and the records once for all streams.)
 pub fn cache_dir(workspace: &Path) -> PathBuf {
     workspace.join(context::STATE_DIR).join("cache")
 }
 
 impl Engine {
-    /// Builds `request.image` unless an image with the same build key exists. Build
-    /// output goes to `log` as it arrives. The image is labelled with its config name and
-    /// key only: it outlives the job and is shared by later ones.
+    /// Builds `request.image` unless the image its build key produced before is still in
+    /// the engine. Build output goes to `log` as it arrives. The image carries no job's
+    /// labels: it outlives the job and is shared by later ones.
     pub async fn build(
         &self,
         request: BuildRequest<'_>,
@@ -123,18 +125,10 @@ impl Engine {
             .cache_dir
             .join("manifests")
             .join(format!("{}.tsv", image.full_name.replace(['/', ':'], "_")));
-        let value = key.label_value();
-        let current = self.image_labels(&image.full_name).await?;
-        if !request.no_cache {
-            let tagged = current
-                .as_ref()
-                .filter(|(_, labels)| labels.get(LABEL_KEY) == Some(&value))
-                .map(|(id, _)| id.clone());
-            let found = match tagged {
-                Some(id) => Some(id),
-                None => self.image_with_label(&value, &image.full_name).await?,
-            };
-            if let Some(image_id) = found {
+        if !request.no_cache
+            && let Some(image_id) = request.records.image_for(&key.key)
+        {
+            if self.tag_if_present(&image_id, &image.full_name).await? {
                 log.note(format!(
                     "{} is up to date (build key {})",
                     image.full_name,
@@ -146,11 +140,12 @@ impl Engine {
                     key: key.key,
                 });
             }
+            request.records.forget(&key.key);
         }
-        let reason = match (&current, request.no_cache) {
-            (_, true) => "--no-cache".to_owned(),
-            (None, false) => "no earlier build".to_owned(),
-            (Some((_, labels)), false) => why_rebuilt(&key, labels, &manifest, &entries, &digests),
+        let reason = if request.no_cache {
+            "--no-cache".to_owned()
+        } else {
+            why_rebuilt(&key, &manifest, &entries, &digests)
         };
         log.note(format!("building {}: {reason}", image.full_name))
             .await;
@@ -162,15 +157,12 @@ impl Engine {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
 
-        let label = key.label_value();
-        let image_labels = HashMap::from([(LABEL_KEY, label.as_str())]);
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(DOCKERFILE_NAME)
             .t(&image.full_name)
             .rm(true)
             .forcerm(true)
             .nocache(request.no_cache)
-            .labels(&image_labels)
             .build();
         let mut stream =
             self.docker
@@ -248,7 +240,10 @@ impl Engine {
             Some(id) => id,
             None => self.image_id(&image.full_name).await?.unwrap_or_default(),
         };
-        if let Err(e) = write_manifest(&manifest, &entries, &digests) {
+        if let Err(e) = request.records.remember(&key.key, &image_id) {
+            tracing::warn!("cannot record the build of {}: {e}", image.full_name);
+        }
+        if let Err(e) = write_manifest(&manifest, &key, &entries, &digests) {
             tracing::warn!("cannot write {}: {e}", manifest.display());
         }
         Ok(BuildResult::Built {
@@ -258,49 +253,25 @@ impl Engine {
         })
     }
 
-    /// The id and labels of the image `reference` names, if any.
-    async fn image_labels(
-        &self,
-        reference: &str,
-    ) -> Result<Option<(String, HashMap<String, String>)>, DockerError> {
-        match self.docker.inspect_image(reference).await {
-            Ok(image) => Ok(Some((
-                image.id.unwrap_or_default(),
-                image.config.and_then(|c| c.labels).unwrap_or_default(),
-            ))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
+    /// Whether the engine still has image `image_id`; if so, `reference` is made to name
+    /// it (a later build may have taken the name).
+    async fn tag_if_present(&self, image_id: &str, reference: &str) -> Result<bool, DockerError> {
+        if self.image_id(reference).await?.as_deref() == Some(image_id) {
+            return Ok(true);
         }
-    }
-
-    /// Any image whose build-key label is `value` (listing images is slow with many of
-    /// them, so this is the fallback when the tagged image is another build); it is tagged
-    /// as `reference`.
-    async fn image_with_label(
-        &self,
-        value: &str,
-        reference: &str,
-    ) -> Result<Option<String>, DockerError> {
-        let filter = HashMap::from([("label", vec![format!("{LABEL_KEY}={value}")])]);
-        let options = ListImagesOptionsBuilder::default().filters(&filter).build();
-        let images = self
-            .docker
-            .list_images(Some(options))
-            .await
-            .map_err(DockerError::api("listing images"))?;
-        let Some(image_id) = images.into_iter().next().map(|i| i.id) else {
-            return Ok(None);
-        };
+        if self.image_id(image_id).await?.is_none() {
+            return Ok(false);
+        }
         let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
         let options = TagImageOptionsBuilder::default()
             .repo(repo)
             .tag(tag)
             .build();
         self.docker
-            .tag_image(&image_id, Some(options))
+            .tag_image(image_id, Some(options))
             .await
             .map_err(DockerError::api(format!("tagging {reference}")))?;
-        Ok(Some(image_id))
+        Ok(true)
     }
 
     pub async fn image_exists(&self, reference: &str) -> Result<bool, DockerError> {
@@ -316,18 +287,17 @@ impl Engine {
     }
 }
 
-/// Why the earlier build (the image under the same name, with these labels) is not this one.
+/// Why the last build of this image (as its manifest tells) cannot be reused.
 fn why_rebuilt(
     key: &BuildKey,
-    labels: &HashMap<String, String>,
     manifest: &Path,
     entries: &[context::Entry],
     digests: &[Option<String>],
 ) -> String {
-    let Some(earlier) = labels.get(LABEL_KEY) else {
-        return "the image under that name has no build key".to_owned();
+    let Some(earlier) = manifest_summary(manifest) else {
+        return "no earlier build".to_owned();
     };
-    let changed = key.changed_since(earlier);
+    let changed = key.changed_since(&earlier);
     if changed.is_empty() {
         return "the earlier build is gone".to_owned();
     }

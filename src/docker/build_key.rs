@@ -1,10 +1,11 @@
 //! The build key: a digest of everything that decides what an image build produces — the
 //! Dockerfile, the generated files, the context's files (names, modes, contents, link
 //! targets), the keys of the images it builds from, and the ids of its external base
-//! images as the engine has them now. An image labelled with the same key is that build.
+//! images as the engine has them now. The image a key built is found through
+//! [`super::build_records::BuildRecords`].
 //!
-//! Each part's digest is kept in the image's label too, and the context's file list in a
-//! manifest beside the digest cache, so a rebuild can say what changed.
+//! Each part's digest and the context's file list are kept in a manifest beside the digest
+//! cache, so a rebuild can say what changed since the last build of that image.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,7 +21,8 @@ use crate::collector::Build;
 /// Bumped whenever what goes into a key changes, so old images are never taken for new.
 const KEY_VERSION: &str = "dockhand-build-key-v1";
 
-pub const LABEL_KEY: &str = "dockhand.build-key";
+/// Starts the manifest line that holds the key and its parts.
+const SUMMARY_PREFIX: &str = "#key ";
 const PART_NAMES: [&str; 4] = [
     "the Dockerfile or a generated file",
     "a file in the context",
@@ -79,14 +81,12 @@ impl BuildKey {
         }
     }
 
-    /// The value of the image's one label: the key, then each part's digest. One label,
-    /// because the classic builder turns every label into a step of its own (three
-    /// seconds each for a 200 MB image here).
-    pub fn label_value(&self) -> String {
+    /// The key, then each part's digest: what a manifest keeps of the build.
+    fn summary(&self) -> String {
         format!("{} {}", self.key, self.parts.join(" "))
     }
 
-    /// Which parts differ from an earlier build's label value, in words.
+    /// Which parts differ from an earlier build's summary, in words.
     pub fn changed_since(&self, earlier: &str) -> Vec<&'static str> {
         let earlier_parts: Vec<&str> = earlier.split(' ').skip(1).collect();
         self.parts
@@ -110,9 +110,11 @@ fn manifest_line(entry: &Entry, digest: Option<&str>) -> String {
     }
 }
 
-/// Stores the context's file list after a build, for the next rebuild's explanation.
+/// Stores the key's parts and the context's file list after a build, for the next
+/// rebuild's explanation.
 pub fn write_manifest(
     path: &Path,
+    key: &BuildKey,
     entries: &[Entry],
     digests: &[Option<String>],
 ) -> io::Result<()> {
@@ -121,11 +123,19 @@ pub fn write_manifest(
     }
     let tmp = path.with_extension("tmp");
     let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
+    writeln!(out, "{SUMMARY_PREFIX}{}", key.summary())?;
     for (entry, digest) in entries.iter().zip(digests) {
         out.write_all(manifest_line(entry, digest.as_deref()).as_bytes())?;
     }
     out.into_inner().map_err(io::IntoInnerError::into_error)?;
     fs::rename(tmp, path)
+}
+
+/// The summary of the build a manifest describes, for [`BuildKey::changed_since`].
+pub fn manifest_summary(path: &Path) -> Option<String> {
+    let file = fs::File::open(path).ok()?;
+    let first = io::BufRead::lines(io::BufReader::new(file)).next()?.ok()?;
+    first.strip_prefix(SUMMARY_PREFIX).map(str::to_owned)
 }
 
 /// The files that differ from the last build's manifest: `changed a.txt, added b.txt, …`.
@@ -282,7 +292,8 @@ mod tests {
             file("gone", 0o644),
         ];
         let digests = vec![Some("1".into()), Some("2".into()), Some("3".into())];
-        write_manifest(&manifest, &before, &digests).unwrap();
+        let earlier = BuildKey::new(&build(), &before, &digests, &[], &[]);
+        write_manifest(&manifest, &earlier, &before, &digests).unwrap();
         let after = vec![
             file("keep", 0o644),
             file("edit", 0o644),
@@ -294,5 +305,10 @@ mod tests {
             Some("changed edit, added new file, removed gone")
         );
         assert_eq!(file_changes(&manifest, &before, &digests), None);
+
+        let summary = manifest_summary(&manifest).unwrap();
+        assert!(earlier.changed_since(&summary).is_empty());
+        let now_key = BuildKey::new(&build(), &after, &now, &[], &[]);
+        assert_eq!(now_key.changed_since(&summary), ["a file in the context"]);
     }
 }

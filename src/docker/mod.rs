@@ -3,6 +3,7 @@
 
 mod build;
 mod build_key;
+mod build_records;
 mod client;
 mod container;
 pub mod context;
@@ -14,6 +15,7 @@ mod wait;
 pub use wait::Readiness;
 
 pub use build::{BuildRequest, BuildResult, cache_dir};
+pub use build_records::BuildRecords;
 pub use client::Engine;
 pub use container::{ContainerSpec, ExitStatus, Leftovers};
 pub use digests::{DigestCache, hex};

@@ -15,7 +15,8 @@ use super::policy::MountPolicy;
 use super::task::run_task;
 use crate::collector::Config;
 use crate::docker::{
-    BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner, labels,
+    BuildRecords, BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner,
+    labels,
 };
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
@@ -43,6 +44,8 @@ pub struct ExecutorOptions {
     pub workspace: PathBuf,
     /// The digest cache and build manifests (see [`crate::docker::cache_dir`]).
     pub cache_dir: PathBuf,
+    /// Which image each build key produced (see [`crate::docker::BuildRecords`]).
+    pub build_records: PathBuf,
     pub allow_host_mounts: Vec<PathBuf>,
     pub allow_docker_socket: bool,
     /// Stages of one kind running at once.
@@ -464,6 +467,7 @@ async fn build_stage(
         image,
         workspace: &options.workspace,
         cache_dir: &options.cache_dir,
+        records: &BuildRecords::new(&options.build_records),
         dependency_keys,
         digests,
         no_cache: options.no_cache,
