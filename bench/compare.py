@@ -131,11 +131,24 @@ def big_context(runs, work):
             f.write(f"FROM {BASE}\nCOPY src /src\nENV RUN_ID=x{runs_so_far[0]}\n")
         return timed(["sh", "-c", "docker build -q -f Dockerfile.changed -t bench-context-cli2 . >/dev/null"], cwd=d)
 
+    edits = [0]
+
+    def edited(run):
+        # One file gets content no earlier run had, so the COPY step runs again for both.
+        def contender():
+            edits[0] += 1
+            with open(os.path.join(d, "src", "d000", "f00000.dat"), "wb") as f:
+                f.write(block + edits[0].to_bytes(4, "little"))
+            return run()
+        return contender
+
     return measure(f"a 20,000-file context ({size} MB)", runs, [
         ("dockhand build, unchanged re-run", lambda: timed(dockhand, cwd=d, env={**os.environ, "RUN_ID": "0"})),
         ("dockhand build, first run (last step changed, no digest cache)", first_run),
         ("docker build -q, every step cached", sh("docker build -q -t bench-context-cli . >/dev/null", cwd=d)),
         ("docker build -q, last step changed", docker_changed),
+        ("dockhand build, one file changed (COPY runs)", edited(lambda: timed(dockhand, cwd=d, env={**os.environ, "RUN_ID": "0"}))),
+        ("docker build -q, one file changed (COPY runs)", edited(sh("docker build -q -t bench-context-cli . >/dev/null", cwd=d))),
     ])
 
 

@@ -287,3 +287,91 @@ commands:
         ]
     );
 }
+
+#[test]
+fn a_packed_directory_arrives_exactly_as_a_copied_one() {
+    // `packed` has COPY lines dockhand sends as one archive each; `copied` says the same in
+    // the JSON form, which it leaves alone. Both must put the same files in place.
+    let steps = |copy_new: &str, copy_existing: &str| {
+        format!(
+            r#"
+    context: {{exclude: [config.yml]}}
+    commands:
+      - FROM dockhand/busybox:local
+      - RUN mkdir -p /existing && chown 1000:1000 /existing && chmod 750 /existing
+      - '{copy_new}'
+      - '{copy_existing}'"#
+        )
+    };
+    let project = Project::new(&format!(
+        "image_name_prefix: t-pack\nimages:\n  packed:{}\n  copied:{}\n",
+        steps("COPY tree /new", "COPY tree2/ /existing"),
+        steps(
+            r#"COPY ["tree", "/new"]"#,
+            r#"COPY ["tree2/", "/existing"]"#
+        ),
+    ));
+    let long = format!("{}/{}.txt", "d".repeat(60), "n".repeat(80));
+    for (path, body) in [
+        ("tree/a.txt", "a\n"),
+        ("tree/run.sh", "#!/bin/sh\n"),
+        ("tree/private/key", "k\n"),
+        ("tree/with space/ünï.txt", "u\n"),
+        (&format!("tree/{long}"), "long\n"),
+        ("tree2/b.txt", "b\n"),
+        ("tree2/sub/c.txt", "c\n"),
+    ] {
+        project.write(path, body);
+    }
+    let root = project.path();
+    let chmod = |path: &str, mode: u32| {
+        std::fs::set_permissions(
+            root.join(path),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+    };
+    chmod("tree/run.sh", 0o755);
+    chmod("tree/private/key", 0o600);
+    chmod("tree/private", 0o700);
+    chmod("tree2/sub", 0o775);
+    std::fs::create_dir(root.join("tree/empty")).unwrap();
+    std::os::unix::fs::symlink("../a.txt", root.join("tree/private/link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("tree2/abs")).unwrap();
+
+    let shown = project.run(&["dockerfile", "packed"]);
+    assert!(
+        shown
+            .stdout
+            .contains("ADD __dockhand_pack_0.tar /new\nADD __dockhand_pack_1.tar /existing\n"),
+        "`dockhand dockerfile` must show what is sent:\n{shown}"
+    );
+
+    let run = project.run(&["build"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let notes = |image: &str| run.stage("build", image)["message"].to_string() + &run.log();
+    assert!(
+        notes("packed").contains("packed in archives"),
+        "nothing was packed:\n{run}"
+    );
+
+    let listing = |image: &str| {
+        in_image(
+            &format!("t-pack-{image}:latest"),
+            &[
+                "sh",
+                "-c",
+                "stat -c '%n %a %u %g %F' /new /existing; cd / && \
+                 find new existing -mindepth 1 -exec stat -c '%n %a %u %g %s %Y %F' {} + | sort; \
+                 find new existing -type l -exec readlink {} + | sort; \
+                 find new existing -type f -exec md5sum {} + | sort",
+            ],
+        )
+    };
+    let packed = listing("packed");
+    assert!(
+        packed.contains(&long) && packed.contains("ünï.txt"),
+        "{packed}"
+    );
+    assert_eq!(packed, listing("copied"));
+}

@@ -2,6 +2,8 @@
 
 use super::{exit, output};
 use crate::collector::{Collected, closest};
+use crate::docker::context::dockerfile_as_sent;
+use crate::job::workspace_root;
 
 pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
     let config = &collected.config;
@@ -20,7 +22,14 @@ pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
     };
     match images.get(image) {
         Some(image) => {
-            output::print(&image.build.dockerfile);
+            let workspace = workspace_root(&config.config_root);
+            match dockerfile_as_sent(&image.build, &workspace) {
+                Ok(dockerfile) => output::print(&dockerfile),
+                Err(e) => {
+                    eprintln!("note: shown as generated, before packing: {e}");
+                    output::print(&image.build.dockerfile);
+                }
+            }
             exit::SUCCESS
         }
         None => {

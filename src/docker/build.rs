@@ -213,8 +213,13 @@ impl Engine {
         match writer.await {
             Ok(Ok(stats)) => {
                 let megabytes = stats.bytes as f64 / 1e6;
+                let packed = if stats.packed > 0 {
+                    format!(" ({} of them packed in archives)", stats.packed)
+                } else {
+                    String::new()
+                };
                 log.note(format!(
-                    "sent a context of {} entries, {megabytes:.1} MB",
+                    "sent a context of {} entries, {megabytes:.1} MB{packed}",
                     stats.entries
                 ))
                 .await;

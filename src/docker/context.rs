@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::ignore::{PatternError, PatternSet};
+use super::pack;
 use crate::collector::{Build, Context};
 
 /// The generated Dockerfile's name inside the context; no user file is called this.
@@ -74,11 +75,21 @@ impl Stamp {
 }
 
 /// What was sent besides the Dockerfile and generated files: entries (files, directories,
-/// links) and the bytes of the files.
+/// links), the bytes of the files, and how many entries went inside packed archives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContextStats {
     pub entries: u64,
     pub bytes: u64,
+    pub packed: u64,
+}
+
+impl ContextStats {
+    fn count(&mut self, entry: &Entry) {
+        self.entries += 1;
+        if let EntryKind::File { stamp, .. } = &entry.kind {
+            self.bytes += stamp.size;
+        }
+    }
 }
 
 /// The files of a context directory that are sent, in order: not git-ignored (when
@@ -226,12 +237,20 @@ pub fn entries(build: &Build, boundary: &Path) -> Result<Vec<Entry>, ContextErro
     Ok(out)
 }
 
-/// Writes the tar of `build`'s context into `tx` in chunks. Runs on a blocking thread.
+/// The Dockerfile as it is sent: the generated one, with the lines of packed directories
+/// rewritten (see [`pack`]).
+pub fn dockerfile_as_sent(build: &Build, boundary: &Path) -> Result<String, ContextError> {
+    Ok(pack::plan(&build.dockerfile, &entries(build, boundary)?).dockerfile)
+}
+
+/// Writes the tar of `build`'s context into `tx` in chunks, with the directories
+/// [`pack::plan`] chooses sent as archives of their own. Runs on a blocking thread.
 pub fn write(
     build: &Build,
     entries: &[Entry],
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<ContextStats, ContextError> {
+    let packing = pack::plan(&build.dockerfile, entries);
     let mut tar = tar::Builder::new(ChunkWriter {
         buf: Vec::with_capacity(CHUNK),
         tx,
@@ -241,70 +260,137 @@ pub fn write(
     append_bytes(
         &mut tar,
         DOCKERFILE_NAME,
-        build.dockerfile.as_bytes(),
+        packing.dockerfile.as_bytes(),
         0o644,
     )
     .map_err(aborted)?;
     for file in &build.generated_files {
         append_bytes(&mut tar, &file.name, file.contents.as_bytes(), file.mode).map_err(aborted)?;
     }
-    for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        match &entry.kind {
-            EntryKind::File { mode, stamp } => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(stamp.size);
-                header.set_mode(*mode);
-                let read_err = |source| ContextError::Read {
-                    path: entry.source.clone(),
-                    source,
-                };
-                let file = fs::File::open(&entry.source).map_err(read_err)?;
-                if Stamp::of(&file.metadata().map_err(read_err)?) != *stamp {
-                    return Err(ContextError::Changed {
-                        path: entry.source.clone(),
-                    });
-                }
-                let mut reader = Exact {
-                    inner: file,
-                    left: stamp.size,
-                };
-                tar.append_data(&mut header, &entry.name, &mut reader)
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof => ContextError::Changed {
-                            path: entry.source.clone(),
-                        },
-                        io::ErrorKind::BrokenPipe => ContextError::Aborted,
-                        _ => ContextError::Read {
-                            path: entry.source.clone(),
-                            source: e,
-                        },
-                    })?;
-                stats.bytes += stamp.size;
-            }
-            EntryKind::Dir { mode } => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_size(0);
-                header.set_mode(*mode);
-                tar.append_data(&mut header, format!("{}/", entry.name), io::empty())
-                    .map_err(aborted)?;
-            }
-            EntryKind::Symlink { target } => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_size(0);
-                header.set_mode(0o777);
-                tar.append_link(&mut header, &entry.name, target)
-                    .map_err(aborted)?;
-            }
+    for entry in entries.iter().filter(|e| packing.pack_of(e).is_none()) {
+        append_entry(&mut tar, &entry.name, entry, Contents::Read)?;
+        stats.count(entry);
+    }
+    for pack in &packing.packs {
+        let prefix = format!("{}/", pack.dir);
+        let members: Vec<(&str, &Entry)> = entries
+            .iter()
+            .filter_map(|e| Some((e.name.strip_prefix(&prefix)?, e)))
+            .collect();
+        let size = archive(io::sink(), &members, Contents::Zeros)?;
+        let mut header = file_header(size, 0o644);
+        header.set_path(&pack.file).map_err(aborted)?;
+        header.set_cksum();
+        tar.get_mut()
+            .write_all(header.as_bytes())
+            .map_err(aborted)?;
+        if archive(tar.get_mut(), &members, Contents::Read)? != size {
+            return Err(ContextError::Changed {
+                path: members
+                    .first()
+                    .map(|(_, e)| e.source.clone())
+                    .unwrap_or_default(),
+            });
         }
-        stats.entries += 1;
+        for (_, entry) in &members {
+            stats.count(entry);
+        }
+        stats.packed += members.len() as u64;
     }
     let mut writer = tar.into_inner().map_err(aborted)?;
     writer.flush().map_err(aborted)?;
     Ok(stats)
+}
+
+/// Where file contents come from: the files, or zeros of the same length to learn an
+/// archive's size before sending it.
+#[derive(Clone, Copy)]
+enum Contents {
+    Read,
+    Zeros,
+}
+
+/// Writes `members` (name in the archive, entry) as a tar into `out`; returns its length.
+fn archive<W: Write>(
+    out: W,
+    members: &[(&str, &Entry)],
+    contents: Contents,
+) -> Result<u64, ContextError> {
+    let mut tar = tar::Builder::new(Counting {
+        inner: out,
+        written: 0,
+    });
+    for (name, entry) in members {
+        append_entry(&mut tar, name, entry, contents)?;
+    }
+    Ok(tar.into_inner().map_err(|_| ContextError::Aborted)?.written)
+}
+
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    entry: &Entry,
+    contents: Contents,
+) -> Result<(), ContextError> {
+    let aborted = |_| ContextError::Aborted;
+    match &entry.kind {
+        EntryKind::File { mode, stamp } => {
+            let mut header = file_header(stamp.size, *mode);
+            let read_err = |source| ContextError::Read {
+                path: entry.source.clone(),
+                source,
+            };
+            let mut reader: Box<dyn Read> = match contents {
+                Contents::Zeros => Box::new(io::repeat(0).take(stamp.size)),
+                Contents::Read => {
+                    let file = fs::File::open(&entry.source).map_err(read_err)?;
+                    if Stamp::of(&file.metadata().map_err(read_err)?) != *stamp {
+                        return Err(ContextError::Changed {
+                            path: entry.source.clone(),
+                        });
+                    }
+                    Box::new(Exact {
+                        inner: file,
+                        left: stamp.size,
+                    })
+                }
+            };
+            tar.append_data(&mut header, name, &mut reader)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => ContextError::Changed {
+                        path: entry.source.clone(),
+                    },
+                    io::ErrorKind::BrokenPipe => ContextError::Aborted,
+                    _ => ContextError::Read {
+                        path: entry.source.clone(),
+                        source: e,
+                    },
+                })
+        }
+        EntryKind::Dir { mode } => {
+            let mut header = file_header(0, *mode);
+            header.set_entry_type(tar::EntryType::Directory);
+            tar.append_data(&mut header, format!("{name}/"), io::empty())
+                .map_err(aborted)
+        }
+        EntryKind::Symlink { target } => {
+            let mut header = file_header(0, 0o777);
+            header.set_entry_type(tar::EntryType::Symlink);
+            tar.append_link(&mut header, name, target).map_err(aborted)
+        }
+    }
+}
+
+/// A regular file's header: owned by root, mtime 0, `mode` kept.
+fn file_header(size: u64, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
 }
 
 fn append_bytes<W: Write>(
@@ -313,14 +399,25 @@ fn append_bytes<W: Write>(
     data: &[u8],
     mode: u32,
 ) -> io::Result<()> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(data.len() as u64);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    tar.append_data(&mut header, name, data)
+    tar.append_data(&mut file_header(data.len() as u64, mode), name, data)
+}
+
+/// Counts what passes through.
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Reads exactly `left` bytes, failing if the file ends early (it changed under us) and

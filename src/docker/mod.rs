@@ -10,6 +10,7 @@ pub mod context;
 mod digests;
 pub mod ignore;
 pub mod labels;
+mod pack;
 mod wait;
 
 pub use wait::Readiness;
