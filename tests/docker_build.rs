@@ -303,14 +303,30 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
       - '{copy_existing}'"#
         )
     };
+    // The whole context, whose .dockerignore makes the engine drop the Dockerfile.
+    let whole = |copy: &str| {
+        format!(
+            r#"
+    context: {{parent_dir: whole}}
+    commands:
+      - FROM dockhand/busybox:local
+      - '{copy}'"#
+        )
+    };
     let project = Project::new(&format!(
-        "image_name_prefix: t-pack\nimages:\n  packed:{}\n  copied:{}\n",
+        "image_name_prefix: t-pack\nimages:\n  packed:{}\n  copied:{}\n  packed-root:{}\n  copied-root:{}\n",
         steps("COPY tree /new", "COPY tree2/ /existing"),
         steps(
             r#"COPY ["tree", "/new"]"#,
             r#"COPY ["tree2/", "/existing"]"#
         ),
+        whole("COPY . /new"),
+        whole(r#"COPY [".", "/new"]"#),
     ));
+    project.write("whole/a.txt", "a\n");
+    project.write("whole/x.log", "left out\n");
+    project.write("whole/sub/b.txt", "b\n");
+    project.write("whole/.dockerignore", "*.log\n__dockhand_Dockerfile\n");
     let long = format!("{}/{}.txt", "d".repeat(60), "n".repeat(80));
     for (path, body) in [
         ("tree/a.txt", "a\n"),
@@ -374,4 +390,26 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
         "{packed}"
     );
     assert_eq!(packed, listing("copied"));
+
+    let shown = project.run(&["dockerfile", "packed-root"]);
+    assert!(
+        shown.stdout.contains("ADD __dockhand_pack_0.tar /new\n"),
+        "{shown}"
+    );
+    let root = in_image("t-pack-packed-root:latest", &["find", "/new"]);
+    assert!(
+        root.contains("/new/sub/b.txt") && !root.contains("x.log") && !root.contains("__dockhand"),
+        "{root}"
+    );
+    let listing = |image: &str| {
+        in_image(
+            &format!("t-pack-{image}:latest"),
+            &[
+                "sh",
+                "-c",
+                "cd / && find new -mindepth 1 -exec stat -c '%n %a %u %g %s %Y %F' {} + | sort",
+            ],
+        )
+    };
+    assert_eq!(listing("packed-root"), listing("copied-root"));
 }

@@ -272,11 +272,7 @@ pub fn write(
         stats.count(entry);
     }
     for pack in &packing.packs {
-        let prefix = format!("{}/", pack.dir);
-        let members: Vec<(&str, &Entry)> = entries
-            .iter()
-            .filter_map(|e| Some((e.name.strip_prefix(&prefix)?, e)))
-            .collect();
+        let members = pack_members(build, entries, pack)?;
         let size = archive(io::sink(), &members, Contents::Zeros)?;
         let mut header = file_header(size, 0o644);
         header.set_path(&pack.file).map_err(aborted)?;
@@ -286,16 +282,15 @@ pub fn write(
             .map_err(aborted)?;
         if archive(tar.get_mut(), &members, Contents::Read)? != size {
             return Err(ContextError::Changed {
-                path: members
-                    .first()
-                    .map(|(_, e)| e.source.clone())
-                    .unwrap_or_default(),
+                path: PathBuf::from(&pack.dir),
             });
         }
-        for (_, entry) in &members {
-            stats.count(entry);
+        for member in &members {
+            if let Member::Entry(_, entry) = member {
+                stats.count(entry);
+                stats.packed += 1;
+            }
         }
-        stats.packed += members.len() as u64;
     }
     let mut writer = tar.into_inner().map_err(aborted)?;
     writer.flush().map_err(aborted)?;
@@ -310,18 +305,84 @@ enum Contents {
     Zeros,
 }
 
-/// Writes `members` (name in the archive, entry) as a tar into `out`; returns its length.
+/// One thing in a packed archive, under its name there.
+enum Member<'a> {
+    Entry(&'a str, &'a Entry),
+    Bytes(&'a str, &'a [u8], u32),
+}
+
+/// What `pack` holds: its directory's entries, named relative to it; for the whole context
+/// also the Dockerfile and generated files, as the engine would have had them when the
+/// line ran.
+fn pack_members<'a>(
+    build: &'a Build,
+    entries: &'a [Entry],
+    pack: &pack::Pack,
+) -> Result<Vec<Member<'a>>, ContextError> {
+    if !pack.dir.is_empty() {
+        let prefix = format!("{}/", pack.dir);
+        return Ok(entries
+            .iter()
+            .filter_map(|e| Some(Member::Entry(e.name.strip_prefix(&prefix)?, e)))
+            .collect());
+    }
+    let mut members = Vec::new();
+    if !engine_drops_dockerfile(entries)? {
+        members.push(Member::Bytes(
+            DOCKERFILE_NAME,
+            build.dockerfile.as_bytes(),
+            0o644,
+        ));
+    }
+    for file in &build.generated_files {
+        members.push(Member::Bytes(
+            &file.name,
+            file.contents.as_bytes(),
+            file.mode,
+        ));
+    }
+    members.extend(entries.iter().map(|e| Member::Entry(&e.name, e)));
+    Ok(members)
+}
+
+/// The engine deletes the Dockerfile from a context whose `.dockerignore` names it, after
+/// reading it: a `COPY .` then does not copy it.
+fn engine_drops_dockerfile(entries: &[Entry]) -> Result<bool, ContextError> {
+    let Some(ignore_file) = entries
+        .iter()
+        .find(|e| e.name == ".dockerignore" && matches!(e.kind, EntryKind::File { .. }))
+    else {
+        return Ok(false);
+    };
+    let path = &ignore_file.source;
+    let text = fs::read_to_string(path).map_err(|source| ContextError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let patterns = PatternSet::dockerignore(&text).map_err(|source| ContextError::Pattern {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(patterns.matches(DOCKERFILE_NAME))
+}
+
+/// Writes `members` as a tar into `out`; returns its length.
 fn archive<W: Write>(
     out: W,
-    members: &[(&str, &Entry)],
+    members: &[Member<'_>],
     contents: Contents,
 ) -> Result<u64, ContextError> {
     let mut tar = tar::Builder::new(Counting {
         inner: out,
         written: 0,
     });
-    for (name, entry) in members {
-        append_entry(&mut tar, name, entry, contents)?;
+    for member in members {
+        match member {
+            Member::Entry(name, entry) => append_entry(&mut tar, name, entry, contents)?,
+            Member::Bytes(name, data, mode) => {
+                append_bytes(&mut tar, name, data, *mode).map_err(|_| ContextError::Aborted)?;
+            }
+        }
     }
     Ok(tar.into_inner().map_err(|_| ContextError::Aborted)?.written)
 }

@@ -7,10 +7,13 @@
 //! a file costs it ~0.7 ms here: 14 s for 20,000 files, most of a build whose steps are
 //! all cached. One archive is one file.
 //!
+//! `COPY . dest` packs the whole context, the Dockerfile and generated files included, as
+//! the engine would have copied them.
+//!
 //! Anything this does not fully understand keeps the Dockerfile as it is: JSON-form or
 //! multi-line ADD/COPY, variables, heredocs, flags other than `--from`, wildcards or
-//! sources that overlap the directory, the context root itself, empty directories, and
-//! whiteout-named files (which unpacking would treat as deletions).
+//! sources that overlap the directory, empty directories, and whiteout-named files (which
+//! unpacking would treat as deletions).
 
 use super::context::{Entry, EntryKind};
 
@@ -27,7 +30,8 @@ pub struct Packing {
 /// One directory of the context sent as one archive.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pack {
-    /// The directory's path in the context, `/`-separated, without a trailing `/`.
+    /// The directory's path in the context, `/`-separated, without a trailing `/`; empty
+    /// for the whole context.
     pub dir: String,
     /// The archive's name in the context.
     pub file: String,
@@ -37,10 +41,11 @@ impl Packing {
     /// The pack that holds `entry`, or replaces it (the packed directory itself).
     pub fn pack_of(&self, entry: &Entry) -> Option<&Pack> {
         self.packs.iter().find(|p| {
-            entry
-                .name
-                .strip_prefix(&p.dir)
-                .is_some_and(|rest| rest.starts_with('/') || rest.is_empty())
+            p.dir.is_empty()
+                || entry
+                    .name
+                    .strip_prefix(&p.dir)
+                    .is_some_and(|rest| rest.starts_with('/') || rest.is_empty())
         })
     }
 }
@@ -171,9 +176,7 @@ fn read(dockerfile: &str) -> Option<(Vec<Source>, Vec<Candidate>)> {
                 None => Source::Path(path),
             });
         }
-        if let ([Source::Path(dir)], true) = (line_sources.as_slice(), flags.is_empty())
-            && !dir.is_empty()
-        {
+        if let ([Source::Path(dir)], true) = (line_sources.as_slice(), flags.is_empty()) {
             candidates.push(Candidate {
                 line: number,
                 dir: dir.clone(),
@@ -210,12 +213,18 @@ fn overlaps(a: &str, b: &str) -> bool {
     within(a, b) || within(b, a)
 }
 
-/// A real directory of the context with something in it and no whiteout-named file.
+/// A real directory of the context (or the context itself) with something in it and no
+/// whiteout-named file.
 fn packable(dir: &str, entries: &[Entry]) -> bool {
-    let is_dir = entries
-        .iter()
-        .any(|e| e.name == dir && matches!(e.kind, EntryKind::Dir { .. }));
-    let prefix = format!("{dir}/");
+    let is_dir = dir.is_empty()
+        || entries
+            .iter()
+            .any(|e| e.name == dir && matches!(e.kind, EntryKind::Dir { .. }));
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
     let mut inside = entries.iter().filter(|e| e.name.starts_with(&prefix));
     let mut any = false;
     let clean = inside.all(|e| {
@@ -309,7 +318,7 @@ mod tests {
             "FROM b\nCOPY empty /e\n",
             "FROM b\nCOPY f /f\n",
             "FROM b\nCOPY missing /m\n",
-            "FROM b\nCOPY . /all\n",
+            "FROM b\nCOPY . /all\nADD __dockhand_file_1 /x\n",
         ] {
             let packing = plan(dockerfile, &entries_clean);
             assert_eq!(packing.packs, [], "{dockerfile:?}");
@@ -320,6 +329,8 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(packed("FROM b\nCOPY src /a\n", &entries_clean), ["src"]);
+        assert_eq!(packed("FROM b\nCOPY ./ /all\n", &entries_clean), [""]);
+        assert!(packed("FROM b\nCOPY . /all\n", &entries).is_empty());
         assert_eq!(
             packed(
                 "FROM b\nRUN echo \\\n  COPY f /x\nCOPY src /a\n",
