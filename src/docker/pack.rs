@@ -50,15 +50,6 @@ impl Packing {
     }
 }
 
-/// A context path an ADD/COPY line reads.
-#[derive(Debug)]
-enum Source {
-    /// This path and everything under it.
-    Path(String),
-    /// A pattern: anything under this literal prefix may be read.
-    Pattern(String),
-}
-
 /// An ADD/COPY line that could be packed.
 struct Candidate {
     line: usize,
@@ -77,11 +68,11 @@ pub fn plan(dockerfile: &str, entries: &[Entry]) -> Packing {
     };
     let mut chosen: Vec<Candidate> = Vec::new();
     for candidate in candidates {
-        let reads_it = sources.iter().filter(|s| match s {
-            Source::Path(p) => overlaps(p, &candidate.dir),
-            Source::Pattern(prefix) => overlaps(prefix, &candidate.dir),
-        });
-        if reads_it.count() == 1 && packable(&candidate.dir, entries) {
+        let readers = sources
+            .iter()
+            .filter(|s| overlaps(s, &candidate.dir))
+            .count();
+        if readers == 1 && packable(&candidate.dir, entries) {
             chosen.push(candidate);
         }
     }
@@ -108,16 +99,18 @@ pub fn plan(dockerfile: &str, entries: &[Entry]) -> Packing {
     }
 }
 
-/// Every context source the Dockerfile reads, and the lines that could be packed; `None`
-/// when some line cannot be read with certainty.
-fn read(dockerfile: &str) -> Option<(Vec<Source>, Vec<Candidate>)> {
+/// What the Dockerfile's ADD/COPY lines can read from the context (a path reaches
+/// everything under it; a pattern, everything under its literal prefix), and the lines
+/// that could be packed; `None` when some line cannot be read with certainty.
+fn read(dockerfile: &str) -> Option<(Vec<String>, Vec<Candidate>)> {
     let mut sources = Vec::new();
     let mut candidates = Vec::new();
     let mut continued = false;
     for (number, line) in dockerfile.lines().enumerate() {
         let trimmed = line.trim();
-        let starts = !continued;
-        continued = trimmed.ends_with('\\');
+        if trimmed.is_empty() {
+            continue;
+        }
         if let Some(comment) = trimmed.strip_prefix('#') {
             if comment
                 .trim_start()
@@ -128,10 +121,10 @@ fn read(dockerfile: &str) -> Option<(Vec<Source>, Vec<Candidate>)> {
             }
             continue;
         }
+        let starts = !continued;
+        continued = trimmed.ends_with('\\');
         let mut words = trimmed.split_whitespace();
-        let Some(keyword) = words.next() else {
-            continue;
-        };
+        let keyword = words.next().unwrap_or_default();
         let copies = ["ADD", "COPY"]
             .iter()
             .any(|k| keyword.eq_ignore_ascii_case(k));
@@ -158,6 +151,7 @@ fn read(dockerfile: &str) -> Option<(Vec<Source>, Vec<Candidate>)> {
             continue;
         };
         let mut line_sources = Vec::new();
+        let mut exact = true;
         for path in paths {
             if path.contains(['$', '\\']) || path.starts_with("<<") {
                 return None;
@@ -167,16 +161,17 @@ fn read(dockerfile: &str) -> Option<(Vec<Source>, Vec<Candidate>)> {
             }
             let path = normalize(path)?;
             line_sources.push(match path.find(['*', '?', '[']) {
-                Some(at) => Source::Pattern(
+                Some(at) => {
+                    exact = false;
                     path[..at]
                         .rsplit_once('/')
                         .map_or("", |(dir, _)| dir)
-                        .to_owned(),
-                ),
-                None => Source::Path(path),
+                        .to_owned()
+                }
+                None => path,
             });
         }
-        if let ([Source::Path(dir)], true) = (line_sources.as_slice(), flags.is_empty()) {
+        if let ([dir], true) = (line_sources.as_slice(), exact && flags.is_empty()) {
             candidates.push(Candidate {
                 line: number,
                 dir: dir.clone(),
@@ -338,6 +333,8 @@ mod tests {
             ),
             ["src"]
         );
+        let continued = "FROM b\nRUN echo \\\n# a comment\n\n  COPY src /x\n";
+        assert_eq!(plan(continued, &entries_clean).dockerfile, continued);
         assert_eq!(
             packed(
                 "FROM b\nADD https://example.com/x /x\nCOPY src /a\n",
