@@ -232,6 +232,14 @@ impl<W: Write + Send> Sink for Console<W> {
             }
         }
         self.draw_status(record)?;
+        if matches!(event, Event::Log { .. }) {
+            Ok(())
+        } else {
+            self.out.flush()
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }

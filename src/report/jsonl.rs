@@ -38,4 +38,8 @@ impl<W: Write + Send> Sink for JsonLines<W> {
         }
         Ok(())
     }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -11,11 +12,22 @@ use super::mask::Masker;
 use super::record::JobRecord;
 use crate::events::{Event, LogStream};
 
+/// How long output may wait in a sink's buffer: sinks are flushed when events pause this
+/// long, and at least this often while they keep coming.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 /// Something that reports a job. `Event::Log` carries whole lines only (one or more, each
 /// ending in `\n`); a stage's unfinished last line arrives, terminated, before its
 /// `StageFinished`.
 pub trait Sink: Send {
+    /// Output may stay buffered until [`Sink::flush`]: flushing every batch of a chatty
+    /// task costs a write call per sink each time.
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()>;
+
+    /// Writes out buffered output (see [`FLUSH_EVERY`]).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs until the sender side closes; returns the final record. Secrets are masked here,
@@ -30,24 +42,30 @@ pub fn report(
     let mut record = JobRecord::default();
     let mut partial: HashMap<(usize, LogStream), BytesMut> = HashMap::new();
     let deliver = |event: &Event, record: &JobRecord, sinks: &mut Vec<Box<dyn Sink>>| {
-        sinks.retain_mut(|sink| {
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                sink.event(event, record)
-            }));
-            match delivered {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    tracing::error!("a report sink failed and was dropped: {e}");
-                    false
-                }
-                Err(_) => {
-                    tracing::error!("a report sink panicked and was dropped");
-                    false
-                }
-            }
-        });
+        each_sink(sinks, |sink| sink.event(event, record));
     };
-    while let Some(event) = rx.blocking_recv() {
+    // Inside the runtime (always, but in unit tests) a receive can time out, which is when
+    // sinks are flushed; the runtime's own thread drives the timer.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let mut flushed = Instant::now();
+    loop {
+        let received = match &runtime {
+            Some(handle) => handle.block_on(tokio::time::timeout(FLUSH_EVERY, rx.recv())),
+            None => Ok(rx.blocking_recv()),
+        };
+        let event = match received {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(_paused) => {
+                each_sink(&mut sinks, |sink| sink.flush());
+                flushed = Instant::now();
+                continue;
+            }
+        };
+        if flushed.elapsed() >= FLUSH_EVERY {
+            each_sink(&mut sinks, |sink| sink.flush());
+            flushed = Instant::now();
+        }
         match event {
             Event::Log {
                 stage,
@@ -107,7 +125,28 @@ pub fn report(
             }
         }
     }
+    each_sink(&mut sinks, |sink| sink.flush());
     record
+}
+
+/// Runs `action` on every sink, dropping (once reported) a sink that fails or panics.
+fn each_sink(
+    sinks: &mut Vec<Box<dyn Sink>>,
+    mut action: impl FnMut(&mut Box<dyn Sink>) -> io::Result<()>,
+) {
+    sinks.retain_mut(|sink| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action(sink))) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!("a report sink failed and was dropped: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::error!("a report sink panicked and was dropped");
+                false
+            }
+        }
+    });
 }
 
 fn mask_message(mut event: Event, masker: &Masker) -> Event {

@@ -133,9 +133,7 @@ impl ResultsDir {
         if let Some(file) = &mut self.stage_files[stage] {
             file.write_all(bytes)?;
         }
-        // log.txt is read while it grows (the job server's uploader tails it); events
-        // arrive in batches, so this is one write per batch, not per line.
-        self.log.flush()
+        Ok(())
     }
 
     fn write_result(&mut self, record: &JobRecord) -> io::Result<()> {
@@ -186,6 +184,11 @@ impl Sink for ResultsDir {
             Event::JobFinished { .. } => self.write_result(record),
             Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
         }
+    }
+
+    /// log.txt is read while it grows: the job server's uploader tails it.
+    fn flush(&mut self) -> io::Result<()> {
+        self.log.flush()
     }
 }
 
