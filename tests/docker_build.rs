@@ -303,7 +303,8 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
       - '{copy_existing}'"#
         )
     };
-    // The whole context, whose .dockerignore makes the engine drop the Dockerfile.
+    // The whole context: `whole`'s .dockerignore makes the engine drop the Dockerfile,
+    // `bare` has none.
     let whole = |copy: &str| {
         format!(
             r#"
@@ -314,7 +315,7 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
         )
     };
     let project = Project::new(&format!(
-        "image_name_prefix: t-pack\nimages:\n  packed:{}\n  copied:{}\n  packed-root:{}\n  copied-root:{}\n",
+        "image_name_prefix: t-pack\nimages:\n  packed:{}\n  copied:{}\n  packed-root:{}\n  copied-root:{}\n  packed-bare:{}\n",
         steps("COPY tree /new", "COPY tree2/ /existing"),
         steps(
             r#"COPY ["tree", "/new"]"#,
@@ -322,7 +323,9 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
         ),
         whole("COPY . /new"),
         whole(r#"COPY [".", "/new"]"#),
+        whole("COPY . /new").replace("parent_dir: whole", "parent_dir: bare"),
     ));
+    project.write("bare/c.txt", "c\n");
     project.write("whole/a.txt", "a\n");
     project.write("whole/x.log", "left out\n");
     project.write("whole/sub/b.txt", "b\n");
@@ -412,4 +415,12 @@ fn a_packed_directory_arrives_exactly_as_a_copied_one() {
         )
     };
     assert_eq!(listing("packed-root"), listing("copied-root"));
+    // Without a .dockerignore naming it, `COPY .` copies the Dockerfile as generated.
+    assert!(
+        in_image(
+            "t-pack-packed-bare:latest",
+            &["cat", "/new/__dockhand_Dockerfile"]
+        )
+        .contains("COPY . /new\n")
+    );
 }
