@@ -231,12 +231,7 @@ impl<W: Write + Send> Sink for Console<W> {
                 )?;
             }
         }
-        self.draw_status(record)?;
-        if matches!(event, Event::Log { .. }) {
-            Ok(())
-        } else {
-            self.out.flush()
-        }
+        self.draw_status(record)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -294,6 +289,7 @@ mod tests {
         for event in &events {
             record.apply(event);
             console.event(event, &record).unwrap();
+            console.flush().unwrap();
         }
         String::from_utf8(screen.0.lock().unwrap().clone()).unwrap()
     }

@@ -32,11 +32,7 @@ impl<W: Write + Send> Sink for JsonLines<W> {
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
         let job = (!matches!(event, Event::JobStarted { .. })).then_some(record.job.as_str());
         serde_json::to_writer(&mut self.out, &Line { job, event })?;
-        self.out.write_all(b"\n")?;
-        if !matches!(event, Event::Log { .. }) {
-            self.out.flush()?;
-        }
-        Ok(())
+        self.out.write_all(b"\n")
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -13,15 +13,15 @@ use super::record::JobRecord;
 use crate::events::{Event, LogStream};
 
 /// How long output may wait in a sink's buffer: sinks are flushed when events pause this
-/// long, and at least this often while they keep coming.
+/// long, at least this often while output keeps coming, and after every other event.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Something that reports a job. `Event::Log` carries whole lines only (one or more, each
 /// ending in `\n`); a stage's unfinished last line arrives, terminated, before its
 /// `StageFinished`.
 pub trait Sink: Send {
-    /// Output may stay buffered until [`Sink::flush`]: flushing every batch of a chatty
-    /// task costs a write call per sink each time.
+    /// Output may stay buffered until [`Sink::flush`], which follows every event but
+    /// output at once: flushing every batch of a chatty task costs a write call per sink.
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()>;
 
     /// Writes out buffered output (see [`FLUSH_EVERY`]).
@@ -118,10 +118,14 @@ pub fn report(
                 let event = mask_message(event, masker);
                 record.apply(&event);
                 deliver(&event, &record, &mut sinks);
+                each_sink(&mut sinks, |sink| sink.flush());
+                flushed = Instant::now();
             }
             other => {
                 record.apply(&other);
                 deliver(&other, &record, &mut sinks);
+                each_sink(&mut sinks, |sink| sink.flush());
+                flushed = Instant::now();
             }
         }
     }

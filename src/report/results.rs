@@ -175,12 +175,10 @@ impl Sink for ResultsDir {
     fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
         match event {
             Event::Log { stage, bytes, .. } => self.write_log(*stage, record, bytes),
-            Event::StageFinished { stage, .. } => {
-                if let Some(Some(file)) = self.stage_files.get_mut(*stage) {
-                    file.flush()?;
-                }
-                self.log.flush()
-            }
+            Event::StageFinished { stage, .. } => match self.stage_files.get_mut(*stage) {
+                Some(Some(file)) => file.flush(),
+                _ => Ok(()),
+            },
             Event::JobFinished { .. } => self.write_result(record),
             Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
         }
