@@ -287,7 +287,7 @@ exit 3
     let config = config.replace(
         "command: [/bin/sh, /app/task.sh]",
         "command: [/bin/sh, /app/task.sh]\n          env: [API_TOKEN, MULTI]",
-    ) + "secrets: [API_TOKEN]\n";
+    ) + "secrets: [API_TOKEN, MULTI]\n";
     std::fs::write(repo.path().join("config.yml"), config).unwrap();
     std::fs::write(
         repo.path().join("agent.toml"),

@@ -135,7 +135,35 @@ fn bad_files_name_the_file_and_the_problem() {
         ("[agent]\njob_timeout = \"soon\"\n", "not a duration"),
         (
             "[agent]\nconcurrency = 0\n",
-            "agent.concurrency must be at least 1",
+            "agent.concurrency must be between 1 and 1024",
+        ),
+        (
+            "[agent]\nparallel = 100000000000\n",
+            "agent.parallel must be between 1 and 1024",
+        ),
+        (
+            "[agent]\nsweep_interval = \"0s\"\n",
+            "agent.sweep_interval must be longer than 0s",
+        ),
+        (
+            "[agent]\njob_timeout = \"0s\"\n",
+            "agent.job_timeout must be longer than 0s",
+        ),
+        (
+            "[docker]\nmemory = \"1k\"\n",
+            "docker.memory must be at least 6m",
+        ),
+        (
+            "[agent]\npass_env = [\"NOT-A-NAME\"]\n",
+            "`NOT-A-NAME` is not an environment variable name",
+        ),
+        (
+            "[docker]\nallow_network_modes = [\"\"]\n",
+            "allow_network_modes has an empty entry",
+        ),
+        (
+            "[[source]]\nkind = \"watch\"\npath = \".\"\ntimeout = \"0s\"\n",
+            "[[source]] #1: timeout must be longer than 0s",
         ),
         ("[docker]\nmemory = \"lots\"\n", "not a size"),
         ("[agent]\nkeep_workspace = \"sometimes\"\n", "sometimes"),

@@ -140,7 +140,7 @@ fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_start
     assert_eq!(run.code, Some(200), "{run}");
     assert!(
         run.stderr
-            .contains("environment variable `FROM_HOST` must be set on the host"),
+            .contains("environment variable `FROM_HOST` is not set"),
         "{run}"
     );
     assert!(

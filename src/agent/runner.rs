@@ -14,8 +14,8 @@ use crate::config::{AgentConfig, KeepWorkspace};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::executor::{
-    ExecutorOptions, JobNetwork, JobOutcome, Limits, check_policy, codes, report_unrunnable,
-    run_job,
+    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, Sandbox, check_policy, codes,
+    report_unrunnable, run_job,
 };
 use crate::job::{Job, Origin};
 use crate::plan::{Plan, Request};
@@ -29,7 +29,8 @@ use crate::workspace::Workspace;
 pub struct JobContext {
     pub engine: Engine,
     pub settings: Arc<AgentConfig>,
-    /// The agent's environment, for `{NAME:from_env}` and task `env` forms.
+    /// The agent's environment: jobs see only the `agent.pass_env` variables and the
+    /// secrets of it (see [`JobEnv`]).
     pub host_env: HashMap<String, String>,
     pub console: ConsoleOutput,
     /// The agent's own token: cancelled when it stops for good (uploads then wait for the
@@ -50,26 +51,34 @@ pub struct Finished {
 pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> Finished {
     let settings = &context.settings;
     let agent = &settings.agent;
-    let (env, secrets) = job_env(&job, context);
+    let env = JobEnv::new(&job, context);
     let own_dirs = vec![
         agent.workspace_root.clone(),
         agent.results_dir.clone(),
         agent.state_dir.clone(),
     ];
     let workspace = Workspace::prepare(&job, &agent.workspace_root, own_dirs, &cancel).await;
-    let collected = workspace.as_ref().ok().map(|ws| {
-        collect(&CollectOptions {
-            config: ws.dir.join(&job.config_file),
-            home_config: None,
-            cli_args: Vec::new(),
-            env: env.clone(),
-        })
-    });
-    let mut secret_names: Vec<&String> = secrets.iter().collect();
-    if let Some(Ok(collected)) = &collected {
-        secret_names.extend(&collected.config.secrets);
-    }
-    let (masker, too_short) = Masker::new(secret_values(secret_names, &env));
+    let collected = match &workspace {
+        Ok(ws) => {
+            let options = CollectOptions {
+                config: ws.dir.join(&job.config_file),
+                home_config: None,
+                cli_args: Vec::new(),
+                env: env.for_collect(),
+            };
+            let collected = tokio::task::spawn_blocking(move || collect(&options)).await;
+            Some(collected.map_err(|e| format!("collecting the config failed: {e}")))
+        }
+        Err(_) => None,
+    };
+    let named_secrets = match &collected {
+        Some(Ok(Ok(collected))) => collected.config.secrets.clone(),
+        _ => Vec::new(),
+    };
+    let all = env.for_collect();
+    let mut secrets: Vec<&String> = env.secrets.values().collect();
+    secrets.extend(secret_values(&named_secrets, &all));
+    let (masker, too_short) = Masker::new(secrets);
     let info = JobInfo {
         config: job.config_file.clone(),
         tasks: job.tasks.clone(),
@@ -124,11 +133,21 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             };
             report_unrunnable(&emitter, &job.id, &e.to_string(), verdict).await
         }
-        (Ok(ws), Some(Err(diagnostics))) => {
+        (Ok(_), None) | (Ok(_), Some(Err(_))) => {
+            let text = "collecting the config failed: its thread ended early";
+            report_unrunnable(
+                &emitter,
+                &job.id,
+                text,
+                (JobStatus::Error, codes::INFRASTRUCTURE),
+            )
+            .await
+        }
+        (Ok(ws), Some(Ok(Err(diagnostics)))) => {
             let text = source_paths(&diagnostics.to_string(), &ws.dir, &job.origin);
             report_unrunnable(&emitter, &job.id, &text, config_error).await
         }
-        (Ok(ws), Some(Ok(collected))) => {
+        (Ok(ws), Some(Ok(Ok(collected)))) => {
             let config = &collected.config;
             let request = if job.tasks.is_empty() {
                 Request::Default
@@ -138,44 +157,63 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             let options = ExecutorOptions {
                 job_id: job.id.clone(),
                 agent: agent.name.clone(),
-                workspace: ws.dir.clone(),
+                sandbox: Sandbox {
+                    workspace: ws.dir.clone(),
+                    allow_host_mounts: settings.docker.allow_host_mounts.clone(),
+                    allow_docker_socket: settings.docker.allow_docker_socket,
+                    allow_network_modes: settings.docker.allow_network_modes.clone(),
+                },
                 cache_dir: agent
                     .state_dir
                     .join("cache")
                     .join(short_hash(job.stream.as_bytes())),
                 build_records: agent.state_dir.join("cache").join("builds"),
-                allow_host_mounts: settings.docker.allow_host_mounts.clone(),
-                allow_docker_socket: settings.docker.allow_docker_socket,
                 parallel: agent.parallel,
                 no_cache: false,
                 task_timeout: None,
                 job_timeout: Some(job.timeout.unwrap_or(agent.job_timeout)),
-                host_env: env.clone(),
+                env: env.for_tasks(&config.secrets),
                 job_network: match context.networks.take() {
                     Some(name) => JobNetwork::Premade { name },
                     None => JobNetwork::Create {
                         driver: settings.docker.network.clone(),
                     },
                 },
-                limits: Limits {
-                    memory_bytes: settings.docker.memory.and_then(|m| i64::try_from(m.0).ok()),
-                    nano_cpus: settings.docker.cpus.map(|c| (c * 1e9) as i64),
-                },
+                containers: container_defaults(&settings.docker),
             };
-            match Plan::new(config, &request) {
-                Err(e) => report_unrunnable(&emitter, &job.id, &e.to_string(), config_error).await,
+            let unnamed = env.unnamed_secrets_read(&collected.env_read, &config.secrets);
+            let checked = match Plan::new(config, &request) {
+                Err(e) => Err(e.to_string()),
+                Ok(_) if !unnamed.is_empty() => Err(unnamed
+                    .iter()
+                    .map(|name| format!("the config reads the agent's secret `{name}` ({{{name}:from_env}}) but does not name it in `secrets:`"))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
                 Ok(plan) => {
-                    let problems = check_policy(&plan, &env, &options.mount_policy());
-                    if problems.is_empty() {
-                        run_job(&context.engine, config, &plan, &options, &emitter, &cancel).await
-                    } else {
-                        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                        report_unrunnable(&emitter, &job.id, &text.join("\n"), config_error).await
+                    let (env, sandbox) = (options.env.clone(), options.sandbox.clone());
+                    let checked = tokio::task::spawn_blocking(move || {
+                        let problems = check_policy(&plan, &env, &sandbox);
+                        (plan, problems)
+                    })
+                    .await;
+                    match checked {
+                        Ok((plan, problems)) if problems.is_empty() => Ok(plan),
+                        Ok((_, problems)) => Err(problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")),
+                        Err(e) => Err(format!("checking the job's policy failed: {e}")),
                     }
                 }
+            };
+            match checked {
+                Ok(plan) => {
+                    run_job(&context.engine, config, &plan, &options, &emitter, &cancel).await
+                }
+                Err(text) => report_unrunnable(&emitter, &job.id, &text, config_error).await,
             }
         }
-        (Ok(_), None) => unreachable!("a prepared workspace is always collected"),
     };
     drop(emitter);
     let results = report.dir.clone();
@@ -209,18 +247,73 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     }
 }
 
-/// The job's environment: the agent's, its secrets by name, then the job's own values.
-/// Returns it with the names of the secret variables.
-fn job_env(job: &Job, context: &JobContext) -> (HashMap<String, String>, Vec<String>) {
-    let secrets = &context.settings.secrets;
-    let mut env = context.host_env.clone();
-    let mut names = secrets.from_env.clone();
-    for (name, value) in &secrets.values {
-        env.insert(name.clone(), value.clone());
-        names.push(name.clone());
+/// What a job may see of the agent's environment: the variables `agent.pass_env` names,
+/// then the job's own values over them; and the agent's secrets, of which tasks get only
+/// those the config names. Nothing else of the agent's environment (its tokens included)
+/// reaches a job.
+struct JobEnv {
+    public: HashMap<String, String>,
+    secrets: HashMap<String, String>,
+}
+
+impl JobEnv {
+    fn new(job: &Job, context: &JobContext) -> JobEnv {
+        let settings = &context.settings;
+        let from_agent = |names: &[String]| -> HashMap<String, String> {
+            names
+                .iter()
+                .filter_map(|name| Some((name.clone(), context.host_env.get(name)?.clone())))
+                .collect()
+        };
+        let mut public = from_agent(&settings.agent.pass_env);
+        public.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut secrets = from_agent(&settings.secrets.from_env);
+        secrets.extend(settings.secrets.values.clone());
+        JobEnv { public, secrets }
     }
-    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    (env, names)
+
+    /// For `{NAME:from_env}`: every secret may be read while collecting, and
+    /// [`JobEnv::unnamed_secrets_read`] then refuses the config that read one it does not
+    /// name.
+    fn for_collect(&self) -> HashMap<String, String> {
+        let mut env = self.secrets.clone();
+        env.extend(self.public.clone());
+        env
+    }
+
+    /// For the tasks' `NAME` env entries: the public part and the secrets `named`.
+    fn for_tasks(&self, named: &[String]) -> HashMap<String, String> {
+        let mut env = self.public.clone();
+        for name in named {
+            if let Some(value) = self.secrets.get(name).filter(|_| !env.contains_key(name)) {
+                env.insert(name.clone(), value.clone());
+            }
+        }
+        env
+    }
+
+    fn unnamed_secrets_read(
+        &self,
+        read: &std::collections::BTreeSet<String>,
+        named: &[String],
+    ) -> Vec<String> {
+        read.iter()
+            .filter(|name| self.secrets.contains_key(*name) && !self.public.contains_key(*name))
+            .filter(|name| !named.contains(name))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What every task container of this agent gets (see [`ContainerDefaults`]).
+fn container_defaults(docker: &crate::config::DockerSection) -> ContainerDefaults {
+    let mut defaults = ContainerDefaults::new(
+        docker.memory.map(|m| m.0),
+        docker.cpus,
+        Some(docker.pids_limit),
+    );
+    defaults.no_new_privileges = docker.no_new_privileges;
+    defaults
 }
 
 /// Diagnostics name files in the workspace; people edit them in the source checkout.

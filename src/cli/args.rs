@@ -148,6 +148,19 @@ pub struct JobArgs {
     /// Let tasks mount the Docker socket
     #[arg(long)]
     pub allow_docker_socket: bool,
+    /// A network mode tasks may use besides the job's own network and `none`: `host`,
+    /// `bridge`, a network name, `container:NAME` or `container:*` (repeatable)
+    #[arg(long = "allow-network-mode", value_name = "MODE")]
+    pub allow_network_modes: Vec<String>,
+    /// Memory limit of each task container, e.g. "2g" [default: half the host's memory]
+    #[arg(long, value_parser = crate::config::ByteSize::parse, value_name = "SIZE")]
+    pub memory: Option<crate::config::ByteSize>,
+    /// CPUs of each task container, e.g. 1.5 [default: all]
+    #[arg(long, value_parser = cpus, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Processes in each task container; 0 for no limit
+    #[arg(long, default_value_t = crate::executor::ContainerDefaults::PIDS_LIMIT as u64, value_name = "N")]
+    pub pids_limit: u64,
     /// The engine's address [default: DOCKER_HOST, then the local socket]
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
@@ -176,6 +189,13 @@ pub struct AgentArgs {
     /// Any agent.toml key, e.g. `--set docker.memory=2g` (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     pub overrides: Vec<(String, String)>,
+}
+
+fn cpus(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|c| *c > 0.0 && *c <= 1024.0)
+        .ok_or_else(|| format!("`{text}` is not a positive number of CPUs"))
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {

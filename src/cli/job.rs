@@ -9,7 +9,9 @@ use super::exit;
 use super::runtime::{self, Threads};
 use crate::collector::{CollectOptions, Collected};
 use crate::docker::{Engine, cache_dir};
-use crate::executor::{ExecutorOptions, JobNetwork, Limits, check_policy, run_job};
+use crate::executor::{
+    ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, run_job,
+};
 use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, secret_values};
@@ -33,25 +35,33 @@ pub fn run(
         }
     };
     let workspace = workspace_root(&config.config_root);
+    let allowed_mounts = args.allow_host_mounts.iter();
     let options = ExecutorOptions {
         job_id: new_job_id(),
         // Not the hostname an agent on this machine is named by: its sweep would take
         // this run's containers for a dead job's.
         agent: format!("cli@{}", hostname()),
-        workspace: workspace.clone(),
+        sandbox: Sandbox {
+            workspace: workspace.clone(),
+            allow_host_mounts: allowed_mounts.map(|d| absolute(d)).collect(),
+            allow_docker_socket: args.allow_docker_socket,
+            allow_network_modes: args.allow_network_modes.clone(),
+        },
         cache_dir: cache_dir(&workspace),
         build_records: cache_dir(&workspace).join("builds"),
-        allow_host_mounts: args.allow_host_mounts.clone(),
-        allow_docker_socket: args.allow_docker_socket,
         parallel: args.parallel.max(1),
         no_cache: args.no_cache,
         task_timeout: args.timeout,
         job_timeout: None,
-        host_env: collect.env.clone(),
+        env: collect.env.clone(),
         job_network: JobNetwork::Shared,
-        limits: Limits::default(),
+        containers: ContainerDefaults::new(
+            args.memory.map(|m| m.0),
+            args.cpus,
+            Some(args.pids_limit),
+        ),
     };
-    let problems = check_policy(&plan, &options.host_env, &options.mount_policy());
+    let problems = check_policy(&plan, &options.env, &options.sandbox);
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("error: {problem}");
@@ -128,6 +138,10 @@ async fn run_async(
     report.finish().await;
     eprintln!("results: {}", dir.display());
     outcome.exit_code
+}
+
+fn absolute(dir: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Ctrl-C or SIGTERM cancels the job; its stages clean up and the job reports as usual.

@@ -1,6 +1,7 @@
 //! The collector's entry point: files in, a validated [`Config`] (or every problem) out.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,6 +35,9 @@ pub struct CollectOptions {
 pub struct Collected {
     pub config: Config,
     pub warnings: Diagnostics,
+    /// The variables `{NAME:from_env}` read: an agent checks that a config reads no secret
+    /// it does not name.
+    pub env_read: BTreeSet<String>,
 }
 
 const ROOT_KEYS: &[&str] = &["images", "harpoon", "pipeline", "secrets", "tasks"];
@@ -45,15 +49,17 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
     let Some(loaded) = load::load(&options.config, options.home_config.as_deref(), &mut d) else {
         return Err(d.finish());
     };
-    let config = Collector {
+    let collector = Collector {
         options,
         loaded: &loaded,
-    }
-    .run(&mut d);
+        env_read: RefCell::default(),
+    };
+    let config = collector.run(&mut d);
     match config {
         Some(config) if !d.has_errors() => Ok(Collected {
             config,
             warnings: d.finish(),
+            env_read: collector.env_read.into_inner(),
         }),
         _ => Err(d.finish()),
     }
@@ -62,9 +68,16 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
 struct Collector<'a> {
     options: &'a CollectOptions,
     loaded: &'a Loaded,
+    env_read: RefCell<BTreeSet<String>>,
 }
 
 impl Collector<'_> {
+    /// The host's value of `name`, for `{name:from_env}`; remembers that it was read.
+    fn env(&self, name: &str) -> Option<String> {
+        self.env_read.borrow_mut().insert(name.to_owned());
+        self.options.env.get(name).cloned()
+    }
+
     fn run(&self, d: &mut Diagnostics) -> Option<Config> {
         let document = &self.loaded.document;
         check_root(document, d);
@@ -81,7 +94,7 @@ impl Collector<'_> {
 
         let root = self.root_string();
         let cli_args = self.options.cli_args.join(" ");
-        let env = |name: &str| self.options.env.get(name).cloned();
+        let env = |name: &str| self.env(name);
         let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
         let mut r = Reader { fmt: &fmt, d };
         let mut defs = task::read_tasks(&mut r, document, &names, &image_order);
@@ -144,7 +157,7 @@ impl Collector<'_> {
         let nodes = image_nodes(document, shape, d)?;
         let root = self.root_string();
         let cli_args = self.options.cli_args.join(" ");
-        let env = |name: &str| self.options.env.get(name).cloned();
+        let env = |name: &str| self.env(name);
 
         let naming = Formatter::new(document, &root, &cli_args, &env, None);
         let mut r = Reader { fmt: &naming, d };

@@ -26,4 +26,5 @@ pub use commands::short_hash;
 pub use diagnostic::{Diagnostic, Diagnostics, Problem, Severity};
 pub use model::*;
 pub use node::{KeyPath, Location};
+pub use run::valid_env_name;
 pub use suggest::closest;

@@ -47,6 +47,9 @@ pub struct AgentSection {
     /// How often an idle agent sweeps leftovers of jobs that are not running.
     #[serde(deserialize_with = "duration")]
     pub sweep_interval: Duration,
+    /// Names of the agent's environment variables every job sees (with their values);
+    /// jobs see nothing else of the agent's environment.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for AgentSection {
@@ -64,6 +67,7 @@ impl Default for AgentSection {
             keep_results: 50,
             shutdown_grace: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(300),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -84,12 +88,19 @@ pub struct DockerSection {
     pub host: Option<String>,
     /// The driver of each job's own network.
     pub network: String,
-    /// Memory limit for every task container.
+    /// Memory limit for every task container; unset: half the host's memory.
     pub memory: Option<ByteSize>,
-    /// CPUs for every task container, e.g. 1.5.
+    /// CPUs for every task container, e.g. 1.5; unset: all of them.
     pub cpus: Option<f64>,
+    /// Processes per task container; 0: no limit.
+    pub pids_limit: u64,
+    /// Task containers' processes cannot gain privileges (setuid binaries).
+    pub no_new_privileges: bool,
     pub allow_host_mounts: Vec<PathBuf>,
     pub allow_docker_socket: bool,
+    /// Network modes tasks may use besides their job's network and `none` (`host`,
+    /// `bridge`, a network name, `container:NAME`, `container:*`).
+    pub allow_network_modes: Vec<String>,
 }
 
 impl Default for DockerSection {
@@ -99,8 +110,11 @@ impl Default for DockerSection {
             network: "bridge".to_owned(),
             memory: None,
             cpus: None,
+            pids_limit: crate::executor::ContainerDefaults::PIDS_LIMIT as u64,
+            no_new_privileges: true,
             allow_host_mounts: Vec::new(),
             allow_docker_socket: false,
+            allow_network_modes: Vec::new(),
         }
     }
 }

@@ -51,9 +51,26 @@ impl LoadOptions {
 /// Lists that may be given as one comma-separated environment variable.
 const LIST_KEYS: &[&str] = &[
     "agent.labels",
+    "agent.pass_env",
     "docker.allow_host_mounts",
+    "docker.allow_network_modes",
     "secrets.from_env",
 ];
+
+/// Variables holding dockhand's own credentials: no job may ever see them, whatever
+/// `pass_env` or `[secrets]` say (each http source's `token_env` too).
+pub const TOKEN_VARIABLES: &[&str] = &[
+    "DOCKHAND_TOKEN",
+    "DOCKHAND_REGISTRATION_TOKEN",
+    "DOCKHAND_ADMIN_TOKEN",
+    "DOCKHAND_WEBHOOK_SECRET",
+];
+
+/// More jobs or stages at once than this is a typo, not a machine.
+const MAX_CONCURRENCY: usize = 1024;
+
+/// The engine refuses memory limits below 6 MiB.
+const MIN_MEMORY: u64 = 6 << 20;
 
 pub fn load(options: &LoadOptions) -> Result<(AgentConfig, Option<PathBuf>), AgentConfigError> {
     let file = options.file();
@@ -112,11 +129,67 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
         message: message.to_owned(),
     };
     let agent = &mut config.agent;
-    if agent.concurrency == 0 {
-        return Err(invalid("agent.concurrency must be at least 1"));
+    if !(1..=MAX_CONCURRENCY).contains(&agent.concurrency) {
+        return Err(invalid(&format!(
+            "agent.concurrency must be between 1 and {MAX_CONCURRENCY}"
+        )));
     }
-    if agent.parallel == 0 {
-        return Err(invalid("agent.parallel must be at least 1"));
+    if !(1..=MAX_CONCURRENCY).contains(&agent.parallel) {
+        return Err(invalid(&format!(
+            "agent.parallel must be between 1 and {MAX_CONCURRENCY}"
+        )));
+    }
+    for (key, value) in [
+        ("agent.job_timeout", agent.job_timeout),
+        ("agent.sweep_interval", agent.sweep_interval),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(&format!("{key} must be longer than 0s")));
+        }
+    }
+    if config.docker.memory.is_some_and(|m| m.0 < MIN_MEMORY) {
+        return Err(invalid("docker.memory must be at least 6m"));
+    }
+    if config
+        .docker
+        .allow_network_modes
+        .iter()
+        .any(|m| m.trim().is_empty())
+    {
+        return Err(invalid("docker.allow_network_modes has an empty entry"));
+    }
+    let token_variables: Vec<&str> = TOKEN_VARIABLES
+        .iter()
+        .copied()
+        .chain(config.sources.iter().filter_map(|s| match s {
+            SourceConfig::Http(http) => Some(http.token_env.as_str()),
+            _ => None,
+        }))
+        .collect();
+    for (key, names) in [
+        ("agent.pass_env", &agent.pass_env),
+        ("secrets.from_env", &config.secrets.from_env),
+    ] {
+        if let Some(name) = names.iter().find(|n| !crate::collector::valid_env_name(n)) {
+            return Err(invalid(&format!(
+                "{key}: `{name}` is not an environment variable name"
+            )));
+        }
+        if let Some(name) = names.iter().find(|n| token_variables.contains(&n.as_str())) {
+            return Err(invalid(&format!(
+                "{key}: `{name}` holds one of dockhand's own tokens; no job may see it"
+            )));
+        }
+    }
+    if let Some(name) = config
+        .secrets
+        .values
+        .keys()
+        .find(|n| !crate::collector::valid_env_name(n))
+    {
+        return Err(invalid(&format!(
+            "secrets.values: `{name}` is not an environment variable name"
+        )));
     }
     if agent.name.is_empty() || agent.name.contains(['=', ',', ' ']) {
         return Err(invalid(
@@ -147,6 +220,14 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
             index,
             message,
         };
+        let timeout = match source {
+            SourceConfig::Watch(watch) => watch.timeout,
+            SourceConfig::Schedule(schedule) => schedule.timeout,
+            SourceConfig::Http(_) => None,
+        };
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(problem("timeout must be longer than 0s".to_owned()));
+        }
         match source {
             SourceConfig::Watch(watch) => {
                 watch.path = base.join(&watch.path);

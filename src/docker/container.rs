@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -48,6 +49,10 @@ pub struct ContainerSpec {
     pub network_options: Network,
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
+    /// At most this many processes (a fork bomb stops here, not at the host's limit).
+    pub pids_limit: Option<i64>,
+    /// No process may gain privileges (setuid binaries, file capabilities).
+    pub no_new_privileges: bool,
 }
 
 /// How a container run ended.
@@ -62,7 +67,8 @@ pub enum ExitStatus {
 /// printing 200 MB would otherwise cost the reporter tens of thousands of wake-ups.
 const BATCH_BYTES: usize = 256 * 1024;
 
-type Chunk = Result<(LogStream, Bytes), DockerError>;
+/// One piece of a container's output.
+pub type Chunk = Result<(LogStream, Bytes), DockerError>;
 
 /// Joins `first` with the chunks of the same stream that are ready now. Returns the batch
 /// and the first chunk that did not fit (another stream, or an error).
@@ -98,19 +104,23 @@ pub struct Leftovers {
 /// The shared network for tasks without dependency containers: a bridge with
 /// inter-container traffic disabled, so its containers reach the outside but not each
 /// other. Creating and removing a network per task costs about 230 ms on this engine, more
-/// than the rest of a trivial task.
+/// than the rest of a trivial task. Named `dockhand-isolated-<hex>` and found by its label:
+/// old engines (API < 1.44) accept duplicate names, and a container attached by a name two
+/// networks share cannot start.
 pub const ISOLATED_NETWORK: &str = "dockhand-isolated";
 
 impl Engine {
-    /// The id of [`ISOLATED_NETWORK`], created on first use. Old engines (API < 1.44) accept
-    /// duplicate names, so when two agents race to create it, every one settles on the
-    /// lowest id and removes its own extra copy.
+    /// The id of the isolated network ([`ISOLATED_NETWORK`]), created on first use. When
+    /// processes race to create it, every one settles on the lowest id and removes its own
+    /// extra copy; a copy still in use stays and does no harm.
     pub async fn isolated_network(&self) -> Result<String, DockerError> {
-        if let Some(id) = self.network_ids(ISOLATED_NETWORK).await?.into_iter().next() {
+        if let Some(id) = self.isolated_network_ids().await?.into_iter().next() {
             return Ok(id);
         }
+        let suffix = crate::job::random_hex().map_err(DockerError::Thread)?;
+        let name = format!("{ISOLATED_NETWORK}-{}", &suffix[..12]);
         let request = NetworkCreateRequest {
-            name: ISOLATED_NETWORK.to_owned(),
+            name: name.clone(),
             driver: Some("bridge".to_owned()),
             options: Some(HashMap::from([(
                 "com.docker.network.bridge.enable_icc".to_owned(),
@@ -126,15 +136,34 @@ impl Engine {
             .docker
             .create_network(request)
             .await
-            .map_err(DockerError::api(format!(
-                "creating network {ISOLATED_NETWORK}"
-            )))?;
-        let ids = self.network_ids(ISOLATED_NETWORK).await?;
+            .map_err(DockerError::api(format!("creating network {name}")))?;
+        let ids = self.isolated_network_ids().await?;
         let chosen = ids.first().cloned().unwrap_or_else(|| created.id.clone());
-        if chosen != created.id {
-            self.remove_network(&created.id).await?;
+        if chosen != created.id
+            && let Err(e) = self.remove_network(&created.id).await
+        {
+            tracing::debug!("keeping an extra isolated network: {e}");
         }
         Ok(chosen)
+    }
+
+    /// Ids of the isolated networks, lowest first. One named exactly [`ISOLATED_NETWORK`]
+    /// (made by earlier versions, possibly twice) is never used, and removed when unused.
+    async fn isolated_network_ids(&self) -> Result<Vec<String>, DockerError> {
+        let networks = self
+            .networks(("label", format!("{}=isolated", labels::SHARED)))
+            .await?;
+        let mut ids = Vec::new();
+        for network in networks {
+            let Some(id) = network.id else { continue };
+            if network.name.as_deref() == Some(ISOLATED_NETWORK) {
+                let _ = self.docker.remove_network(&id).await;
+            } else {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
     }
 
     /// The networks matching one filter, e.g. `("label", "dockhand.job=...")`.
@@ -150,18 +179,6 @@ impl Engine {
             .list_networks(Some(options))
             .await
             .map_err(DockerError::api("listing networks"))
-    }
-
-    /// Ids of the networks named exactly `name`, lowest first.
-    async fn network_ids(&self, name: &str) -> Result<Vec<String>, DockerError> {
-        let networks = self.networks(("name", name.to_owned())).await?;
-        let mut ids: Vec<String> = networks
-            .into_iter()
-            .filter(|n| n.name.as_deref() == Some(name))
-            .filter_map(|n| n.id)
-            .collect();
-        ids.sort();
-        Ok(ids)
     }
 
     pub async fn create_network(
@@ -257,6 +274,10 @@ impl Engine {
                 cpu_quota: cpu.cpu_quota.and_then(|v| i64::try_from(v).ok()),
                 memory: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
+                pids_limit: spec.pids_limit,
+                security_opt: spec
+                    .no_new_privileges
+                    .then(|| vec!["no-new-privileges".to_owned()]),
                 init: Some(true),
                 ..Default::default()
             }),
@@ -319,16 +340,16 @@ impl Engine {
         }))
     }
 
-    /// Runs a created container to its end: attach, start, stream its output to `log`,
-    /// wait for the exit code. Killed on cancel or at `deadline`.
+    /// Streams a started container's output to `log` to its end, then waits for the exit
+    /// code. Killed on cancel or at `deadline`.
     pub async fn run_attached(
         &self,
         id: &str,
+        mut output: impl Stream<Item = Chunk> + Unpin,
         log: &StageLog,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
     ) -> Result<ExitStatus, DockerError> {
-        let mut output = self.attach_and_start(id).await?;
         let deadline_reached = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -412,6 +433,56 @@ impl Engine {
                 status_code: 409, ..
             }) => Ok(()),
             Err(e) => Err(DockerError::api(format!("removing container {id}"))(e)),
+        }
+    }
+
+    /// Running dockhand containers' read-write bind mounts, as (container id, host path):
+    /// the containers that could change a host path while another container mounts it.
+    pub async fn running_writable_binds(&self) -> Result<Vec<(String, PathBuf)>, DockerError> {
+        let filter = HashMap::from([
+            ("label", vec![labels::JOB.to_owned()]),
+            ("status", vec!["running".to_owned()]),
+        ]);
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&filter)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::api("listing running containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.mounts.unwrap_or_default())))
+            .flat_map(|(id, mounts)| {
+                mounts
+                    .into_iter()
+                    .filter(|m| m.typ.as_deref() == Some("bind") && m.rw == Some(true))
+                    .filter_map(move |m| Some((id.clone(), PathBuf::from(m.source?))))
+            })
+            .collect())
+    }
+
+    /// Freezes a running container's processes; `false` when it is not running (any more).
+    pub async fn pause(&self, id: &str) -> Result<bool, DockerError> {
+        match self.docker.pause_container(id).await {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(DockerError::api(format!("pausing container {id}"))(e)),
+        }
+    }
+
+    pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
+        match self.docker.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::api(format!("resuming container {id}"))(e)),
         }
     }
 

@@ -18,7 +18,7 @@ pub use wait::Readiness;
 pub use build::{BuildRequest, BuildResult, cache_dir};
 pub use build_records::BuildRecords;
 pub use client::Engine;
-pub use container::{ContainerSpec, ExitStatus, Leftovers};
+pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers};
 pub use digests::{DigestCache, hex};
 pub use labels::Owner;
 
@@ -38,6 +38,8 @@ pub enum DockerError {
     },
     #[error("a thread holding shared build state panicked")]
     Poisoned,
+    #[error("a worker thread failed: {0}")]
+    Thread(String),
     #[error("the job's network could not be created: {0}")]
     JobNetwork(String),
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::policy::MountPolicy;
+use super::policy::Sandbox;
 use super::task::run_task;
 use crate::collector::Config;
 use crate::docker::{
@@ -40,14 +40,13 @@ pub mod codes {
 pub struct ExecutorOptions {
     pub job_id: String,
     pub agent: String,
-    /// Build contexts and bind mounts may not leave this directory.
-    pub workspace: PathBuf,
+    /// The workspace (build contexts and bind mounts may not leave it) and what the
+    /// operator allows beyond it.
+    pub sandbox: Sandbox,
     /// The digest cache and build manifests (see [`crate::docker::cache_dir`]).
     pub cache_dir: PathBuf,
     /// Which image each build key produced (see [`crate::docker::BuildRecords`]).
     pub build_records: PathBuf,
-    pub allow_host_mounts: Vec<PathBuf>,
-    pub allow_docker_socket: bool,
     /// Stages of one kind running at once.
     pub parallel: usize,
     pub no_cache: bool,
@@ -56,9 +55,10 @@ pub struct ExecutorOptions {
     /// The whole job's time limit: when it passes, the job is cancelled and reports
     /// `timed_out`.
     pub job_timeout: Option<Duration>,
-    pub host_env: HashMap<String, String>,
+    /// What `NAME` and `NAME:DEFAULT` env entries read: the job's own environment.
+    pub env: HashMap<String, String>,
     pub job_network: JobNetwork,
-    pub limits: Limits,
+    pub containers: ContainerDefaults,
 }
 
 /// Where tasks without dependency containers run.
@@ -74,22 +74,54 @@ pub enum JobNetwork {
     Premade { name: String },
 }
 
-/// Resources of every task container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Limits {
+/// What every container a task starts gets, unless the operator changes it: a hostile
+/// task may not exhaust the agent host's memory, CPUs or process table, nor gain
+/// privileges through setuid binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerDefaults {
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+    pub no_new_privileges: bool,
+}
+
+impl ContainerDefaults {
+    /// Processes per container unless configured otherwise.
+    pub const PIDS_LIMIT: i64 = 4096;
+
+    /// The defaults on this host: half its memory, every CPU, [`Self::PIDS_LIMIT`]
+    /// processes, no new privileges. `memory`, `cpus` and `pids` replace them when given
+    /// (`pids == 0`: no limit).
+    pub fn new(memory: Option<u64>, cpus: Option<f64>, pids: Option<u64>) -> ContainerDefaults {
+        let memory = memory.or_else(|| host_memory().map(|total| total / 2));
+        ContainerDefaults {
+            memory_bytes: memory.and_then(|m| i64::try_from(m).ok()),
+            nano_cpus: cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: match pids {
+                Some(0) => None,
+                Some(n) => i64::try_from(n).ok(),
+                None => Some(Self::PIDS_LIMIT),
+            },
+            no_new_privileges: true,
+        }
+    }
+}
+
+/// The host's memory in bytes, from `/proc/meminfo`.
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 impl ExecutorOptions {
-    pub fn mount_policy(&self) -> MountPolicy {
-        MountPolicy {
-            workspace: self.workspace.clone(),
-            allow_host_mounts: self.allow_host_mounts.clone(),
-            allow_docker_socket: self.allow_docker_socket,
-        }
-    }
-
     pub(super) fn job_network(&self) -> Option<String> {
         match &self.job_network {
             JobNetwork::Shared => None,
@@ -185,7 +217,7 @@ pub async fn run_job(
     let digest_cache = options.cache_dir.join("digests.tsv");
     let digests = Arc::new(Mutex::new(DigestCache::load(
         &digest_cache,
-        &options.workspace,
+        &options.sandbox.workspace,
     )));
     let keys: BuildKeys = Arc::default();
     let builds = schedule(
@@ -465,7 +497,7 @@ async fn build_stage(
     };
     let request = BuildRequest {
         image,
-        workspace: &options.workspace,
+        workspace: &options.sandbox.workspace,
         cache_dir: &options.cache_dir,
         records: &BuildRecords::new(&options.build_records),
         dependency_keys,

@@ -2,9 +2,12 @@
 //! parallel limit), then run stages as their `needs` finish, each task with its dependency
 //! containers on its own network. Every stage's end is an event; the job's result is data.
 
+mod binds;
 mod job;
 mod policy;
 mod task;
 
-pub use job::{ExecutorOptions, JobNetwork, JobOutcome, Limits, codes, report_unrunnable, run_job};
-pub use policy::{MountPolicy, PolicyError, check_policy};
+pub use job::{
+    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, codes, report_unrunnable, run_job,
+};
+pub use policy::{PolicyError, Sandbox, check_policy};

@@ -1,17 +1,20 @@
-//! What must hold before anything starts: every `NAME` env entry has a host value, and
-//! every bind mount stays inside the workspace or the allow-list (and never reaches the
-//! Docker socket unless allowed).
+//! What must hold before anything starts: every `NAME` env entry has a value, every bind
+//! mount stays inside the workspace or the operator's allowed directories without passing
+//! through a link (and never reaches the Docker socket unless allowed), and no container
+//! leaves the job's own network unless the operator allows that network mode. Mounts are
+//! checked again, race-free, when each container starts (see [`super::binds`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::collector::{EnvValue, EnvVar, Mount};
+use super::binds::{self, Missing};
+use crate::collector::{EnvValue, EnvVar, Image, Mount};
 use crate::plan::Plan;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error(
-        "task `{task}`: environment variable `{name}` must be set on the host (the config lists it as `{name}` with no value)"
+        "task `{task}`: environment variable `{name}` is not set: the config lists it as `{name}` with no value (under an agent, a job sees only its own env, the secrets its config names and agent.pass_env)"
     )]
     EnvUnset { task: String, name: String },
     #[error(
@@ -22,53 +25,130 @@ pub enum PolicyError {
         host: PathBuf,
         workspace: PathBuf,
     },
+    #[error(
+        "task `{task}`: mount of {host} goes through the symlink {link}; bind mounts may not pass through links"
+    )]
+    MountThroughSymlink {
+        task: String,
+        host: PathBuf,
+        link: PathBuf,
+    },
+    #[error("task `{task}`: mount of {host}: {path} is a file, not a directory")]
+    MountNotADirectory {
+        task: String,
+        host: PathBuf,
+        path: PathBuf,
+    },
+    #[error("task `{task}`: cannot mount {path}: it is {kind}")]
+    MountSpecial {
+        task: String,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("task `{task}`: cannot check the mount path {path}: {message}")]
+    MountUnreadable {
+        task: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("task `{task}`: mounting the Docker socket {host} needs allow_docker_socket")]
     DockerSocket { task: String, host: PathBuf },
+    #[error(
+        "task `{task}`: image `{image}` asks for network mode `{mode}`, which leaves the job's own network; it needs allow_network_modes = [\"{mode}\"]"
+    )]
+    NetworkMode {
+        task: String,
+        image: String,
+        mode: String,
+    },
 }
 
-/// Where tasks may mount from.
+/// How far a job's containers may reach beyond their workspace and their job's network:
+/// the operator's widening (agent.toml `docker.allow_*`, `dockhand run --allow-*`).
 #[derive(Clone, Debug, Default)]
-pub struct MountPolicy {
+pub struct Sandbox {
+    /// Bind mounts may come from here, build contexts may not leave it.
     pub workspace: PathBuf,
     pub allow_host_mounts: Vec<PathBuf>,
     pub allow_docker_socket: bool,
+    /// Network modes besides the job's own network and `none`: `host`, `bridge`, a network
+    /// name, `container:NAME`; a trailing `*` matches any suffix (`container:*`).
+    pub allow_network_modes: Vec<String>,
+}
+
+impl Sandbox {
+    /// Whether a container may use network `mode` (`None`: the job's own network).
+    pub fn network_mode_allowed(&self, mode: Option<&str>) -> bool {
+        let Some(mode) = mode else { return true };
+        mode == "none"
+            || self
+                .allow_network_modes
+                .iter()
+                .any(|allowed| match allowed.strip_suffix('*') {
+                    Some(prefix) => mode.starts_with(prefix),
+                    None => mode == allowed,
+                })
+    }
+
+    /// Checks one mount now, without creating anything: a path that does not exist yet
+    /// may still be made by an earlier task. Blocking (it reads the filesystem).
+    pub fn check_mount(&self, task: &str, mount: &Mount) -> Result<(), PolicyError> {
+        let roots = binds::roots(self);
+        binds::resolve(
+            &mount.host,
+            &roots,
+            self.allow_docker_socket,
+            Missing::Allow,
+        )
+        .map(drop)
+        .map_err(|refusal| refusal.into_error(task, mount, &self.workspace))
+    }
 }
 
 /// Checks every run stage of `plan`, its dependency containers included; returns every
-/// problem.
+/// problem. Blocking (mounts are looked at on disk).
 pub fn check_policy(
     plan: &Plan,
-    host_env: &HashMap<String, String>,
-    mounts: &MountPolicy,
+    env: &HashMap<String, String>,
+    sandbox: &Sandbox,
 ) -> Vec<PolicyError> {
     let mut problems = Vec::new();
+    let mut add = |problem: PolicyError| {
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    };
     for run in &plan.runs {
-        let images = std::iter::once(&run.image).chain(&run.services);
-        let task_env = run.env.iter();
-        let mut envs: Vec<&EnvVar> = task_env.collect();
-        for image in images {
-            let spec = &run.images[image];
-            envs.extend(&spec.run.env);
-            for mount in &spec.run.mounts {
-                if let Err(e) = check_mount(&run.task, mount, mounts) {
-                    problems.push(e);
+        let images: Vec<&Image> = std::iter::once(&run.image)
+            .chain(&run.services)
+            .map(|name| &run.images[name])
+            .collect();
+        let mut envs: Vec<&EnvVar> = run.env.iter().collect();
+        for image in &images {
+            envs.extend(&image.run.env);
+            for mount in &image.run.mounts {
+                if let Err(e) = sandbox.check_mount(&run.task, mount) {
+                    add(e);
                 }
             }
-        }
-        if let Some(task_image) = run.images.get(&run.image) {
-            for options in task_image.run.dependency_options.values() {
-                envs.extend(&options.env);
+            let mode = image.run.network.mode.as_deref();
+            if !sandbox.network_mode_allowed(mode) {
+                add(PolicyError::NetworkMode {
+                    task: run.task.clone(),
+                    image: image.name.clone(),
+                    mode: mode.unwrap_or_default().to_owned(),
+                });
             }
+        }
+        for options in images[0].run.dependency_options.values() {
+            envs.extend(&options.env);
         }
         for var in envs {
-            if var.value == EnvValue::FromHost && !host_env.contains_key(&var.name) {
-                let problem = PolicyError::EnvUnset {
+            if var.value == EnvValue::FromHost && !env.contains_key(&var.name) {
+                add(PolicyError::EnvUnset {
                     task: run.task.clone(),
                     name: var.name.clone(),
-                };
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
+                });
             }
         }
     }
@@ -78,14 +158,14 @@ pub fn check_policy(
 /// `NAME=VALUE` entries for a container.
 pub fn resolve_env<'v>(
     vars: impl IntoIterator<Item = &'v EnvVar>,
-    host_env: &HashMap<String, String>,
+    env: &HashMap<String, String>,
 ) -> Vec<String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for var in vars {
         let value = match &var.value {
             EnvValue::Literal(v) => v.clone(),
-            EnvValue::FromHost => host_env.get(&var.name).cloned().unwrap_or_default(),
-            EnvValue::FromHostOr(default) => host_env
+            EnvValue::FromHost => env.get(&var.name).cloned().unwrap_or_default(),
+            EnvValue::FromHostOr(default) => env
                 .get(&var.name)
                 .cloned()
                 .unwrap_or_else(|| default.clone()),
@@ -98,91 +178,62 @@ pub fn resolve_env<'v>(
     out.into_iter().map(|(n, v)| format!("{n}={v}")).collect()
 }
 
-fn check_mount(task: &str, mount: &Mount, policy: &MountPolicy) -> Result<(), PolicyError> {
-    let host = real_path(&mount.host);
-    let is_socket = ["/var/run/docker.sock", "/run/docker.sock"]
-        .iter()
-        .any(|s| host == real_path(Path::new(s)));
-    if is_socket && !policy.allow_docker_socket {
-        return Err(PolicyError::DockerSocket {
-            task: task.to_owned(),
-            host,
-        });
-    }
-    let workspace = real_path(&policy.workspace);
-    let allowed = host.starts_with(&workspace)
-        || policy
-            .allow_host_mounts
-            .iter()
-            .any(|a| host.starts_with(real_path(a)))
-        || (is_socket && policy.allow_docker_socket);
-    if allowed {
-        Ok(())
-    } else {
-        Err(PolicyError::MountOutside {
-            task: task.to_owned(),
-            host,
-            workspace,
-        })
-    }
-}
-
-/// `path` with symlinks resolved as far as it exists, so a link cannot smuggle a mount
-/// out of the workspace.
-fn real_path(path: &Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return rest
-                .iter()
-                .rev()
-                .fold(real, |acc, part: &std::ffi::OsString| acc.join(part));
-        }
-        match (
-            existing.file_name().map(ToOwned::to_owned),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_modes_leaving_the_job_network_need_the_operator() {
+        let sandbox = Sandbox::default();
+        assert!(sandbox.network_mode_allowed(None));
+        assert!(sandbox.network_mode_allowed(Some("none")));
+        for mode in ["host", "bridge", "container:other", "some-network"] {
+            assert!(!sandbox.network_mode_allowed(Some(mode)), "{mode}");
+        }
+        let widened = Sandbox {
+            allow_network_modes: vec!["host".into(), "container:*".into()],
+            ..Sandbox::default()
+        };
+        assert!(widened.network_mode_allowed(Some("host")));
+        assert!(widened.network_mode_allowed(Some("container:db")));
+        assert!(!widened.network_mode_allowed(Some("bridge")));
+    }
 
     #[test]
     fn symlinks_cannot_carry_a_mount_out_of_the_workspace() {
         let workspace = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), workspace.path().join("link")).unwrap();
-        let policy = MountPolicy {
+        let sandbox = Sandbox {
             workspace: workspace.path().to_path_buf(),
-            ..MountPolicy::default()
+            ..Sandbox::default()
         };
         let mount = |host: PathBuf| Mount {
             host,
             container: "/data".into(),
             read_only: false,
         };
-        assert!(check_mount("t", &mount(workspace.path().join("data/new")), &policy).is_ok());
+        let check = |sandbox: &Sandbox, host| sandbox.check_mount("t", &mount(host));
+        assert!(check(&sandbox, workspace.path().join("data/new")).is_ok());
         assert!(matches!(
-            check_mount("t", &mount(workspace.path().join("link/x")), &policy),
-            Err(PolicyError::MountOutside { .. })
+            check(&sandbox, workspace.path().join("link/x")),
+            Err(PolicyError::MountThroughSymlink { .. })
         ));
         assert!(matches!(
-            check_mount("t", &mount(workspace.path().join("../..")), &policy),
+            check(&sandbox, workspace.path().join("../..")),
             Err(PolicyError::MountOutside { .. })
         ));
-        let allowed = MountPolicy {
+        let allowed = Sandbox {
             allow_host_mounts: vec![outside.path().to_path_buf()],
-            ..policy
+            ..sandbox
         };
-        assert!(check_mount("t", &mount(workspace.path().join("link/x")), &allowed).is_ok());
+        assert!(check(&allowed, outside.path().join("x")).is_ok());
+        assert!(
+            matches!(
+                check(&allowed, workspace.path().join("link/x")),
+                Err(PolicyError::MountThroughSymlink { .. })
+            ),
+            "an allowed directory is mounted by its own path, never through a link"
+        );
     }
 }

@@ -7,15 +7,16 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::binds;
 use super::job::ExecutorOptions;
-use super::policy::resolve_env;
-use crate::collector::{DependencyOptions, Image, RunCommand, TaskAction};
-use crate::docker::{ContainerSpec, DockerError, Engine, ExitStatus, Owner, Readiness};
+use super::policy::{PolicyError, resolve_env};
+use crate::collector::{DependencyOptions, Image, Mount, RunCommand, TaskAction};
+use crate::docker::{Chunk, ContainerSpec, DockerError, Engine, ExitStatus, Owner, Readiness};
 use crate::events::{LogStream, StageLog, StageOutcome, StageStatus};
 use crate::plan::RunStage;
 
@@ -98,12 +99,14 @@ impl TaskRun<'_> {
         let mut env: Vec<&crate::collector::EnvVar> = task_image.run.env.iter().collect();
         env.extend(&self.stage.env);
         let spec = self.spec(task_image, &self.stage.task, env, Vec::new());
-        let id = self.engine.create_container(&spec, self.owner).await?;
-        self.containers.push(id.clone());
+        let (id, output) = match self.start(spec, &task_image.run.mounts).await? {
+            Ok(started) => started,
+            Err(refused) => return Ok(self.refused(refused).await),
+        };
         Ok(
             match self
                 .engine
-                .run_attached(&id, self.log, cancel, deadline)
+                .run_attached(&id, output, self.log, cancel, deadline)
                 .await?
             {
                 ExitStatus::Exited(0) => StageOutcome {
@@ -145,9 +148,10 @@ impl TaskRun<'_> {
         env.extend(&overrides.env);
         let mut spec = self.spec(image, &image.name, env, aliases.clone());
         spec.ports.extend(overrides.ports.iter().cloned());
-        let id = self.engine.create_container(&spec, self.owner).await?;
-        self.containers.push(id.clone());
-        let output = self.engine.attach_and_start(&id).await?;
+        let (id, output) = match self.start(spec, &image.run.mounts).await? {
+            Ok(started) => started,
+            Err(refused) => return Ok(Some(self.refused(refused).await)),
+        };
         let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
         self.pumps.spawn(pump(
             output,
@@ -204,6 +208,56 @@ impl TaskRun<'_> {
         ))
     }
 
+    /// Creates and starts a container with its output attached first. One with bind mounts
+    /// starts behind the mount gate, its host paths resolved there; a refused path is
+    /// `Ok(Err)`, for the stage's result.
+    async fn start(
+        &mut self,
+        mut spec: ContainerSpec,
+        mounts: &[Mount],
+    ) -> Result<
+        Result<(String, impl Stream<Item = Chunk> + Send + Unpin + use<>), PolicyError>,
+        DockerError,
+    > {
+        let gate = if mounts.is_empty() {
+            None
+        } else {
+            let sandbox = &self.options.sandbox;
+            let (binds, gate) =
+                binds::resolve_behind_gate(self.engine, sandbox, &self.stage.task, mounts).await?;
+            match binds {
+                Ok(binds) => spec.binds = binds,
+                Err(refused) => {
+                    gate.open(self.engine).await;
+                    return Ok(Err(refused));
+                }
+            }
+            Some(gate)
+        };
+        let started = self.create_and_start(&spec).await;
+        if let Some(gate) = gate {
+            gate.open(self.engine).await;
+        }
+        started.map(Ok)
+    }
+
+    async fn create_and_start(
+        &mut self,
+        spec: &ContainerSpec,
+    ) -> Result<(String, impl Stream<Item = Chunk> + Send + Unpin + use<>), DockerError> {
+        let id = self.engine.create_container(spec, self.owner).await?;
+        self.containers.push(id.clone());
+        let output = self.engine.attach_and_start(&id).await?;
+        Ok((id, output))
+    }
+
+    /// A container the sandbox refused fails the stage, with the reason in its log.
+    async fn refused(&self, refused: PolicyError) -> StageOutcome {
+        let message = format!("refused: {refused}");
+        self.log.note(message.clone()).await;
+        StageOutcome::new(StageStatus::Failed).with_message(message)
+    }
+
     /// The names a dependency answers to: its image name and every alias a link to it gives.
     fn aliases(&self, service: &str) -> Vec<String> {
         let mut aliases = vec![service.to_owned()];
@@ -234,27 +288,18 @@ impl TaskRun<'_> {
                     vec![shell.clone(), "-c".into(), script.clone()]
                 }
             }),
-            env: resolve_env(env, &self.options.host_env),
+            env: resolve_env(env, &self.options.env),
             user: run.user.clone(),
-            binds: run
-                .mounts
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{}:{}{}",
-                        m.host.display(),
-                        m.container,
-                        if m.read_only { ":ro" } else { "" }
-                    )
-                })
-                .collect(),
+            binds: Vec::new(),
             ports: run.ports.clone(),
             network: self.network.to_owned(),
             aliases,
             cpu: run.cpu.clone(),
             network_options: run.network.clone(),
-            memory_bytes: self.options.limits.memory_bytes,
-            nano_cpus: self.options.limits.nano_cpus,
+            memory_bytes: self.options.containers.memory_bytes,
+            nano_cpus: self.options.containers.nano_cpus,
+            pids_limit: self.options.containers.pids_limit,
+            no_new_privileges: self.options.containers.no_new_privileges,
         }
     }
 

@@ -5,3 +5,8 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod containers;
+mod env;
+mod mounts;
+mod network;

@@ -1,0 +1,197 @@
+//! Bind mounts never reach the host outside the workspace: not through a link a task
+//! planted, not through a link the repository ships, not by swapping a directory for a link
+//! while the next container starts, and never to the Docker socket.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::agent::{AgentProcess, LONG, unique};
+use crate::support::{Project, docker};
+
+/// A host directory outside every workspace, holding a file no job may read.
+fn host_secret() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("host-only-{}", unique());
+    std::fs::write(dir.path().join("marker"), &marker).unwrap();
+    (dir, marker)
+}
+
+/// The symlink-then-mount attack: `plant` leaves `escape -> /` in the mounted workspace,
+/// `read` mounts the Docker socket and a host directory through it.
+fn planted_link_config(host_dir: &Path) -> String {
+    format!(
+        r#"image_name_prefix: sec-mounts-{}
+context: false
+images:
+  box:
+    commands: [FROM dockhand/busybox:local]
+    tasks:
+      plant:
+        options:
+          volumes: {{mount: [".:/ws"]}}
+          command: [sh, -c, "ln -sfn / /ws/escape && echo planted"]
+      read:
+        options:
+          volumes:
+            mount:
+              - ./escape/var/run/docker.sock:/d.sock
+              - ./escape{host}:/h
+          command: [sh, -c, "ls -l /d.sock; cat /h/marker"]
+pipeline:
+  - plant
+  - {{task: read, needs: [plant]}}
+"#,
+        unique(),
+        host = host_dir.display()
+    )
+}
+
+#[test]
+fn a_link_a_task_planted_cannot_carry_a_later_mount_out_of_the_workspace() {
+    let (host_dir, marker) = host_secret();
+    let project = Project::new(&planted_link_config(host_dir.path()));
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(1), "the refused task fails the job\n{run}");
+    assert_eq!(run.stage("run", "plant")["status"], "passed", "{run}");
+    let read = run.stage("run", "read");
+    assert_eq!(read["status"], "failed", "{run}");
+    let message = read["message"].as_str().unwrap();
+    assert!(
+        message.contains("goes through the symlink") && message.contains("escape"),
+        "{message}"
+    );
+    assert!(!run.stdout.contains(&marker) && !run.log().contains(&marker));
+    assert!(!run.stdout.contains("d.sock"), "{run}");
+}
+
+#[test]
+fn the_same_attack_fails_under_the_agent() {
+    let (host_dir, marker) = host_secret();
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("config.yml"),
+        planted_link_config(host_dir.path()),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["watch", "."]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!((job.status.as_str(), job.exit_code), ("failed", 1));
+    let log = job.log();
+    assert!(log.contains("goes through the symlink"), "{log}");
+    assert!(!log.contains(&marker), "{log}");
+}
+
+#[test]
+fn a_link_the_repository_ships_is_refused_before_anything_runs() {
+    let project = Project::new(&format!(
+        "tag: sec-shipped-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {{mount: [\"./etc-link:/h\"]}}\ncommand: [cat, /h/hostname]\n",
+        unique()
+    ));
+    std::os::unix::fs::symlink("/etc", project.path().join("etc-link")).unwrap();
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(200), "{run}");
+    assert!(run.stderr.contains("goes through the symlink"), "{run}");
+    assert!(run.stderr.contains("etc-link"), "{run}");
+}
+
+#[test]
+fn the_docker_socket_needs_the_operator_even_by_its_own_path() {
+    let project = Project::new(&format!(
+        "tag: sec-socket-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {{mount: [\"/var/run/docker.sock:/d.sock\"]}}\ncommand: [ls, -l, /d.sock]\n",
+        unique()
+    ));
+    let refused = project.run(&["run"]);
+    assert_eq!(refused.code, Some(200), "{refused}");
+    assert!(refused.stderr.contains("allow_docker_socket"), "{refused}");
+    let allowed = project.run(&["run", "--allow-docker-socket"]);
+    assert_eq!(allowed.code, Some(0), "{allowed}");
+    assert!(allowed.stdout.contains("/d.sock"), "{allowed}");
+}
+
+#[test]
+fn a_missing_mount_directory_is_made_inside_the_workspace() {
+    let project = Project::new(&format!(
+        "tag: sec-missing-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {{mount: [\"./out/deep:/out\"]}}\ncommand: [sh, -c, \"echo made > /out/file\"]\n",
+        unique()
+    ));
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let written = std::fs::read_to_string(project.path().join("out/deep/file")).unwrap();
+    assert_eq!(written, "made\n");
+}
+
+/// A container of a running job swaps a directory of the workspace for a link to `/` as
+/// fast as it can while another job's tasks mount a path through that directory: whatever
+/// state the check sees is the state the engine mounts (the swapper is paused meanwhile),
+/// so a task sees the directory's contents or is refused, never the host.
+#[test]
+fn a_directory_swapped_for_a_link_while_a_task_starts_never_mounts_the_host() {
+    let (host_dir, marker) = host_secret();
+    let attempts = 6;
+    let readers: String = (1..=attempts)
+        .map(|i| {
+            let needs = if i == 1 {
+                String::new()
+            } else {
+                format!(", needs: [read{}]", i - 1)
+            };
+            format!("  - {{task: read{i}, allow_failure: true{needs}}}\n")
+        })
+        .collect();
+    let tasks: String = (1..=attempts)
+        .map(|i| {
+            format!(
+                "      read{i}:\n        options:\n          volumes: {{mount: [\"./flip{host}:/h:ro\"]}}\n          command: [sh, -c, \"cat /h/marker || echo no-marker\"]\n",
+                host = host_dir.path().display()
+            )
+        })
+        .collect();
+    let config = format!(
+        r#"image_name_prefix: sec-race-{}
+context: false
+images:
+  box:
+    commands: [FROM dockhand/busybox:local]
+    tasks:
+      swap:
+        options:
+          volumes: {{mount: [".:/ws"]}}
+          bash: |
+            cd /ws && mkdir -p real && touch started
+            i=0
+            while [ ! -e stop ] && [ $i -lt 200000 ]; do
+              mv real flip; mv flip real; ln -s / flip; rm flip
+              i=$((i+1))
+            done
+{tasks}pipeline:
+{readers}"#,
+        unique()
+    );
+    let project = Project::new(&config);
+    let mut swapper = project.spawn(&["run", "swap"]);
+    let started = Instant::now();
+    while !project.path().join("started").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the swapper did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = project.run(&["run"]);
+    std::fs::write(project.path().join("stop"), "").unwrap();
+    let swapped = swapper.wait().unwrap();
+    assert!(swapped.success(), "the swapper ends cleanly: {swapped:?}");
+    assert!(
+        !run.stdout.contains(&marker) && !run.log().contains(&marker),
+        "a task read the host through the swapped link\n{run}"
+    );
+    let refused = run.log().matches("goes through the symlink").count();
+    let inside = run.stdout.matches("no-marker").count();
+    assert_eq!(
+        refused + inside,
+        attempts,
+        "every attempt was refused or saw the workspace\n{run}"
+    );
+    let paused = docker(&["ps", "-q", "--filter", "status=paused"]);
+    assert!(paused.trim().is_empty(), "nothing is left paused: {paused}");
+}

@@ -1,0 +1,54 @@
+//! No container leaves its job's network unless the operator allows that network mode:
+//! `host` would reach services bound to the host's 127.0.0.1, `container:NAME` another
+//! container's (another job's) namespace.
+
+use crate::support::Project;
+use crate::support::agent::{AgentProcess, LONG, unique};
+
+fn config(mode: &str) -> String {
+    format!(
+        "tag: sec-net-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nnetwork: {{mode: \"{mode}\"}}\ncommand: [hostname]\n",
+        unique()
+    )
+}
+
+#[test]
+fn host_and_container_modes_are_refused_unless_allowed() {
+    for mode in ["host", "container:some-other-job", "bridge"] {
+        let project = Project::new(&config(mode));
+        let run = project.run(&["run"]);
+        assert_eq!(run.code, Some(200), "{mode}: {run}");
+        assert!(
+            run.stderr.contains(&format!(
+                "network mode `{mode}`, which leaves the job's own network"
+            )),
+            "{run}"
+        );
+        assert!(run.stderr.contains("allow_network_modes"), "{run}");
+    }
+    let none = Project::new(&config("none"));
+    let run = none.run(&["run"]);
+    assert_eq!(run.code, Some(0), "`none` leaves nothing: {run}");
+}
+
+#[test]
+fn the_operator_can_allow_the_host_network() {
+    let project = Project::new(&config("host"));
+    let run = project.run(&["run", "--allow-network-mode", "host"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(
+        run.stdout.contains(&format!("| {}", host.trim())),
+        "the task ran in the host's namespace: {run}"
+    );
+}
+
+#[test]
+fn the_agent_refuses_the_host_network_by_default() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("config.yml"), config("host")).unwrap();
+    let agent = AgentProcess::start(repo.path(), &["watch", "."]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!((job.status.as_str(), job.exit_code), ("failed", 200));
+    assert!(job.log().contains("allow_network_modes"), "{}", job.log());
+}
