@@ -17,6 +17,8 @@
 //! - [`report`]: the sinks for those events: console, JSON lines, results directory,
 //!   junit.xml, with secrets masked before any of them.
 //! - [`job`]: the `Job` every source produces.
+//! - [`files`]: dockhand's own files in directories a repository can reach: no links
+//!   followed, no unbounded reads.
 //! - [`config`]: agent.toml, layered.
 //! - [`workspace`]: per-job directories filled from a checkout or a git repository.
 //! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod docker;
 pub mod events;
 pub mod executor;
+pub mod files;
 pub mod job;
 pub mod plan;
 pub mod report;

@@ -121,26 +121,29 @@ pub fn write_manifest(
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
-    writeln!(out, "{SUMMARY_PREFIX}{}", key.summary())?;
-    for (entry, digest) in entries.iter().zip(digests) {
-        out.write_all(manifest_line(entry, digest.as_deref()).as_bytes())?;
-    }
-    out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    fs::rename(tmp, path)
+    crate::files::write_replacing(path, |out| {
+        writeln!(out, "{SUMMARY_PREFIX}{}", key.summary())?;
+        for (entry, digest) in entries.iter().zip(digests) {
+            out.write_all(manifest_line(entry, digest.as_deref()).as_bytes())?;
+        }
+        Ok(())
+    })
 }
+
+/// Manifests are read this far only.
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// The summary of the build a manifest describes, for [`BuildKey::changed_since`].
 pub fn manifest_summary(path: &Path) -> Option<String> {
-    let file = fs::File::open(path).ok()?;
+    let file = io::Read::take(crate::files::open_regular(path).ok()?, MAX_MANIFEST_BYTES);
     let first = io::BufRead::lines(io::BufReader::new(file)).next()?.ok()?;
     first.strip_prefix(SUMMARY_PREFIX).map(str::to_owned)
 }
 
 /// The files that differ from the last build's manifest: `changed a.txt, added b.txt, …`.
 pub fn file_changes(path: &Path, entries: &[Entry], digests: &[Option<String>]) -> Option<String> {
-    let old = fs::read_to_string(path).ok()?;
+    let old = crate::files::read_limited(path, MAX_MANIFEST_BYTES).ok()?;
+    let old = String::from_utf8(old).ok()?;
     let by_name = |text: &str| -> BTreeMap<String, String> {
         text.lines()
             .filter_map(|l| {

@@ -31,7 +31,8 @@ impl BuildRecords {
 
     /// The image id recorded for `key`, if a well-formed record exists.
     pub fn image_for(&self, key: &str) -> Option<String> {
-        let text = fs::read_to_string(self.path(key)?).ok()?;
+        let bytes = crate::files::read_limited(&self.path(key)?, 1024).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
         let id = text.trim();
         let hex = id.strip_prefix("sha256:")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
@@ -47,7 +48,11 @@ impl BuildRecords {
         let tmp = self
             .dir
             .join(format!(".{}.tmp", random_hex().map_err(io::Error::other)?));
-        fs::write(&tmp, format!("{image_id}\n"))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        io::Write::write_all(&mut file, format!("{image_id}\n").as_bytes())?;
         fs::rename(&tmp, path)?;
         self.trim()
     }

@@ -22,12 +22,16 @@ pub struct DigestCache {
     changed: bool,
 }
 
+/// A larger cache file is read this far only (it is a speed-up, and may have been planted).
+const MAX_CACHE_BYTES: u64 = 256 << 20;
+
 impl DigestCache {
     /// Loads `path` for files under `root`; a missing or unreadable cache is an empty one
     /// (it is only a speed-up).
     pub fn load(path: &Path, root: &Path) -> DigestCache {
         let mut known = HashMap::new();
-        if let Ok(file) = fs::File::open(path) {
+        if let Ok(file) = crate::files::open_regular(path) {
+            let file = io::Read::take(file, MAX_CACHE_BYTES);
             for line in io::BufReader::new(file).lines().map_while(Result::ok) {
                 let mut fields = line.splitn(5, '\t');
                 let (Some(digest), Some(size), Some(mtime), Some(inode), Some(file)) = (
@@ -76,22 +80,19 @@ impl DigestCache {
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
-        for (file, (stamp, digest)) in &self.known {
-            let Some(file) = file.to_str().filter(|f| !f.contains(['\n', '\t'])) else {
-                continue;
-            };
-            writeln!(
-                out,
-                "{digest}\t{}\t{}\t{}\t{file}",
-                stamp.size, stamp.mtime_ns, stamp.inode
-            )?;
-        }
-        out.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
-        fs::rename(tmp, &self.path)?;
+        crate::files::write_replacing(&self.path, |out| {
+            for (file, (stamp, digest)) in &self.known {
+                let Some(file) = file.to_str().filter(|f| !f.contains(['\n', '\t'])) else {
+                    continue;
+                };
+                writeln!(
+                    out,
+                    "{digest}\t{}\t{}\t{}\t{file}",
+                    stamp.size, stamp.mtime_ns, stamp.inode
+                )?;
+            }
+            Ok(())
+        })?;
         self.changed = false;
         Ok(())
     }

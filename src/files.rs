@@ -1,0 +1,87 @@
+//! Reading and writing dockhand's own files where a repository may have planted something
+//! first (`dockhand run` keeps its caches and results in the checkout): never through a
+//! link, never from a device or FIFO, never unbounded.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Opens a regular file for reading without following a link at its last component and
+/// without blocking on a FIFO; anything but a regular file is an error.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// The whole of a regular file of at most `limit` bytes (see [`open_regular`]).
+pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {limit} bytes", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Replaces `path` atomically with what `write` writes: into a fresh `<path>.tmp` (one
+/// already there, a link included, is removed first, never written through), then renamed
+/// over `path` (which replaces a link rather than following it).
+pub fn write_replacing(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let mut out = io::BufWriter::new(file);
+    write(&mut out)?;
+    out.flush()?;
+    out.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn links_devices_and_oversized_files_are_never_read_or_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "precious").unwrap();
+        let target = dir.path().join("cache");
+        symlink(&outside, &target).unwrap();
+        symlink(&outside, dir.path().join("cache.tmp")).unwrap();
+        assert!(read_limited(&target, 100).is_err());
+        assert!(read_limited(Path::new("/dev/zero"), 100).is_err());
+        write_replacing(&target, |out| out.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious");
+        assert_eq!(read_limited(&target, 100).unwrap(), b"new");
+        assert!(
+            read_limited(&target, 2).is_err(),
+            "3 bytes is over a 2-byte limit"
+        );
+    }
+}
