@@ -162,6 +162,12 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                     allow_host_mounts: settings.docker.allow_host_mounts.clone(),
                     allow_docker_socket: settings.docker.allow_docker_socket,
                     allow_network_modes: settings.docker.allow_network_modes.clone(),
+                    allow_published_ports: settings.docker.allow_published_ports,
+                    protected: vec![
+                        agent.workspace_root.clone(),
+                        agent.results_dir.clone(),
+                        agent.state_dir.clone(),
+                    ],
                 },
                 cache_dir: agent
                     .state_dir
@@ -313,6 +319,7 @@ fn container_defaults(docker: &crate::config::DockerSection) -> ContainerDefault
         Some(docker.pids_limit),
     );
     defaults.no_new_privileges = docker.no_new_privileges;
+    defaults.cap_drop = docker.cap_drop.clone();
     defaults
 }
 

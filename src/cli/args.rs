@@ -152,6 +152,9 @@ pub struct JobArgs {
     /// `bridge`, a network name, `container:NAME` or `container:*` (repeatable)
     #[arg(long = "allow-network-mode", value_name = "MODE")]
     pub allow_network_modes: Vec<String>,
+    /// Let tasks publish ports on the host (`ports`, `publish_all_ports`)
+    #[arg(long)]
+    pub allow_published_ports: bool,
     /// Memory limit of each task container, e.g. "2g" [default: half the host's memory]
     #[arg(long, value_parser = crate::config::ByteSize::parse, value_name = "SIZE")]
     pub memory: Option<crate::config::ByteSize>,

@@ -2,15 +2,19 @@
 //! connect, run the job with the console (or JSON lines) and the results directory as
 //! sinks, and exit with the job's code.
 
+use std::path::{Path, PathBuf};
+
 use tokio_util::sync::CancellationToken;
 
 use super::args::JobArgs;
 use super::exit;
 use super::runtime::{self, Threads};
+use crate::collector::Config;
 use crate::collector::{CollectOptions, Collected};
+use crate::docker::context::STATE_DIR;
 use crate::docker::{Engine, cache_dir};
 use crate::executor::{
-    ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, run_job,
+    ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, make_own_dir, run_job,
 };
 use crate::job::{hostname, new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
@@ -35,6 +39,26 @@ pub fn run(
         }
     };
     let workspace = workspace_root(&config.config_root);
+    let results_root = absolute(
+        &args
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| config.config_root.join(STATE_DIR).join("results")),
+    );
+    // dockhand's own directories, in reach of tasks that mount the checkout: made here
+    // without following links a repository (or an earlier task) planted, and hidden from
+    // every container.
+    let own_dirs = vec![
+        workspace.join(STATE_DIR),
+        config.config_root.join(STATE_DIR),
+        results_root.clone(),
+    ];
+    for dir in &own_dirs {
+        if let Err(e) = make_own_dir(&workspace, dir) {
+            eprintln!("error: {e}");
+            return exit::INFRASTRUCTURE;
+        }
+    }
     let allowed_mounts = args.allow_host_mounts.iter();
     let options = ExecutorOptions {
         job_id: new_job_id(),
@@ -46,6 +70,8 @@ pub fn run(
             allow_host_mounts: allowed_mounts.map(|d| absolute(d)).collect(),
             allow_docker_socket: args.allow_docker_socket,
             allow_network_modes: args.allow_network_modes.clone(),
+            allow_published_ports: args.allow_published_ports,
+            protected: own_dirs,
         },
         cache_dir: cache_dir(&workspace),
         build_records: cache_dir(&workspace).join("builds"),
@@ -74,13 +100,12 @@ pub fn run(
     let Some(runtime) = runtime::start(Threads::One) else {
         return exit::INFRASTRUCTURE;
     };
-    runtime.block_on(run_async(config, plan, options, &request, args, collect))
+    let job = (config, plan, options, results_root);
+    runtime.block_on(run_async(job, &request, args, collect))
 }
 
 async fn run_async(
-    config: &crate::collector::Config,
-    plan: Plan,
-    options: ExecutorOptions,
+    (config, plan, options, results_root): (&Config, Plan, ExecutorOptions, PathBuf),
     request: &Request,
     args: &JobArgs,
     collect: &CollectOptions,
@@ -92,10 +117,6 @@ async fn run_async(
             return exit::INFRASTRUCTURE;
         }
     };
-    let results_root = args
-        .results_dir
-        .clone()
-        .unwrap_or_else(|| config.config_root.join(".dockhand/results"));
     let info = JobInfo {
         config: collect.config.clone(),
         tasks: match request {
@@ -140,7 +161,7 @@ async fn run_async(
     outcome.exit_code
 }
 
-fn absolute(dir: &std::path::Path) -> std::path::PathBuf {
+fn absolute(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 

@@ -101,6 +101,10 @@ pub struct DockerSection {
     /// Network modes tasks may use besides their job's network and `none` (`host`,
     /// `bridge`, a network name, `container:NAME`, `container:*`).
     pub allow_network_modes: Vec<String>,
+    /// Let containers publish ports on the host (`ports`, `publish_all_ports`).
+    pub allow_published_ports: bool,
+    /// Capabilities taken from every task container (Docker's defaults keep them).
+    pub cap_drop: Vec<String>,
 }
 
 impl Default for DockerSection {
@@ -115,6 +119,11 @@ impl Default for DockerSection {
             allow_host_mounts: Vec::new(),
             allow_docker_socket: false,
             allow_network_modes: Vec::new(),
+            allow_published_ports: false,
+            cap_drop: crate::executor::ContainerDefaults::CAP_DROP
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
         }
     }
 }

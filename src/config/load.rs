@@ -54,6 +54,7 @@ const LIST_KEYS: &[&str] = &[
     "agent.pass_env",
     "docker.allow_host_mounts",
     "docker.allow_network_modes",
+    "docker.cap_drop",
     "secrets.from_env",
 ];
 

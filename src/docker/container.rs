@@ -53,6 +53,9 @@ pub struct ContainerSpec {
     pub pids_limit: Option<i64>,
     /// No process may gain privileges (setuid binaries, file capabilities).
     pub no_new_privileges: bool,
+    pub cap_drop: Vec<String>,
+    /// Container paths covered by an empty read-only tmpfs (what a bind mount must not show).
+    pub hidden: Vec<String>,
 }
 
 /// How a container run ended.
@@ -92,6 +95,15 @@ fn coalesce(
         }
     }
     (batch.map_or(first, BytesMut::freeze), next)
+}
+
+/// What [`Engine::pause`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    Paused,
+    /// Someone else paused it, and will resume it.
+    AlreadyPaused,
+    NotRunning,
 }
 
 /// What a sweep removed.
@@ -278,6 +290,13 @@ impl Engine {
                 security_opt: spec
                     .no_new_privileges
                     .then(|| vec!["no-new-privileges".to_owned()]),
+                cap_drop: Some(spec.cap_drop.clone()),
+                tmpfs: Some(
+                    spec.hidden
+                        .iter()
+                        .map(|path| (path.clone(), "ro,size=4k,mode=0555".to_owned()))
+                        .collect(),
+                ),
                 init: Some(true),
                 ..Default::default()
             }),
@@ -436,12 +455,13 @@ impl Engine {
         }
     }
 
-    /// Running dockhand containers' read-write bind mounts, as (container id, host path):
+    /// Running (or paused) dockhand containers' read-write bind mounts, as (container id,
+    /// host path):
     /// the containers that could change a host path while another container mounts it.
     pub async fn running_writable_binds(&self) -> Result<Vec<(String, PathBuf)>, DockerError> {
         let filter = HashMap::from([
             ("label", vec![labels::JOB.to_owned()]),
-            ("status", vec!["running".to_owned()]),
+            ("status", vec!["running".to_owned(), "paused".to_owned()]),
         ]);
         let options = ListContainersOptionsBuilder::default()
             .filters(&filter)
@@ -463,14 +483,29 @@ impl Engine {
             .collect())
     }
 
-    /// Freezes a running container's processes; `false` when it is not running (any more).
-    pub async fn pause(&self, id: &str) -> Result<bool, DockerError> {
+    /// Freezes a running container's processes.
+    pub async fn pause(&self, id: &str) -> Result<Pause, DockerError> {
         match self.docker.pause_container(id).await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(Pause::Paused),
             Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }) => Ok(false),
+                status_code: 404, ..
+            }) => Ok(Pause::NotRunning),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                let state = self
+                    .docker
+                    .inspect_container(id, None)
+                    .await
+                    .map_err(DockerError::api(format!("inspecting container {id}")))?
+                    .state
+                    .unwrap_or_default();
+                Ok(if state.paused == Some(true) {
+                    Pause::AlreadyPaused
+                } else {
+                    Pause::NotRunning
+                })
+            }
             Err(e) => Err(DockerError::api(format!("pausing container {id}"))(e)),
         }
     }

@@ -18,7 +18,7 @@ pub use wait::Readiness;
 pub use build::{BuildRequest, BuildResult, cache_dir};
 pub use build_records::BuildRecords;
 pub use client::Engine;
-pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers};
+pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers, Pause};
 pub use digests::{DigestCache, hex};
 pub use labels::Owner;
 
@@ -40,6 +40,10 @@ pub enum DockerError {
     Poisoned,
     #[error("a worker thread failed: {0}")]
     Thread(String),
+    #[error(
+        "container {0} stayed paused by another dockhand process; a bind mount it could change cannot be checked"
+    )]
+    PausedElsewhere(String),
     #[error("the job's network could not be created: {0}")]
     JobNetwork(String),
 }

@@ -77,17 +77,22 @@ pub enum JobNetwork {
 /// What every container a task starts gets, unless the operator changes it: a hostile
 /// task may not exhaust the agent host's memory, CPUs or process table, nor gain
 /// privileges through setuid binaries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerDefaults {
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub pids_limit: Option<i64>,
     pub no_new_privileges: bool,
+    pub cap_drop: Vec<String>,
 }
 
 impl ContainerDefaults {
     /// Processes per container unless configured otherwise.
     pub const PIDS_LIMIT: i64 = 4096;
+    /// Capabilities Docker grants by default that a build task has no use for: device
+    /// nodes (a task could leave a world-readable node of the host's disk in the checkout)
+    /// and raw sockets (spoofing other containers on a shared bridge).
+    pub const CAP_DROP: &[&str] = &["MKNOD", "NET_RAW"];
 
     /// The defaults on this host: half its memory, every CPU, [`Self::PIDS_LIMIT`]
     /// processes, no new privileges. `memory`, `cpus` and `pids` replace them when given
@@ -103,6 +108,7 @@ impl ContainerDefaults {
                 None => Some(Self::PIDS_LIMIT),
             },
             no_new_privileges: true,
+            cap_drop: Self::CAP_DROP.iter().map(|c| (*c).to_owned()).collect(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod job;
 mod policy;
 mod task;
 
+pub use binds::make_own_dir;
 pub use job::{
     ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, codes, report_unrunnable, run_job,
 };

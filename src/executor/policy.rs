@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::binds::{self, Missing};
+use super::binds::{Missing, Reach, lexical};
 use crate::collector::{EnvValue, EnvVar, Image, Mount};
 use crate::plan::Plan;
 
@@ -51,6 +51,30 @@ pub enum PolicyError {
         path: PathBuf,
         message: String,
     },
+    #[error(
+        "task `{task}`: mount of {host} reaches {dir}, dockhand's own directory (results, caches or state), which no task may mount"
+    )]
+    MountProtected {
+        task: String,
+        host: PathBuf,
+        dir: PathBuf,
+    },
+    #[error(
+        "task `{task}`: image `{image}` mounts at `{path}`; a mount's container path must be absolute, without `..`, and not `/`, `/proc`, `/sys` or `/dev` or below them"
+    )]
+    MountTarget {
+        task: String,
+        image: String,
+        path: String,
+    },
+    #[error(
+        "task `{task}`: image `{image}` publishes ports on the host ({ports}); that needs allow_published_ports"
+    )]
+    PublishedPorts {
+        task: String,
+        image: String,
+        ports: String,
+    },
     #[error("task `{task}`: mounting the Docker socket {host} needs allow_docker_socket")]
     DockerSocket { task: String, host: PathBuf },
     #[error(
@@ -74,6 +98,12 @@ pub struct Sandbox {
     /// Network modes besides the job's own network and `none`: `host`, `bridge`, a network
     /// name, `container:NAME`; a trailing `*` matches any suffix (`container:*`).
     pub allow_network_modes: Vec<String>,
+    /// Whether containers may publish ports on the host (`ports`, `publish_all_ports`):
+    /// a published port is reachable from the host and from every other job.
+    pub allow_published_ports: bool,
+    /// dockhand's own directories (results, caches, state) that no mount may reach; the
+    /// part of one inside a mounted directory is hidden from the container.
+    pub protected: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -93,15 +123,10 @@ impl Sandbox {
     /// Checks one mount now, without creating anything: a path that does not exist yet
     /// may still be made by an earlier task. Blocking (it reads the filesystem).
     pub fn check_mount(&self, task: &str, mount: &Mount) -> Result<(), PolicyError> {
-        let roots = binds::roots(self);
-        binds::resolve(
-            &mount.host,
-            &roots,
-            self.allow_docker_socket,
-            Missing::Allow,
-        )
-        .map(drop)
-        .map_err(|refusal| refusal.into_error(task, mount, &self.workspace))
+        Reach::of(self)
+            .resolve(&mount.host, Missing::Allow)
+            .map(drop)
+            .map_err(|refusal| refusal.into_error(task, mount, &self.workspace))
     }
 }
 
@@ -130,6 +155,28 @@ pub fn check_policy(
                 if let Err(e) = sandbox.check_mount(&run.task, mount) {
                     add(e);
                 }
+                if !mountable_target(&mount.container) {
+                    add(PolicyError::MountTarget {
+                        task: run.task.clone(),
+                        image: image.name.clone(),
+                        path: mount.container.clone(),
+                    });
+                }
+            }
+            let published = image.run.network.publish_all_ports || !image.run.ports.is_empty();
+            if published && !sandbox.allow_published_ports {
+                let ports: Vec<String> = (image.run.ports.iter())
+                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
+                    .collect();
+                add(PolicyError::PublishedPorts {
+                    task: run.task.clone(),
+                    image: image.name.clone(),
+                    ports: if ports.is_empty() {
+                        "publish_all_ports".to_owned()
+                    } else {
+                        ports.join(", ")
+                    },
+                });
             }
             let mode = image.run.network.mode.as_deref();
             if !sandbox.network_mode_allowed(mode) {
@@ -153,6 +200,18 @@ pub fn check_policy(
         }
     }
     problems
+}
+
+/// Whether a container path may be a mount's target: absolute, normalised, and not over the
+/// container's root or the kernel's views (the engine would refuse or misplace those).
+fn mountable_target(path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    let normal = path.is_absolute() && lexical(path) == path && !path.as_os_str().is_empty();
+    normal
+        && path != std::path::Path::new("/")
+        && !["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|kernel| path.starts_with(kernel))
 }
 
 /// `NAME=VALUE` entries for a container.

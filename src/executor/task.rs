@@ -226,7 +226,10 @@ impl TaskRun<'_> {
             let (binds, gate) =
                 binds::resolve_behind_gate(self.engine, sandbox, &self.stage.task, mounts).await?;
             match binds {
-                Ok(binds) => spec.binds = binds,
+                Ok(mounts) => {
+                    spec.binds = mounts.binds;
+                    spec.hidden = mounts.hidden;
+                }
                 Err(refused) => {
                     gate.open(self.engine).await;
                     return Ok(Err(refused));
@@ -300,6 +303,8 @@ impl TaskRun<'_> {
             nano_cpus: self.options.containers.nano_cpus,
             pids_limit: self.options.containers.pids_limit,
             no_new_privileges: self.options.containers.no_new_privileges,
+            cap_drop: self.options.containers.cap_drop.clone(),
+            hidden: Vec::new(),
         }
     }
 

@@ -55,3 +55,12 @@ fn the_agents_memory_limit_kills_a_task_that_exceeds_it() {
         job.log()
     );
 }
+
+#[test]
+fn tasks_cannot_make_device_nodes_or_raw_sockets() {
+    let run = project("mknod /tmp/disk b 8 0 && echo made-node\nping -c 1 -W 1 127.0.0.1 && echo pinged\necho checked").run(&["run"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("checked"), "{run}");
+    assert!(!run.stdout.contains("made-node"), "MKNOD is dropped: {run}");
+    assert!(!run.stdout.contains("pinged"), "NET_RAW is dropped: {run}");
+}

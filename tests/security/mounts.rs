@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::agent::{AgentProcess, LONG, unique};
-use crate::support::{Project, docker};
+use crate::support::{JobRun, Project};
 
 /// A host directory outside every workspace, holding a file no job may read.
 fn host_secret() -> (tempfile::TempDir, String) {
@@ -126,22 +126,40 @@ fn a_missing_mount_directory_is_made_inside_the_workspace() {
 /// so a task sees the directory's contents or is refused, never the host.
 #[test]
 fn a_directory_swapped_for_a_link_while_a_task_starts_never_mounts_the_host() {
+    swap_race(false);
+}
+
+/// The same when the workspace is reached through a link and the mounts name its real path:
+/// the gate must recognise the path either way.
+#[test]
+fn the_swap_race_holds_when_the_workspace_is_reached_through_a_link() {
+    swap_race(true);
+}
+
+fn swap_race(through_link: bool) {
     let (host_dir, marker) = host_secret();
     let attempts = 6;
     let readers: String = (1..=attempts)
         .map(|i| {
             let needs = if i == 1 {
-                String::new()
+                ", needs: [arm]".to_owned()
             } else {
                 format!(", needs: [read{}]", i - 1)
             };
             format!("  - {{task: read{i}, allow_failure: true{needs}}}\n")
         })
         .collect();
+    let project = Project::new("");
+    let real = project.path().canonicalize().unwrap();
+    let flip = if through_link {
+        format!("{}/flip", real.display())
+    } else {
+        "./flip".to_owned()
+    };
     let tasks: String = (1..=attempts)
         .map(|i| {
             format!(
-                "      read{i}:\n        options:\n          volumes: {{mount: [\"./flip{host}:/h:ro\"]}}\n          command: [sh, -c, \"cat /h/marker || echo no-marker\"]\n",
+                "      read{i}:\n        options:\n          volumes: {{mount: [\"{flip}{host}:/h:ro\"]}}\n          command: [sh, -c, \"cat /h/marker || echo no-marker\"]\n",
                 host = host_dir.path().display()
             )
         })
@@ -158,17 +176,32 @@ images:
           volumes: {{mount: [".:/ws"]}}
           bash: |
             cd /ws && mkdir -p real && touch started
+            while [ ! -e go ]; do sleep 0.05; done
             i=0
             while [ ! -e stop ] && [ $i -lt 200000 ]; do
               mv real flip; mv flip real; ln -s / flip; rm flip
               i=$((i+1))
             done
+      arm:
+        options:
+          volumes: {{mount: [".:/ws"]}}
+          command: [touch, /ws/go]
 {tasks}pipeline:
+  - {{task: arm}}
 {readers}"#,
         unique()
     );
-    let project = Project::new(&config);
-    let mut swapper = project.spawn(&["run", "swap"]);
+    project.write("config.yml", &config);
+    let links = tempfile::tempdir().unwrap();
+    let config_path = if through_link {
+        let link = links.path().join("checkout");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        link.join("config.yml")
+    } else {
+        real.join("config.yml")
+    };
+    let config_arg = config_path.to_str().unwrap();
+    let swapper = project.spawn(&["-c", config_arg, "run", "swap"]);
     let started = Instant::now();
     while !project.path().join("started").exists() {
         assert!(
@@ -177,10 +210,11 @@ images:
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let run = project.run(&["run"]);
+    let run = project.run(&["-c", config_arg, "run"]);
     std::fs::write(project.path().join("stop"), "").unwrap();
-    let swapped = swapper.wait().unwrap();
-    assert!(swapped.success(), "the swapper ends cleanly: {swapped:?}");
+    let swapped = JobRun::from_output(swapper.wait_with_output().unwrap());
+    assert_eq!(swapped.code, Some(0), "the swapper ends cleanly\n{swapped}");
+    swapped.assert_nothing_left();
     assert!(
         !run.stdout.contains(&marker) && !run.log().contains(&marker),
         "a task read the host through the swapped link\n{run}"
@@ -192,6 +226,73 @@ images:
         attempts,
         "every attempt was refused or saw the workspace\n{run}"
     );
-    let paused = docker(&["ps", "-q", "--filter", "status=paused"]);
-    assert!(paused.trim().is_empty(), "nothing is left paused: {paused}");
+}
+
+/// dockhand's own files in the checkout (`dockhand run` keeps results and caches there)
+/// are hidden from tasks that mount it, and never written through a link.
+#[test]
+fn tasks_cannot_reach_dockhand_s_own_files_in_the_checkout() {
+    let target = tempfile::tempdir().unwrap();
+    let planted = target.path().join("owned");
+    let project = Project::new(&format!(
+        r#"tag: sec-own-{}
+context: false
+commands: [FROM dockhand/busybox:local]
+volumes: {{mount: [".:/ws"]}}
+bash: |
+  ls -A /ws/.dockhand | wc -l
+  for d in /ws/.dockhand/results/* /ws/.dockhand/cache; do
+    ln -s {planted} "$d/planted" 2>/dev/null && echo "planted in $d"
+  done
+  ln -s {planted} /ws/.dockhand/cache/digests.tmp 2>/dev/null && echo planted-cache
+  echo done-planting
+"#,
+        unique(),
+        planted = planted.display()
+    ));
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stdout.contains("| 0\n"),
+        "the task sees an empty .dockhand: {run}"
+    );
+    assert!(!run.stdout.contains("planted"), "{run}");
+    assert!(
+        !planted.exists(),
+        "nothing was written outside the checkout"
+    );
+
+    std::fs::remove_dir_all(project.path().join(".dockhand")).unwrap();
+    std::os::unix::fs::symlink(target.path(), project.path().join(".dockhand")).unwrap();
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(202), "{run}");
+    assert!(run.stderr.contains(".dockhand is a symlink"), "{run}");
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_mount_of_dockhand_s_own_directory_is_refused() {
+    let project = Project::new(&format!(
+        "tag: sec-own-mount-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {{mount: [\"./.dockhand/results:/r\"]}}\ncommand: [ls, /r]\n",
+        unique()
+    ));
+    let run = project.run(&["run"]);
+    assert_eq!(run.code, Some(200), "{run}");
+    assert!(run.stderr.contains("dockhand's own directory"), "{run}");
+}
+
+#[test]
+fn mount_targets_stay_out_of_the_containers_kernel_views() {
+    for target in ["/x/../etc", "/proc", "/", "/sys/fs"] {
+        let project = Project::new(&format!(
+            "tag: sec-target-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nvolumes: {{mount: [\".:{target}\"]}}\ncommand: [true]\n",
+            unique()
+        ));
+        let run = project.run(&["run"]);
+        assert_eq!(run.code, Some(200), "{target}: {run}");
+        assert!(
+            run.stderr.contains("container path must be absolute"),
+            "{run}"
+        );
+    }
 }

@@ -52,3 +52,24 @@ fn the_agent_refuses_the_host_network_by_default() {
     assert_eq!((job.status.as_str(), job.exit_code), ("failed", 200));
     assert!(job.log().contains("allow_network_modes"), "{}", job.log());
 }
+
+#[test]
+fn publishing_ports_on_the_host_needs_the_operator() {
+    for ports in [
+        "ports: [\"127.0.0.1:18082:8080\"]",
+        "network: {publish_all_ports: true}",
+    ] {
+        let project = Project::new(&format!(
+            "tag: sec-ports-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\n{ports}\ncommand: [true]\n",
+            unique()
+        ));
+        let refused = project.run(&["run"]);
+        assert_eq!(refused.code, Some(200), "{refused}");
+        assert!(
+            refused.stderr.contains("allow_published_ports"),
+            "{refused}"
+        );
+        let allowed = project.run(&["run", "--allow-published-ports"]);
+        assert_eq!(allowed.code, Some(0), "{allowed}");
+    }
+}

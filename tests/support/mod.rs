@@ -119,7 +119,11 @@ impl JobRun {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.results.as_ref().unwrap().join("log.txt")).unwrap()
+        let dir = self
+            .results
+            .as_ref()
+            .unwrap_or_else(|| panic!("no results directory:\n{self}"));
+        std::fs::read_to_string(dir.join("log.txt")).unwrap()
     }
 
     /// No container or network labelled with this job remains.
