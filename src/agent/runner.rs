@@ -102,8 +102,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                 job.id,
                 agent.results_dir.display()
             );
-            if let Ok(ws) = &workspace {
-                let _ = ws.remove();
+            if let Ok(ws) = workspace {
+                ws.close(false).await;
             }
             return Finished {
                 id: job.id,
@@ -232,15 +232,13 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             job.id
         );
     }
-    if let Ok(ws) = &workspace {
+    if let Ok(ws) = workspace {
         let keep = match agent.keep_workspace {
             KeepWorkspace::Always => true,
             KeepWorkspace::OnFailure => outcome.status != JobStatus::Succeeded,
             KeepWorkspace::Never => false,
         };
-        if !keep && let Err(e) = ws.remove() {
-            tracing::warn!("cannot remove the workspace {}: {e}", ws.dir.display());
-        }
+        ws.close(keep).await;
     }
     if let Err(e) = prune_results(&agent.results_dir, agent.keep_results) {
         tracing::warn!("cannot prune {}: {e}", agent.results_dir.display());

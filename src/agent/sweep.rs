@@ -1,11 +1,13 @@
 //! Leftovers of jobs that are not running (an earlier agent that crashed or was killed):
 //! their containers, networks and workspace directories. Only this agent's objects (by the
-//! `dockhand.agent` label) and only directories named like job ids are touched.
+//! `dockhand.agent` label) and only directories named like job ids are touched; what those
+//! wrote into the snapshot mirrors leaves the mirrors with them.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use crate::docker::{DockerError, Engine, Leftovers, labels};
+use crate::workspace::remove_leftover;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -37,7 +39,7 @@ pub async fn sweep(
             if !is_job_id(&name) || running.contains(&name) {
                 continue;
             }
-            match std::fs::remove_dir_all(entry.path()) {
+            match remove_leftover(workspace_root, &entry.path()) {
                 Ok(()) => workspaces += 1,
                 Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::git::{GitError, checkout};
-use super::snapshot::{SnapshotError, snapshot};
+use super::snapshot::{Linked, SnapshotError, release, snapshot};
 use crate::collector::short_hash;
 use crate::job::{Job, Origin};
 
@@ -42,6 +42,8 @@ pub struct Workspace {
     pub dir: PathBuf,
     /// What was materialised, for the job's log: files copied, or the commit.
     pub description: String,
+    /// The mirror the directory's files are linked to, for a snapshot.
+    linked: Option<Linked>,
 }
 
 impl Workspace {
@@ -62,7 +64,11 @@ impl Workspace {
         let mirrors = root.join(MIRRORS);
         let filled = fill(&job.origin, &dir, &mirrors, skip, cancel).await;
         match filled {
-            Ok(description) => Ok(Workspace { dir, description }),
+            Ok((description, linked)) => Ok(Workspace {
+                dir,
+                description,
+                linked,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
@@ -70,12 +76,57 @@ impl Workspace {
         }
     }
 
-    pub fn remove(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Ends the job's use of the directory: what it wrote through its links is dropped from
+    /// the mirror, then the directory is removed unless `keep`. Problems are logged: the
+    /// job's outcome is settled by now.
+    pub async fn close(self, keep: bool) {
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Some(linked) = &self.linked {
+                match release(&self.dir, linked) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(
+                        "{}: {n} files the job wrote in place leave the mirror",
+                        self.dir.display()
+                    ),
+                    Err(e) => {
+                        tracing::warn!("{e}; the mirror is dropped");
+                        let _ = std::fs::remove_dir_all(&linked.mirror);
+                    }
+                }
+            }
+            if !keep {
+                match std::fs::remove_dir_all(&self.dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!("cannot remove the workspace {}: {e}", self.dir.display())
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        if let Err(e) = closed {
+            tracing::warn!("closing a workspace failed: {e}");
         }
     }
+}
+
+/// Removes a job directory no running job owns (an earlier agent's, killed mid-job): what
+/// it may have written through its links is dropped from every mirror first, since when it
+/// was linked is not known.
+pub fn remove_leftover(root: &Path, dir: &Path) -> std::io::Result<()> {
+    if let Ok(mirrors) = std::fs::read_dir(root.join(MIRRORS)) {
+        for mirror in mirrors.filter_map(Result::ok) {
+            let linked = Linked {
+                mirror: mirror.path(),
+                since: (i64::MIN, 0),
+            };
+            if let Err(e) = release(dir, &linked) {
+                tracing::warn!("{e}; the mirror is dropped");
+                std::fs::remove_dir_all(&linked.mirror)?;
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 async fn fill(
@@ -84,32 +135,32 @@ async fn fill(
     mirrors: &Path,
     skip: Vec<PathBuf>,
     cancel: &CancellationToken,
-) -> Result<String, WorkspaceError> {
+) -> Result<(String, Option<Linked>), WorkspaceError> {
     match origin {
         Origin::Path { path } => {
             let (from, to) = (path.clone(), dir.to_path_buf());
             let mirror = mirrors.join(short_hash(path.as_os_str().as_encoded_bytes()));
-            let copied = tokio::task::spawn_blocking(move || snapshot(&from, &mirror, &to, &skip))
-                .await
-                .map_err(|e| WorkspaceError::Join(e.to_string()))?
-                .map_err(|source| WorkspaceError::Snapshot {
-                    from: path.clone(),
-                    source,
-                })?;
-            Ok(format!(
+            let (copied, linked) =
+                tokio::task::spawn_blocking(move || snapshot(&from, &mirror, &to, &skip))
+                    .await
+                    .map_err(|e| WorkspaceError::Join(e.to_string()))?
+                    .map_err(|source| WorkspaceError::Snapshot {
+                        from: path.clone(),
+                        source,
+                    })?;
+            let description = format!(
                 "snapshot of {}: {} files, {} bytes, {} copied since the last",
                 path.display(),
                 copied.files,
                 copied.bytes,
                 copied.copied
-            ))
+            );
+            Ok((description, Some(linked)))
         }
         Origin::Git { url, reference } => {
             let commit = checkout(url, reference, dir, GIT_TIMEOUT, cancel).await?;
-            Ok(format!(
-                "{} at {reference} ({commit})",
-                super::git::redact_url(url)
-            ))
+            let description = format!("{} at {reference} ({commit})", super::git::redact_url(url));
+            Ok((description, None))
         }
     }
 }

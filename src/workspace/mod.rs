@@ -7,5 +7,5 @@ mod job_dir;
 mod snapshot;
 
 pub use git::{GitError, redact_url};
-pub use job_dir::{Workspace, WorkspaceError};
+pub use job_dir::{Workspace, WorkspaceError, remove_leftover};
 pub use snapshot::{SnapshotError, snapshot};

@@ -7,8 +7,11 @@
 //! agent writes: files whose size, mtime or mode differ are copied (to a temporary name,
 //! then renamed, never written in place), files gone from the checkout are deleted. The
 //! job's fresh directory is then a tree of hard links into the mirror. An edit in the
-//! checkout during the run reaches neither; a job that writes into its own files changes
-//! their mtime, so the next synchronisation replaces them in the mirror.
+//! checkout during the run reaches neither. A job that writes into its own files writes
+//! into the mirror's too (they are one inode), and may put their mtime back: when the job
+//! ends, [`release`] drops from the mirror every file whose inode changed after it was
+//! linked (its ctime, which no process can set back), so the next synchronisation copies
+//! it afresh. Jobs of one source running at the same time share those inodes while they run.
 
 use std::collections::HashSet;
 use std::fs;
@@ -43,6 +46,14 @@ pub struct Copied {
     pub copied: u64,
 }
 
+/// A job directory's links into a mirror, for [`release`] when the job ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    pub mirror: PathBuf,
+    /// The filesystem's clock (as ctime, seconds and nanoseconds) once every link was made.
+    pub since: (i64, i64),
+}
+
 /// Snapshots `from` into the existing, empty directory `to` through the mirror `mirror`
 /// (created when missing), leaving out `skip` (the agent's own directories when they live
 /// inside the checkout).
@@ -51,15 +62,68 @@ pub fn snapshot(
     mirror: &Path,
     to: &Path,
     skip: &[PathBuf],
-) -> Result<Copied, SnapshotError> {
+) -> Result<(Copied, Linked), SnapshotError> {
     let lock = mirror_lock(mirror);
     let _synchronising = lock.lock().unwrap_or_else(|p| p.into_inner());
     let started = std::time::Instant::now();
     let mut copied = sync_mirror(from, mirror, skip)?;
     let synced = started.elapsed();
     copied.files = link_tree(mirror, to)?;
+    let linked = Linked {
+        mirror: mirror.to_path_buf(),
+        since: filesystem_now(mirror)?,
+    };
     tracing::debug!(?synced, linked = ?(started.elapsed() - synced), "snapshot of {}", from.display());
-    Ok(copied)
+    Ok((copied, linked))
+}
+
+/// The filesystem's own (coarse) clock: the ctime of a file made now beside the mirror.
+fn filesystem_now(mirror: &Path) -> Result<(i64, i64), SnapshotError> {
+    let probe = mirror.with_extension("linked");
+    let made = fs::File::create(&probe).and_then(|f| f.metadata());
+    let _ = fs::remove_file(&probe);
+    let made = made.map_err(write_error(&probe))?;
+    Ok((made.ctime(), made.ctime_nsec()))
+}
+
+/// Drops from the mirror every file of the job directory `dir` still linked to it whose
+/// inode changed since it was linked: the job wrote into it, and a later job must not see
+/// that. Returns how many were dropped. A change in the tick of the last link counts too.
+pub fn release(dir: &Path, linked: &Linked) -> Result<u64, SnapshotError> {
+    let lock = mirror_lock(&linked.mirror);
+    let _synchronising = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut dropped = 0;
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(relative_dir) = dirs.pop() {
+        let here = dir.join(&relative_dir);
+        let Ok(entries) = fs::read_dir(&here) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let relative = relative_dir.join(entry.file_name());
+            let Ok(metadata) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if metadata.is_dir() {
+                dirs.push(relative);
+                continue;
+            }
+            if !metadata.is_file()
+                || metadata.nlink() < 2
+                || (metadata.ctime(), metadata.ctime_nsec()) < linked.since
+            {
+                continue;
+            }
+            let mirrored = linked.mirror.join(&relative);
+            if fs::symlink_metadata(&mirrored)
+                .is_ok_and(|m| m.dev() == metadata.dev() && m.ino() == metadata.ino())
+            {
+                fs::remove_file(&mirrored).map_err(write_error(&mirrored))?;
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
 }
 
 /// One lock per mirror: two jobs of one stream may snapshot at once.
@@ -292,7 +356,7 @@ mod tests {
         std::os::unix::fs::symlink("../outside", f.join("link")).unwrap();
 
         let mirror = tempfile::tempdir().unwrap();
-        let copied = snapshot(f, mirror.path(), to.path(), &[]).unwrap();
+        let (copied, _) = snapshot(f, mirror.path(), to.path(), &[]).unwrap();
 
         let mut found: Vec<String> = ignore::WalkBuilder::new(to.path())
             .standard_filters(false)
@@ -355,6 +419,7 @@ mod tests {
         assert_eq!(
             snapshot(f, mirror.path(), first.path(), &[])
                 .unwrap()
+                .0
                 .copied,
             3
         );
@@ -364,7 +429,7 @@ mod tests {
         fs::remove_file(f.join("b")).unwrap();
         fs::write(first.path().join("c"), "written by the first job").unwrap();
         let second = tempfile::tempdir().unwrap();
-        let copied = snapshot(f, mirror.path(), second.path(), &[]).unwrap();
+        let (copied, _) = snapshot(f, mirror.path(), second.path(), &[]).unwrap();
         assert_eq!(
             (copied.files, copied.copied),
             (2, 2),
@@ -383,8 +448,45 @@ mod tests {
         assert_eq!(
             snapshot(f, mirror.path(), third.path(), &[])
                 .unwrap()
+                .0
                 .copied,
             0
+        );
+    }
+
+    /// A job writes into a file in place and puts its mtime back: without the release, the
+    /// mirror would hand the next job the written contents as the checkout's.
+    #[test]
+    fn a_job_that_writes_in_place_and_restores_the_mtime_poisons_no_later_job() {
+        let from = tempfile::tempdir().unwrap();
+        let mirror = tempfile::tempdir().unwrap();
+        let f = from.path();
+        fs::create_dir(f.join("src")).unwrap();
+        fs::write(f.join("src/build.sh"), "echo honest").unwrap();
+        fs::write(f.join("untouched"), "same").unwrap();
+        let job = tempfile::tempdir().unwrap();
+        let (_, linked) = snapshot(f, mirror.path(), job.path(), &[]).unwrap();
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let script = job.path().join("src/build.sh");
+        let mtime = fs::metadata(&script).unwrap().modified().unwrap();
+        fs::write(&script, "echo hacked").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&script)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(
+            release(job.path(), &linked).unwrap() >= 1,
+            "files linked in the last tick may go too"
+        );
+
+        let next = tempfile::tempdir().unwrap();
+        snapshot(f, mirror.path(), next.path(), &[]).unwrap();
+        assert_eq!(
+            fs::read_to_string(next.path().join("src/build.sh")).unwrap(),
+            "echo honest"
         );
     }
 }
