@@ -111,3 +111,8 @@ fn harpoon_dockerfiles() {
     text.push_str(&format!("## app as task `release` sees it\n{release}"));
     insta::assert_snapshot!(text.replace(dir.to_str().unwrap(), "[root]"));
 }
+
+#[test]
+fn harpoon_forms_single_values_port_lists_and_network_mode() {
+    insta::assert_snapshot!(resolved("harpoon-forms"));
+}

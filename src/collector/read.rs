@@ -61,10 +61,13 @@ impl Reader<'_, '_> {
         }
     }
 
+    /// A list; one text, number or boolean where a list goes is a list of it, as harpoon
+    /// reads every list (`commands: "FROM x"`, `ports: "8080:80"`).
     pub fn list(&mut self, node: &Node, path: &KeyPath) -> Option<Vec<Node>> {
         let node = self.resolve(node, path)?;
         match node.value {
             Value::Seq(items) => Some(items),
+            Value::Str(_) | Value::Number(_) | Value::Bool(_) => Some(vec![node]),
             _ => {
                 self.wrong(&node, path, "a list");
                 None

@@ -41,6 +41,7 @@ const CPU_KEYS: &[&str] = &[
 ];
 const NETWORK_KEYS: &[&str] = &[
     "mode",
+    "network_mode",
     "hostname",
     "domainname",
     "dns",
@@ -152,7 +153,10 @@ fn argv(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<Strin
 }
 
 pub fn env(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<EnvVar>> {
-    let node = r.resolve(node, path)?;
+    let mut node = r.resolve(node, path)?;
+    if matches!(node.value, Value::Str(_)) {
+        node.value = Value::Seq(vec![node.clone()]);
+    }
     let mut out = Vec::new();
     match &node.value {
         Value::Map(entries) => {
@@ -219,17 +223,41 @@ pub fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Each port as harpoon reads it: text or a number in the docker CLI's form, or its parts
+/// as a list (`[CONTAINER]`, `[HOST, CONTAINER]`, `[IP, HOST, CONTAINER]`).
 fn ports(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<PortMapping>> {
     let items = r.list(node, path)?;
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
-        let Some(text) = r.text(item, &item_path) else {
+        let Some(item) = r.resolve(item, &item_path) else {
+            continue;
+        };
+        let text = match &item.value {
+            Value::Seq(parts) if (1..=3).contains(&parts.len()) => {
+                let parts: Option<Vec<String>> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, part)| r.text(part, &item_path.index(j)))
+                    .collect();
+                parts.map(|parts| parts.join(":"))
+            }
+            Value::Seq(_) => {
+                r.wrong(
+                    &item,
+                    &item_path,
+                    "a port: [CONTAINER], [HOST, CONTAINER] or [IP, HOST, CONTAINER]",
+                );
+                None
+            }
+            _ => r.text(&item, &item_path),
+        };
+        let Some(text) = text else {
             continue;
         };
         match parse_port(&text) {
             Ok(port) => out.push(port),
-            Err(reason) => r.invalid(item, &item_path, "port", &text, reason),
+            Err(reason) => r.invalid(&item, &item_path, "port", &text, reason),
         }
     }
     Some(out)
@@ -599,8 +627,27 @@ fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
 fn network(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Network> {
     let node = r.map(node, path)?;
     suggest::check_keys(&node, path, "network", NETWORK_KEYS, &[], r.d);
+    let mode = r.field(&node, path, "mode", Reader::text);
+    let network_mode = r.field(&node, path, "network_mode", Reader::text);
+    let mode = match (mode, network_mode) {
+        (Some(mode), Some(other)) if mode != other => {
+            let other_node = node
+                .get("network_mode")
+                .cloned()
+                .unwrap_or_else(|| node.clone());
+            r.invalid(
+                &other_node,
+                &path.key("network_mode"),
+                "network mode",
+                &other,
+                format!("`mode` says `{mode}`; they are one setting (harpoon passes `network_mode` to Docker), give one"),
+            );
+            Some(mode)
+        }
+        (mode, network_mode) => mode.or(network_mode),
+    };
     Some(Network {
-        mode: r.field(&node, path, "mode", Reader::text),
+        mode,
         hostname: r.field(&node, path, "hostname", Reader::text),
         domainname: r.field(&node, path, "domainname", Reader::text),
         dns: r

@@ -6,8 +6,13 @@ use crate::support::Project;
 use crate::support::agent::{AgentProcess, LONG, unique};
 
 fn config(mode: &str) -> String {
+    spelled("mode", mode)
+}
+
+/// `key` is `mode`, or `network_mode` as harpoon spells it: one setting, one rule.
+fn spelled(key: &str, mode: &str) -> String {
     format!(
-        "tag: sec-net-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nnetwork: {{mode: \"{mode}\"}}\ncommand: [hostname]\n",
+        "tag: sec-net-{}\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nnetwork: {{{key}: \"{mode}\"}}\ncommand: [hostname]\n",
         unique()
     )
 }
@@ -26,6 +31,10 @@ fn host_and_container_modes_are_refused_unless_allowed() {
         );
         assert!(run.stderr.contains("allow_network_modes"), "{run}");
     }
+    let harpoon = Project::new(&spelled("network_mode", "host"));
+    let run = harpoon.run(&["run"]);
+    assert_eq!(run.code, Some(200), "harpoon's spelling: {run}");
+    assert!(run.stderr.contains("allow_network_modes"), "{run}");
     let none = Project::new(&config("none"));
     let run = none.run(&["run"]);
     assert_eq!(run.code, Some(0), "`none` leaves nothing: {run}");
