@@ -306,6 +306,7 @@ fn image_nodes(
             continue;
         }
         let mut node = defaults.clone();
+        clear_overridden_command(&mut node, &entry.value);
         node.merge(entry.value.clone());
         node.location = entry.key_location.clone();
         out.push((entry.key.clone(), node, path));
@@ -313,10 +314,32 @@ fn image_nodes(
     Some(out)
 }
 
+/// What a container runs is chosen at one level, as in harpoon's merged options: `command`
+/// or `bash` in `over` (a task's options over its image, an image over the root's
+/// defaults) replaces both in `base`, and `shell` too when `over` runs a plain `command`.
+/// Written together in one mapping they still contradict each other.
+fn clear_overridden_command(base: &mut Node, over: &Node) {
+    let (command, bash) = (over.get("command").is_some(), over.get("bash").is_some());
+    if command || bash {
+        base.remove("command");
+        base.remove("bash");
+    }
+    if command && !bash && over.get("shell").is_none() {
+        base.remove("shell");
+    }
+}
+
 fn merge_into_image(document: &mut Node, image: &str, options: Node, shape: Shape) {
     if shape == Shape::SingleImage {
+        clear_overridden_command(document, &options);
         document.merge(options);
         return;
+    }
+    if let Some(target) = document
+        .get_mut("images")
+        .and_then(|images| images.get_mut(image))
+    {
+        clear_overridden_command(target, &options);
     }
     let location = options.location.clone();
     let entry = |key: &str, value: Node| super::node::Entry {

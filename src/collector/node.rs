@@ -87,6 +87,23 @@ impl Node {
         self.as_map()?.iter().find(|e| e.key == key)
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        match &mut self.value {
+            Value::Map(entries) => entries
+                .iter_mut()
+                .find(|e| e.key == key)
+                .map(|e| &mut e.value),
+            _ => None,
+        }
+    }
+
+    /// Drops `key` when this is a mapping.
+    pub fn remove(&mut self, key: &str) {
+        if let Value::Map(entries) = &mut self.value {
+            entries.retain(|e| e.key != key);
+        }
+    }
+
     /// Scalars as the text a Dockerfile or a command line would carry.
     pub fn scalar_text(&self) -> Option<String> {
         match &self.value {
