@@ -406,8 +406,9 @@ fn check_cycles(images: &Images, d: &mut Diagnostics) {
 }
 
 /// The root may hold any key (harpoon lets other keys be reference targets), but a key one
-/// typo away from a known one is most likely that key, so it gets a warning. The `harpoon`
-/// section is read for `extra_files` only.
+/// edit away from a known one is most likely that key: an error, since `pipline:` would
+/// otherwise build, run nothing and succeed. The `harpoon` section is read for
+/// `extra_files` only.
 fn check_root(document: &Node, d: &mut Diagnostics) {
     for entry in document.as_map().unwrap_or_default() {
         let key = entry.key.as_str();
@@ -420,12 +421,13 @@ fn check_root(document: &Node, d: &mut Diagnostics) {
         {
             let problem = Problem::UnknownKey {
                 key: key.to_owned(),
-                section: "the root (kept as a reference target)".into(),
+                section: "the root".into(),
             };
             let path = KeyPath::root().key(key);
             d.push(
-                Diagnostic::warning(&entry.key_location, &path, problem)
-                    .with_help(format!("did you mean `{candidate}`?")),
+                Diagnostic::error(&entry.key_location, &path, problem).with_help(format!(
+                    "did you mean `{candidate}`? (a root key kept only as a reference target needs a name further from the config's keys)"
+                )),
             );
         }
     }
