@@ -187,3 +187,58 @@ fn a_closed_stdout_is_not_a_crash() {
         text(&out.stderr)
     );
 }
+
+/// Completion scripts for each shell name every command; the bash one is valid bash.
+#[test]
+fn completions_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = dockhand(dir.path(), &["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["run", "build", "check", "agent", "submit", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let script = dir.path().join("dockhand.bash");
+    std::fs::write(
+        &script,
+        dockhand(dir.path(), &["completions", "bash"]).stdout,
+    )
+    .unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax.stderr));
+    let unknown = dockhand(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_and_version_name_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = text(&dockhand(dir.path(), &["--version"]).stdout);
+    let (name, stamp) = version.trim().split_once(' ').unwrap();
+    assert_eq!(name, "dockhand");
+    let stamp = stamp.strip_prefix(env!("CARGO_PKG_VERSION")).unwrap();
+    let (commit, date) = stamp
+        .trim()
+        .trim_matches(|c| c == '(' || c == ')')
+        .split_once(' ')
+        .unwrap();
+    assert!(
+        commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{version}"
+    );
+    assert_eq!(date.len(), 10, "{version}");
+    let man = dockhand(dir.path(), &["man"]);
+    assert_eq!(man.status.code(), Some(0));
+    let page = text(&man.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{page}");
+    assert!(page.contains(".TH dockhand 1"), "{page}");
+    for command in ["run", "watch", "server", "logs"] {
+        assert!(page.contains(command), "the page lacks {command}");
+    }
+}

@@ -80,6 +80,35 @@ fn run(cli: Cli) -> u8 {
             follow,
         } => remote::logs(server, job, *follow),
         Command::Cancel { server, job } => remote::cancel(server, job),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "dockhand", &mut script);
+            print_generated(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match man.render(&mut page) {
+                Ok(()) => print_generated(&page),
+                Err(e) => {
+                    eprintln!("error: rendering the man page: {e}");
+                    exit::INFRASTRUCTURE
+                }
+            }
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print_generated(text: &[u8]) -> u8 {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: writing to stdout: {e}");
+            exit::INFRASTRUCTURE
+        }
+        _ => exit::SUCCESS,
     }
 }
 

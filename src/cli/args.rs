@@ -4,9 +4,20 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The version with the commit it was built from and that commit's date (build.rs), so a
+/// bug report names the exact code.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("DOCKHAND_COMMIT"),
+    " ",
+    env!("DOCKHAND_COMMIT_DATE"),
+    ")"
+);
+
 /// A self-hosted CI agent for Docker builds described by harpoon-style config.yml files.
 #[derive(Debug, Parser)]
-#[command(name = "dockhand", version, about, long_about = None, propagate_version = true)]
+#[command(name = "dockhand", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// The config file [default: ./config.yml, then ./harpoon.yml; also HARPOON_CONFIG]
     #[arg(
@@ -114,6 +125,13 @@ pub enum Command {
         server: ServerAddress,
         job: String,
     },
+    /// Print a shell's completion script: `dockhand completions bash > /etc/bash_completion.d/dockhand`
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `dockhand man > /usr/local/share/man/man1/dockhand.1`
+    Man,
     /// Print an image's generated Dockerfile exactly as it will be sent
     Dockerfile {
         /// The image, by its name in the config
