@@ -175,11 +175,17 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let label = format!("label=dockhand.agent={}", self.name);
-        for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
-        }
-        for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-            let _ = Command::new("docker").args(["network", "rm", id]).output();
+        // A request the killed agent had in flight (a spare network) may still complete.
+        for pass in 0..2 {
+            if pass > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+            for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
+            }
         }
     }
 }
