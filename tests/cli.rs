@@ -242,3 +242,30 @@ fn the_man_page_and_version_name_the_build() {
         assert!(page.contains(command), "the page lacks {command}");
     }
 }
+
+/// One duration rule for every flag (plain seconds too), and counts that cannot be zero.
+#[test]
+fn flags_take_plain_seconds_and_refuse_zero_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dockhand(dir.path(), &["run", "-j", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero.stderr));
+    assert!(
+        text(&zero.stderr).contains("1..=1024"),
+        "{}",
+        text(&zero.stderr)
+    );
+    let bad = dockhand(dir.path(), &["run", "--timeout", "soon"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("write seconds"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let seconds = dockhand(dir.path(), &["run", "--timeout", "10"]);
+    assert_eq!(
+        seconds.status.code(),
+        Some(200),
+        "accepted; then no config here: {}",
+        text(&seconds.stderr)
+    );
+}

@@ -87,7 +87,7 @@ pub enum Command {
         /// Tasks to run [default: the pipeline]
         tasks: Vec<String>,
         /// Quiet time after the last change before a run, e.g. "300ms"
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
+        #[arg(long, value_parser = crate::config::parse_duration, default_value = "300ms")]
         debounce: std::time::Duration,
         /// A change during a run cancels it and starts again, or queues a run after it
         #[arg(long, value_enum, default_value = "cancel")]
@@ -152,13 +152,13 @@ pub struct JobArgs {
     #[arg(long, value_name = "DIR")]
     pub results_dir: Option<PathBuf>,
     /// Stages of one kind running at once
-    #[arg(short = 'j', long, default_value_t = 2)]
-    pub parallel: usize,
+    #[arg(short = 'j', long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub parallel: u16,
     /// Build every step again, ignoring the engine's cache
     #[arg(long)]
     pub no_cache: bool,
-    /// Time limit for each task without a pipeline timeout, e.g. "90s", "10m"
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// Time limit for each task without a pipeline timeout: seconds, or e.g. "90s", "10m"
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
     pub timeout: Option<std::time::Duration>,
     /// A host directory tasks may mount besides the workspace (repeatable)
     #[arg(long = "allow-host-mount", value_name = "DIR")]
@@ -242,13 +242,13 @@ pub struct ServerArgs {
     #[arg(long, env = "DOCKHAND_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
     /// How long an offer waits to be accepted before its job is queued again
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "15s")]
     pub offer_ttl: std::time::Duration,
     /// A lease's length; a job whose lease lapses is lost
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
     pub lease: std::time::Duration,
     /// The longest a claim waits for a job
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
     pub claim_wait: std::time::Duration,
     /// Secret shared with GitHub/Gitea push webhooks (webhooks are off without one)
     #[arg(long, env = "DOCKHAND_WEBHOOK_SECRET", hide_env_values = true)]

@@ -75,7 +75,7 @@ pub fn run(
         },
         cache_dir: cache_dir(&workspace),
         build_records: cache_dir(&workspace).join("builds"),
-        parallel: args.parallel.max(1),
+        parallel: usize::from(args.parallel),
         no_cache: args.no_cache,
         task_timeout: args.timeout,
         job_timeout: None,

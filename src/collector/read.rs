@@ -148,16 +148,10 @@ impl Reader<'_, '_> {
             };
         }
         let text = self.text(&node, path)?;
-        match humantime::parse_duration(&text) {
+        match crate::config::parse_duration(&text) {
             Ok(d) => Some(d),
-            Err(e) => {
-                self.invalid(
-                    &node,
-                    path,
-                    "duration",
-                    &text,
-                    format!("{e} (write e.g. \"30s\", \"10m\")"),
-                );
+            Err(reason) => {
+                self.invalid(&node, path, "duration", &text, reason);
                 None
             }
         }

@@ -10,4 +10,4 @@ pub use agent::{
     SecretsSection, SourceConfig, WatchSource,
 };
 pub use load::{AgentConfigError, LoadOptions, load};
-pub use values::ByteSize;
+pub use values::{ByteSize, parse_duration};

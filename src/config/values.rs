@@ -5,11 +5,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
-/// `"30s"`, `"1h 30m"`: humantime's forms.
+/// The one duration rule of every flag, agent.toml key and config value: a whole number
+/// of seconds (`"90"`) or humantime's forms (`"30s"`, `"1h 30m"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{text}` seconds is too long"));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}` is not a duration: {e} (write seconds, or e.g. \"30s\", \"10m\")")
+    })
+}
+
+/// [`parse_duration`] for agent.toml.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| de::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}")))
+    parse_duration(&text).map_err(de::Error::custom)
 }
 
 pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -70,7 +84,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 #[cfg(test)]
 mod tests {
-    use super::ByteSize;
+    use std::time::Duration;
+
+    use super::{ByteSize, parse_duration};
+
+    #[test]
+    fn durations_are_seconds_or_humantime_everywhere() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(" 90 "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "forever", "10x", "-5", "99999999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {
