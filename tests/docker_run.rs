@@ -309,14 +309,28 @@ fn the_results_directory_holds_the_result_the_whole_log_and_stage_logs() {
     );
 }
 
+/// Arguments after `--` keep their words: `{$@}` renders them as shell words, which a
+/// script and a command string split back as given. Arguments nothing reads are refused.
 #[test]
 fn extra_arguments_reach_the_task() {
     let project = Project::new(
-        "tag: t-args\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nbash: 'echo args: {$@}'\n",
+        "tag: t-args\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nbash: 'printf \"[%s]\" {$@}; echo'\n",
     );
-    let run = project.run(&["run", "t-args", "--", "one", "two"]);
+    let run = project.run(&["run", "t-args", "--", "one", "two words", "it's"]);
     assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.stdout.contains("args: one two"), "{run}");
+    assert!(run.stdout.contains("[one][two words][it's]"), "{run}");
+    let command = Project::new(
+        "tag: t-args\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: 'printf [%s] {$@}'\n",
+    );
+    let run = command.run(&["run", "t-args", "--", "a b", "c"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("[a b][c]"), "{run}");
+    let unused = Project::new(
+        "tag: t-args\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: [true]\n",
+    );
+    let run = unused.run(&["run", "t-args", "--", "ignored"]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("would go nowhere"), "{run}");
     let run = project.run(&["run", "nope"]);
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("no task named `nope`"), "{run}");

@@ -49,7 +49,15 @@ fn run(cli: Cli) -> u8 {
             } else {
                 Request::Tasks(tasks.clone())
             };
-            with_config(collected, |c| job::run(c, &options, request, args))
+            with_config(collected, |c| {
+                if !extra.is_empty() && !c.cli_args_read {
+                    eprintln!(
+                        "error: the arguments after `--` would go nowhere: no value of this config uses `{{$@}}`"
+                    );
+                    return exit::USAGE;
+                }
+                job::run(c, &options, request, args)
+            })
         }
         Command::Agent {
             agent_config,

@@ -1,6 +1,6 @@
 //! The collector's entry point: files in, a validated [`Config`] (or every problem) out.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct Collected {
     /// The variables `{NAME:from_env}` read: an agent checks that a config reads no secret
     /// it does not name.
     pub env_read: BTreeSet<String>,
+    /// Whether any value read `{$@}`: extra arguments nothing reads are a mistake.
+    pub cli_args_read: bool,
 }
 
 const ROOT_KEYS: &[&str] = &["images", "harpoon", "pipeline", "secrets", "tasks"];
@@ -53,6 +55,7 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
         options,
         loaded: &loaded,
         env_read: RefCell::default(),
+        cli_args_read: Cell::new(false),
     };
     let config = collector.run(&mut d);
     match config {
@@ -60,6 +63,7 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
             config,
             warnings: d.finish(),
             env_read: collector.env_read.into_inner(),
+            cli_args_read: collector.cli_args_read.get(),
         }),
         _ => Err(d.finish()),
     }
@@ -69,9 +73,18 @@ struct Collector<'a> {
     options: &'a CollectOptions,
     loaded: &'a Loaded,
     env_read: RefCell<BTreeSet<String>>,
+    cli_args_read: Cell<bool>,
 }
 
 impl Collector<'_> {
+    /// `{$@}`: the extra arguments as shell words (quoted where needed, so a command string
+    /// or a script splits them back as given); remembers that they were read.
+    fn cli_args(&self) -> String {
+        self.cli_args_read.set(true);
+        let args = self.options.cli_args.iter().map(String::as_str);
+        shlex::try_join(args).unwrap_or_else(|_| self.options.cli_args.join(" "))
+    }
+
     /// The host's value of `name`, for `{name:from_env}`; remembers that it was read.
     fn env(&self, name: &str) -> Option<String> {
         self.env_read.borrow_mut().insert(name.to_owned());
@@ -93,7 +106,7 @@ impl Collector<'_> {
         let images = Arc::new(images);
 
         let root = self.root_string();
-        let cli_args = self.options.cli_args.join(" ");
+        let cli_args = || self.cli_args();
         let env = |name: &str| self.env(name);
         let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
         let mut r = Reader { fmt: &fmt, d };
@@ -156,7 +169,7 @@ impl Collector<'_> {
     ) -> Option<(Images, HashMap<String, String>, Vec<String>)> {
         let nodes = image_nodes(document, shape, d)?;
         let root = self.root_string();
-        let cli_args = self.options.cli_args.join(" ");
+        let cli_args = || self.cli_args();
         let env = |name: &str| self.env(name);
 
         let naming = Formatter::new(document, &root, &cli_args, &env, None);

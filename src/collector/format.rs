@@ -28,7 +28,8 @@ pub enum Formatted {
 pub struct Formatter<'a> {
     pub document: &'a Node,
     pub config_root: &'a str,
-    pub cli_args: &'a str,
+    /// The extra CLI arguments as shell words, for `{$@}`.
+    pub cli_args: &'a dyn Fn() -> String,
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Full names of images, once they are known; `None` while the names themselves are
     /// being formatted.
@@ -46,7 +47,7 @@ impl<'a> Formatter<'a> {
     pub fn new(
         document: &'a Node,
         config_root: &'a str,
-        cli_args: &'a str,
+        cli_args: &'a dyn Fn() -> String,
         env: &'a dyn Fn(&str) -> Option<String>,
         image_names: Option<&'a HashMap<String, String>>,
     ) -> Self {
@@ -191,7 +192,7 @@ impl<'a> Formatter<'a> {
             };
         }
         match reference {
-            "$@" => return Some(Formatted::Text(self.cli_args.to_owned())),
+            "$@" => return Some(Formatted::Text((self.cli_args)())),
             "config_root" => return Some(Formatted::Text(self.config_root.to_owned())),
             _ => {}
         }
