@@ -21,9 +21,17 @@ pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
             let from = file.map_or("defaults and environment".to_owned(), |f| {
                 f.display().to_string()
             });
-            outln!("{from}: ok");
-            outln!("{settings:#?}");
-            exit::SUCCESS
+            match toml::to_string(&settings) {
+                Ok(text) => {
+                    outln!("# {from}: ok; the merged settings, secret values hidden:\n");
+                    outln!("{}", text.trim_end());
+                    exit::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: printing the settings: {e}");
+                    exit::INFRASTRUCTURE
+                }
+            }
         }
         Ok((settings, _)) => serve(settings, Some(options), args),
         Err(e) => {

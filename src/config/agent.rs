@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::values::{ByteSize, duration, optional_duration};
+use super::values::{ByteSize, duration, duration_text, optional_duration, optional_duration_text};
 use crate::job::OnBusy;
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
     /// Labels every Docker object; the sweep only touches this agent's objects.
@@ -36,16 +36,16 @@ pub struct AgentSection {
     /// Schedules remember their last run here, for the catch-up run after downtime.
     pub state_dir: PathBuf,
     pub labels: Vec<String>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub job_timeout: Duration,
     pub keep_workspace: KeepWorkspace,
     /// Results directories kept, newest first; 0 keeps all.
     pub keep_results: usize,
     /// How long a draining agent lets running jobs finish before cancelling them.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub shutdown_grace: Duration,
     /// How often an idle agent sweeps leftovers of jobs that are not running.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub sweep_interval: Duration,
     /// Names of the agent's environment variables every job sees (with their values);
     /// jobs see nothing else of the agent's environment.
@@ -72,7 +72,7 @@ impl Default for AgentSection {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeepWorkspace {
     #[default]
@@ -81,7 +81,7 @@ pub enum KeepWorkspace {
     Always,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DockerSection {
     /// The engine's address; unset means `DOCKER_HOST`, then the local socket.
@@ -139,7 +139,20 @@ pub struct SecretsSection {
     pub values: BTreeMap<String, String>,
 }
 
-/// Names only: `dockhand agent --check` and logs print settings.
+/// Values hidden: `dockhand agent --check` prints the settings.
+impl Serialize for SecretsSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let hidden: BTreeMap<&str, &str> =
+            self.values.keys().map(|k| (k.as_str(), "***")).collect();
+        let mut section = s.serialize_struct("SecretsSection", 2)?;
+        section.serialize_field("from_env", &self.from_env)?;
+        section.serialize_field("values", &hidden)?;
+        section.end()
+    }
+}
+
+/// Names only: logs print settings.
 impl std::fmt::Debug for SecretsSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretsSection")
@@ -156,7 +169,7 @@ impl std::fmt::Debug for SecretsSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
     Watch(WatchSource),
@@ -165,7 +178,7 @@ pub enum SourceConfig {
 }
 
 /// Jobs from a dockhand job server.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSource {
     pub url: String,
@@ -180,7 +193,7 @@ fn default_token_env() -> String {
 }
 
 /// Runs a job whenever files in a checkout change.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchSource {
     pub path: PathBuf,
@@ -189,17 +202,25 @@ pub struct WatchSource {
     #[serde(default)]
     pub tasks: Vec<String>,
     /// Quiet time after the last change before a run starts.
-    #[serde(default = "default_debounce", deserialize_with = "duration")]
+    #[serde(
+        default = "default_debounce",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub debounce: Duration,
     /// A change during a run: `cancel` it and start again, or `queue` a run after it.
     #[serde(default)]
     pub on_change: OnBusy,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "optional_duration_text"
+    )]
     pub timeout: Option<Duration>,
 }
 
 /// Runs a job on a cron schedule.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSource {
     /// Distinguishes schedules in results and state; defaults to the cron expression.
@@ -217,7 +238,11 @@ pub struct ScheduleSource {
     #[serde(default)]
     pub tasks: Vec<String>,
     /// A random delay up to this long, so many agents do not start at the same second.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "optional_duration_text"
+    )]
     pub jitter: Option<Duration>,
     /// A firing while the last run still runs: `skip` (default), `queue` or `parallel`.
     #[serde(default = "default_overlap")]
@@ -225,7 +250,11 @@ pub struct ScheduleSource {
     /// One run at start when a due time passed while the agent was down.
     #[serde(default = "default_true")]
     pub catch_up: bool,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "optional_duration_text"
+    )]
     pub timeout: Option<Duration>,
 }
 

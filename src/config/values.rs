@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// The one duration rule of every flag, agent.toml key and config value: a whole number
 /// of seconds (`"90"`) or humantime's forms (`"30s"`, `"1h 30m"`).
@@ -30,9 +30,44 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
     duration(d).map(Some)
 }
 
+/// A duration as agent.toml writes it (`"5m"`), for `agent --check`.
+pub fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+pub fn optional_duration_text<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration_text(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A byte count written like Docker's `--memory`: `512m`, `2g`, `1073741824`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
+
+/// The largest unit that divides the size evenly, as one would write it.
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(1u64 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
+        match units
+            .iter()
+            .find(|(size, _)| self.0 > 0 && self.0 % size == 0)
+        {
+            Some((size, unit)) => write!(f, "{}{unit}", self.0 / size),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 impl ByteSize {
     pub fn parse(text: &str) -> Result<ByteSize, String> {
