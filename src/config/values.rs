@@ -55,7 +55,7 @@ impl fmt::Display for ByteSize {
         let units = [(1u64 << 30, "g"), (1 << 20, "m"), (1 << 10, "k")];
         match units
             .iter()
-            .find(|(size, _)| self.0 > 0 && self.0 % size == 0)
+            .find(|(size, _)| self.0 > 0 && self.0.is_multiple_of(*size))
         {
             Some((size, unit)) => write!(f, "{}{unit}", self.0 / size),
             None => write!(f, "{}", self.0),
