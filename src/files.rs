@@ -1,11 +1,68 @@
 //! Reading and writing dockhand's own files where a repository may have planted something
 //! first (`dockhand run` keeps its caches and results in the checkout): never through a
-//! link, never from a device or FIFO, never unbounded.
+//! link, never from a device or FIFO, never unbounded. And confining the paths a job names
+//! to its workspace, symlinks resolved.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a path a job named cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("cannot resolve {}: {source}", path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is outside {}{}", path.display(), root.display(), leads_to(path, resolved))]
+    Outside {
+        path: PathBuf,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
+}
+
+impl ConfineError {
+    /// Whether the path (or a link on the way) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ConfineError::Resolve { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+fn leads_to(path: &Path, resolved: &Path) -> String {
+    if path == resolved {
+        String::new()
+    } else {
+        format!(" (it leads to {})", resolved.display())
+    }
+}
+
+/// `path` with every link on the way resolved, which must lie inside `root` (also
+/// resolved); `None` for `root` means anywhere. What a repository names is confined this
+/// way so that no `..`, absolute path or link reads the agent's host.
+pub fn resolve_inside(root: Option<&Path>, path: &Path) -> Result<PathBuf, ConfineError> {
+    let canonical = |path: &Path| {
+        std::fs::canonicalize(path).map_err(|source| ConfineError::Resolve {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let resolved = canonical(path)?;
+    if let Some(root) = root {
+        let root = canonical(root)?;
+        if !resolved.starts_with(&root) {
+            return Err(ConfineError::Outside {
+                path: path.to_path_buf(),
+                resolved,
+                root,
+            });
+        }
+    }
+    Ok(resolved)
+}
 
 /// Opens a regular file for reading without following a link at its last component and
 /// without blocking on a FIFO; anything but a regular file is an error.
@@ -82,6 +139,29 @@ mod tests {
         assert!(
             read_limited(&target, 2).is_err(),
             "3 bytes is over a 2-byte limit"
+        );
+    }
+
+    #[test]
+    fn paths_are_confined_with_links_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(dir.path().join("secret"), "x").unwrap();
+        std::fs::write(root.join("sub/inside"), "x").unwrap();
+        symlink(dir.path().join("secret"), root.join("out")).unwrap();
+        symlink("sub/inside", root.join("in")).unwrap();
+        let inside = resolve_inside(Some(&root), &root.join("in")).unwrap();
+        assert!(inside.ends_with("ws/sub/inside"));
+        for escape in [root.join("out"), root.join("sub/../../secret")] {
+            let err = resolve_inside(Some(&root), &escape).unwrap_err();
+            assert!(matches!(err, ConfineError::Outside { .. }), "{err}");
+        }
+        assert!(resolve_inside(None, &root.join("out")).is_ok());
+        assert!(
+            resolve_inside(Some(&root), &root.join("missing"))
+                .unwrap_err()
+                .is_not_found()
         );
     }
 }

@@ -28,6 +28,9 @@ pub struct CollectOptions {
     pub cli_args: Vec<String>,
     /// The environment `{NAME:from_env}` reads.
     pub env: HashMap<String, String>,
+    /// Where the config, the files it pulls in and its context directories must lie, links
+    /// resolved: the job's workspace. `None` reads anywhere.
+    pub workspace: Option<PathBuf>,
 }
 
 /// A collected configuration and the warnings found on the way.
@@ -46,7 +49,12 @@ const ROOT_KEYS: &[&str] = &["images", "harpoon", "pipeline", "secrets", "tasks"
 /// sorted by file and position.
 pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
     let mut d = Diagnostics::default();
-    let Some(loaded) = load::load(&options.config, options.home_config.as_deref(), &mut d) else {
+    let Some(loaded) = load::load(
+        &options.config,
+        options.home_config.as_deref(),
+        options.workspace.as_deref(),
+        &mut d,
+    ) else {
         return Err(d.finish());
     };
     let collector = Collector {
@@ -96,7 +104,11 @@ impl Collector<'_> {
         let cli_args = self.options.cli_args.join(" ");
         let env = |name: &str| self.env(name);
         let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
-        let mut r = Reader { fmt: &fmt, d };
+        let mut r = Reader {
+            fmt: &fmt,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut defs = task::read_tasks(&mut r, document, &names, &image_order);
         if let (Shape::SingleImage, Some(name)) = (shape, image_order.first()) {
             let name = name.clone();
@@ -160,7 +172,11 @@ impl Collector<'_> {
         let env = |name: &str| self.env(name);
 
         let naming = Formatter::new(document, &root, &cli_args, &env, None);
-        let mut r = Reader { fmt: &naming, d };
+        let mut r = Reader {
+            fmt: &naming,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut names = HashMap::new();
         for (key, node, path) in &nodes {
             if let Some(full) =
@@ -170,7 +186,11 @@ impl Collector<'_> {
             }
         }
         let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
-        let mut r = Reader { fmt: &fmt, d };
+        let mut r = Reader {
+            fmt: &fmt,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut images = Images::new();
         for (key, node, path) in &nodes {
             let check_keys = check && shape == Shape::Harpoon;
