@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Problem};
-use super::format::Formatter;
+use super::format::{Expansion, Formatter};
 use super::image::{self, IMAGE_KEYS};
 use super::load::{self, Loaded};
 use super::model::{Config, Images, Shape, Task};
@@ -61,6 +61,7 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
         options,
         loaded: &loaded,
         env_read: RefCell::default(),
+        expansion: Expansion::default(),
     };
     let config = collector.run(&mut d);
     match config {
@@ -77,6 +78,7 @@ struct Collector<'a> {
     options: &'a CollectOptions,
     loaded: &'a Loaded,
     env_read: RefCell<BTreeSet<String>>,
+    expansion: Expansion,
 }
 
 impl Collector<'_> {
@@ -103,7 +105,14 @@ impl Collector<'_> {
         let root = self.root_string();
         let cli_args = self.options.cli_args.join(" ");
         let env = |name: &str| self.env(name);
-        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
+        let fmt = Formatter::new(
+            document,
+            &root,
+            &cli_args,
+            &env,
+            Some(&names),
+            &self.expansion,
+        );
         let mut r = Reader {
             fmt: &fmt,
             workspace: self.options.workspace.as_deref(),
@@ -166,12 +175,12 @@ impl Collector<'_> {
         check: bool,
         d: &mut Diagnostics,
     ) -> Option<(Images, HashMap<String, String>, Vec<String>)> {
-        let nodes = image_nodes(document, shape, d)?;
+        let nodes = image_nodes(document, shape, &self.expansion, d)?;
         let root = self.root_string();
         let cli_args = self.options.cli_args.join(" ");
         let env = |name: &str| self.env(name);
 
-        let naming = Formatter::new(document, &root, &cli_args, &env, None);
+        let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion);
         let mut r = Reader {
             fmt: &naming,
             workspace: self.options.workspace.as_deref(),
@@ -185,7 +194,14 @@ impl Collector<'_> {
                 names.insert(key.clone(), full);
             }
         }
-        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
+        let fmt = Formatter::new(
+            document,
+            &root,
+            &cli_args,
+            &env,
+            Some(&names),
+            &self.expansion,
+        );
         let mut r = Reader {
             fmt: &fmt,
             workspace: self.options.workspace.as_deref(),
@@ -226,7 +242,15 @@ impl Collector<'_> {
             let task_images = if def.options.is_none() && def.overrides.is_none() {
                 Some(images.clone())
             } else {
-                let mut document = self.loaded.document.clone();
+                let document = &self.loaded.document;
+                let path = KeyPath::root();
+                if !self
+                    .expansion
+                    .charge(document.size(), &def.location, &path, d)
+                {
+                    continue;
+                }
+                let mut document = document.clone();
                 if let Some(overrides) = def.overrides {
                     document.merge(overrides);
                 }
@@ -259,6 +283,7 @@ impl Collector<'_> {
 fn image_nodes(
     document: &Node,
     shape: Shape,
+    expansion: &Expansion,
     d: &mut Diagnostics,
 ) -> Option<Vec<(String, Node, KeyPath)>> {
     let defaults = image::root_defaults(document);
@@ -324,6 +349,10 @@ fn image_nodes(
             };
             d.error(&entry.value.location, &path, problem);
             continue;
+        }
+        let ((a, b), (c, e)) = (defaults.size(), entry.value.size());
+        if !expansion.charge((a + c, b + e), &entry.key_location, &path, d) {
+            return None;
         }
         let mut node = defaults.clone();
         node.merge(entry.value.clone());

@@ -31,6 +31,10 @@ pub enum Problem {
     TooManyNodes(usize),
     #[error("the document's text expands to more than {0} bytes (aliases of long values?)")]
     TooMuchText(usize),
+    #[error(
+        "the config expands to more than {0} bytes as it is resolved (long root options copied into many images or tasks, references to references?)"
+    )]
+    ExpandsTooMuch(usize),
     #[error("alias `*{0}` refers to no anchor")]
     UnknownAlias(String),
     #[error("`<<` merges mappings; this is {0}")]

@@ -16,10 +16,10 @@ use super::node::{Entry, KeyPath, Location, Node, Value};
 /// stays far from the stack's limit.
 pub const MAX_DEPTH: usize = 64;
 /// Alias expansion beyond this many values is refused (the "billion laughs" document).
-pub const MAX_NODES: usize = 1_000_000;
+pub const MAX_NODES: usize = 250_000;
 /// Nor may the text of keys and scalars, aliases expanded, exceed this: a few aliases of
 /// one long string are few values but many bytes.
-pub const MAX_TEXT_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024;
 
 /// What is left of the limits above for one configuration, shared by all its files.
 #[derive(Debug)]
@@ -251,7 +251,7 @@ impl Builder<'_> {
         self.count(1, 0, at)?;
         if anchor != 0 {
             // The copy kept for aliases is charged too: nested anchors each keep one.
-            let (nodes, bytes) = tree_size(&node);
+            let (nodes, bytes) = node.size();
             self.count(nodes, bytes, at)?;
             self.anchors.insert(anchor, (node.clone(), nodes, bytes));
         }
@@ -325,20 +325,6 @@ fn apply_merges(entries: &mut Vec<Entry>, merges: Vec<Node>) {
                 }
             }
         }
-    }
-}
-
-/// Values and text bytes (of keys and of text and number scalars) in `node`.
-fn tree_size(node: &Node) -> (usize, usize) {
-    let add = |(n, b): (usize, usize), (m, c): (usize, usize)| (n + m, b + c);
-    match &node.value {
-        Value::Seq(items) => items.iter().map(tree_size).fold((1, 0), add),
-        Value::Map(entries) => entries
-            .iter()
-            .map(|e| add((1, e.key.len()), tree_size(&e.value)))
-            .fold((1, 0), add),
-        Value::Str(text) | Value::Number(text) => (1, text.len()),
-        Value::Null | Value::Bool(_) => (1, 0),
     }
 }
 
