@@ -8,5 +8,6 @@ mod support;
 
 mod containers;
 mod env;
+mod files;
 mod mounts;
 mod network;
