@@ -318,3 +318,25 @@ fn the_agent_refuses_a_job_reaching_its_state_dir_and_survives_an_alias_bomb() {
         agent.transcript()
     );
 }
+
+/// A job's config path is the job's to choose (a submitted job names it): an absolute path
+/// or `..` must not make the agent read its host.
+#[test]
+fn the_agent_reads_a_job_config_only_inside_the_job_workspace() {
+    let (host, marker) = host_secret();
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        format!(
+            "[[source]]\nkind = \"watch\"\npath = \".\"\nconfig = \"{}\"\n",
+            host.path().join("secret.yml").display()
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    let job = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!((job.status.as_str(), job.exit_code), ("failed", 200));
+    let log = job.log();
+    assert!(log.contains("is outside"), "{log}");
+    assert!(!log.contains(&marker) && !agent.transcript().contains(&marker));
+}
