@@ -234,9 +234,12 @@ impl Loader<'_> {
     /// Links among them are read like any file: [`Loader::read`] refuses those leading
     /// outside the workspace.
     fn load_images_from(&mut self, directory: &Path, location: &Location, key_path: &KeyPath) {
-        let listed = self
-            .resolve(directory, "directory")
-            .and_then(|resolved| fs::read_dir(resolved).map_err(Problem::Read));
+        let listed = self.resolve(directory, "directory").and_then(|resolved| {
+            fs::read_dir(resolved).map_err(|_| Problem::MissingPath {
+                what: "directory",
+                path: directory.display().to_string(),
+            })
+        });
         let entries = match listed {
             Ok(entries) => entries,
             Err(problem) => {
