@@ -283,9 +283,10 @@ impl Loader<'_> {
     }
 }
 
-/// A regular file of at most `limit` bytes as text; no device or FIFO is read.
+/// The resolved `path`, a regular file of at most `limit` bytes, as text; no device or
+/// FIFO is read, and no link swapped in since it was resolved is followed.
 fn read_text(path: &Path, limit: u64) -> Result<String, Problem> {
-    let bytes = files::read_limited(path, limit).map_err(|e| match e.kind() {
+    let bytes = files::read_limited_unlinked(path, limit).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => Problem::FileTooLarge { limit },
         _ => Problem::Read(e),
     })?;

@@ -248,7 +248,7 @@ fn dockerignore(root: &Path) -> Result<PatternSet, ContextError> {
         }
         Err(outside) => return Err(ContextError::Outside(outside)),
     };
-    let text = files::read_limited(&resolved, MAX_IGNORE_FILE_BYTES).and_then(|bytes| {
+    let text = files::read_limited_unlinked(&resolved, MAX_IGNORE_FILE_BYTES).and_then(|bytes| {
         String::from_utf8(bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
     });
@@ -476,7 +476,7 @@ fn append_entry<W: Write>(
             let mut reader: Box<dyn Read> = match contents {
                 Contents::Zeros => Box::new(io::repeat(0).take(stamp.size)),
                 Contents::Read => {
-                    let file = files::open_regular(&entry.source).map_err(read_err)?;
+                    let file = files::open_regular_unlinked(&entry.source).map_err(read_err)?;
                     if Stamp::of(&file.metadata().map_err(read_err)?) != *stamp {
                         return Err(ContextError::Changed {
                             path: entry.source.clone(),
