@@ -297,10 +297,19 @@ fn the_agent_refuses_a_job_reaching_its_state_dir_and_survives_an_alias_bomb() {
     );
     assert!(!log.contains(&marker) && !agent.transcript().contains(&marker));
 
+    let before_kib = agent.peak_rss_kib();
     std::fs::write(repo.path().join("config.yml"), alias_bomb()).unwrap();
     let job = agent.wait_finished(2, LONG)[1].clone();
     assert_eq!((job.status.as_str(), job.exit_code), ("failed", 200));
     assert!(job.log().contains("expands to more than"), "{}", job.log());
+    let after_kib = agent.peak_rss_kib();
+    eprintln!(
+        "agent peak RSS: {before_kib} KiB after one job, {after_kib} KiB after the alias bomb"
+    );
+    assert!(
+        after_kib - before_kib < 128 * 1024,
+        "{before_kib} -> {after_kib} KiB"
+    );
 
     std::fs::write(
         repo.path().join("config.yml"),
