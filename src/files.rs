@@ -1,11 +1,68 @@
 //! Reading and writing dockhand's own files where a repository may have planted something
 //! first (`dockhand run` keeps its caches and results in the checkout): never through a
-//! link, never from a device or FIFO, never unbounded.
+//! link, never from a device or FIFO, never unbounded. And confining the paths a job names
+//! to its workspace, symlinks resolved.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a path a job named cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("cannot resolve {}: {source}", path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is outside {}{}", path.display(), root.display(), leads_to(path, resolved))]
+    Outside {
+        path: PathBuf,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
+}
+
+impl ConfineError {
+    /// Whether the path (or a link on the way) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ConfineError::Resolve { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+fn leads_to(path: &Path, resolved: &Path) -> String {
+    if path == resolved {
+        String::new()
+    } else {
+        format!(" (it leads to {})", resolved.display())
+    }
+}
+
+/// `path` with every link on the way resolved, which must lie inside `root` (also
+/// resolved); `None` for `root` means anywhere. What a repository names is confined this
+/// way so that no `..`, absolute path or link reads the agent's host.
+pub fn resolve_inside(root: Option<&Path>, path: &Path) -> Result<PathBuf, ConfineError> {
+    let canonical = |path: &Path| {
+        std::fs::canonicalize(path).map_err(|source| ConfineError::Resolve {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let resolved = canonical(path)?;
+    if let Some(root) = root {
+        let root = canonical(root)?;
+        if !resolved.starts_with(&root) {
+            return Err(ConfineError::Outside {
+                path: path.to_path_buf(),
+                resolved,
+                root,
+            });
+        }
+    }
+    Ok(resolved)
+}
 
 /// Opens a regular file for reading without following a link at its last component and
 /// without blocking on a FIFO; anything but a regular file is an error.
@@ -23,12 +80,70 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// As [`open_regular`], but following no link anywhere on `path`, which must be absolute
+/// and was free of links when it was resolved (see [`resolve_inside`]): a directory a task
+/// swapped for a link since then fails the open instead of leading out of the workspace.
+pub fn open_regular_unlinked(path: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+
+    let not_resolved = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a resolved absolute path", path.display()),
+        )
+    };
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        return Err(not_resolved());
+    }
+    let names: Vec<&std::ffi::OsStr> = components
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(not_resolved()),
+        })
+        .collect::<io::Result<_>>()?;
+    let mut at = OwnedFd::from(File::open("/")?);
+    for (i, name) in names.iter().enumerate() {
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| not_resolved())?;
+        let kind = if i + 1 == names.len() {
+            libc::O_NONBLOCK
+        } else {
+            libc::O_DIRECTORY
+        };
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | kind;
+        // SAFETY: `at` is an open directory and `name` a NUL-terminated string; the
+        // returned descriptor is owned by nothing else.
+        let fd = unsafe { libc::openat(at.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        at = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let file = File::from(at);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
 /// The whole of a regular file of at most `limit` bytes (see [`open_regular`]).
 pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_to_limit(open_regular(path)?, path, limit)
+}
+
+/// As [`read_limited`], through [`open_regular_unlinked`].
+pub fn read_limited_unlinked(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_to_limit(open_regular_unlinked(path)?, path, limit)
+}
+
+fn read_to_limit(file: File, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    open_regular(path)?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -83,5 +198,41 @@ mod tests {
             read_limited(&target, 2).is_err(),
             "3 bytes is over a 2-byte limit"
         );
+    }
+
+    #[test]
+    fn paths_are_confined_with_links_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(dir.path().join("secret"), "x").unwrap();
+        std::fs::write(root.join("sub/inside"), "x").unwrap();
+        symlink(dir.path().join("secret"), root.join("out")).unwrap();
+        symlink("sub/inside", root.join("in")).unwrap();
+        let inside = resolve_inside(Some(&root), &root.join("in")).unwrap();
+        assert!(inside.ends_with("ws/sub/inside"));
+        for escape in [root.join("out"), root.join("sub/../../secret")] {
+            let err = resolve_inside(Some(&root), &escape).unwrap_err();
+            assert!(matches!(err, ConfineError::Outside { .. }), "{err}");
+        }
+        assert!(resolve_inside(None, &root.join("out")).is_ok());
+        assert!(
+            resolve_inside(Some(&root), &root.join("missing"))
+                .unwrap_err()
+                .is_not_found()
+        );
+
+        let resolved = root.canonicalize().unwrap().join("sub/inside");
+        assert_eq!(read_limited_unlinked(&resolved, 10).unwrap(), b"x");
+        std::fs::rename(root.join("sub"), root.join("real")).unwrap();
+        symlink(dir.path(), root.join("sub")).unwrap();
+        std::fs::write(dir.path().join("inside"), "outside").unwrap();
+        assert!(
+            read_limited(&resolved, 10).is_ok(),
+            "open_regular follows the swap"
+        );
+        assert!(read_limited_unlinked(&resolved, 10).is_err());
+        assert!(read_limited_unlinked(Path::new("/dev/zero"), 10).is_err());
+        assert!(read_limited_unlinked(Path::new("relative"), 10).is_err());
     }
 }

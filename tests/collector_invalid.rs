@@ -67,6 +67,7 @@ fn every_invalid_fixture_reports_exactly_its_expected_problems() {
         let options = CollectOptions {
             config: config.clone(),
             env: HashMap::from([("HOME".to_owned(), "/home/test".to_owned())]),
+            workspace: config.parent().map(Path::to_path_buf),
             ..CollectOptions::default()
         };
         let diagnostics = match collect(&options) {

@@ -21,6 +21,7 @@ fn options(dir: &Path) -> CollectOptions {
         home_config: Some(dir.join("home/.harpoonrc.yml")),
         cli_args: vec!["--fast".into(), "-v".into()],
         env: HashMap::from([("HOME".to_owned(), "/home/ci".to_owned())]),
+        workspace: Some(dir.to_path_buf()),
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                 home_config: None,
                 cli_args: Vec::new(),
                 env: env.for_collect(),
+                workspace: Some(ws.dir.clone()),
             };
             let collected = tokio::task::spawn_blocking(move || collect(&options)).await;
             Some(collected.map_err(|e| format!("collecting the config failed: {e}")))

@@ -9,6 +9,7 @@ use clap::Parser;
 use super::args::{Cli, Command};
 use super::{check, dockerfile, exit, job, list, remote};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
+use crate::job::workspace_root;
 use crate::plan::Request;
 
 pub fn main() -> ExitCode {
@@ -155,10 +156,16 @@ fn collect_options(cli: &Cli, cli_args: Vec<String>) -> CollectOptions {
         .then(|| std::env::var_os("HOME"))
         .flatten()
         .map(|home| PathBuf::from(home).join(".harpoonrc.yml"));
+    // The repository holding the config (or its directory) is what a job may read, as for
+    // its mounts and build contexts.
+    let workspace = std::path::absolute(&config)
+        .ok()
+        .and_then(|config| config.parent().map(workspace_root));
     CollectOptions {
         config,
         home_config,
         cli_args,
         env: std::env::vars().collect::<HashMap<_, _>>(),
+        workspace,
     }
 }

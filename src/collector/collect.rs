@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Problem};
-use super::format::Formatter;
+use super::format::{Expansion, Formatter};
 use super::image::{self, IMAGE_KEYS};
 use super::load::{self, Loaded};
 use super::model::{Config, Images, Shape, Task};
@@ -28,6 +28,9 @@ pub struct CollectOptions {
     pub cli_args: Vec<String>,
     /// The environment `{NAME:from_env}` reads.
     pub env: HashMap<String, String>,
+    /// Where the config, the files it pulls in and its context directories must lie, links
+    /// resolved: the job's workspace. `None` reads anywhere.
+    pub workspace: Option<PathBuf>,
 }
 
 /// A collected configuration and the warnings found on the way.
@@ -48,7 +51,12 @@ const ROOT_KEYS: &[&str] = &["images", "harpoon", "pipeline", "secrets", "tasks"
 /// sorted by file and position.
 pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
     let mut d = Diagnostics::default();
-    let Some(loaded) = load::load(&options.config, options.home_config.as_deref(), &mut d) else {
+    let Some(loaded) = load::load(
+        &options.config,
+        options.home_config.as_deref(),
+        options.workspace.as_deref(),
+        &mut d,
+    ) else {
         return Err(d.finish());
     };
     let collector = Collector {
@@ -56,6 +64,7 @@ pub fn collect(options: &CollectOptions) -> Result<Collected, Diagnostics> {
         loaded: &loaded,
         env_read: RefCell::default(),
         cli_args_read: Cell::new(false),
+        expansion: Expansion::default(),
     };
     let config = collector.run(&mut d);
     match config {
@@ -74,6 +83,7 @@ struct Collector<'a> {
     loaded: &'a Loaded,
     env_read: RefCell<BTreeSet<String>>,
     cli_args_read: Cell<bool>,
+    expansion: Expansion,
 }
 
 impl Collector<'_> {
@@ -108,8 +118,19 @@ impl Collector<'_> {
         let root = self.root_string();
         let cli_args = || self.cli_args();
         let env = |name: &str| self.env(name);
-        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
-        let mut r = Reader { fmt: &fmt, d };
+        let fmt = Formatter::new(
+            document,
+            &root,
+            &cli_args,
+            &env,
+            Some(&names),
+            &self.expansion,
+        );
+        let mut r = Reader {
+            fmt: &fmt,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut defs = task::read_tasks(&mut r, document, &names, &image_order);
         if let (Shape::SingleImage, Some(name)) = (shape, image_order.first()) {
             let name = name.clone();
@@ -167,13 +188,17 @@ impl Collector<'_> {
         check: bool,
         d: &mut Diagnostics,
     ) -> Option<(Images, HashMap<String, String>, Vec<String>)> {
-        let nodes = image_nodes(document, shape, d)?;
+        let nodes = image_nodes(document, shape, &self.expansion, d)?;
         let root = self.root_string();
         let cli_args = || self.cli_args();
         let env = |name: &str| self.env(name);
 
-        let naming = Formatter::new(document, &root, &cli_args, &env, None);
-        let mut r = Reader { fmt: &naming, d };
+        let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion);
+        let mut r = Reader {
+            fmt: &naming,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut names = HashMap::new();
         for (key, node, path) in &nodes {
             if let Some(full) =
@@ -182,8 +207,19 @@ impl Collector<'_> {
                 names.insert(key.clone(), full);
             }
         }
-        let fmt = Formatter::new(document, &root, &cli_args, &env, Some(&names));
-        let mut r = Reader { fmt: &fmt, d };
+        let fmt = Formatter::new(
+            document,
+            &root,
+            &cli_args,
+            &env,
+            Some(&names),
+            &self.expansion,
+        );
+        let mut r = Reader {
+            fmt: &fmt,
+            workspace: self.options.workspace.as_deref(),
+            d,
+        };
         let mut images = Images::new();
         for (key, node, path) in &nodes {
             let check_keys = check && shape == Shape::Harpoon;
@@ -219,7 +255,15 @@ impl Collector<'_> {
             let task_images = if def.options.is_none() && def.overrides.is_none() {
                 Some(images.clone())
             } else {
-                let mut document = self.loaded.document.clone();
+                let document = &self.loaded.document;
+                let path = KeyPath::root();
+                if !self
+                    .expansion
+                    .charge(document.size(), &def.location, &path, d)
+                {
+                    continue;
+                }
+                let mut document = document.clone();
                 if let Some(overrides) = def.overrides {
                     document.merge(overrides);
                 }
@@ -252,6 +296,7 @@ impl Collector<'_> {
 fn image_nodes(
     document: &Node,
     shape: Shape,
+    expansion: &Expansion,
     d: &mut Diagnostics,
 ) -> Option<Vec<(String, Node, KeyPath)>> {
     let defaults = image::root_defaults(document);
@@ -317,6 +362,10 @@ fn image_nodes(
             };
             d.error(&entry.value.location, &path, problem);
             continue;
+        }
+        let ((a, b), (c, e)) = (defaults.size(), entry.value.size());
+        if !expansion.charge((a + c, b + e), &entry.key_location, &path, d) {
+            return None;
         }
         let mut node = defaults.clone();
         clear_overridden_command(&mut node, &entry.value);

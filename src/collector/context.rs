@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::load::absolute_in;
+use super::diagnostic::Problem;
+use super::load::{absolute_in, confine};
 use super::model::Context;
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
@@ -61,12 +62,16 @@ pub fn read(
     let mut context = default;
     if let Some(dir) = r.field(&node, path, "parent_dir", Reader::text) {
         context.parent_dir = absolute_in(config_root, Path::new(&dir));
-        if !context.parent_dir.is_dir() {
-            let dir_node = node.get("parent_dir").unwrap_or(&node);
-            let problem = super::diagnostic::Problem::MissingPath {
+        let problem = match confine(r.workspace, &context.parent_dir, "context directory") {
+            Ok(resolved) if resolved.is_dir() => None,
+            Ok(_) => Some(Problem::MissingPath {
                 what: "context directory",
                 path: context.parent_dir.display().to_string(),
-            };
+            }),
+            Err(problem) => Some(problem),
+        };
+        if let Some(problem) = problem {
+            let dir_node = node.get("parent_dir").unwrap_or(&node);
             r.d.error(&dir_node.location, &path.key("parent_dir"), problem);
             return None;
         }

@@ -15,8 +15,12 @@ use super::node::{KeyPath, Location};
 pub enum Problem {
     #[error("cannot read config file: {0}")]
     Read(#[source] std::io::Error),
-    #[error("config file is {bytes} bytes; the limit is {limit} bytes")]
-    FileTooLarge { bytes: u64, limit: u64 },
+    #[error("config file is larger than {limit} bytes")]
+    FileTooLarge { limit: u64 },
+    #[error("the config's files together are larger than {0} bytes")]
+    FilesTooLarge(u64),
+    #[error("{0}; a config reads only files and directories inside its workspace")]
+    Outside(#[source] crate::files::ConfineError),
     #[error("YAML syntax error: {0}")]
     Syntax(String),
     #[error("a config file holds one YAML document; this is document {0}")]
@@ -25,6 +29,12 @@ pub enum Problem {
     TooDeep(usize),
     #[error("the document expands to more than {0} values (aliases referring to aliases?)")]
     TooManyNodes(usize),
+    #[error("the document's text expands to more than {0} bytes (aliases of long values?)")]
+    TooMuchText(usize),
+    #[error(
+        "the config expands to more than {0} bytes as it is resolved (long root options copied into many images or tasks, references to references?)"
+    )]
+    ExpandsTooMuch(usize),
     #[error("alias `*{0}` refers to no anchor")]
     UnknownAlias(String),
     #[error("`<<` merges mappings; this is {0}")]

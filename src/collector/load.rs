@@ -3,6 +3,10 @@
 //! its `images.__images_from__` directories and the files its `harpoon.extra_files` names,
 //! each loaded after the file that named it. Mappings deep-merge; anything else from a later
 //! file replaces what was there.
+//!
+//! With a workspace, every file and directory is resolved, links included, and must lie
+//! inside it: a repository's config cannot read the agent's host. `~/.harpoonrc.yml` and
+//! what it names are the operator's own and exempt.
 
 use std::collections::HashSet;
 use std::fs;
@@ -11,10 +15,13 @@ use std::sync::Arc;
 
 use super::diagnostic::{Diagnostics, Problem};
 use super::node::{Entry, KeyPath, Location, Node, Value};
-use super::yaml;
+use super::yaml::{self, Budget};
+use crate::files::{self, ConfineError};
 
-/// Larger config files are refused before they are read.
+/// Larger config files are refused; only this much of one is ever read.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// All the files of one configuration together.
+pub const MAX_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
 /// A chain of `extra_files` longer than this is almost certainly a mistake.
 const MAX_FILES: usize = 1000;
 
@@ -26,19 +33,24 @@ pub struct Loaded {
     pub config_root: PathBuf,
 }
 
-/// Loads `main` and everything it pulls in. Returns `None` only when the main file itself
-/// cannot be read or parsed; problems in other files are recorded and loading goes on.
+/// Loads `main` and everything it pulls in, confined to `workspace` when there is one.
+/// Returns `None` only when the main file itself cannot be read or parsed; problems in
+/// other files are recorded and loading goes on.
 pub fn load(
     main: &Path,
     home_config: Option<&Path>,
+    workspace: Option<&Path>,
     diagnostics: &mut Diagnostics,
 ) -> Option<Loaded> {
     let main = absolute(main);
     let config_root = main.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut loader = Loader {
         config_root: config_root.clone(),
+        workspace: None,
         seen: HashSet::new(),
         files: Vec::new(),
+        bytes_read: 0,
+        budget: Budget::default(),
         document: None,
         diagnostics,
     };
@@ -48,6 +60,7 @@ pub fn load(
             loader.load_file(&home, None);
         }
     }
+    loader.workspace = workspace.map(Path::to_path_buf);
     let main_ok = loader.load_file(&main, None);
     if !main_ok {
         return None;
@@ -62,8 +75,13 @@ pub fn load(
 
 struct Loader<'d> {
     config_root: PathBuf,
+    /// Where every file read must lie; `None` while the home config loads.
+    workspace: Option<PathBuf>,
+    /// Files loaded, by resolved path.
     seen: HashSet<PathBuf>,
     files: Vec<PathBuf>,
+    bytes_read: u64,
+    budget: Budget,
     document: Option<Node>,
     diagnostics: &'d mut Diagnostics,
 }
@@ -114,7 +132,14 @@ impl Loader<'_> {
             Some((location, key_path)) => (location.clone(), key_path.clone()),
             None => (here, KeyPath::root()),
         };
-        if !self.seen.insert(path.to_path_buf()) {
+        let resolved = match self.resolve(path, "config file") {
+            Ok(resolved) => resolved,
+            Err(problem) => {
+                self.diagnostics.error(&at, &key_path, problem);
+                return None;
+            }
+        };
+        if !self.seen.insert(resolved.clone()) {
             let problem = Problem::FileLoadedTwice(path.display().to_string());
             self.diagnostics.error(&at, &key_path, problem);
             return None;
@@ -128,26 +153,28 @@ impl Loader<'_> {
             self.diagnostics.error(&at, &key_path, problem);
             return None;
         }
-        let text = match read_limited(path) {
+        let limit = MAX_FILE_BYTES.min(MAX_TOTAL_BYTES - self.bytes_read);
+        let text = match read_text(&resolved, limit) {
             Ok(text) => text,
+            Err(Problem::FileTooLarge { .. }) if limit < MAX_FILE_BYTES => {
+                let problem = Problem::FilesTooLarge(MAX_TOTAL_BYTES);
+                self.diagnostics.error(&at, &key_path, problem);
+                return None;
+            }
             Err(problem) => {
-                let problem = match problem {
-                    Problem::Read(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Problem::MissingPath {
-                            what: "config file",
-                            path: path.display().to_string(),
-                        }
-                    }
-                    other => other,
-                };
                 self.diagnostics.error(&at, &key_path, problem);
                 return None;
             }
         };
+        self.bytes_read += text.len() as u64;
         let text: Arc<str> = Arc::from(text);
         self.diagnostics.add_source(file.clone(), text.clone());
         self.files.push(path.to_path_buf());
-        yaml::parse(&file, &text, self.diagnostics)
+        yaml::parse(&file, &text, &mut self.budget, self.diagnostics)
+    }
+
+    fn resolve(&self, path: &Path, what: &'static str) -> Result<PathBuf, Problem> {
+        confine(self.workspace.as_deref(), path, what)
     }
 
     /// Removes a list-of-paths key (one path or a list) from `tree` and resolves each entry
@@ -204,25 +231,27 @@ impl Loader<'_> {
     }
 
     /// Every `*.yml`/`*.yaml` in `directory` is one image, named by the file's stem.
+    /// Links among them are read like any file: [`Loader::read`] refuses those leading
+    /// outside the workspace.
     fn load_images_from(&mut self, directory: &Path, location: &Location, key_path: &KeyPath) {
-        let entries = match fs::read_dir(directory) {
+        let listed = self.resolve(directory, "directory").and_then(|resolved| {
+            fs::read_dir(resolved).map_err(|_| Problem::MissingPath {
+                what: "directory",
+                path: directory.display().to_string(),
+            })
+        });
+        let entries = match listed {
             Ok(entries) => entries,
-            Err(_) => {
-                let problem = Problem::MissingPath {
-                    what: "directory",
-                    path: directory.display().to_string(),
-                };
+            Err(problem) => {
                 self.diagnostics.error(location, key_path, problem);
                 return;
             }
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))
-            })
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            .map(|e| directory.join(e.file_name()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
             .collect();
         files.sort();
         for file in files {
@@ -254,20 +283,34 @@ impl Loader<'_> {
     }
 }
 
-fn read_limited(path: &Path) -> Result<String, Problem> {
-    let meta = fs::metadata(path).map_err(Problem::Read)?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(Problem::FileTooLarge {
-            bytes: meta.len(),
-            limit: MAX_FILE_BYTES,
-        });
-    }
-    let bytes = fs::read(path).map_err(Problem::Read)?;
+/// The resolved `path`, a regular file of at most `limit` bytes, as text; no device or
+/// FIFO is read, and no link swapped in since it was resolved is followed.
+fn read_text(path: &Path, limit: u64) -> Result<String, Problem> {
+    let bytes = files::read_limited_unlinked(path, limit).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => Problem::FileTooLarge { limit },
+        _ => Problem::Read(e),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         Problem::Read(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
         ))
+    })
+}
+
+/// `path` (a `what`) resolved, links included, and inside `workspace` when there is one.
+pub fn confine(
+    workspace: Option<&Path>,
+    path: &Path,
+    what: &'static str,
+) -> Result<PathBuf, Problem> {
+    files::resolve_inside(workspace, path).map_err(|e| match e {
+        e if e.is_not_found() => Problem::MissingPath {
+            what,
+            path: path.display().to_string(),
+        },
+        ConfineError::Resolve { source, .. } => Problem::Read(source),
+        outside @ ConfineError::Outside { .. } => Problem::Outside(outside),
     })
 }
 

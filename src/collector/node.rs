@@ -113,6 +113,21 @@ impl Node {
         }
     }
 
+    /// Values and text bytes (of keys and of text and number scalars) in this tree: what
+    /// the collector's budgets charge.
+    pub fn size(&self) -> (usize, usize) {
+        let add = |(n, b): (usize, usize), (m, c): (usize, usize)| (n + m, b + c);
+        match &self.value {
+            Value::Seq(items) => items.iter().map(Node::size).fold((1, 0), add),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|e| add((1, e.key.len()), e.value.size()))
+                .fold((1, 0), add),
+            Value::Str(text) | Value::Number(text) => (1, text.len()),
+            Value::Null | Value::Bool(_) => (1, 0),
+        }
+    }
+
     /// Deep-merges `over` onto `self`: mappings merge key by key, anything else from `over`
     /// replaces what was there (the rule for later files and for root image defaults).
     pub fn merge(&mut self, over: Node) {

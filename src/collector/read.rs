@@ -1,6 +1,7 @@
 //! Typed reads of formatted values: the one place that turns "expected a list, found a
 //! string" into a diagnostic, so the option readers stay declarative.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::diagnostic::{Diagnostics, Problem};
@@ -9,6 +10,8 @@ use super::node::{KeyPath, Node, Value};
 
 pub struct Reader<'r, 'a> {
     pub fmt: &'r Formatter<'a>,
+    /// Where directories the config names must lie (see `CollectOptions::workspace`).
+    pub workspace: Option<&'r Path>,
     pub d: &'r mut Diagnostics,
 }
 

@@ -16,16 +16,41 @@ use super::node::{Entry, KeyPath, Location, Node, Value};
 /// stays far from the stack's limit.
 pub const MAX_DEPTH: usize = 64;
 /// Alias expansion beyond this many values is refused (the "billion laughs" document).
-pub const MAX_NODES: usize = 1_000_000;
+pub const MAX_NODES: usize = 250_000;
+/// Nor may the text of keys and scalars, aliases expanded, exceed this: a few aliases of
+/// one long string are few values but many bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024;
 
-/// Parses one config file. Problems go to `diagnostics`; `None` means the file could not be
-/// read as YAML at all. An empty file is an empty mapping.
-pub fn parse(file: &Arc<Path>, text: &str, diagnostics: &mut Diagnostics) -> Option<Node> {
+/// What is left of the limits above for one configuration, shared by all its files.
+#[derive(Debug)]
+pub struct Budget {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            nodes: MAX_NODES,
+            bytes: MAX_TEXT_BYTES,
+        }
+    }
+}
+
+/// Parses one config file, charging what it builds to `budget`. Problems go to
+/// `diagnostics`; `None` means the file could not be read as YAML at all. An empty file is
+/// an empty mapping.
+pub fn parse(
+    file: &Arc<Path>,
+    text: &str,
+    budget: &mut Budget,
+    diagnostics: &mut Diagnostics,
+) -> Option<Node> {
     let mut builder = Builder {
         file: file.clone(),
         stack: Vec::new(),
         anchors: HashMap::new(),
-        nodes: 0,
+        budget,
         root: None,
         documents: 0,
         duplicates: Vec::new(),
@@ -60,11 +85,12 @@ pub fn parse(file: &Arc<Path>, text: &str, diagnostics: &mut Diagnostics) -> Opt
     })
 }
 
-struct Builder {
+struct Builder<'b> {
     file: Arc<Path>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, (Node, usize)>,
-    nodes: usize,
+    /// Each anchored value with its size: values and text bytes.
+    anchors: HashMap<usize, (Node, usize, usize)>,
+    budget: &'b mut Budget,
     root: Option<Node>,
     documents: usize,
     duplicates: Vec<(Location, KeyPath, Problem)>,
@@ -93,7 +119,7 @@ struct PendingKey {
 
 type Failure = (Marker, Problem);
 
-impl Builder {
+impl Builder<'_> {
     fn location(&self, marker: Marker) -> Location {
         Location {
             file: self.file.clone(),
@@ -112,6 +138,7 @@ impl Builder {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let is_merge = style == ScalarStyle::Plain && text == "<<";
+                self.count(0, text.len(), at)?;
                 let value = resolve_scalar(&text, style, tag.as_deref());
                 let node = Node::new(value, self.location(at));
                 self.complete(node, anchor, is_merge, at)?;
@@ -156,13 +183,12 @@ impl Builder {
                 self.complete(node, anchor, false, at)?;
             }
             Event::Alias(id) => {
-                let (node, size) = self
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or((at, Problem::UnknownAlias(id.to_string())))?;
-                self.count(size, at)?;
-                let mut node = node;
+                let (nodes, bytes) = match self.anchors.get(&id) {
+                    Some((_, nodes, bytes)) => (*nodes, *bytes),
+                    None => return Err((at, Problem::UnknownAlias(id.to_string()))),
+                };
+                self.count(nodes, bytes, at)?;
+                let mut node = self.anchors[&id].0.clone();
                 if let Some(Frame::Map { key: None, .. }) = self.stack.last() {
                     node.location = self.location(at);
                 }
@@ -199,11 +225,17 @@ impl Builder {
         Ok(())
     }
 
-    fn count(&mut self, n: usize, at: Marker) -> Result<(), Failure> {
-        self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
-            return Err((at, Problem::TooManyNodes(MAX_NODES)));
-        }
+    /// Charges `nodes` values and `bytes` of text to the budget, before they are built.
+    fn count(&mut self, nodes: usize, bytes: usize, at: Marker) -> Result<(), Failure> {
+        let budget = &mut *self.budget;
+        budget.nodes = budget
+            .nodes
+            .checked_sub(nodes)
+            .ok_or((at, Problem::TooManyNodes(MAX_NODES)))?;
+        budget.bytes = budget
+            .bytes
+            .checked_sub(bytes)
+            .ok_or((at, Problem::TooMuchText(MAX_TEXT_BYTES)))?;
         Ok(())
     }
 
@@ -216,10 +248,12 @@ impl Builder {
         is_merge_key: bool,
         at: Marker,
     ) -> Result<(), Failure> {
-        self.count(1, at)?;
+        self.count(1, 0, at)?;
         if anchor != 0 {
-            let size = tree_size(&node);
-            self.anchors.insert(anchor, (node.clone(), size));
+            // The copy kept for aliases is charged too: nested anchors each keep one.
+            let (nodes, bytes) = node.size();
+            self.count(nodes, bytes, at)?;
+            self.anchors.insert(anchor, (node.clone(), nodes, bytes));
         }
         if let Some(Frame::Map {
             entries,
@@ -291,14 +325,6 @@ fn apply_merges(entries: &mut Vec<Entry>, merges: Vec<Node>) {
                 }
             }
         }
-    }
-}
-
-fn tree_size(node: &Node) -> usize {
-    match &node.value {
-        Value::Seq(items) => 1 + items.iter().map(tree_size).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|e| tree_size(&e.value)).sum::<usize>(),
-        _ => 1,
     }
 }
 

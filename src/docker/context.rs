@@ -1,7 +1,8 @@
 //! Build contexts, streamed to the engine as tar while they are read: never buffered whole.
 //! Entries are sorted and their headers deterministic (uid/gid 0, mtime 0, permission bits
 //! kept); symlinks are stored as symlinks and never followed; no directory outside the
-//! workspace boundary can be sent.
+//! workspace boundary can be sent, no ignore file is read through a link leading out of it,
+//! and a FIFO, socket or device in a context is an error.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use super::ignore::{PatternError, PatternSet};
 use super::pack;
 use crate::collector::{Build, Context};
+use crate::files::{self, ConfineError};
 
 /// The generated Dockerfile's name inside the context; no user file is called this.
 pub const DOCKERFILE_NAME: &str = "__dockhand_Dockerfile";
@@ -21,6 +23,8 @@ pub const DOCKERFILE_NAME: &str = "__dockhand_Dockerfile";
 /// its context is read would send a changing file.
 pub const STATE_DIR: &str = ".dockhand";
 const CHUNK: usize = 512 * 1024;
+/// Larger `.dockerignore` (and, with `use_gitignore`, `.gitignore`) files are refused.
+pub const MAX_IGNORE_FILE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -30,8 +34,16 @@ pub enum ContextError {
         "context directory {path} is outside {boundary}; a build context cannot leave the workspace"
     )]
     Escapes { path: PathBuf, boundary: PathBuf },
+    #[error("{0}; a build context reads nothing outside it")]
+    Outside(#[source] ConfineError),
     #[error("{path}: {source}")]
     Pattern { path: PathBuf, source: PatternError },
+    #[error("{path} is {kind}; a build context holds only files, directories and links")]
+    Special { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path} is not a regular file of at most {MAX_IGNORE_FILE_BYTES} bytes, which `use_gitignore` needs"
+    )]
+    IgnoreFile { path: PathBuf },
     #[error("{path} changed while the build context was being read; run again")]
     Changed { path: PathBuf },
     #[error("the engine stopped reading the build context")]
@@ -116,17 +128,15 @@ pub fn select(
         let path = path.to_path_buf();
         move |source| ContextError::Pattern { path, source }
     };
-    let dockerignore_path = root.join(".dockerignore");
-    let dockerignore = match fs::read_to_string(&dockerignore_path) {
-        Ok(text) => PatternSet::dockerignore(&text).map_err(pattern_err(&dockerignore_path))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => PatternSet::default(),
-        Err(e) => {
-            return Err(ContextError::Read {
-                path: dockerignore_path,
-                source: e,
-            });
+    let dockerignore = dockerignore(&root)?;
+    if context.use_gitignore {
+        for dir in root
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&boundary))
+        {
+            check_ignore_files(dir)?;
         }
-    };
+    }
     let include =
         PatternSet::new(context.include.iter().map(String::as_str)).map_err(pattern_err(&root))?;
     let exclude =
@@ -137,6 +147,8 @@ pub fn select(
     let mut walk = |gitignore: bool, only_included: bool| -> Result<(), ContextError> {
         let prune = ignored.clone();
         let prune_root = root.clone();
+        let bad_ignore_file = Arc::new(std::sync::Mutex::new(None));
+        let found_bad = bad_ignore_file.clone();
         let walker = ignore::WalkBuilder::new(&root)
             .standard_filters(false)
             .hidden(false)
@@ -153,6 +165,11 @@ pub fn select(
                     return true;
                 }
                 if rel == STATE_DIR || (gitignore && rel == ".git") {
+                    return false;
+                }
+                // The walker reads a directory's ignore files as it enters it.
+                if gitignore && let Err(e) = check_ignore_files(e.path()) {
+                    *found_bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     return false;
                 }
                 let (dockerignore, exclude) = &*prune;
@@ -191,7 +208,10 @@ pub fn select(
                     stamp: Stamp::of(&meta),
                 }
             } else {
-                continue;
+                return Err(ContextError::Special {
+                    path: item.path().to_path_buf(),
+                    kind: special_kind(&meta.file_type()),
+                });
             };
             let name = format!("{prefix}{rel}");
             names.entry(name.clone()).or_insert(Entry {
@@ -200,13 +220,73 @@ pub fn select(
                 kind,
             });
         }
-        Ok(())
+        match bad_ignore_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     };
     walk(context.use_gitignore, false)?;
     if context.use_gitignore && !include.is_empty() {
         walk(false, true)?;
     }
     Ok(names.into_values().collect())
+}
+
+/// The patterns of `root`'s `.dockerignore`: a regular file of at most
+/// [`MAX_IGNORE_FILE_BYTES`], through a link only to a file inside `root`.
+fn dockerignore(root: &Path) -> Result<PatternSet, ContextError> {
+    let path = root.join(".dockerignore");
+    let resolved = match files::resolve_inside(Some(root), &path) {
+        Ok(resolved) => resolved,
+        Err(e) if e.is_not_found() => return Ok(PatternSet::default()),
+        Err(ConfineError::Resolve { source, .. }) => {
+            return Err(ContextError::Read { path, source });
+        }
+        Err(outside) => return Err(ContextError::Outside(outside)),
+    };
+    let text = files::read_limited_unlinked(&resolved, MAX_IGNORE_FILE_BYTES).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+    });
+    match text {
+        Ok(text) => {
+            PatternSet::dockerignore(&text).map_err(|source| ContextError::Pattern { path, source })
+        }
+        Err(source) => Err(ContextError::Read { path, source }),
+    }
+}
+
+/// The git ignore files the walker reads in `dir` must be regular files of at most
+/// [`MAX_IGNORE_FILE_BYTES`]: it would follow a link out of the workspace, wait on a FIFO
+/// forever and read `/dev/zero` until memory ran out.
+fn check_ignore_files(dir: &Path) -> Result<(), ContextError> {
+    for path in [dir.join(".gitignore"), dir.join(".git/info/exclude")] {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() <= MAX_IGNORE_FILE_BYTES => {}
+            Ok(_) => return Err(ContextError::IgnoreFile { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
+            Err(source) => return Err(ContextError::Read { path, source }),
+        }
+    }
+    Ok(())
+}
+
+fn special_kind(file_type: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn relative(root: &Path, path: &Path) -> Option<String> {
@@ -354,16 +434,8 @@ fn engine_drops_dockerfile(entries: &[Entry]) -> Result<bool, ContextError> {
     else {
         return Ok(false);
     };
-    let path = &ignore_file.source;
-    let text = fs::read_to_string(path).map_err(|source| ContextError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let patterns = PatternSet::dockerignore(&text).map_err(|source| ContextError::Pattern {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(patterns.matches(DOCKERFILE_NAME))
+    let root = ignore_file.source.parent().unwrap_or(Path::new("/"));
+    Ok(dockerignore(root)?.matches(DOCKERFILE_NAME))
 }
 
 /// Writes `members` as a tar into `out`; returns its length.
@@ -404,7 +476,7 @@ fn append_entry<W: Write>(
             let mut reader: Box<dyn Read> = match contents {
                 Contents::Zeros => Box::new(io::repeat(0).take(stamp.size)),
                 Contents::Read => {
-                    let file = fs::File::open(&entry.source).map_err(read_err)?;
+                    let file = files::open_regular_unlinked(&entry.source).map_err(read_err)?;
                     if Stamp::of(&file.metadata().map_err(read_err)?) != *stamp {
                         return Err(ContextError::Changed {
                             path: entry.source.clone(),

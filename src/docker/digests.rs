@@ -156,7 +156,7 @@ impl DigestCache {
 }
 
 fn hash_file(path: &Path) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
+    let mut file = crate::files::open_regular_unlinked(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {

@@ -6,11 +6,16 @@
 
 use regex::Regex;
 
+/// More patterns than this in one `.dockerignore` are refused: each is a regex every path
+/// of the context is matched against.
+pub const MAX_PATTERNS: usize = 10_000;
+
 #[derive(Debug, thiserror::Error)]
-#[error("bad pattern `{pattern}`: {reason}")]
-pub struct PatternError {
-    pub pattern: String,
-    pub reason: String,
+pub enum PatternError {
+    #[error("bad pattern `{pattern}`: {reason}")]
+    Bad { pattern: String, reason: String },
+    #[error("more than {MAX_PATTERNS} patterns")]
+    TooMany,
 }
 
 #[derive(Clone, Debug)]
@@ -26,13 +31,17 @@ pub struct PatternSet {
 }
 
 impl PatternSet {
-    /// Parses `.dockerignore` text: one pattern a line, `#` comments, blank lines ignored.
+    /// Parses `.dockerignore` text: one pattern a line, `#` comments, blank lines ignored;
+    /// at most [`MAX_PATTERNS`].
     pub fn dockerignore(text: &str) -> Result<PatternSet, PatternError> {
-        Self::new(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#')),
-        )
+        let lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines.clone().count() > MAX_PATTERNS {
+            return Err(PatternError::TooMany);
+        }
+        Self::new(lines)
     }
 
     pub fn new<'p>(lines: impl IntoIterator<Item = &'p str>) -> Result<PatternSet, PatternError> {
@@ -46,7 +55,7 @@ impl PatternSet {
             if cleaned.is_empty() {
                 continue;
             }
-            let regex = Regex::new(&to_regex(&cleaned)).map_err(|e| PatternError {
+            let regex = Regex::new(&to_regex(&cleaned)).map_err(|e| PatternError::Bad {
                 pattern: line.to_owned(),
                 reason: e.to_string(),
             })?;

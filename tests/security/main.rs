@@ -8,6 +8,7 @@ mod support;
 
 mod containers;
 mod env;
+mod files;
 mod mounts;
 mod network;
 mod workspace;
