@@ -8,5 +8,7 @@ mod support;
 
 mod containers;
 mod env;
+mod git;
 mod mounts;
 mod network;
+mod server;
