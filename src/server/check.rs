@@ -19,6 +19,9 @@ pub struct SpecError {
 /// Longest task name, label or config path taken.
 const MAX_NAME: usize = 256;
 const MAX_PATH: usize = 4096;
+/// The longest timeout a job may ask for: beyond any real build, and far from the
+/// overflow of a deadline computed from it.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 fn refuse(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError {
@@ -124,6 +127,7 @@ impl JobSpec {
         };
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => Err("is zero".to_owned()),
+            Ok(d) if d > MAX_TIMEOUT => Err("is longer than 30 days".to_owned()),
             Ok(d) => Ok(Some(d)),
             Err(e) => Err(format!("{e} (a duration like 30m or 1h30m)")),
         }
@@ -146,6 +150,7 @@ mod tests {
         for (change, field) in [
             (serde_json::json!({"timeout": "forever"}), "timeout"),
             (serde_json::json!({"timeout": "0s"}), "timeout"),
+            (serde_json::json!({"timeout": "500000000000y"}), "timeout"),
             (serde_json::json!({"config": "/etc/passwd"}), "config"),
             (serde_json::json!({"config": "../x.yml"}), "config"),
             (serde_json::json!({"tasks": ["a", ""]}), "tasks[1]"),
