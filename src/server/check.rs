@@ -97,7 +97,7 @@ impl JobSpec {
             printable(&format!("labels[{i}]"), label, MAX_NAME)?;
         }
         for (name, value) in &self.env {
-            let field = format!("env.{name}");
+            let field = format!("env.{}", name.escape_debug());
             let mut chars = name.chars();
             let valid_name = chars
                 .next()
@@ -115,7 +115,7 @@ impl JobSpec {
         }
         if let Some(timeout) = &self.timeout {
             self.timeout_duration()
-                .map_err(|e| refuse("timeout", format!("`{timeout}`: {e}")))?;
+                .map_err(|e| refuse("timeout", format!("`{}`: {e}", timeout.escape_debug())))?;
         }
         Ok(())
     }

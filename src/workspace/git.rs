@@ -33,18 +33,18 @@ pub enum GitError {
 }
 
 /// Why a git URL, reference or commit is not taken: they are data, never options or
-/// commands (DESIGN.md §8), so anything git could read otherwise is refused.
+/// commands (DESIGN.md §8), so anything git could read otherwise is refused. The value is
+/// quoted with control characters escaped: it ends up in logs and on terminals.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceRefusal {
     #[error(
-        "`{0}` is not a git URL dockhand fetches (https://, ssh://, user@host:path, or file:// and absolute paths when local sources are allowed)"
+        "`{}` is not a git URL dockhand fetches (https://, ssh://, user@host:path, or file:// and absolute paths when local sources are allowed)",
+        .0.escape_debug()
     )]
     Url(String),
-    #[error("`{0}` is a local repository; local sources are not allowed here")]
-    Local(String),
-    #[error("`{0}` is not a valid git reference")]
+    #[error("`{}` is not a valid git reference", .0.escape_debug())]
     Reference(String),
-    #[error("`{0}` is not a commit (40 or 64 hex digits)")]
+    #[error("`{}` is not a commit (40 or 64 hex digits)", .0.escape_debug())]
     Commit(String),
 }
 
