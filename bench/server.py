@@ -51,7 +51,8 @@ class Server:
     def __init__(self, work, extra=()):
         env = {**os.environ, "DOCKHAND_REGISTRATION_TOKEN": REGISTRATION, "DOCKHAND_ADMIN_TOKEN": ADMIN}
         self.proc = subprocess.Popen(
-            [DOCKHAND, "server", "--listen", "127.0.0.1:0", "--database", os.path.join(work, "db", "jobs.db"), *extra],
+            [DOCKHAND, "server", "--listen", "127.0.0.1:0", "--database", os.path.join(work, "db", "jobs.db"),
+             "--allow-local-sources", *extra],
             stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stderr.readline()
         self.url = next(w for w in line.split() if w.startswith("http://"))
@@ -83,7 +84,8 @@ class Agent:
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "agent.toml"), "w") as f:
             f.write(f'[agent]\nname = "{name}"\nconcurrency = 2\n'
-                    f'[[source]]\nkind = "http"\nurl = "{server.url}"\n')
+                    f'[[source]]\nkind = "http"\nurl = "{server.url}"\n'
+                    f'allow_local_sources = true\n')
         env = {**os.environ, "DOCKHAND_TOKEN": REGISTRATION}
         self.proc = subprocess.Popen([DOCKHAND, "agent", "--json"], cwd=self.dir, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::server::{Client, Server};
+use support::server::{Client, Server, sign};
 
 #[tokio::test]
 async fn a_job_from_submit_to_result() {
@@ -202,11 +202,24 @@ async fn offers_lapse_leases_lapse_and_cancel_rides_on_the_lease() {
         api.get(&format!("/api/v1/jobs/{job}")).await.1["state"],
         "lost"
     );
+    let (status, renewed) = api
+        .put(&format!("/api/v1/jobs/{job}/lease"), token, lease.clone())
+        .await;
+    assert_eq!(
+        (status, renewed["cancel"].clone()),
+        (StatusCode::OK, json!(true)),
+        "the lease holder comes back to a lost job (it was unreachable): running, still cancelled"
+    );
+    assert_eq!(
+        api.get(&format!("/api/v1/jobs/{job}")).await.1["state"],
+        "running"
+    );
+    assert_eq!(api.finish(&job, token, b"").await.0, StatusCode::OK);
     let (status, gone) = api
         .put(&format!("/api/v1/jobs/{job}/lease"), token, lease)
         .await;
     assert_eq!(status, StatusCode::GONE);
-    assert_eq!(gone["state"], "lost");
+    assert_eq!(gone["state"], "succeeded");
 }
 
 #[tokio::test]
@@ -305,17 +318,6 @@ async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
     );
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
     let db = tempfile::tempdir().unwrap();
@@ -323,7 +325,7 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
         db.path(),
         &[
             "--webhook-secret",
-            "hook-secret",
+            "hook-secret-of-the-tests",
             "--build-repo",
             "team/app=test",
         ],
@@ -372,7 +374,7 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
         "github",
         "push",
         body.clone(),
-        Some(sign("hook-secret", body.as_bytes())),
+        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
     );
     let response = good.await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -394,7 +396,7 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
         "gitea",
         "push",
         body.clone(),
-        Some(sign("hook-secret", body.as_bytes())),
+        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
     );
     assert_eq!(gitea.await.unwrap().status(), StatusCode::CREATED);
     let other = push("someone/else");
@@ -402,7 +404,7 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
         "github",
         "push",
         other.clone(),
-        Some(sign("hook-secret", other.as_bytes())),
+        Some(sign("hook-secret-of-the-tests", other.as_bytes())),
     );
     assert_eq!(
         ignored.await.unwrap().status(),
@@ -413,8 +415,28 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
         "github",
         "ping",
         body.clone(),
-        Some(sign("hook-secret", body.as_bytes())),
+        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
     );
     assert_eq!(ping.await.unwrap().status(), StatusCode::OK);
     assert_eq!(api.get("/api/v1/jobs").await.1.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn jobs_no_agent_can_take_never_hide_one_it_can() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let agent = api.register("a", &["linux"]).await;
+    for _ in 0..201 {
+        api.submit(&["gpu"]).await;
+    }
+    api.submit(&["linux", "gpu"]).await;
+    let plain = api.submit(&[]).await;
+    let linux = api.submit(&["linux"]).await;
+    for expected in [plain, linux] {
+        let (status, offer) = api.claim(&agent, 0).await;
+        assert_eq!(status, StatusCode::OK, "{offer}");
+        assert_eq!(offer["job_id"], expected.as_str(), "{offer}");
+    }
+    assert_eq!(api.claim(&agent, 0).await.0, StatusCode::NO_CONTENT);
 }

@@ -10,42 +10,17 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::agent::{AgentProcess, checkout};
+use sha2::Digest;
+use support::agent::{AgentProcess, checkout, git_repository as repository};
 use support::server::{ADMIN, Client, Server};
 use support::{assert_nothing_labelled, docker};
-
-/// A git repository (committed on `main`) whose `show` task runs `script`.
-fn repository(script: &str) -> tempfile::TempDir {
-    let repo = checkout(script);
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "job",
-        ],
-    ] {
-        let status = Command::new("git")
-            .args(args)
-            .current_dir(repo.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    }
-    repo
-}
 
 fn agent_dir(server: &Server) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("agent.toml"),
         format!(
-            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n[[source]]\nkind = \"http\"\nurl = \"{}\"\n",
+            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n[[source]]\nkind = \"http\"\nurl = \"{}\"\nallow_local_sources = true\n",
             server.url
         ),
     )
@@ -105,7 +80,7 @@ fn client(server: &Server, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
     let db = tempfile::tempdir().unwrap();
-    let server = Server::start(db.path(), &[]);
+    let server = Server::start(db.path(), &["--allow-local-sources"]);
     let api = Client::new(&server);
     let repo = repository("seq 1 3000\nprintf 'ünïcode\\tand tabs\\n'\n");
     let dir = agent_dir(&server);
@@ -155,7 +130,7 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_mid_job_loses_no_log_byte() {
     let db = tempfile::tempdir().unwrap();
-    let mut server = Server::start(db.path(), &[]);
+    let mut server = Server::start(db.path(), &["--allow-local-sources"]);
     let address = server.address();
     let api = Client::new(&server);
     let repo =
@@ -166,7 +141,7 @@ async fn a_server_restarted_mid_job_loses_no_log_byte() {
     agent.wait_for_stdout("run show | line 5", Duration::from_secs(60));
     server.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let server = Server::start_at(db.path(), &address, &[]);
+    let server = Server::start_at(db.path(), &address, &["--allow-local-sources"]);
     let api = Client::new(&server);
     let detail = api.wait_job(&job, finished).await;
     assert_eq!(
@@ -180,9 +155,46 @@ async fn a_server_restarted_mid_job_loses_no_log_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_loses_no_job_and_no_byte() {
+    let db = tempfile::tempdir().unwrap();
+    let flags = ["--allow-local-sources", "--lease", "3s"];
+    let mut server = Server::start(db.path(), &flags);
+    let address = server.address();
+    let api = Client::new(&server);
+    let repo =
+        repository("i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; sleep 0.05; done\n");
+    let dir = agent_dir(&server);
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    let job = submit(&api, repo.path()).await;
+    agent.wait_for_stdout("run show | line 5", Duration::from_secs(60));
+    server.kill();
+    // Twice the lease: every lease the server knows of lapsed while it was down.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let server = Server::start_at(db.path(), &address, &flags);
+    let api = Client::new(&server);
+    let detail = api.wait_job(&job, finished).await;
+    assert_eq!(
+        detail["state"],
+        "succeeded",
+        "{detail}\n{}",
+        agent.transcript()
+    );
+    let log = api.read_log(&job).await;
+    let local = agent.wait_finished(1, Duration::from_secs(60))[0].clone();
+    let digest = |bytes: &[u8]| sha2::Sha256::digest(bytes).to_vec();
+    assert_eq!(
+        digest(&log),
+        digest(&std::fs::read(local.results.join("log.txt")).unwrap()),
+        "the server holds the agent's whole log"
+    );
+    let expected: String = (1..=300).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(run_section(&detail, &log), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_job_leaves_a_lost_job_and_its_restart_cleans_up() {
     let db = tempfile::tempdir().unwrap();
-    let server = Server::start(db.path(), &["--lease", "3s"]);
+    let server = Server::start(db.path(), &["--allow-local-sources", "--lease", "3s"]);
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 120\n");
     let dir = agent_dir(&server);
@@ -216,7 +228,7 @@ async fn an_agent_killed_mid_job_leaves_a_lost_job_and_its_restart_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_the_server_stops_the_container() {
     let db = tempfile::tempdir().unwrap();
-    let server = Server::start(db.path(), &["--lease", "3s"]);
+    let server = Server::start(db.path(), &["--allow-local-sources", "--lease", "3s"]);
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 120\n");
     let dir = agent_dir(&server);
@@ -234,7 +246,7 @@ async fn a_cancel_from_the_server_stops_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
     let db = tempfile::tempdir().unwrap();
-    let mut server = Server::start(db.path(), &["--lease", "60s"]);
+    let mut server = Server::start(db.path(), &["--allow-local-sources", "--lease", "60s"]);
     let address = server.address();
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 1; seq 1 500\n");
@@ -267,7 +279,11 @@ async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
         "the upload is still owed"
     );
 
-    let server = Server::start_at(db.path(), &address, &["--lease", "60s"]);
+    let server = Server::start_at(
+        db.path(),
+        &address,
+        &["--allow-local-sources", "--lease", "60s"],
+    );
     let api = Client::new(&server);
     let _restarted = AgentProcess::start_named(dir.path(), &["agent"], &agent.name);
     let detail = api.wait_job(&job, finished).await;
@@ -280,7 +296,7 @@ async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
     let db = tempfile::tempdir().unwrap();
-    let server = Server::start(db.path(), &[]);
+    let server = Server::start(db.path(), &["--allow-local-sources"]);
     let api = Client::new(&server);
     let project = checkout("echo ran\n");
     let agents: Vec<_> = (0..3)

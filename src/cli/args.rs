@@ -256,6 +256,19 @@ pub struct ServerArgs {
     /// A repository pushes build, `owner/name` or `owner/name=task,task` (repeatable)
     #[arg(long = "build-repo", value_name = "REPO")]
     pub repositories: Vec<crate::server::BuiltRepository>,
+    /// Let jobs name the agent's own disk: `path` sources, `file://` and absolute-path git
+    /// URLs (agents must allow them too)
+    #[arg(long)]
+    pub allow_local_sources: bool,
+    /// A connection that has not sent a request's headers within this is closed
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
+    pub header_timeout: std::time::Duration,
+    /// A request whose body has not arrived whole within this is answered 408
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "60s")]
+    pub body_timeout: std::time::Duration,
+    /// Connections served at once; further ones wait to be accepted
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_connections: usize,
 }
 
 /// Where the job server is, and the admin token for it.

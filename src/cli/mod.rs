@@ -13,5 +13,6 @@ mod output;
 mod remote;
 mod runtime;
 mod server;
+mod terminal;
 
 pub use app::main;

@@ -11,6 +11,7 @@ use super::args::{ServerAddress, SubmitArgs};
 use super::exit;
 use super::output::outln;
 use super::runtime::{self, Threads};
+use super::terminal;
 
 /// Exit code when the job server cannot be reached or refuses.
 const SERVER_ERROR: u8 = exit::INFRASTRUCTURE;
@@ -27,10 +28,13 @@ fn request(
 
 /// Sends, and turns a refusal or network failure into a message.
 async fn send(request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("{what}: cannot reach the job server: {e}"))?;
+    let response = request.send().await.map_err(|e| {
+        let e = e.to_string();
+        format!(
+            "{what}: cannot reach the job server: {}",
+            terminal::escape(&e)
+        )
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -40,6 +44,7 @@ async fn send(request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::R
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or(body);
+    let message = terminal::escape(&message);
     Err(match status {
         StatusCode::UNAUTHORIZED => format!("{what}: the server refused the token ({message})"),
         _ => format!("{what}: the server answered {status}: {message}"),
@@ -74,7 +79,10 @@ pub fn submit(args: &SubmitArgs) -> u8 {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        outln!("{}", answer["job_id"].as_str().unwrap_or_default());
+        outln!(
+            "{}",
+            terminal::escape(answer["job_id"].as_str().unwrap_or_default())
+        );
         Ok(exit::SUCCESS)
     }))
 }
@@ -114,10 +122,11 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
                 .or_else(|| source["path"].as_str().map(str::to_owned))
                 .unwrap_or_default();
             outln!(
-                "{:<26}  {:<10}  {:>9}  {from}",
-                job["id"].as_str().unwrap_or_default(),
-                job["state"].as_str().unwrap_or_default(),
-                job["log_bytes"].as_u64().unwrap_or(0)
+                "{:<26}  {:<10}  {:>9}  {}",
+                terminal::escape(job["id"].as_str().unwrap_or_default()),
+                terminal::escape(job["state"].as_str().unwrap_or_default()),
+                job["log_bytes"].as_u64().unwrap_or(0),
+                terminal::escape(&from)
             );
         }
         Ok(exit::SUCCESS)
@@ -140,9 +149,20 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
         )
         .await?;
         let mut stdout = std::io::stdout();
+        // Piped, the log is the job's bytes as they are; on a terminal, only lines, tabs
+        // and colours pass and other control sequences are shown escaped.
+        let on_terminal = std::io::IsTerminal::is_terminal(&stdout);
+        let mut show = |bytes: &[u8]| {
+            let _ = if on_terminal {
+                stdout.write_all(terminal::output(&String::from_utf8_lossy(bytes)).as_bytes())
+            } else {
+                stdout.write_all(bytes)
+            };
+            let _ = stdout.flush();
+        };
         if !follow {
             let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            let _ = stdout.write_all(&bytes);
+            show(&bytes);
             return Ok(exit::SUCCESS);
         }
         let mut pending = String::new();
@@ -157,12 +177,11 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
                 } else if let Some(data) = line.strip_prefix("data:") {
                     let data = data.strip_prefix(' ').unwrap_or(data);
                     if event == "end" {
-                        eprintln!("job {job} {data}");
+                        eprintln!("job {} {}", terminal::escape(job), terminal::escape(data));
                         return Ok(exit::SUCCESS);
                     }
                     if let Ok(text) = serde_json::from_str::<String>(data) {
-                        let _ = stdout.write_all(text.as_bytes());
-                        let _ = stdout.flush();
+                        show(text.as_bytes());
                     }
                 }
             }
@@ -183,7 +202,7 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
             "cancelling",
         )
         .await?;
-        eprintln!("job {job}: cancel requested");
+        eprintln!("job {}: cancel requested", terminal::escape(job));
         Ok(exit::SUCCESS)
     }))
 }

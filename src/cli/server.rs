@@ -10,6 +10,12 @@ pub fn run(args: &ServerArgs) -> u8 {
         eprintln!("error: the registration and admin tokens must be at least 16 characters");
         return exit::USAGE;
     }
+    if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        eprintln!(
+            "error: --webhook-secret (DOCKHAND_WEBHOOK_SECRET) must be at least 16 bytes: a short one is guessed, an empty one signs anything"
+        );
+        return exit::USAGE;
+    }
     let settings = ServerSettings {
         listen: args.listen,
         database: args.database.clone(),
@@ -21,6 +27,10 @@ pub fn run(args: &ServerArgs) -> u8 {
         log_flush: std::time::Duration::from_millis(200),
         log_chunk_max: 1 << 20,
         webhook_secret: args.webhook_secret.clone(),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        max_connections: args.max_connections,
+        allow_local_sources: args.allow_local_sources,
         repositories: args.repositories.clone(),
     };
     let Some(runtime) = runtime::start(Threads::Two) else {

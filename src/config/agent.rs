@@ -186,6 +186,10 @@ pub struct HttpSource {
     /// agent's own token is kept in the state directory).
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// Whether this server's jobs may read the agent's own disk (`path` sources,
+    /// `file://` and absolute-path git URLs); the server must allow them too.
+    #[serde(default)]
+    pub allow_local_sources: bool,
 }
 
 fn default_token_env() -> String {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::check::SpecError;
 use super::settings::ServerSettings;
 use super::store::{Accept, Finish, JobResult, JobSpec, LogAppend, Renew, Store, StoreError};
 
@@ -53,6 +54,14 @@ pub struct ApiError(StatusCode, serde_json::Value);
 impl ApiError {
     pub fn new(status: StatusCode, message: &str) -> ApiError {
         ApiError(status, json!({ "error": message }))
+    }
+
+    /// 422 naming the field that is refused.
+    pub fn invalid(e: &SpecError) -> ApiError {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "error": e.to_string(), "field": e.field }),
+        )
     }
 }
 
@@ -124,17 +133,19 @@ async fn require_agent(
         .ok_or_else(unauthorized)
 }
 
+/// The caller holds the job's lease. A job marked `lost` while its agent could not reach
+/// the server is running again from here on (DESIGN.md §4: an outage loses nothing).
 async fn require_job_token(
     state: &AppState,
     headers: &HeaderMap,
     job_id: &str,
 ) -> Result<(), ApiError> {
     let token = bearer(headers).ok_or_else(unauthorized)?;
-    if state.store.job_token_valid(job_id, token).await? {
-        Ok(())
-    } else {
-        Err(unauthorized())
+    if !state.store.job_token_valid(job_id, token).await? {
+        return Err(unauthorized());
     }
+    state.store.revive(job_id, state.settings.lease).await?;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -344,12 +355,26 @@ async fn result(
     }
 }
 
-async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(spec): Json<JobSpec>,
-) -> ApiResult {
+/// A submitted job read and checked, or a 422 naming the field at fault.
+fn submitted_spec(body: &[u8], allow_local: bool) -> Result<JobSpec, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let spec: JobSpec = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = match e.path().to_string() {
+            path if path == "." => "body".to_owned(),
+            path => path,
+        };
+        ApiError::invalid(&SpecError {
+            message: e.into_inner().to_string(),
+            field,
+        })
+    })?;
+    spec.check(allow_local).map_err(|e| ApiError::invalid(&e))?;
+    Ok(spec)
+}
+
+async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     require_admin(&state, &headers)?;
+    let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
     let job_id = state.store.create_job(&spec).await?;
     state.jobs_waiting.notify_waiters();
     Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())

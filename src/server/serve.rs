@@ -1,11 +1,22 @@
 //! Running the server: the store opened and migrated, the API on a listener, and a ticker
 //! that returns lapsed offers to the queue and marks jobs with lapsed leases `lost`.
+//! Connections are served by hyper directly so that none can be held open for free: headers
+//! must arrive within `header_timeout`, a body within `body_timeout` and under
+//! [`BODY_LIMIT`], and at most `max_connections` are served at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{AppState, router};
@@ -14,6 +25,12 @@ use super::store::{Store, StoreError};
 
 /// How often offers and leases are checked for lapses.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// The largest request body taken: a log chunk (`log_chunk_max`, 1 MiB) with room to spare.
+pub const BODY_LIMIT: usize = 2 << 20;
+
+/// How long open requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,6 +53,10 @@ pub async fn serve(
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
     let store = Arc::new(Store::open(&settings.database).await?);
+    let graced = store.grant_grace(settings.lease).await?;
+    if graced > 0 {
+        tracing::info!("{graced} running job(s): their agents have a lease's time to renew");
+    }
     let listener =
         TcpListener::bind(settings.listen)
             .await
@@ -50,13 +71,97 @@ pub async fn serve(
         jobs_waiting: Arc::new(Notify::new()),
     };
     let expiry = tokio::spawn(expire_lapsed(state.clone(), shutdown.clone()));
+    let (header_timeout, max_connections) = (
+        state.settings.header_timeout,
+        state.settings.max_connections,
+    );
+    let app = router(state.clone()).layer(axum::middleware::from_fn_with_state(
+        state.settings.body_timeout,
+        read_body,
+    ));
     ready(address);
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let connections = Arc::new(Semaphore::new(max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
     shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
+    }
     let _ = expiry.await;
-    served.map_err(ServeError::Serve)
+    Ok(())
+}
+
+/// Reads the whole request body before any handler sees it: within `timeout` (408) and
+/// at most [`BODY_LIMIT`] bytes (413, at once when Content-Length says so).
+async fn read_body(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let refuse = |status: StatusCode, message: String| {
+        (
+            status,
+            [(header::CONNECTION, "close")],
+            axum::Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
+    };
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {timeout:?}"),
+        ),
+        // Over the limit, or the client went away (then nobody reads the answer).
+        Ok(Err(_)) => too_large(),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
 }
 
 async fn expire_lapsed(state: AppState, shutdown: CancellationToken) {

@@ -26,6 +26,14 @@ pub struct ServerSettings {
     pub log_chunk_max: usize,
     /// Shared with the forges; webhooks are refused without one.
     pub webhook_secret: Option<String>,
+    /// A connection that has not sent a request's headers within this is closed.
+    pub header_timeout: Duration,
+    /// A request body that has not arrived whole within this is answered 408.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Whether jobs may name the agent's own disk (`path`, `file://`, absolute paths).
+    pub allow_local_sources: bool,
     /// What a push webhook may start jobs for.
     pub repositories: Vec<BuiltRepository>,
 }
@@ -39,6 +47,10 @@ impl std::fmt::Debug for ServerSettings {
             .field("offer_ttl", &self.offer_ttl)
             .field("lease", &self.lease)
             .field("claim_wait", &self.claim_wait)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("allow_local_sources", &self.allow_local_sources)
             .field("repositories", &self.repositories)
             .finish_non_exhaustive()
     }

@@ -283,20 +283,56 @@ impl Store {
 
     pub async fn create_job(&self, spec: &JobSpec) -> Result<String, StoreError> {
         let id = format!("job-{}", &random_hex()?[..20]);
-        sqlx::query(
-            "INSERT INTO jobs (id, seq, spec, labels, state, created_at)
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, 'queued', ?)",
-        )
-        .bind(&id)
-        .bind(serde_json::to_string(spec)?)
-        .bind(serde_json::to_string(&spec.labels)?)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        insert_job(&mut *self.pool.acquire().await?, &id, spec).await?;
         Ok(id)
     }
 
-    /// Offers the oldest queued job the agent's labels cover; the offer lapses after
+    /// Creates a job for a webhook delivery unless one of its `keys` (delivery id, body
+    /// digest) was seen before; then returns that delivery's job. `(job id, created)`.
+    pub async fn create_job_once(
+        &self,
+        spec: &JobSpec,
+        keys: &[String],
+    ) -> Result<(String, bool), StoreError> {
+        let id = format!("job-{}", &random_hex()?[..20]);
+        let mut tx = self.pool.begin().await?;
+        // A write first, so concurrent deliveries take the write lock in turn; a replay
+        // rolls it back.
+        insert_job(&mut tx, &id, spec).await?;
+        let mut fresh = true;
+        for key in keys {
+            fresh &= sqlx::query(
+                "INSERT OR IGNORE INTO deliveries (key, job_id, received_at) VALUES (?, ?, ?)",
+            )
+            .bind(key)
+            .bind(&id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        if fresh {
+            tx.commit().await?;
+            return Ok((id, true));
+        }
+        let mut first = None;
+        for key in keys {
+            first = first.or(sqlx::query(
+                "SELECT job_id FROM deliveries WHERE key = ? AND job_id != ?",
+            )
+            .bind(key)
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get::<String, _>(0)));
+        }
+        tx.rollback().await?;
+        Ok((first.unwrap_or_default(), false))
+    }
+
+    /// Offers the oldest queued job the agent's labels cover (matched in the query, so
+    /// any number of jobs no agent can take never hide one it can); the offer lapses after
     /// `ttl` unless accepted.
     pub async fn offer(
         &self,
@@ -304,39 +340,32 @@ impl Store {
         agent_labels: &[String],
         ttl: Duration,
     ) -> Result<Option<Offer>, StoreError> {
-        let queued = sqlx::query(
-            "SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 200",
+        let offer_id = format!("offer-{}", &random_hex()?[..16]);
+        let expires_at = now_ms() + ttl.as_millis() as i64;
+        let taken: Option<String> = sqlx::query(
+            "UPDATE jobs SET state = 'offered', agent_id = ?, offer_id = ?, offer_expires = ?
+             WHERE id = (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued'
+                   AND NOT EXISTS (
+                       SELECT 1 FROM json_each(jobs.labels) AS wanted
+                       WHERE wanted.value NOT IN (SELECT value FROM json_each(?)))
+                 ORDER BY seq LIMIT 1)
+               AND state = 'queued'
+             RETURNING id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        for row in queued {
-            let id: String = row.get(0);
-            let wanted: Vec<String> = serde_json::from_str(&row.get::<String, _>(1))?;
-            if !wanted.iter().all(|l| agent_labels.contains(l)) {
-                continue;
-            }
-            let offer_id = format!("offer-{}", &random_hex()?[..16]);
-            let expires_at = now_ms() + ttl.as_millis() as i64;
-            let taken = sqlx::query(
-                "UPDATE jobs SET state = 'offered', agent_id = ?, offer_id = ?, offer_expires = ?
-                 WHERE id = ? AND state = 'queued'",
-            )
-            .bind(agent_id)
-            .bind(&offer_id)
-            .bind(expires_at)
-            .bind(&id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            if taken == 1 {
-                return Ok(Some(Offer {
-                    offer_id,
-                    job_id: id,
-                    expires_at,
-                }));
-            }
-        }
-        Ok(None)
+        .bind(agent_id)
+        .bind(&offer_id)
+        .bind(expires_at)
+        .bind(serde_json::to_string(agent_labels)?)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0));
+        Ok(taken.map(|job_id| Offer {
+            offer_id,
+            job_id,
+            expires_at,
+        }))
     }
 
     /// The token for calls about one job: derived from the offer, so a replayed accept
@@ -422,6 +451,38 @@ impl Store {
             },
             job: Box::new(job),
         })
+    }
+
+    /// At server start: every running job's lease lasts at least `lease_ttl` from now, so
+    /// agents that kept running through an outage longer than a lease can renew.
+    pub async fn grant_grace(&self, lease_ttl: Duration) -> Result<u64, StoreError> {
+        let until = now_ms() + lease_ttl.as_millis() as i64;
+        Ok(sqlx::query(
+            "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'",
+        )
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// A job marked `lost` while its agent could not reach the server runs again when
+    /// its lease holder calls (only it has the job token): no other agent was given the
+    /// job, so nothing of it is lost.
+    pub async fn revive(&self, job_id: &str, lease_ttl: Duration) -> Result<(), StoreError> {
+        let revived = sqlx::query(
+            "UPDATE jobs SET state = 'running', finished_at = NULL, lease_expires = ?
+             WHERE id = ? AND state = 'lost' AND result IS NULL",
+        )
+        .bind(now_ms() + lease_ttl.as_millis() as i64)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if revived > 0 {
+            tracing::info!("job {job_id}: its agent is back; running again");
+        }
+        Ok(())
     }
 
     pub async fn renew(
@@ -677,6 +738,24 @@ impl Store {
             .map(job_view)
             .collect()
     }
+}
+
+async fn insert_job(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    spec: &JobSpec,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO jobs (id, seq, spec, labels, state, created_at)
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, 'queued', ?)",
+    )
+    .bind(id)
+    .bind(serde_json::to_string(spec)?)
+    .bind(serde_json::to_string(&spec.labels)?)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {

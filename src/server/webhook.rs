@@ -1,7 +1,8 @@
 //! Push webhooks from GitHub (`X-Hub-Signature-256: sha256=<hex>`) and Gitea
 //! (`X-Gitea-Signature: <hex>`): an HMAC-SHA256 of the body with the shared secret, checked
 //! before anything is read; a push to a repository the server is configured to build
-//! becomes a job for that commit.
+//! becomes a job for that commit. A replayed delivery (the same delivery id, or the same
+//! signed body, since the signature does not cover the id) answers the first one's job.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::api::{ApiError, AppState};
 use super::store::{JobSource, JobSpec};
@@ -72,12 +73,17 @@ pub async fn push(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (signature, event) = match forge.as_str() {
+    let (signature, event, delivery) = match forge.as_str() {
         "github" => (
             header("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=")),
             header("x-github-event"),
+            header("x-github-delivery"),
         ),
-        "gitea" => (header("x-gitea-signature"), header("x-gitea-event")),
+        "gitea" => (
+            header("x-gitea-signature"),
+            header("x-gitea-event"),
+            header("x-gitea-delivery"),
+        ),
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -131,7 +137,31 @@ pub async fn push(
         labels: Vec::new(),
         timeout: None,
     };
-    let job_id = state.store.create_job(&spec).await?;
+    if let Err(mut e) = spec.check(state.settings.allow_local_sources) {
+        e.field = match e.field.as_str() {
+            "source.git" => "repository.clone_url",
+            "source.commit" => "after",
+            "source.ref" => "ref",
+            other => other,
+        }
+        .to_owned();
+        return Err(ApiError::invalid(&e));
+    }
+    let mut keys = vec![format!(
+        "{forge}:body:{}",
+        crate::docker::hex(&Sha256::digest(&body))
+    )];
+    if let Some(delivery) = delivery {
+        keys.push(format!("{forge}:id:{delivery}"));
+    }
+    let (job_id, created) = state.store.create_job_once(&spec, &keys).await?;
+    if !created {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "job_id": job_id, "replayed": true })),
+        )
+            .into_response());
+    }
     state.jobs_waiting.notify_waiters();
     Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
 }

@@ -6,6 +6,8 @@ mod git;
 mod job_dir;
 mod snapshot;
 
-pub use git::{GitError, redact_url};
+pub use git::{
+    GitError, SourceRefusal, UrlKind, check_commit, check_reference, redact_url, url_kind,
+};
 pub use job_dir::{Workspace, WorkspaceError, remove_leftover};
 pub use snapshot::{SnapshotError, snapshot};

@@ -9,6 +9,8 @@ mod support;
 mod containers;
 mod env;
 mod files;
+mod git;
 mod mounts;
 mod network;
+mod server;
 mod workspace;

@@ -250,4 +250,30 @@ pipeline: [show]
     dir
 }
 
+/// [`checkout`] committed on `main` of a git repository.
+pub fn git_repository(task_script: &str) -> tempfile::TempDir {
+    let repo = checkout(task_script);
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "job",
+        ],
+    ] {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    repo
+}
+
 pub const LONG: Duration = Duration::from_secs(90);

@@ -61,6 +61,18 @@ impl Drop for Server {
     }
 }
 
+/// The hex HMAC-SHA256 of `body` under `secret`: a forge's webhook signature.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub struct Client {
     pub http: reqwest::Client,
     pub url: String,
@@ -159,6 +171,41 @@ impl Client {
             .await
             .unwrap()
             .to_vec()
+    }
+
+    /// Delivers a webhook `event` as `forge` (github, gitea) would, signed under `secret`
+    /// (unsigned when `None`), with an optional delivery id.
+    pub async fn deliver(
+        &self,
+        forge: &str,
+        event: &str,
+        delivery: Option<&str>,
+        body: &str,
+        secret: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/v1/webhooks/{forge}", self.url))
+            .body(body.to_owned());
+        let prefix = if forge == "github" {
+            "X-GitHub"
+        } else {
+            "X-Gitea"
+        };
+        request = request.header(format!("{prefix}-Event"), event);
+        if let Some(delivery) = delivery {
+            request = request.header(format!("{prefix}-Delivery"), delivery);
+        }
+        if let Some(secret) = secret {
+            let signature = sign(secret, body.as_bytes());
+            request = match forge {
+                "github" => request.header("X-Hub-Signature-256", format!("sha256={signature}")),
+                _ => request.header("X-Gitea-Signature", signature),
+            };
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn cancel(&self, job: &str) -> StatusCode {

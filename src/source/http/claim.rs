@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -125,10 +126,11 @@ pub async fn run_http(
                 continue;
             }
         };
-        let job = match job_from(&accepted, &identity, &client.url, &stream) {
+        let job = match job_from(&accepted, &identity, &source, &stream) {
             Ok(job) => job,
             Err(message) => {
                 problem(&tx, &stream, format!("job {job_id}: {message}")).await;
+                refuse_job(&client, &accepted, &agent.name, &message, &cancel).await;
                 continue;
             }
         };
@@ -140,7 +142,16 @@ pub async fn run_http(
     }
 }
 
-fn job_from(accepted: &Value, identity: &Identity, url: &str, stream: &str) -> Result<Job, String> {
+/// The accepted job as the agent runs it, checked as the server checks submissions (the
+/// agent trusts no server to have done it) and against the agent's own permission for
+/// local sources.
+fn job_from(
+    accepted: &Value,
+    identity: &Identity,
+    source: &HttpSource,
+    stream: &str,
+) -> Result<Job, String> {
+    let url = source.url.trim_end_matches('/');
     let fields = ["source", "config", "tasks", "env", "labels", "timeout"];
     let spec: serde_json::Map<String, Value> = fields
         .iter()
@@ -149,6 +160,17 @@ fn job_from(accepted: &Value, identity: &Identity, url: &str, stream: &str) -> R
         .collect();
     let spec: crate::server::JobSpec = serde_json::from_value(Value::Object(spec))
         .map_err(|e| format!("the server's job is not understood: {e}"))?;
+    spec.check(source.allow_local_sources).map_err(|e| {
+        let hint = if e.field == "source.git" || e.field == "source.path" {
+            " (the agent's `allow_local_sources` for this http source)"
+        } else {
+            ""
+        };
+        format!("refused: {e}{hint}")
+    })?;
+    let timeout = spec
+        .timeout_duration()
+        .map_err(|e| format!("timeout: {e}"))?;
     let server_id = accepted["job"]["id"]
         .as_str()
         .unwrap_or_default()
@@ -164,12 +186,6 @@ fn job_from(accepted: &Value, identity: &Identity, url: &str, stream: &str) -> R
         },
         crate::server::JobSource::Path { path } => Origin::Path { path: path.into() },
     };
-    let timeout = spec
-        .timeout
-        .as_deref()
-        .map(humantime::parse_duration)
-        .transpose()
-        .map_err(|e| format!("timeout: {e}"))?;
     Ok(Job {
         id: new_job_id(),
         stream: format!("{stream}/{server_id}"),
@@ -196,6 +212,53 @@ fn job_from(accepted: &Value, identity: &Identity, url: &str, stream: &str) -> R
             log_chunk_max: identity.log_chunk_max.max(1024),
         }),
     })
+}
+
+/// Ends a job the agent will not run as a job error whose log says why, so it does not
+/// wait out its lease to end `lost`.
+async fn refuse_job(
+    client: &ServerClient,
+    accepted: &Value,
+    agent: &str,
+    reason: &str,
+    cancel: &CancellationToken,
+) {
+    let (Some(job_id), Some(token)) = (
+        accepted["job"]["id"].as_str(),
+        accepted["job_token"].as_str(),
+    ) else {
+        return;
+    };
+    let log = format!("agent {agent}: this job is not run: {reason}\n").into_bytes();
+    let sha256 = crate::docker::hex(&sha2::Sha256::digest(&log));
+    let result = json!({"status": "error", "exit_code": crate::executor::codes::INFRASTRUCTURE,
+        "stages": [], "started_at": null, "finished_at": null,
+        "log": {"bytes": log.len(), "sha256": sha256}});
+    let reported = async {
+        client
+            .call_until_answered(
+                Method::PUT,
+                &format!("/api/v1/jobs/{job_id}/log?offset=0"),
+                token,
+                Body::Bytes(log),
+                &[StatusCode::OK],
+                cancel,
+            )
+            .await?;
+        client
+            .call_until_answered(
+                Method::PUT,
+                &format!("/api/v1/jobs/{job_id}/result"),
+                token,
+                Body::Json(result),
+                &[StatusCode::OK],
+                cancel,
+            )
+            .await
+    };
+    if let Err(e) = reported.await {
+        tracing::warn!("job {job_id}: reporting the refusal failed: {e}");
+    }
 }
 
 fn load_identity(path: &Path) -> Option<Identity> {

@@ -68,6 +68,9 @@ impl ServerClient {
         ServerClient {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
+                // Below the server's header timeout (10 s by default), so a pooled
+                // connection is not reused just as the server closes it for idling.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
             url: url.trim_end_matches('/').to_owned(),
