@@ -15,6 +15,7 @@ fn options(dir: &tempfile::TempDir, toml: &str) -> LoadOptions {
         env: HashMap::new(),
         overrides: Vec::new(),
         cwd: dir.path().to_path_buf(),
+        untrusted_cwd: false,
     }
 }
 

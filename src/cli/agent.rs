@@ -66,7 +66,10 @@ pub fn watch(
         ));
     }
     let args = &args_named;
-    let options = load_options(None, args, dir.clone());
+    let options = LoadOptions {
+        untrusted_cwd: true,
+        ..load_options(None, args, dir.clone())
+    };
     let mut settings = match load(&options) {
         Ok((settings, _)) => settings,
         Err(e) => {
@@ -74,6 +77,13 @@ pub fn watch(
             return exit::CONFIG_ERROR;
         }
     };
+    let agent = &settings.agent;
+    for own in [&agent.workspace_root, &agent.results_dir, &agent.state_dir] {
+        if let Err(e) = crate::executor::make_own_dir(&dir, own) {
+            eprintln!("error: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    }
     settings.sources = vec![SourceConfig::Watch(WatchSource {
         path: dir,
         config: config.to_path_buf(),
@@ -133,6 +143,7 @@ fn load_options(file: Option<PathBuf>, args: &AgentArgs, cwd: PathBuf) -> LoadOp
         env: std::env::vars().collect(),
         overrides,
         cwd,
+        untrusted_cwd: false,
     }
 }
 

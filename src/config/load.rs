@@ -33,6 +33,9 @@ pub struct LoadOptions {
     pub overrides: Vec<(String, String)>,
     /// Relative paths are resolved against the file's directory, or this one without a file.
     pub cwd: PathBuf,
+    /// Never read `cwd/agent.toml` unnamed: `cwd` is a watched checkout, whose files are
+    /// the repository's and must not choose their own sandbox.
+    pub untrusted_cwd: bool,
 }
 
 impl LoadOptions {
@@ -43,6 +46,7 @@ impl LoadOptions {
             .or_else(|| self.env.get("DOCKHAND_AGENT_CONFIG").map(PathBuf::from));
         match named {
             Some(file) => Some(self.cwd.join(file)),
+            None if self.untrusted_cwd => None,
             None => Some(self.cwd.join("agent.toml")).filter(|f| f.exists()),
         }
     }

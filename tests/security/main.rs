@@ -13,4 +13,5 @@ mod git;
 mod mounts;
 mod network;
 mod server;
+mod settings;
 mod workspace;
