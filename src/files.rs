@@ -181,6 +181,24 @@ mod tests {
 
     use super::*;
 
+    /// A job can nest directories deeper than any path may be long (it renames as it goes);
+    /// removing its workspace must neither overflow a stack nor give up.
+    #[test]
+    fn trees_deeper_than_a_path_can_name_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let tree = root.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::create_dir(tree.join("x")).unwrap();
+        for _ in 0..3000 {
+            std::fs::create_dir(tree.join("t")).unwrap();
+            std::fs::rename(tree.join("x"), tree.join("t/x")).unwrap();
+            std::fs::rename(tree.join("t"), tree.join("x")).unwrap();
+        }
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        remove_tree(&tree).unwrap();
+    }
+
     #[test]
     fn links_devices_and_oversized_files_are_never_read_or_written_through() {
         let dir = tempfile::tempdir().unwrap();
@@ -234,5 +252,29 @@ mod tests {
         assert!(read_limited_unlinked(&resolved, 10).is_err());
         assert!(read_limited_unlinked(Path::new("/dev/zero"), 10).is_err());
         assert!(read_limited_unlinked(Path::new("relative"), 10).is_err());
+    }
+}
+
+/// Removes a directory tree a job could shape (any depth, any names) without recursion
+/// in this process: coreutils' `rm` walks arbitrarily deep trees with a bounded number of
+/// open files, where a recursive walk would overflow the stack or run out of descriptors.
+/// A missing tree is fine.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let output = std::process::Command::new("rm")
+        .args(["-rf", "--one-file-system", "--"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "rm -rf {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
     }
 }

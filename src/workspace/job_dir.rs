@@ -82,7 +82,7 @@ impl Workspace {
     pub async fn close(self, keep: bool) {
         let closed = tokio::task::spawn_blocking(move || {
             if let Some(linked) = &self.linked {
-                match release(&self.dir, linked) {
+                match release(linked) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(
                         "{}: {n} files the job wrote in place leave the mirror",
@@ -90,17 +90,12 @@ impl Workspace {
                     ),
                     Err(e) => {
                         tracing::warn!("{e}; the mirror is dropped");
-                        let _ = std::fs::remove_dir_all(&linked.mirror);
+                        let _ = crate::files::remove_tree(&linked.mirror);
                     }
                 }
             }
-            if !keep {
-                match std::fs::remove_dir_all(&self.dir) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        tracing::warn!("cannot remove the workspace {}: {e}", self.dir.display())
-                    }
-                    _ => {}
-                }
+            if !keep && let Err(e) = crate::files::remove_tree(&self.dir) {
+                tracing::warn!("cannot remove the workspace {}: {e}", self.dir.display());
             }
         })
         .await;
@@ -120,13 +115,13 @@ pub fn remove_leftover(root: &Path, dir: &Path) -> std::io::Result<()> {
                 mirror: mirror.path(),
                 since: (i64::MIN, 0),
             };
-            if let Err(e) = release(dir, &linked) {
+            if let Err(e) = release(&linked) {
                 tracing::warn!("{e}; the mirror is dropped");
-                std::fs::remove_dir_all(&linked.mirror)?;
+                crate::files::remove_tree(&linked.mirror)?;
             }
         }
     }
-    std::fs::remove_dir_all(dir)
+    crate::files::remove_tree(dir)
 }
 
 async fn fill(

@@ -77,48 +77,46 @@ pub fn snapshot(
     Ok((copied, linked))
 }
 
-/// The filesystem's own (coarse) clock: the ctime of a file made now beside the mirror.
+/// The filesystem's own (coarse) clock, as the ctime of a file made beside the mirror,
+/// once it has moved past the tick of the last link: every link is then older than the
+/// answer, and every write a job makes later is not.
 fn filesystem_now(mirror: &Path) -> Result<(i64, i64), SnapshotError> {
     let probe = mirror.with_extension("linked");
-    let made = fs::File::create(&probe).and_then(|f| f.metadata());
-    let _ = fs::remove_file(&probe);
-    let made = made.map_err(write_error(&probe))?;
-    Ok((made.ctime(), made.ctime_nsec()))
+    let tick = || -> io::Result<(i64, i64)> {
+        let made = fs::File::create(&probe)?.metadata()?;
+        fs::remove_file(&probe)?;
+        Ok((made.ctime(), made.ctime_nsec()))
+    };
+    let linked = tick().map_err(write_error(&probe))?;
+    loop {
+        let now = tick().map_err(write_error(&probe))?;
+        if now > linked {
+            return Ok(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
-/// Drops from the mirror every file of the job directory `dir` still linked to it whose
-/// inode changed since it was linked: the job wrote into it, and a later job must not see
-/// that. Returns how many were dropped. A change in the tick of the last link counts too.
-pub fn release(dir: &Path, linked: &Linked) -> Result<u64, SnapshotError> {
+/// Drops from the mirror every file whose inode changed since the job's links were made:
+/// a job wrote into it through its link (and may have put the mtime back, or removed or
+/// renamed its link since), and a later job must not see that. Links and unlinks by other
+/// jobs of the source change the ctime too; those files are merely copied again. Returns
+/// how many were dropped.
+pub fn release(linked: &Linked) -> Result<u64, SnapshotError> {
     let lock = mirror_lock(&linked.mirror);
     let _synchronising = lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut dropped = 0;
-    let mut dirs = vec![PathBuf::new()];
-    while let Some(relative_dir) = dirs.pop() {
-        let here = dir.join(&relative_dir);
-        let Ok(entries) = fs::read_dir(&here) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let relative = relative_dir.join(entry.file_name());
-            let Ok(metadata) = fs::symlink_metadata(entry.path()) else {
-                continue;
-            };
+    let mut dirs = vec![linked.mirror.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(read_error(&dir))? {
+            let path = entry.map_err(read_error(&dir))?.path();
+            let metadata = fs::symlink_metadata(&path).map_err(read_error(&path))?;
             if metadata.is_dir() {
-                dirs.push(relative);
-                continue;
-            }
-            if !metadata.is_file()
-                || metadata.nlink() < 2
-                || (metadata.ctime(), metadata.ctime_nsec()) < linked.since
+                dirs.push(path);
+            } else if metadata.is_file()
+                && (metadata.ctime(), metadata.ctime_nsec()) >= linked.since
             {
-                continue;
-            }
-            let mirrored = linked.mirror.join(&relative);
-            if fs::symlink_metadata(&mirrored)
-                .is_ok_and(|m| m.dev() == metadata.dev() && m.ino() == metadata.ino())
-            {
-                fs::remove_file(&mirrored).map_err(write_error(&mirrored))?;
+                fs::remove_file(&path).map_err(write_error(&path))?;
                 dropped += 1;
             }
         }
@@ -454,39 +452,44 @@ mod tests {
         );
     }
 
-    /// A job writes into a file in place and puts its mtime back: without the release, the
-    /// mirror would hand the next job the written contents as the checkout's.
+    /// A job writes into files in place and puts their mtime back, then removes one of its
+    /// links: without the release, the mirror would hand the next job the written
+    /// contents as the checkout's.
     #[test]
-    fn a_job_that_writes_in_place_and_restores_the_mtime_poisons_no_later_job() {
+    fn a_job_that_writes_in_place_poisons_no_later_job() {
         let from = tempfile::tempdir().unwrap();
         let mirror = tempfile::tempdir().unwrap();
         let f = from.path();
         fs::create_dir(f.join("src")).unwrap();
-        fs::write(f.join("src/build.sh"), "echo honest").unwrap();
+        for name in ["src/build.sh", "src/run.sh"] {
+            fs::write(f.join(name), "echo honest").unwrap();
+        }
         fs::write(f.join("untouched"), "same").unwrap();
         let job = tempfile::tempdir().unwrap();
         let (_, linked) = snapshot(f, mirror.path(), job.path(), &[]).unwrap();
 
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let script = job.path().join("src/build.sh");
-        let mtime = fs::metadata(&script).unwrap().modified().unwrap();
-        fs::write(&script, "echo hacked").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&script)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        assert!(
-            release(job.path(), &linked).unwrap() >= 1,
-            "files linked in the last tick may go too"
-        );
+        for name in ["src/build.sh", "src/run.sh"] {
+            let script = job.path().join(name);
+            let mtime = fs::metadata(&script).unwrap().modified().unwrap();
+            fs::write(&script, "echo hacked").unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&script)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+        fs::remove_file(job.path().join("src/run.sh")).unwrap();
+        assert_eq!(release(&linked).unwrap(), 2, "only what the job wrote");
 
         let next = tempfile::tempdir().unwrap();
         snapshot(f, mirror.path(), next.path(), &[]).unwrap();
-        assert_eq!(
-            fs::read_to_string(next.path().join("src/build.sh")).unwrap(),
-            "echo honest"
-        );
+        for name in ["src/build.sh", "src/run.sh"] {
+            assert_eq!(
+                fs::read_to_string(next.path().join(name)).unwrap(),
+                "echo honest",
+                "{name}"
+            );
+        }
     }
 }

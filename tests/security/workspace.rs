@@ -3,8 +3,9 @@
 
 use crate::support::agent::{AgentProcess, LONG, unique};
 
-/// The job rewrites `build.sh` in place (same inode, same size) and puts its mtime back, so a mirror
-/// that trusted size and mtime would hand the next job the rewritten script.
+/// The job rewrites `build.sh` in place (same inode, same size), puts its mtime back and
+/// removes its link, so a mirror that trusted size and mtime, or looked only at what the
+/// job directory still holds, would hand the next job the rewritten script.
 #[test]
 fn a_job_that_rewrites_a_file_in_place_poisons_no_later_job() {
     let repo = tempfile::tempdir().unwrap();
@@ -21,6 +22,7 @@ bash: |
   touch -r /ws/build.sh /tmp/mtime
   echo 'echo hacked' > /ws/build.sh
   touch -r /tmp/mtime /ws/build.sh
+  rm /ws/build.sh
 "#,
             unique()
         ),
