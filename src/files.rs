@@ -175,6 +175,30 @@ pub fn write_replacing(
     std::fs::rename(tmp, path)
 }
 
+/// Removes a directory tree a job could shape (any depth, any names) without recursion
+/// in this process: coreutils' `rm` walks arbitrarily deep trees with a bounded number of
+/// open files, where a recursive walk would overflow the stack or run out of descriptors.
+/// A missing tree is fine.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let output = std::process::Command::new("rm")
+        .args(["-rf", "--one-file-system", "--"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "rm -rf {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
@@ -252,29 +276,5 @@ mod tests {
         assert!(read_limited_unlinked(&resolved, 10).is_err());
         assert!(read_limited_unlinked(Path::new("/dev/zero"), 10).is_err());
         assert!(read_limited_unlinked(Path::new("relative"), 10).is_err());
-    }
-}
-
-/// Removes a directory tree a job could shape (any depth, any names) without recursion
-/// in this process: coreutils' `rm` walks arbitrarily deep trees with a bounded number of
-/// open files, where a recursive walk would overflow the stack or run out of descriptors.
-/// A missing tree is fine.
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Ok(());
-    }
-    let output = std::process::Command::new("rm")
-        .args(["-rf", "--one-file-system", "--"])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "rm -rf {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
     }
 }
