@@ -155,6 +155,12 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             } else {
                 Request::Tasks(job.tasks.clone())
             };
+            // Per stream: an image one source built is never reused for another's files,
+            // whatever a hostile job of the first did to what it built from.
+            let stream_cache = agent
+                .state_dir
+                .join("cache")
+                .join(short_hash(job.stream.as_bytes()));
             let options = ExecutorOptions {
                 job_id: job.id.clone(),
                 agent: agent.name.clone(),
@@ -170,11 +176,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                         agent.state_dir.clone(),
                     ],
                 },
-                cache_dir: agent
-                    .state_dir
-                    .join("cache")
-                    .join(short_hash(job.stream.as_bytes())),
-                build_records: agent.state_dir.join("cache").join("builds"),
+                cache_dir: stream_cache.clone(),
+                build_records: stream_cache.join("builds"),
                 parallel: agent.parallel,
                 no_cache: false,
                 task_timeout: None,

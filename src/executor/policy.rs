@@ -163,9 +163,13 @@ pub fn check_policy(
                     });
                 }
             }
-            let published = image.run.network.publish_all_ports || !image.run.ports.is_empty();
+            let overrides = images[0].run.dependency_options.get(&image.name);
+            let all_ports: Vec<_> = (image.run.ports.iter())
+                .chain(overrides.into_iter().flat_map(|o| &o.ports))
+                .collect();
+            let published = image.run.network.publish_all_ports || !all_ports.is_empty();
             if published && !sandbox.allow_published_ports {
-                let ports: Vec<String> = (image.run.ports.iter())
+                let ports: Vec<String> = (all_ports.iter())
                     .map(|p| format!("{}/{}", p.container_port, p.protocol))
                     .collect();
                 add(PolicyError::PublishedPorts {

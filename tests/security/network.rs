@@ -82,3 +82,32 @@ fn publishing_ports_on_the_host_needs_the_operator() {
         assert_eq!(allowed.code, Some(0), "{allowed}");
     }
 }
+
+/// A task's `dependency_options` can publish a service's ports too: the same rule.
+#[test]
+fn a_services_ports_published_through_dependency_options_need_the_operator() {
+    let project = Project::new(&format!(
+        r#"image_name_prefix: sec-depports-{}
+context: false
+images:
+  svc:
+    commands: [FROM dockhand/busybox:local]
+    command: [sleep, "30"]
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{{images.svc}}:svc"]
+    dependency_options: {{svc: {{ports: ["127.0.0.1:18931:8080"]}}}}
+    tasks:
+      t:
+        options:
+          command: [true]
+"#,
+        unique()
+    ));
+    let refused = project.run(&["run", "t"]);
+    assert_eq!(refused.code, Some(200), "{refused}");
+    assert!(
+        refused.stderr.contains("allow_published_ports") && refused.stderr.contains("`svc`"),
+        "{refused}"
+    );
+}
