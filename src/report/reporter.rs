@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::mask::Masker;
@@ -16,9 +16,14 @@ use crate::events::{Event, LogStream};
 /// long, at least this often while output keeps coming, and after every other event.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// The longest unfinished line kept: a task printing without newlines has its output
+/// delivered as lines of about this length (plus what a secret across the cut needs), so
+/// memory stays bounded however much it prints.
+pub const LINE_PART: usize = 64 * 1024;
+
 /// Something that reports a job. `Event::Log` carries whole lines only (one or more, each
 /// ending in `\n`); a stage's unfinished last line arrives, terminated, before its
-/// `StageFinished`.
+/// `StageFinished`, and a line longer than [`LINE_PART`] arrives as several lines.
 pub trait Sink: Send {
     /// Output may stay buffered until [`Sink::flush`], which follows every event but
     /// output at once: flushing every batch of a chatty task costs a write call per sink.
@@ -73,30 +78,43 @@ pub fn report(
                 bytes,
             } => {
                 let pending = partial.entry((stage, stream)).or_default();
-                let Some(last_newline) = memchr::memrchr(b'\n', &bytes) else {
-                    pending.extend_from_slice(&bytes);
-                    continue;
-                };
-                let lines = if pending.is_empty() {
-                    bytes.slice(..=last_newline)
-                } else {
-                    pending.extend_from_slice(&bytes[..=last_newline]);
-                    pending.split().freeze()
-                };
-                pending.extend_from_slice(&bytes[last_newline + 1..]);
-                let lines = match masker.mask(&lines) {
-                    Cow::Borrowed(_) => lines,
-                    Cow::Owned(masked) => Bytes::from(masked),
-                };
-                deliver(
-                    &Event::Log {
+                if let Some(last_newline) = memchr::memrchr(b'\n', &bytes) {
+                    let lines = if pending.is_empty() {
+                        bytes.slice(..=last_newline)
+                    } else {
+                        pending.extend_from_slice(&bytes[..=last_newline]);
+                        pending.split().freeze()
+                    };
+                    pending.extend_from_slice(&bytes[last_newline + 1..]);
+                    let lines = match masker.mask(&lines) {
+                        Cow::Borrowed(_) => lines,
+                        Cow::Owned(masked) => Bytes::from(masked),
+                    };
+                    let lines = Event::Log {
                         stage,
                         stream,
                         bytes: lines,
-                    },
-                    &record,
-                    &mut sinks,
-                );
+                    };
+                    deliver(&lines, &record, &mut sinks);
+                } else {
+                    pending.extend_from_slice(&bytes);
+                }
+                while pending.len() >= LINE_PART {
+                    let (head, cut) = masker.mask_head(&pending[..]);
+                    if cut == 0 {
+                        break; // a secret longer than a part: wait for more of it
+                    }
+                    let mut part = BytesMut::with_capacity(head.len() + 1);
+                    part.extend_from_slice(&head);
+                    part.extend_from_slice(b"\n");
+                    let part = Event::Log {
+                        stage,
+                        stream,
+                        bytes: part.freeze(),
+                    };
+                    deliver(&part, &record, &mut sinks);
+                    pending.advance(cut);
+                }
             }
             Event::StageFinished { stage, .. } => {
                 let keys: Vec<(usize, LogStream)> = partial
@@ -168,6 +186,7 @@ mod tests {
 
     use super::*;
     use crate::events::{StageKind, StageOutcome, StageStatus, Timestamp};
+    use crate::report::MASK;
 
     /// Records what it is given.
     struct Tape(Arc<Mutex<Vec<(usize, String)>>>);
@@ -248,5 +267,54 @@ mod tests {
             record.stages[0].outcome.as_ref().map(|o| o.status),
             Some(StageStatus::Passed)
         );
+    }
+
+    #[test]
+    fn a_line_without_end_arrives_in_parts_and_a_secret_across_a_cut_is_masked() {
+        let secret = "cut-across-secret";
+        let mut text = "a".repeat(LINE_PART - 5);
+        text.push_str(secret);
+        text.push_str(&"b".repeat(3 * LINE_PART));
+        let (tx, rx) = mpsc::channel(8);
+        let tape = Arc::new(Mutex::new(Vec::new()));
+        let sender = {
+            let text = text.clone();
+            std::thread::spawn(move || {
+                tx.blocking_send(Event::JobStarted {
+                    job: "j".into(),
+                    stages: vec![("a".into(), StageKind::Run)],
+                    at: Timestamp::now(),
+                })
+                .unwrap();
+                for chunk in text.as_bytes().chunks(1000) {
+                    let bytes = Bytes::copy_from_slice(chunk);
+                    let stream = LogStream::Stdout;
+                    tx.blocking_send(Event::Log {
+                        stage: 0,
+                        stream,
+                        bytes,
+                    })
+                    .unwrap();
+                }
+                let outcome = StageOutcome::new(StageStatus::Passed);
+                let at = Timestamp::now();
+                tx.blocking_send(Event::StageFinished {
+                    stage: 0,
+                    outcome,
+                    at,
+                })
+                .unwrap();
+            })
+        };
+        let (masker, _) = Masker::new([secret]);
+        report(rx, vec![Box::new(Tape(tape.clone()))], &masker);
+        sender.join().unwrap();
+        let got = tape.lock().unwrap().clone();
+        assert!(got.len() >= 3, "{} parts", got.len());
+        for (_, part) in &got {
+            assert!(part.ends_with('\n') && part.len() <= LINE_PART + 1000 + secret.len());
+        }
+        let joined: String = got.iter().map(|(_, p)| p.trim_end_matches('\n')).collect();
+        assert_eq!(joined, text.replace(secret, MASK));
     }
 }
