@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, LogStream, StageStatus};
 
 pub struct Console<W: Write + Send> {
@@ -129,8 +129,21 @@ pub fn status_word(status: Option<StageStatus>) -> &'static str {
     }
 }
 
+/// What the console sink writes to, for its errors.
+const STDOUT: &str = "the console (standard output)";
+
 impl<W: Write + Send> Sink for Console<W> {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
+        self.show(event, record).map_err(writing(STDOUT))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(writing(STDOUT))
+    }
+}
+
+impl<W: Write + Send> Console<W> {
+    fn show(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
         self.clear_status()?;
         self.track(event);
         match event {
@@ -229,13 +242,12 @@ impl<W: Write + Send> Sink for Console<W> {
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default()
                 )?;
+                if let Some(message) = &record.message {
+                    writeln!(self.out, "    {message}")?;
+                }
             }
         }
         self.draw_status(record)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 

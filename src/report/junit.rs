@@ -4,12 +4,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io;
 use std::path::PathBuf;
 
 use super::console::status_word;
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, StageKind, StageStatus};
 
 /// Output lines kept per stage for a failure's body.
@@ -133,7 +132,7 @@ impl JUnit {
 }
 
 impl Sink for JUnit {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
         match event {
             Event::Log { stage, bytes, .. } => {
                 let tail = self.tails.entry(*stage).or_default();
@@ -148,8 +147,12 @@ impl Sink for JUnit {
             }
             Event::JobFinished { .. } => {
                 let partial = self.path.with_extension("xml.partial");
-                std::fs::write(&partial, self.render(record))?;
-                std::fs::rename(&partial, &self.path)?;
+                let written = std::fs::write(&partial, self.render(record))
+                    .and_then(|()| std::fs::rename(&partial, &self.path));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                written.map_err(writing(self.path.display()))?;
             }
             _ => {}
         }
@@ -216,6 +219,7 @@ mod tests {
             Event::JobFinished {
                 status: crate::events::JobStatus::Failed,
                 exit_code: 3,
+                message: None,
                 at: Timestamp::now(),
             },
         ];

@@ -107,13 +107,16 @@ impl Masker {
     }
 
     /// For a line still being written that has grown too long to keep whole: the masked
-    /// text of its beginning, up to a cut that no byte still to come can change, and the
-    /// cut's place in `text`. Bytes after the cut could begin a secret, so they wait; a
-    /// secret across the cut is masked whole (the cut moves to its end).
-    pub fn mask_head<'a>(&self, text: &'a [u8]) -> (Cow<'a, [u8]>, usize) {
+    /// text of its beginning, about `part` bytes up to a cut that no byte still to come
+    /// can change, and the cut's place in `text`. Bytes after the cut could begin a
+    /// secret, so they wait; a secret across the cut is masked whole (the cut moves to its
+    /// end).
+    pub fn mask_head<'a>(&self, text: &'a [u8], part: usize) -> (Cow<'a, [u8]>, usize) {
         let Some(patterns) = &self.patterns else {
-            return (Cow::Borrowed(text), text.len());
+            let cut = text.len().min(part);
+            return (Cow::Borrowed(&text[..cut]), cut);
         };
+        let text = &text[..text.len().min(part + self.longest - 1)];
         // A secret starting at or after `cut` may be incomplete; one starting before it is
         // whole in `text`, and so is every longer secret it may be the beginning of.
         let mut cut = text.len().saturating_sub(self.longest - 1);
@@ -388,14 +391,21 @@ mod tests {
         let (masker, _) = Masker::new(["s3cr3t-value"]);
         let longest = masker.longest;
         let text = b"aaaaaaaaaaaaaaaaaaaas3cr3t-val";
-        let (head, cut) = masker.mask_head(text);
+        let (head, cut) = masker.mask_head(text, 100);
         assert_eq!(cut, text.len() + 1 - longest);
         assert_eq!(&head[..], &text[..cut]);
         let text = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaas3cr3t-valuebbbbbbbbbb";
-        let (head, cut) = masker.mask_head(text);
+        let (head, cut) = masker.mask_head(text, 100);
         assert_eq!(&head[..], b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa***");
         assert_eq!(&text[cut..], b"bbbbbbbbbb");
+        let (head, cut) = masker.mask_head(text, 36);
+        assert_eq!(
+            (&head[..], cut),
+            (&b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa***"[..], 44)
+        );
+        let (head, cut) = masker.mask_head(text, 20);
+        assert_eq!((&head[..], cut), (&text[..20], 20));
         let (empty, _) = Masker::new(Vec::<String>::new());
-        assert_eq!(empty.mask_head(b"abc"), (Cow::Borrowed(&b"abc"[..]), 3));
+        assert_eq!(empty.mask_head(b"abc", 2), (Cow::Borrowed(&b"ab"[..]), 2));
     }
 }

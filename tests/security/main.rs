@@ -10,3 +10,4 @@ mod containers;
 mod env;
 mod mounts;
 mod network;
+mod output;
