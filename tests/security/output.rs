@@ -7,7 +7,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::agent::unique;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::agent::{AgentProcess, LONG, checkout, unique};
+use crate::support::server::{ADMIN, Client, Server};
 use crate::support::{JobRun, Project, assert_nothing_labelled};
 
 /// A tmpfs of `size` mounted on a temporary directory for as long as it lives.
@@ -225,4 +229,48 @@ fn a_full_results_disk_ends_the_job_in_error_with_the_reason() {
         "{message}"
     );
     assert_nothing_labelled(&format!("dockhand.job={}", run.job_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_results_disk_under_the_agent_ends_the_server_job_error_not_lost() {
+    let disk = Tmpfs::mount("1m");
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let repo = checkout("yes 0123456789abcdef | head -c 5000000\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\nresults_dir = \"{}\"\n[[source]]\nkind = \"http\"\nurl = \"{}\"\n",
+            disk.path().display(),
+            server.url
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+    let (status, body) = api
+        .post(
+            "/api/v1/jobs",
+            Some(ADMIN),
+            json!({"source": {"path": repo.path()}, "tasks": ["show"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_owned();
+    let detail = api
+        .wait_job(&job, |d| {
+            !["queued", "offered", "running"].contains(&d["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(detail["state"], "error", "{detail}\n{}", agent.transcript());
+    assert_eq!(detail["result"]["exit_code"], 202, "{detail}");
+    let message = detail["result"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("No space left on device"), "{detail}");
+    let finished = agent.wait_finished(1, LONG);
+    assert_eq!(
+        (finished[0].status.as_str(), finished[0].exit_code),
+        ("error", 202)
+    );
+    drop(agent);
 }
