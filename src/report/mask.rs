@@ -33,6 +33,11 @@ const WRAP_WIDTHS: [usize; 2] = [64, 76];
 #[derive(Clone, Debug, Default)]
 pub struct Masker {
     patterns: Option<AhoCorasick>,
+    /// A few patterns of which text holding any of `patterns` holds at least one: with
+    /// wrapped base64 there are hundreds of patterns per secret, which a matcher scans
+    /// several times slower than a few dozen, so output is scanned with these and only
+    /// what matches is searched in full.
+    quick: Option<AhoCorasick>,
     /// One [`MASK`] per pattern, as `replace_all_bytes` wants.
     replacements: Vec<&'static [u8]>,
     /// The longest pattern's length.
@@ -44,6 +49,8 @@ impl Masker {
     /// masker and the number of values too short to mask.
     pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> (Masker, usize) {
         let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
         let mut too_short = 0;
         for secret in secrets {
             let secret = secret.as_ref();
@@ -64,24 +71,21 @@ impl Masker {
             );
             patterns.extend(escaped_forms(secret).into_iter().map(String::into_bytes));
             for form in base64_forms(secret.as_bytes()) {
-                patterns.extend(wrapped_pieces(&form));
+                seeds.extend(piece_seeds(&form));
+                pieces.extend(wrapped_pieces(&form));
                 patterns.push(form);
             }
         }
-        patterns.retain(|p| p.len() >= MIN_SECRET_LEN);
-        patterns.sort();
-        patterns.dedup();
+        seeds.extend(patterns.iter().cloned());
+        patterns.extend(pieces);
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let patterns = (!patterns.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .expect("literal patterns always build")
-        });
+        let patterns = matcher(patterns);
+        let quick = matcher(seeds);
         let replacements = vec![MASK.as_bytes(); patterns.as_ref().map_or(0, |p| p.patterns_len())];
         (
             Masker {
                 patterns,
+                quick,
                 replacements,
                 longest,
             },
@@ -93,9 +97,16 @@ impl Masker {
         self.patterns.is_none()
     }
 
+    /// Whether `text` may hold a secret: a fast scan that rules most text out.
+    fn may_hold(&self, text: &[u8]) -> bool {
+        self.quick
+            .as_ref()
+            .is_some_and(|quick| quick.is_match(text))
+    }
+
     pub fn mask<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
         match &self.patterns {
-            Some(patterns) if patterns.is_match(text) => {
+            Some(patterns) if self.may_hold(text) && patterns.is_match(text) => {
                 Cow::Owned(patterns.replace_all_bytes(text, &self.replacements))
             }
             _ => Cow::Borrowed(text),
@@ -120,6 +131,9 @@ impl Masker {
         // A secret starting at or after `cut` may be incomplete; one starting before it is
         // whole in `text`, and so is every longer secret it may be the beginning of.
         let mut cut = text.len().saturating_sub(self.longest - 1);
+        if !self.may_hold(text) {
+            return (Cow::Borrowed(&text[..cut]), cut);
+        }
         let mut masked = Vec::new();
         let mut copied = 0;
         for found in patterns.find_iter(text) {
@@ -182,6 +196,34 @@ fn wrapped_pieces(form: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     pieces
+}
+
+/// Pieces of `form` of which every wrapped piece ([`wrapped_pieces`]) holds one: its first
+/// and last [`MIN_PIECE`] characters, and for a form longer than a line, every
+/// [`MIN_PIECE`]-aligned run (a whole line of at least `2 * MIN_PIECE` holds one).
+fn piece_seeds(form: &[u8]) -> Vec<Vec<u8>> {
+    let mut seeds = vec![form.to_vec()];
+    if form.len() > MIN_PIECE {
+        seeds.push(form[..MIN_PIECE].to_vec());
+        seeds.push(form[form.len() - MIN_PIECE..].to_vec());
+    }
+    if form.len() > WRAP_WIDTHS[0] {
+        seeds.extend(form.chunks_exact(MIN_PIECE).map(<[u8]>::to_vec));
+    }
+    seeds
+}
+
+/// One leftmost-longest matcher of `patterns` (those of at least [`MIN_SECRET_LEN`]).
+fn matcher(mut patterns: Vec<Vec<u8>>) -> Option<AhoCorasick> {
+    patterns.retain(|p| p.len() >= MIN_SECRET_LEN);
+    patterns.sort();
+    patterns.dedup();
+    (!patterns.is_empty()).then(|| {
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .expect("literal patterns always build")
+    })
 }
 
 /// Characters kept as they are by the common URL encoders: RFC 3986's unreserved set
@@ -331,6 +373,13 @@ mod tests {
     fn wrapped_base64_is_masked_on_every_line_wherever_the_breaks_fall() {
         let short = "tok-3f9a8b7c6d5e4f3a2b1c";
         let long: String = (0..30).map(|i| format!("key-{i:02}-")).collect();
+        let (one, _) = Masker::new([short]);
+        let count = |m: &Option<AhoCorasick>| m.as_ref().map_or(0, AhoCorasick::patterns_len);
+        assert!(count(&one.patterns) > 100, "{}", count(&one.patterns));
+        assert!(
+            count(&one.quick) <= 30,
+            "output is scanned with few patterns"
+        );
         let (masker, _) = Masker::new([short, long.as_str()]);
         for secret in [short, long.as_str()] {
             for width in [64, 76] {
