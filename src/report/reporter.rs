@@ -19,7 +19,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// The longest unfinished line kept: a task printing without newlines has its output
 /// delivered as lines of this length (longer by the rest of a secret across the cut), so
-/// memory stays bounded however much it prints.
+/// memory stays bounded however much it prints. A line that arrives whole in one batch of
+/// output is delivered whole: the batch is bounded already.
 pub const LINE_PART: usize = 64 * 1024;
 
 /// Something that reports a job. `Event::Log` carries whole lines only (one or more, each

@@ -169,12 +169,12 @@ fn a_secret_across_a_part_boundary_or_in_wrapped_base64_stays_masked() {
     let encoded = base64_lines(&format!("{}{secret}", "x".repeat(45)));
     assert_eq!(encoded.len(), 2, "{encoded:?}");
     let pieces = [&encoded[0][60..], &encoded[1][..encoded[1].len() - 4]];
+    assert!(
+        run.log().replace('\n', "").contains("a***b"),
+        "masked across the cut"
+    );
     for text in [run.log(), run.stdout.clone()] {
         assert!(!text.contains(&secret[..12]), "the secret is in the output");
-        assert!(
-            text.replace('\n', "").contains("a***b"),
-            "masked across the cut"
-        );
         for piece in pieces {
             for window in piece.as_bytes().windows(MIN_PIECE) {
                 let window = std::str::from_utf8(window).unwrap();
