@@ -407,3 +407,39 @@ fn the_repository_demo_runs() {
         "{run}"
     );
 }
+
+/// `dockhand run | head -3`: the console stops being written when its reader goes away;
+/// the job runs to its end and keeps its records.
+#[test]
+fn a_closed_console_ends_neither_the_job_nor_its_records() {
+    use std::io::{BufRead, BufReader, Read};
+    let project = Project::new(
+        "tag: t-pipe\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: [seq, \"1\", \"200000\"]\n",
+    );
+    let mut child = project.spawn(&["run"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    drop(stdout);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let run = JobRun {
+        code: status.code(),
+        stdout: first,
+        stderr: stderr.clone(),
+        results: stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("results: "))
+            .map(std::path::PathBuf::from),
+    };
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.result()["status"], "succeeded", "{run}");
+    assert!(run.log().contains("200000\n"), "the log has every line");
+    run.assert_nothing_left();
+}

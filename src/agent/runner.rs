@@ -227,9 +227,13 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     };
     drop(emitter);
     let results = report.dir.clone();
-    report.finish().await;
+    let record = report.finish().await;
+    if let Some(message) = &record.message {
+        tracing::error!("job {}: {message}", job.id);
+    }
+    let status = record.status.unwrap_or(outcome.status);
     if let Some(upload) = upload
-        && let Err(e) = upload.finish().await
+        && let Err(e) = upload.finish(&record).await
     {
         tracing::warn!(
             "job {}: the upload to the job server stopped ({e}); the next start resumes it",
@@ -239,7 +243,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     if let Ok(ws) = workspace {
         let keep = match agent.keep_workspace {
             KeepWorkspace::Always => true,
-            KeepWorkspace::OnFailure => outcome.status != JobStatus::Succeeded,
+            KeepWorkspace::OnFailure => status != JobStatus::Succeeded,
             KeepWorkspace::Never => false,
         };
         ws.close(keep).await;
@@ -249,8 +253,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
     }
     Finished {
         id: job.id,
-        status: outcome.status,
-        exit_code: outcome.exit_code,
+        status,
+        exit_code: record.exit_code.unwrap_or(outcome.exit_code),
         results: Some(results),
     }
 }

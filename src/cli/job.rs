@@ -156,9 +156,12 @@ async fn run_async(
     signals.abort();
     let _ = signals.await;
     let dir = report.dir.clone();
-    report.finish().await;
+    let record = report.finish().await;
     eprintln!("results: {}", dir.display());
-    outcome.exit_code
+    if let Some(message) = &record.message {
+        eprintln!("error: {message}");
+    }
+    record.exit_code.unwrap_or(outcome.exit_code)
 }
 
 fn absolute(dir: &Path) -> PathBuf {

@@ -127,6 +127,10 @@ pub enum Event {
     JobFinished {
         status: JobStatus,
         exit_code: u8,
+        /// Why the job ended in error when that is not a stage's doing (its results could
+        /// not be written).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
         at: Timestamp,
     },
 }

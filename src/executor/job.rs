@@ -349,6 +349,7 @@ async fn finish(
         .send(Event::JobFinished {
             status,
             exit_code,
+            message: None,
             at: Timestamp::now(),
         })
         .await;

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, LogStream, StageStatus};
 
 pub struct Console<W: Write + Send> {
@@ -17,6 +17,9 @@ pub struct Console<W: Write + Send> {
     prefixes: Vec<Vec<u8>>,
     /// Only on a terminal.
     progress: Option<Progress>,
+    /// The reader went away (`dockhand run | head`): nothing more is written, and the job
+    /// and its other records go on.
+    closed: bool,
 }
 
 /// The running stages, for the status line.
@@ -43,6 +46,18 @@ impl<W: Write + Send> Console<W> {
                 columns,
                 ..Progress::default()
             }),
+            closed: false,
+        }
+    }
+
+    /// A closed reader closes the console; any other write error is the sink's failure.
+    fn settle(&mut self, written: io::Result<()>) -> Result<(), SinkError> {
+        match written {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.map_err(writing(STDOUT)),
         }
     }
 
@@ -129,8 +144,29 @@ pub fn status_word(status: Option<StageStatus>) -> &'static str {
     }
 }
 
+/// What the console sink writes to, for its errors.
+const STDOUT: &str = "the console (standard output)";
+
 impl<W: Write + Send> Sink for Console<W> {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
+        if self.closed {
+            return Ok(());
+        }
+        let shown = self.show(event, record);
+        self.settle(shown)
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if self.closed {
+            return Ok(());
+        }
+        let flushed = self.out.flush();
+        self.settle(flushed)
+    }
+}
+
+impl<W: Write + Send> Console<W> {
+    fn show(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
         self.clear_status()?;
         self.track(event);
         match event {
@@ -229,13 +265,12 @@ impl<W: Write + Send> Sink for Console<W> {
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default()
                 )?;
+                if let Some(message) = &record.message {
+                    writeln!(self.out, "    {message}")?;
+                }
             }
         }
         self.draw_status(record)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 

@@ -4,31 +4,35 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::Event;
 
 pub struct EventFile {
     file: File,
+    path: PathBuf,
 }
 
 impl EventFile {
     pub fn create(path: &Path) -> io::Result<EventFile> {
         Ok(EventFile {
             file: File::create(path)?,
+            path: path.to_path_buf(),
         })
     }
 }
 
 impl Sink for EventFile {
-    fn event(&mut self, event: &Event, _: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, _: &JobRecord) -> Result<(), SinkError> {
         if matches!(event, Event::Log { .. }) {
             return Ok(());
         }
-        let mut line = serde_json::to_vec(event)?;
+        let mut line = serde_json::to_vec(event).expect("events serialise");
         line.push(b'\n');
-        self.file.write_all(&line)
+        self.file
+            .write_all(&line)
+            .map_err(writing(self.path.display()))
     }
 }

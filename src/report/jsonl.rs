@@ -4,8 +4,10 @@
 use std::io::{self, Write};
 
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::Event;
+
+const STDOUT: &str = "the JSON lines (standard output)";
 
 pub struct JsonLines<W: Write + Send> {
     out: io::BufWriter<W>,
@@ -29,13 +31,15 @@ struct Line<'a> {
 }
 
 impl<W: Write + Send> Sink for JsonLines<W> {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
         let job = (!matches!(event, Event::JobStarted { .. })).then_some(record.job.as_str());
-        serde_json::to_writer(&mut self.out, &Line { job, event })?;
-        self.out.write_all(b"\n")
+        serde_json::to_writer(&mut self.out, &Line { job, event })
+            .map_err(io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"))
+            .map_err(writing(STDOUT))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(writing(STDOUT))
     }
 }

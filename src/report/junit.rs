@@ -4,20 +4,44 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io;
 use std::path::PathBuf;
 
 use super::console::status_word;
 use super::record::JobRecord;
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, StageKind, StageStatus};
 
 /// Output lines kept per stage for a failure's body.
 const TAIL_LINES: usize = 40;
 
+/// At most this much of them: what junit.xml holds stays small however long the lines.
+const TAIL_BYTES: usize = 16 * 1024;
+
 pub struct JUnit {
     path: PathBuf,
-    tails: HashMap<usize, VecDeque<String>>,
+    tails: HashMap<usize, Tail>,
+}
+
+/// A stage's last lines.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        let mut start = line.len().saturating_sub(TAIL_BYTES);
+        while !line.is_char_boundary(start) {
+            start += 1;
+        }
+        self.lines.push_back(line[start..].to_owned());
+        self.bytes += line.len() - start;
+        while self.lines.len() > TAIL_LINES || self.bytes > TAIL_BYTES {
+            let dropped = self.lines.pop_front().map_or(0, |l| l.len());
+            self.bytes -= dropped;
+        }
+    }
 }
 
 impl JUnit {
@@ -59,7 +83,7 @@ impl JUnit {
             let tail = self
                 .tails
                 .get(&index)
-                .map(|t| t.iter().map(String::as_str).collect::<String>())
+                .map(|t| t.lines.iter().map(String::as_str).collect::<String>())
                 .unwrap_or_default();
             let element = match status {
                 Some(StageStatus::Passed | StageStatus::Cached) => None,
@@ -108,7 +132,7 @@ impl JUnit {
 }
 
 impl Sink for JUnit {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
         match event {
             Event::Log { stage, bytes, .. } => {
                 let tail = self.tails.entry(*stage).or_default();
@@ -118,16 +142,17 @@ impl Sink for JUnit {
                     .nth(TAIL_LINES)
                     .map_or(0, |newline| newline + 1);
                 for line in String::from_utf8_lossy(&bytes[start..]).split_inclusive('\n') {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.to_owned());
+                    tail.push(line);
                 }
             }
             Event::JobFinished { .. } => {
                 let partial = self.path.with_extension("xml.partial");
-                std::fs::write(&partial, self.render(record))?;
-                std::fs::rename(&partial, &self.path)?;
+                let written = std::fs::write(&partial, self.render(record))
+                    .and_then(|()| std::fs::rename(&partial, &self.path));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                written.map_err(writing(self.path.display()))?;
             }
             _ => {}
         }
@@ -194,6 +219,7 @@ mod tests {
             Event::JobFinished {
                 status: crate::events::JobStatus::Failed,
                 exit_code: 3,
+                message: None,
                 at: Timestamp::now(),
             },
         ];
@@ -212,5 +238,18 @@ mod tests {
                 && xml.contains("last\n</failure>")
         );
         assert!(xml.contains(r#"tests="1" failures="1""#));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_end_of_long_lines_within_its_budget() {
+        let mut tail = Tail::default();
+        for i in 0..10 {
+            tail.push(&format!("{}{i}\n", "é".repeat(TAIL_BYTES)));
+        }
+        assert_eq!(tail.lines.len(), 1);
+        assert!(tail.bytes <= TAIL_BYTES && tail.lines[0].ends_with("é9\n"));
+        tail.push("short\n");
+        assert_eq!(tail.lines.back().map(String::as_str), Some("short\n"));
+        assert!(tail.bytes <= TAIL_BYTES);
     }
 }

@@ -58,27 +58,25 @@ impl LocalReport {
             }
             ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
         };
-        let mut sinks = vec![
-            console,
-            Box::new(results),
-            Box::new(JUnit::new(dir.join("junit.xml"))),
-        ];
+        // The order sinks see the job's end in: a file that cannot be written then still
+        // makes result.json and the console, last, say the job ended in error.
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JUnit::new(dir.join("junit.xml")))];
         if event_file {
             sinks.push(Box::new(EventFile::create(&dir.join(EVENTS_FILE))?));
         }
+        sinks.push(Box::new(results));
+        sinks.push(console);
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let handle = tokio::task::spawn_blocking(move || report(rx, sinks, &masker));
         Ok((Emitter::new(tx), LocalReport { handle, dir }))
     }
 
-    /// The final record, once every emitter of the job is dropped.
-    pub async fn finish(self) -> Option<JobRecord> {
-        match self.handle.await {
-            Ok(record) => Some(record),
-            Err(e) => {
-                tracing::error!("the reporter failed: {e}");
-                None
-            }
-        }
+    /// The final record, once every emitter of the job is dropped. Its status and exit
+    /// code are the job's: `error` (202) with a message when the results could not be
+    /// written, whatever the stages did.
+    pub async fn finish(self) -> JobRecord {
+        self.handle
+            .await
+            .unwrap_or_else(|e| JobRecord::failed(format!("the reporter failed: {e}")))
     }
 }

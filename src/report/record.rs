@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::events::{Event, JobStatus, StageKind, StageOutcome, Timestamp};
+use crate::executor::codes::INFRASTRUCTURE;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StageRecord {
@@ -44,11 +45,24 @@ pub struct JobRecord {
     pub stages: Vec<StageRecord>,
     pub status: Option<JobStatus>,
     pub exit_code: Option<u8>,
+    /// Why the job ended in error, when no stage says (see `Event::JobFinished`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }
 
 impl JobRecord {
+    /// The record of a job whose reporter itself failed.
+    pub fn failed(message: String) -> JobRecord {
+        JobRecord {
+            status: Some(JobStatus::Error),
+            exit_code: Some(INFRASTRUCTURE),
+            message: Some(message),
+            ..JobRecord::default()
+        }
+    }
+
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::JobStarted { job, stages, at } => {
@@ -79,10 +93,12 @@ impl JobRecord {
             Event::JobFinished {
                 status,
                 exit_code,
+                message,
                 at,
             } => {
                 self.status = Some(*status);
                 self.exit_code = Some(*exit_code);
+                self.message = message.clone();
                 self.finished_at = Some(*at);
             }
             Event::Log { .. } => {}

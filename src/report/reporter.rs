@@ -5,45 +5,77 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::mask::Masker;
 use super::record::JobRecord;
-use crate::events::{Event, LogStream};
+use crate::events::{Event, JobStatus, LogStream};
+use crate::executor::codes::INFRASTRUCTURE;
 
 /// How long output may wait in a sink's buffer: sinks are flushed when events pause this
 /// long, at least this often while output keeps coming, and after every other event.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// The longest unfinished line kept: a task printing without newlines has its output
+/// delivered as lines of this length (longer by the rest of a secret across the cut), so
+/// memory stays bounded however much it prints. A line that arrives whole in one batch of
+/// output is delivered whole: the batch is bounded already.
+pub const LINE_PART: usize = 64 * 1024;
+
 /// Something that reports a job. `Event::Log` carries whole lines only (one or more, each
 /// ending in `\n`); a stage's unfinished last line arrives, terminated, before its
-/// `StageFinished`.
+/// `StageFinished`, and a line longer than [`LINE_PART`] arrives as several lines.
 pub trait Sink: Send {
     /// Output may stay buffered until [`Sink::flush`], which follows every event but
     /// output at once: flushing every batch of a chatty task costs a write call per sink.
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()>;
+    /// After a sink has failed it gets only `JobFinished`, its chance to record that the
+    /// job ended in error.
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError>;
 
     /// Writes out buffered output (see [`FLUSH_EVERY`]).
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// A sink could not write: the job ends in error with this as its message.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {what}: {source}")]
+pub struct SinkError {
+    /// The file (or stream) it was writing.
+    pub what: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// `.map_err(writing(&path))`: an I/O error of a sink, with where it was writing.
+pub fn writing(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> SinkError {
+    move |source| SinkError {
+        what: what.to_string(),
+        source,
     }
 }
 
 /// Runs until the sender side closes; returns the final record. Secrets are masked here,
 /// in whole lines and stage messages, before any sink or the record sees them. A sink that
-/// fails (or panics) is reported once and dropped, so one full disk does not stop the
-/// console and a console bug does not lose the results directory.
-pub fn report(
-    mut rx: mpsc::Receiver<Event>,
-    mut sinks: Vec<Box<dyn Sink>>,
-    masker: &Masker,
-) -> JobRecord {
+/// fails gets no more output (and one that panics is dropped), so one full disk does not
+/// stop the console; the job then ends `error` with the failure as its message, and every
+/// sink that still can records that.
+pub fn report(rx: mpsc::Receiver<Event>, sinks: Vec<Box<dyn Sink>>, masker: &Masker) -> JobRecord {
+    let mut sinks = Sinks {
+        list: sinks
+            .into_iter()
+            .map(|sink| Attached {
+                sink,
+                failed: false,
+            })
+            .collect(),
+        failure: None,
+    };
+    let mut rx = rx;
     let mut record = JobRecord::default();
     let mut partial: HashMap<(usize, LogStream), BytesMut> = HashMap::new();
-    let deliver = |event: &Event, record: &JobRecord, sinks: &mut Vec<Box<dyn Sink>>| {
-        each_sink(sinks, |sink| sink.event(event, record));
-    };
     // Inside the runtime (always, but in unit tests) a receive can time out, which is when
     // sinks are flushed; the runtime's own thread drives the timer.
     let runtime = tokio::runtime::Handle::try_current().ok();
@@ -57,13 +89,13 @@ pub fn report(
             Ok(Some(event)) => event,
             Ok(None) => break,
             Err(_paused) => {
-                each_sink(&mut sinks, |sink| sink.flush());
+                sinks.flush();
                 flushed = Instant::now();
                 continue;
             }
         };
         if flushed.elapsed() >= FLUSH_EVERY {
-            each_sink(&mut sinks, |sink| sink.flush());
+            sinks.flush();
             flushed = Instant::now();
         }
         match event {
@@ -73,30 +105,43 @@ pub fn report(
                 bytes,
             } => {
                 let pending = partial.entry((stage, stream)).or_default();
-                let Some(last_newline) = memchr::memrchr(b'\n', &bytes) else {
-                    pending.extend_from_slice(&bytes);
-                    continue;
-                };
-                let lines = if pending.is_empty() {
-                    bytes.slice(..=last_newline)
-                } else {
-                    pending.extend_from_slice(&bytes[..=last_newline]);
-                    pending.split().freeze()
-                };
-                pending.extend_from_slice(&bytes[last_newline + 1..]);
-                let lines = match masker.mask(&lines) {
-                    Cow::Borrowed(_) => lines,
-                    Cow::Owned(masked) => Bytes::from(masked),
-                };
-                deliver(
-                    &Event::Log {
+                if let Some(last_newline) = memchr::memrchr(b'\n', &bytes) {
+                    let lines = if pending.is_empty() {
+                        bytes.slice(..=last_newline)
+                    } else {
+                        pending.extend_from_slice(&bytes[..=last_newline]);
+                        pending.split().freeze()
+                    };
+                    pending.extend_from_slice(&bytes[last_newline + 1..]);
+                    let lines = match masker.mask(&lines) {
+                        Cow::Borrowed(_) => lines,
+                        Cow::Owned(masked) => Bytes::from(masked),
+                    };
+                    let lines = Event::Log {
                         stage,
                         stream,
                         bytes: lines,
-                    },
-                    &record,
-                    &mut sinks,
-                );
+                    };
+                    sinks.deliver(&lines, &record);
+                } else {
+                    pending.extend_from_slice(&bytes);
+                }
+                while pending.len() >= LINE_PART {
+                    let (head, cut) = masker.mask_head(&pending[..], LINE_PART);
+                    if cut == 0 {
+                        break; // a secret longer than a part: wait for more of it
+                    }
+                    let mut part = BytesMut::with_capacity(head.len() + 1);
+                    part.extend_from_slice(&head);
+                    part.extend_from_slice(b"\n");
+                    let part = Event::Log {
+                        stage,
+                        stream,
+                        bytes: part.freeze(),
+                    };
+                    sinks.deliver(&part, &record);
+                    pending.advance(cut);
+                }
             }
             Event::StageFinished { stage, .. } => {
                 let keys: Vec<(usize, LogStream)> = partial
@@ -112,45 +157,117 @@ pub fn report(
                             stream: key.1,
                             bytes: Bytes::from(masker.mask(&rest).into_owned()),
                         };
-                        deliver(&line, &record, &mut sinks);
+                        sinks.deliver(&line, &record);
                     }
                 }
                 let event = mask_message(event, masker);
                 record.apply(&event);
-                deliver(&event, &record, &mut sinks);
-                each_sink(&mut sinks, |sink| sink.flush());
+                sinks.deliver(&event, &record);
+                sinks.flush();
+                flushed = Instant::now();
+            }
+            Event::JobFinished { .. } => {
+                sinks.finish(event, &mut record);
                 flushed = Instant::now();
             }
             other => {
                 record.apply(&other);
-                deliver(&other, &record, &mut sinks);
-                each_sink(&mut sinks, |sink| sink.flush());
+                sinks.deliver(&other, &record);
+                sinks.flush();
                 flushed = Instant::now();
             }
         }
     }
-    each_sink(&mut sinks, |sink| sink.flush());
+    sinks.flush();
     record
 }
 
-/// Runs `action` on every sink, dropping (once reported) a sink that fails or panics.
-fn each_sink(
-    sinks: &mut Vec<Box<dyn Sink>>,
-    mut action: impl FnMut(&mut Box<dyn Sink>) -> io::Result<()>,
-) {
-    sinks.retain_mut(|sink| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action(sink))) {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!("a report sink failed and was dropped: {e}");
-                false
+struct Attached {
+    sink: Box<dyn Sink>,
+    failed: bool,
+}
+
+/// The job's sinks and the first failure among them.
+struct Sinks {
+    list: Vec<Attached>,
+    failure: Option<String>,
+}
+
+impl Sinks {
+    fn deliver(&mut self, event: &Event, record: &JobRecord) {
+        self.each(|sink| sink.event(event, record));
+    }
+
+    fn flush(&mut self) {
+        self.each(|sink| sink.flush());
+    }
+
+    /// `JobFinished`, turned into an error when a sink has failed. Each sink gets it (and
+    /// is flushed) in turn, so a sink that fails only now still changes what the ones
+    /// after it record; sinks that failed earlier get it too.
+    fn finish(&mut self, mut event: Event, record: &mut JobRecord) {
+        self.flush();
+        for index in 0..self.list.len() {
+            if let Some(failure) = &self.failure
+                && let Event::JobFinished {
+                    status,
+                    exit_code,
+                    message,
+                    ..
+                } = &mut event
+            {
+                *status = JobStatus::Error;
+                *exit_code = INFRASTRUCTURE;
+                message.get_or_insert_with(|| failure.clone());
             }
-            Err(_) => {
-                tracing::error!("a report sink panicked and was dropped");
-                false
-            }
+            record.apply(&event);
+            let Some(attached) = self.list.get_mut(index) else {
+                break;
+            };
+            let failed = attached.failed;
+            let outcome = Self::guarded(&mut attached.sink, |sink| {
+                sink.event(&event, record)?;
+                sink.flush()
+            });
+            self.settle(index, outcome, failed);
         }
-    });
+    }
+
+    /// Runs `action` on every sink that has not failed.
+    fn each(&mut self, mut action: impl FnMut(&mut Box<dyn Sink>) -> Result<(), SinkError>) {
+        for index in 0..self.list.len() {
+            let attached = &mut self.list[index];
+            if attached.failed {
+                continue;
+            }
+            let outcome = Self::guarded(&mut attached.sink, &mut action);
+            self.settle(index, outcome, false);
+        }
+    }
+
+    fn guarded(
+        sink: &mut Box<dyn Sink>,
+        action: impl FnOnce(&mut Box<dyn Sink>) -> Result<(), SinkError>,
+    ) -> Result<(), String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action(sink))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("a report sink panicked".to_owned()),
+        }
+    }
+
+    /// Marks a sink failed (the first failure becomes the job's message); a later failure
+    /// of a sink that had already failed is only logged.
+    fn settle(&mut self, index: usize, outcome: Result<(), String>, failed_before: bool) {
+        let Err(message) = outcome else { return };
+        if failed_before {
+            tracing::debug!("a failed report sink failed again: {message}");
+            return;
+        }
+        tracing::error!("{message}");
+        self.list[index].failed = true;
+        self.failure.get_or_insert(message);
+    }
 }
 
 fn mask_message(mut event: Event, masker: &Masker) -> Event {
@@ -168,12 +285,13 @@ mod tests {
 
     use super::*;
     use crate::events::{StageKind, StageOutcome, StageStatus, Timestamp};
+    use crate::report::MASK;
 
     /// Records what it is given.
     struct Tape(Arc<Mutex<Vec<(usize, String)>>>);
 
     impl Sink for Tape {
-        fn event(&mut self, event: &Event, _: &JobRecord) -> io::Result<()> {
+        fn event(&mut self, event: &Event, _: &JobRecord) -> Result<(), SinkError> {
             if let Event::Log { stage, bytes, .. } = event {
                 self.0
                     .lock()
@@ -187,7 +305,7 @@ mod tests {
     struct Broken;
 
     impl Sink for Broken {
-        fn event(&mut self, _: &Event, _: &JobRecord) -> io::Result<()> {
+        fn event(&mut self, _: &Event, _: &JobRecord) -> Result<(), SinkError> {
             panic!("a buggy sink")
         }
     }
@@ -248,5 +366,118 @@ mod tests {
             record.stages[0].outcome.as_ref().map(|o| o.status),
             Some(StageStatus::Passed)
         );
+    }
+
+    #[test]
+    fn a_line_without_end_arrives_in_parts_and_a_secret_across_a_cut_is_masked() {
+        let secret = "cut-across-secret";
+        let mut text = "a".repeat(LINE_PART - 5);
+        text.push_str(secret);
+        text.push_str(&"b".repeat(3 * LINE_PART));
+        let (tx, rx) = mpsc::channel(8);
+        let tape = Arc::new(Mutex::new(Vec::new()));
+        let sender = {
+            let text = text.clone();
+            std::thread::spawn(move || {
+                tx.blocking_send(Event::JobStarted {
+                    job: "j".into(),
+                    stages: vec![("a".into(), StageKind::Run)],
+                    at: Timestamp::now(),
+                })
+                .unwrap();
+                for chunk in text.as_bytes().chunks(1000) {
+                    let bytes = Bytes::copy_from_slice(chunk);
+                    let stream = LogStream::Stdout;
+                    tx.blocking_send(Event::Log {
+                        stage: 0,
+                        stream,
+                        bytes,
+                    })
+                    .unwrap();
+                }
+                let outcome = StageOutcome::new(StageStatus::Passed);
+                let at = Timestamp::now();
+                tx.blocking_send(Event::StageFinished {
+                    stage: 0,
+                    outcome,
+                    at,
+                })
+                .unwrap();
+            })
+        };
+        let (masker, _) = Masker::new([secret]);
+        report(rx, vec![Box::new(Tape(tape.clone()))], &masker);
+        sender.join().unwrap();
+        let got = tape.lock().unwrap().clone();
+        assert!(got.len() >= 3, "{} parts", got.len());
+        for (_, part) in &got {
+            assert!(part.ends_with('\n') && part.len() <= LINE_PART + secret.len());
+        }
+        let joined: String = got.iter().map(|(_, p)| p.trim_end_matches('\n')).collect();
+        assert_eq!(joined, text.replace(secret, MASK));
+    }
+
+    /// Fails writing output, as on a full disk; keeps the job statuses it was told.
+    struct Full(Arc<Mutex<Vec<JobStatus>>>);
+
+    impl Sink for Full {
+        fn event(&mut self, event: &Event, _: &JobRecord) -> Result<(), SinkError> {
+            match event {
+                Event::Log { .. } => Err(writing("results/log.txt")(io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                ))),
+                Event::JobFinished { status, .. } => {
+                    self.0.lock().unwrap().push(*status);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_sink_that_cannot_write_ends_the_job_in_error_and_every_sink_records_it() {
+        let (tx, rx) = mpsc::channel(16);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let tape = Arc::new(Mutex::new(Vec::new()));
+        let events = [
+            Event::JobStarted {
+                job: "j".into(),
+                stages: vec![("a".into(), StageKind::Run)],
+                at: Timestamp::now(),
+            },
+            Event::Log {
+                stage: 0,
+                stream: LogStream::Stdout,
+                bytes: Bytes::from_static(b"one\n"),
+            },
+            Event::Log {
+                stage: 0,
+                stream: LogStream::Stdout,
+                bytes: Bytes::from_static(b"two\n"),
+            },
+            Event::JobFinished {
+                status: JobStatus::Succeeded,
+                exit_code: 0,
+                message: None,
+                at: Timestamp::now(),
+            },
+        ];
+        for event in events {
+            tx.try_send(event).unwrap();
+        }
+        drop(tx);
+        let sinks: Vec<Box<dyn Sink>> =
+            vec![Box::new(Full(told.clone())), Box::new(Tape(tape.clone()))];
+        let record = report(rx, sinks, &Masker::default());
+        assert_eq!(record.status, Some(JobStatus::Error));
+        assert_eq!(record.exit_code, Some(INFRASTRUCTURE));
+        let message = record.message.unwrap_or_default();
+        assert!(
+            message.starts_with("writing results/log.txt: No space left on device"),
+            "{message}"
+        );
+        assert_eq!(*told.lock().unwrap(), [JobStatus::Error]);
+        assert_eq!(tape.lock().unwrap().len(), 2, "the other sink goes on");
     }
 }

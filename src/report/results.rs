@@ -8,18 +8,24 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::record::{JobRecord, StageRecord};
-use super::reporter::Sink;
+use super::reporter::{Sink, SinkError, writing};
 use crate::events::Event;
 
 /// Large buffers: a chatty task's output is written in few system calls.
 const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Disk space held from the start for result.json and given back just before it is
+/// written, so a job whose output filled the disk still records that it ended in error.
+const RESERVE: &str = ".result.reserve";
+const RESERVE_BYTES: usize = 64 * 1024;
 
 /// Bumped when result.json changes shape incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub struct ResultsDir {
     dir: PathBuf,
-    log: BufWriter<File>,
+    /// None once writing output failed: what is left buffered is dropped, not retried.
+    log: Option<BufWriter<File>>,
     written: u64,
     current: Option<usize>,
     ranges: Vec<Option<(u64, u64)>>,
@@ -45,6 +51,8 @@ pub struct JobInfo {
 struct ResultFile<'r> {
     schema_version: u32,
     job: &'r str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'r str>,
     config: &'r Path,
     tasks: &'r [String],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,8 +83,12 @@ impl ResultsDir {
     pub fn create(root: &Path, job: &str, info: JobInfo) -> io::Result<ResultsDir> {
         let dir = root.join(job);
         fs::create_dir_all(dir.join("stages"))?;
+        fs::write(dir.join(RESERVE), [0u8; RESERVE_BYTES])?;
         Ok(ResultsDir {
-            log: BufWriter::with_capacity(WRITE_BUFFER, File::create(dir.join("log.txt"))?),
+            log: Some(BufWriter::with_capacity(
+                WRITE_BUFFER,
+                File::create(dir.join("log.txt"))?,
+            )),
             dir,
             written: 0,
             current: None,
@@ -105,15 +117,24 @@ impl ResultsDir {
         format!("stages/{index}-{label}.log")
     }
 
-    fn write_log(&mut self, stage: usize, record: &JobRecord, bytes: &[u8]) -> io::Result<()> {
+    fn write_log(
+        &mut self,
+        stage: usize,
+        record: &JobRecord,
+        bytes: &[u8],
+    ) -> Result<(), SinkError> {
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        let failed = |e| writing(self.dir.join("log.txt").display())(e);
         if self.current != Some(stage) {
             let header = format!("==> {}\n", record.stages[stage].label());
-            self.log.write_all(header.as_bytes())?;
+            log.write_all(header.as_bytes()).map_err(failed)?;
             self.written += header.len() as u64;
             self.current = Some(stage);
         }
         let start = self.written;
-        self.log.write_all(bytes)?;
+        log.write_all(bytes).map_err(failed)?;
         self.written += bytes.len() as u64;
         if self.ranges.len() <= stage {
             self.ranges.resize(stage + 1, None);
@@ -123,23 +144,50 @@ impl ResultsDir {
         if self.stage_files.len() <= stage {
             self.stage_files.resize_with(stage + 1, || None);
         }
-        if self.stage_files[stage].is_none() {
-            let path = self
-                .dir
-                .join(Self::stage_file_name(stage, &record.stages[stage]));
-            self.stage_files[stage] =
-                Some(BufWriter::with_capacity(WRITE_BUFFER, File::create(path)?));
+        let path = || {
+            self.dir
+                .join(Self::stage_file_name(stage, &record.stages[stage]))
+        };
+        let file = match &mut self.stage_files[stage] {
+            Some(file) => file,
+            empty => {
+                let file = File::create(path()).map_err(|e| writing(path().display())(e))?;
+                empty.insert(BufWriter::with_capacity(WRITE_BUFFER, file))
+            }
+        };
+        file.write_all(bytes)
+            .map_err(|e| writing(path().display())(e))
+    }
+
+    /// Writes out buffered output.
+    fn flush_output(&mut self) -> Result<(), SinkError> {
+        if let Some(log) = &mut self.log {
+            log.flush()
+                .map_err(writing(self.dir.join("log.txt").display()))?;
         }
-        if let Some(file) = &mut self.stage_files[stage] {
-            file.write_all(bytes)?;
+        for file in self.stage_files.iter_mut().flatten() {
+            file.flush()
+                .map_err(writing(self.dir.join("stages").display()))?;
         }
         Ok(())
     }
 
-    fn write_result(&mut self, record: &JobRecord) -> io::Result<()> {
-        self.log.flush()?;
-        for file in self.stage_files.iter_mut().flatten() {
-            file.flush()?;
+    /// After a failed write: output is written no more, and what is buffered is dropped.
+    fn stop_output(&mut self) {
+        if let Some(log) = self.log.take() {
+            drop(log.into_parts());
+        }
+        for file in self.stage_files.drain(..).flatten() {
+            drop(file.into_parts());
+        }
+    }
+
+    /// result.json, in the space held for it. Written also after output failed: the
+    /// record then says the job ended in error.
+    fn write_result(&mut self, record: &JobRecord) -> Result<(), SinkError> {
+        let flushed = self.flush_output();
+        if flushed.is_err() {
+            self.stop_output();
         }
         let stages = record
             .stages
@@ -154,6 +202,7 @@ impl ResultsDir {
         let result = ResultFile {
             schema_version: SCHEMA_VERSION,
             job: &record.job,
+            message: record.message.as_deref(),
             config: &self.job.config,
             tasks: &self.job.tasks,
             stream: self.job.stream.as_deref(),
@@ -165,28 +214,52 @@ impl ResultsDir {
             finished_at: record.finished_at,
             stages,
         };
+        let json = serde_json::to_vec_pretty(&result).expect("the result serialises");
+        let _ = fs::remove_file(self.dir.join(RESERVE));
+        let path = self.dir.join("result.json");
         let tmp = self.dir.join("result.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&result)?)?;
-        fs::rename(tmp, self.dir.join("result.json"))
+        let written = fs::write(&tmp, json).and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(writing(path.display()))?;
+        flushed
     }
 }
 
 impl Sink for ResultsDir {
-    fn event(&mut self, event: &Event, record: &JobRecord) -> io::Result<()> {
-        match event {
+    fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
+        let written = match event {
             Event::Log { stage, bytes, .. } => self.write_log(*stage, record, bytes),
-            Event::StageFinished { stage, .. } => match self.stage_files.get_mut(*stage) {
-                Some(Some(file)) => file.flush(),
-                _ => Ok(()),
-            },
-            Event::JobFinished { .. } => self.write_result(record),
+            Event::StageFinished { .. } => self.flush_output(),
+            Event::JobFinished { .. } => return self.write_result(record),
             Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
+        };
+        if written.is_err() {
+            self.stop_output();
         }
+        written
     }
 
     /// log.txt is read while it grows: the job server's uploader tails it.
-    fn flush(&mut self) -> io::Result<()> {
-        self.log.flush()
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let flushed = match &mut self.log {
+            Some(log) => log
+                .flush()
+                .map_err(writing(self.dir.join("log.txt").display())),
+            None => Ok(()),
+        };
+        if flushed.is_err() {
+            self.stop_output();
+        }
+        flushed
+    }
+}
+
+impl Drop for ResultsDir {
+    /// The reserve goes with the sink, whether or not result.json was written.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.dir.join(RESERVE));
     }
 }
 

@@ -163,6 +163,9 @@ pub struct JobResult {
     pub stages: Vec<serde_json::Value>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Why the job ended in error when no stage says (its results could not be written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub log: LogSummary,
 }
 

@@ -12,6 +12,7 @@ mod files;
 mod git;
 mod mounts;
 mod network;
+mod output;
 mod server;
 mod settings;
 mod workspace;

@@ -6,8 +6,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Body, ClientError, ServerClient};
 use crate::job::RemoteJob;
-use crate::report::EVENTS_FILE;
+use crate::report::{EVENTS_FILE, JobRecord};
 
 /// In a job's results directory while its upload is owed.
 pub const REMOTE_FILE: &str = "remote.json";
@@ -31,7 +30,8 @@ pub struct Upload {
     lease: JoinHandle<()>,
     upload: JoinHandle<Result<(), ClientError>>,
     stop_lease: CancellationToken,
-    finished: Arc<AtomicBool>,
+    /// The job's final record, once its reporter has finished.
+    finished: Arc<OnceLock<Value>>,
     wake: Arc<Notify>,
 }
 
@@ -52,7 +52,7 @@ impl Upload {
         }
         let stop_lease = agent.child_token();
         let lease = tokio::spawn(renew_lease(remote.clone(), job, stop_lease.clone()));
-        let finished = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(OnceLock::new());
         let wake = Arc::new(Notify::new());
         let uploader = Uploader {
             client: ServerClient::new(&remote.url),
@@ -69,10 +69,11 @@ impl Upload {
         }
     }
 
-    /// After the job's reporter has finished: uploads the rest and the result, then stops
-    /// renewing the lease.
-    pub async fn finish(self) -> Result<(), ClientError> {
-        self.finished.store(true, Ordering::SeqCst);
+    /// After the job's reporter has finished with `record`: uploads the rest and the
+    /// result, then stops renewing the lease.
+    pub async fn finish(self, record: &JobRecord) -> Result<(), ClientError> {
+        let record = serde_json::to_value(record).unwrap_or(Value::Null);
+        let _ = self.finished.set(record);
         self.wake.notify_one();
         let uploaded = self
             .upload
@@ -107,7 +108,7 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
             remote,
             dir,
         };
-        let finished = Arc::new(AtomicBool::new(true));
+        let finished = Arc::new(OnceLock::from(Value::Null));
         if let Err(e) = uploader
             .run(finished, Arc::new(Notify::new()), cancel.clone())
             .await
@@ -171,7 +172,7 @@ impl Uploader {
     /// for good (the job was lost or finished elsewhere); a cancel leaves it owed.
     async fn run(
         self,
-        finished: Arc<AtomicBool>,
+        finished: Arc<OnceLock<Value>>,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), ClientError> {
@@ -184,14 +185,14 @@ impl Uploader {
 
     async fn upload(
         &self,
-        finished: Arc<AtomicBool>,
+        finished: Arc<OnceLock<Value>>,
         wake: Arc<Notify>,
         cancel: &CancellationToken,
     ) -> Result<(), ClientError> {
         let mut committed = 0u64;
         let mut acked = 0usize;
         loop {
-            let done = finished.load(Ordering::SeqCst);
+            let done = finished.get().is_some();
             committed = self.upload_log(committed, cancel).await?;
             acked = self.upload_events(acked, cancel).await?;
             if done {
@@ -203,9 +204,10 @@ impl Uploader {
                 () = tokio::time::sleep(self.remote.log_flush) => {}
             }
         }
+        let record = finished.get().unwrap_or(&Value::Null);
         loop {
             let log_bytes = self.upload_log(committed, cancel).await?;
-            match self.report_result(log_bytes, cancel).await? {
+            match self.report_result(log_bytes, record, cancel).await? {
                 None => break,
                 Some(server_has) => committed = server_has,
             }
@@ -287,29 +289,24 @@ impl Uploader {
         Ok(answer["acked_seq"].as_u64().map_or(acked, |a| a as usize))
     }
 
-    /// Reports result.json with the log's length and sha256. `Some(committed)` when the
-    /// server holds less of the log than that.
+    /// Reports result.json (or, when it could not be written, the job's `record`) with the
+    /// log's length and sha256. `Some(committed)` when the server holds less of the log
+    /// than that.
     async fn report_result(
         &self,
         log_bytes: u64,
+        record: &Value,
         cancel: &CancellationToken,
     ) -> Result<Option<u64>, ClientError> {
-        let result: Value = std::fs::read(self.dir.join("result.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        let log = std::fs::read(self.dir.join("log.txt")).unwrap_or_default();
-        let body = json!({
-            "status": result["status"].as_str().unwrap_or("error"),
-            "exit_code": result["exit_code"].as_i64().unwrap_or(202),
-            "stages": result["stages"].clone(),
-            "started_at": result["started_at"].clone(),
-            "finished_at": result["finished_at"].clone(),
-            "log": {
-                "bytes": log.len(),
-                "sha256": crate::docker::hex(&Sha256::digest(&log)),
-            },
+        let dir = self.dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let result = std::fs::read(dir.join("result.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            (result, log_digest(&dir.join("log.txt")))
         });
+        let (result, (log_len, sha256)) = read.await.unwrap_or_default();
+        let body = result_body(result.as_ref().unwrap_or(record), log_len, &sha256);
         let (status, answer) = self
             .client
             .call_until_answered(
@@ -325,7 +322,7 @@ impl Uploader {
             return Ok(None);
         }
         match answer["committed"].as_u64() {
-            Some(committed) if committed < log_bytes.max(log.len() as u64) => Ok(Some(committed)),
+            Some(committed) if committed < log_bytes.max(log_len) => Ok(Some(committed)),
             _ => Err(ClientError::Refused {
                 url: self.client.url.clone(),
                 status,
@@ -333,6 +330,44 @@ impl Uploader {
             }),
         }
     }
+}
+
+/// The result call's body: `stages` is always a list (the server refuses anything else), a
+/// job with no status is an error.
+fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> Value {
+    let stages = match &result["stages"] {
+        Value::Array(stages) => stages.clone(),
+        _ => Vec::new(),
+    };
+    let mut body = json!({
+        "status": result["status"].as_str().unwrap_or("error"),
+        "exit_code": result["exit_code"].as_i64().unwrap_or(202),
+        "stages": stages,
+        "started_at": result["started_at"].clone(),
+        "finished_at": result["finished_at"].clone(),
+        "log": { "bytes": log_bytes, "sha256": sha256 },
+    });
+    if let Some(message) = result["message"].as_str() {
+        body["message"] = json!(message);
+    }
+    body
+}
+
+/// The length and sha256 of `path`, read in pieces: a log may be hundreds of MB.
+fn log_digest(path: &Path) -> (u64, String) {
+    let mut hasher = Sha256::new();
+    let mut length = 0u64;
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let mut buffer = vec![0u8; 256 * 1024];
+        while let Ok(read) = file.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            length += read as u64;
+        }
+    }
+    (length, crate::docker::hex(&hasher.finalize()))
 }
 
 fn read_chunk(path: &Path, offset: u64, max: usize) -> Vec<u8> {
@@ -347,4 +382,36 @@ fn read_chunk(path: &Path, offset: u64, max: usize) -> Vec<u8> {
         chunk.clear();
     }
     chunk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_body_always_carries_a_list_of_stages_and_a_status() {
+        let body = result_body(&Value::Null, 0, "e3b0");
+        assert_eq!(body["stages"], json!([]));
+        assert_eq!(
+            (body["status"].as_str(), body["exit_code"].as_i64()),
+            (Some("error"), Some(202))
+        );
+        let record = json!({"status": "error", "exit_code": 202, "stages": null, "message": "writing log.txt: full"});
+        let body = result_body(&record, 3, "ab");
+        assert_eq!(body["stages"], json!([]));
+        assert_eq!(body["message"], "writing log.txt: full");
+        assert_eq!(body["log"], json!({"bytes": 3, "sha256": "ab"}));
+    }
+
+    #[test]
+    fn the_log_digest_is_read_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.txt");
+        let log: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &log).unwrap();
+        let (length, digest) = log_digest(&path);
+        assert_eq!(length, log.len() as u64);
+        assert_eq!(digest, crate::docker::hex(&Sha256::digest(&log)));
+        assert_eq!(log_digest(&dir.path().join("none")).0, 0);
+    }
 }
