@@ -118,6 +118,38 @@ images:
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// A wait-condition command that never exits is abandoned at the condition's timeout.
+#[test]
+fn a_wait_command_that_never_exits_still_times_out() {
+    let project = Project::new(
+        r#"
+image_name_prefix: t-hungwait
+context: false
+images:
+  db:
+    commands: [FROM dockhand/busybox:local]
+    command: [sleep, "600"]
+    wait_condition: {command: [[sleep, "100000"]], timeout: 2s}
+  app:
+    commands: [FROM dockhand/busybox:local]
+    links: ["{images.db}"]
+    command: "true"
+"#,
+    );
+    let started = Instant::now();
+    let run = project.run(&["run", "app"]);
+    assert_eq!(run.code, Some(1), "{run}");
+    let message = run.stage("run", "app")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("was not ready after 2s: a check was still running"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
 #[test]
 fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_starts() {
     let config = "tag: t-env\ncontext: false\ncommands: [FROM dockhand/busybox:local]\nenv: [FROM_HOST, LITERAL=one two, 'WITH_DEFAULT:fallback', 'OVERRIDDEN:unused']\nbash: 'echo \"[$FROM_HOST|$LITERAL|$WITH_DEFAULT|$OVERRIDDEN]\"'\n";

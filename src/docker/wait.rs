@@ -24,9 +24,13 @@ pub enum Readiness {
 
 const FILE_LIMIT: usize = 1024 * 1024;
 
+/// A timeout too long for the clock to add stands for waiting as long as the job may.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl Engine {
     /// Polls `condition` against container `id` until every check passes, the container
-    /// dies, the condition's timeout passes, or `cancel` fires.
+    /// dies, the condition's timeout passes (a check still running then, such as a
+    /// `command` that never exits, is abandoned), or `cancel` fires.
     pub async fn wait_ready(
         &self,
         id: &str,
@@ -34,13 +38,27 @@ impl Engine {
         condition: &WaitCondition,
         cancel: &CancellationToken,
     ) -> Result<Readiness, DockerError> {
-        let deadline = Instant::now() + condition.timeout;
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(condition.timeout)
+            .unwrap_or(start + NEVER);
         loop {
             let (running, exit_code) = self.state(id).await?;
             if !running {
                 return Ok(Readiness::Died(exit_code));
             }
-            let pending = self.first_pending(id, network, condition).await?;
+            let check = self.first_pending(id, network, condition);
+            let pending = tokio::select! {
+                () = cancel.cancelled() => return Ok(Readiness::Cancelled),
+                checked = tokio::time::timeout_at(deadline, check) => match checked {
+                    Ok(pending) => pending?,
+                    Err(_) => {
+                        return Ok(Readiness::TimedOut {
+                            pending: "a check was still running".to_owned(),
+                        });
+                    }
+                },
+            };
             let Some(pending) = pending else {
                 return Ok(Readiness::Ready);
             };
