@@ -69,6 +69,12 @@ pub enum Missing {
 pub struct Resolved {
     pub path: PathBuf,
     pub hidden: Vec<PathBuf>,
+    /// The checkout's `.git` inside it (relative to it), mounted again read-only: a task
+    /// that could write it (hooks, `core.fsmonitor`) would run code on the host at the
+    /// next `git status` there.
+    pub read_only: Vec<PathBuf>,
+    /// The path is inside `.git` itself: mounted read-only whatever the config says.
+    pub forced_read_only: bool,
 }
 
 /// Where mounts may come from, each path as written and as resolved: the workspace first,
@@ -77,6 +83,8 @@ pub struct Reach {
     roots: Vec<(PathBuf, PathBuf)>,
     workspace: PathBuf,
     protected: Vec<PathBuf>,
+    /// The workspace's `.git`, when there is one.
+    git: Option<PathBuf>,
     allow_docker_socket: bool,
 }
 
@@ -103,10 +111,13 @@ impl Reach {
                 protected.push(dir.clone());
             }
         }
+        let workspace = roots[0].1.clone();
+        let git = Some(workspace.join(".git")).filter(|g| std::fs::symlink_metadata(g).is_ok());
         Reach {
-            workspace: roots[0].1.clone(),
+            workspace,
             roots,
             protected,
+            git,
             allow_docker_socket: sandbox.allow_docker_socket,
         }
     }
@@ -145,7 +156,19 @@ impl Reach {
                 hidden.push(below.to_path_buf());
             }
         }
-        Ok(Resolved { path, hidden })
+        let git = self.git.as_deref();
+        let read_only = git
+            .and_then(|git| git.strip_prefix(&path).ok())
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect();
+        let forced_read_only = git.is_some_and(|git| path.starts_with(git));
+        Ok(Resolved {
+            path,
+            hidden,
+            read_only,
+            forced_read_only,
+        })
     }
 
     fn walk(&self, host: &Path, missing: Missing) -> Result<PathBuf, Refusal> {
@@ -309,9 +332,17 @@ pub async fn resolve_behind_gate(
             let resolved = reach
                 .resolve(&m.host, Missing::Create)
                 .map_err(|refusal| refusal.into_error(&task, m, &sandbox.workspace))?;
-            let mode = if m.read_only { ":ro" } else { "" };
+            let read_only = m.read_only || resolved.forced_read_only;
+            let mode = if read_only { ":ro" } else { "" };
             out.binds
                 .push(format!("{}:{}{mode}", resolved.path.display(), m.container));
+            for below in &resolved.read_only {
+                out.binds.push(format!(
+                    "{}:{}:ro",
+                    resolved.path.join(below).display(),
+                    Path::new(&m.container).join(below).display()
+                ));
+            }
             for below in resolved.hidden {
                 let inside = Path::new(&m.container).join(below);
                 out.hidden.push(inside.display().to_string());

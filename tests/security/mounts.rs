@@ -296,3 +296,53 @@ fn mount_targets_stay_out_of_the_containers_kernel_views() {
         );
     }
 }
+
+/// A task that could write the checkout's `.git` (a hook, `core.fsmonitor`) would run code
+/// on the host at the developer's next `git status`: `.git` is mounted read-only, however
+/// the checkout is mounted.
+#[test]
+fn the_checkouts_git_directory_is_read_only_to_tasks() {
+    let project = Project::new(&format!(
+        r#"image_name_prefix: sec-git-{}
+context: false
+images:
+  box:
+    commands: [FROM dockhand/busybox:local]
+    tasks:
+      whole:
+        options:
+          volumes: {{mount: [".:/ws"]}}
+          bash: |
+            cat /ws/.git/HEAD
+            echo '[core]' >> /ws/.git/config && echo wrote-config
+            touch /ws/.git/hooks/post-checkout && echo wrote-hook
+            touch /ws/ordinary && echo wrote-ordinary
+      direct:
+        options:
+          volumes: {{mount: ["./.git:/g"]}}
+          bash: echo '[core]' >> /g/config && echo wrote-direct || true
+pipeline:
+  - {{task: whole, allow_failure: true}}
+  - {{task: direct, needs: [whole]}}
+"#,
+        unique()
+    ));
+    let init = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(project.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let config_before = std::fs::read(project.path().join(".git/config")).unwrap();
+    let run = project.run(&["run"]);
+    assert!(run.stdout.contains("ref: refs/heads/"), "reads work: {run}");
+    for wrote in ["wrote-config", "wrote-hook", "wrote-direct"] {
+        assert!(!run.stdout.contains(wrote), "{wrote}: {run}");
+    }
+    assert!(run.stdout.contains("wrote-ordinary"), "{run}");
+    assert_eq!(
+        std::fs::read(project.path().join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(!project.path().join(".git/hooks/post-checkout").exists());
+}
