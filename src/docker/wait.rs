@@ -42,6 +42,7 @@ impl Engine {
         let deadline = start
             .checked_add(condition.timeout)
             .unwrap_or(start + NEVER);
+        let mut last_pending = None;
         loop {
             let (running, exit_code) = self.state(id).await?;
             if !running {
@@ -53,15 +54,16 @@ impl Engine {
                 checked = tokio::time::timeout_at(deadline, check) => match checked {
                     Ok(pending) => pending?,
                     Err(_) => {
-                        return Ok(Readiness::TimedOut {
-                            pending: "a check was still running".to_owned(),
-                        });
+                        let pending = last_pending
+                            .unwrap_or_else(|| "a check was still running".to_owned());
+                        return Ok(Readiness::TimedOut { pending });
                     }
                 },
             };
             let Some(pending) = pending else {
                 return Ok(Readiness::Ready);
             };
+            last_pending = Some(pending.clone());
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Readiness::TimedOut { pending });
