@@ -216,7 +216,11 @@ mod tests {
         Entry {
             name: name.into(),
             source: PathBuf::from(name),
-            kind: EntryKind::File { mode, stamp },
+            kind: EntryKind::File {
+                mode,
+                stamp,
+                changed_ns: 0,
+            },
         }
     }
 

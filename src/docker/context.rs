@@ -61,9 +61,19 @@ pub struct Entry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File { mode: u32, stamp: Stamp },
-    Dir { mode: u32 },
-    Symlink { target: PathBuf },
+    /// `changed_ns`: the inode's ctime, which no task can set back (see
+    /// [`crate::docker::DigestCache`]).
+    File {
+        mode: u32,
+        stamp: Stamp,
+        changed_ns: i128,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: PathBuf,
+    },
 }
 
 /// What identifies a file's content without reading it: the build key trusts it (through
@@ -73,6 +83,12 @@ pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
     pub inode: u64,
+}
+
+/// When the inode last changed (content, metadata or links), in nanoseconds.
+pub fn changed_ns(meta: &fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
 }
 
 impl Stamp {
@@ -206,6 +222,7 @@ pub fn select(
                 EntryKind::File {
                     mode,
                     stamp: Stamp::of(&meta),
+                    changed_ns: changed_ns(&meta),
                 }
             } else {
                 return Err(ContextError::Special {
@@ -467,7 +484,7 @@ fn append_entry<W: Write>(
 ) -> Result<(), ContextError> {
     let aborted = |_| ContextError::Aborted;
     match &entry.kind {
-        EntryKind::File { mode, stamp } => {
+        EntryKind::File { mode, stamp, .. } => {
             let mut header = file_header(stamp.size, *mode);
             let read_err = |source| ContextError::Read {
                 path: entry.source.clone(),

@@ -1,5 +1,7 @@
 //! Content digests of context files, remembered between runs: a file whose path, size,
-//! mtime and inode are unchanged is not read again. Files that must be read are hashed on
+//! mtime and inode are unchanged, and whose inode has not changed since the job started,
+//! is not read again. (A task can rewrite a file in place and put its mtime back; its
+//! ctime it cannot, so a later build of the same job hashes what is really there.) Files that must be read are hashed on
 //! every core. Paths are kept relative to the workspace, so an agent's job directories,
 //! hard-linked from one mirror, share the digests of the files they share.
 
@@ -20,6 +22,9 @@ pub struct DigestCache {
     root: PathBuf,
     known: HashMap<PathBuf, (Stamp, String)>,
     changed: bool,
+    /// Remembered digests vouch only for files unchanged since this (ctime, ns): the
+    /// job's start, before any of its tasks ran.
+    trusted_before: i128,
 }
 
 /// A larger cache file is read this far only (it is a speed-up, and may have been planted).
@@ -28,7 +33,7 @@ const MAX_CACHE_BYTES: u64 = 256 << 20;
 impl DigestCache {
     /// Loads `path` for files under `root`; a missing or unreadable cache is an empty one
     /// (it is only a speed-up).
-    pub fn load(path: &Path, root: &Path) -> DigestCache {
+    pub fn load(path: &Path, root: &Path, trusted_before: i128) -> DigestCache {
         let mut known = HashMap::new();
         if let Ok(file) = crate::files::open_regular(path) {
             let file = io::Read::take(file, MAX_CACHE_BYTES);
@@ -66,6 +71,7 @@ impl DigestCache {
             root: root.to_path_buf(),
             known,
             changed: false,
+            trusted_before,
         }
     }
 
@@ -103,11 +109,16 @@ impl DigestCache {
         let mut out = vec![None; entries.len()];
         let mut to_read: Vec<(usize, Stamp)> = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
-            let EntryKind::File { stamp, .. } = entry.kind else {
+            let EntryKind::File {
+                stamp, changed_ns, ..
+            } = entry.kind
+            else {
                 continue;
             };
             match self.known.get(self.relative(&entry.source)) {
-                Some((known, digest)) if *known == stamp => out[i] = Some(digest.clone()),
+                Some((known, digest)) if *known == stamp && changed_ns < self.trusted_before => {
+                    out[i] = Some(digest.clone())
+                }
                 _ => to_read.push((i, stamp)),
             }
         }
@@ -186,6 +197,7 @@ mod tests {
             kind: EntryKind::File {
                 mode: 0o644,
                 stamp: Stamp::of(&meta),
+                changed_ns: crate::docker::context::changed_ns(&meta),
             },
         }
     }
@@ -197,11 +209,11 @@ mod tests {
         fs::write(&a, "alpha").unwrap();
         fs::write(&b, "beta").unwrap();
         let cache_path = dir.path().join("cache/digests.tsv");
-        let mut cache = DigestCache::load(&cache_path, dir.path());
+        let mut cache = DigestCache::load(&cache_path, dir.path(), now_ns());
         let first = cache.digests(&[entry(&a), entry(&b)]).unwrap();
         cache.save().unwrap();
 
-        let mut reloaded = DigestCache::load(&cache_path, dir.path());
+        let mut reloaded = DigestCache::load(&cache_path, dir.path(), now_ns());
         assert_eq!(reloaded.digests(&[entry(&a)]).unwrap()[0], first[0]);
         assert!(!reloaded.changed, "an unchanged file is not read again");
         fs::write(&a, "a different length").unwrap();
@@ -212,5 +224,43 @@ mod tests {
         reloaded.save().unwrap();
         let text = fs::read_to_string(&cache_path).unwrap();
         assert!(!text.contains("\tb\n") && text.contains("\ta\n"), "{text}");
+    }
+
+    fn now_ns() -> i128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128
+    }
+
+    /// A task rewrites a file in place (same size) and puts its mtime back after the job
+    /// started: its remembered digest no longer vouches for it.
+    #[test]
+    fn a_file_rewritten_during_the_job_is_hashed_again_whatever_its_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("build.sh");
+        fs::write(&script, "echo honest").unwrap();
+        let cache_path = dir.path().join("digests.tsv");
+        let mut before = DigestCache::load(&cache_path, dir.path(), now_ns());
+        let honest = before.digests(&[entry(&script)]).unwrap();
+        before.save().unwrap();
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let job_started = now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mtime = fs::metadata(&script).unwrap().modified().unwrap();
+        fs::write(&script, "echo hacked").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&script)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let mut during = DigestCache::load(&cache_path, dir.path(), job_started);
+        let now = during.digests(&[entry(&script)]).unwrap();
+        assert_ne!(
+            now[0], honest[0],
+            "the rewritten content is what gets hashed"
+        );
     }
 }

@@ -252,6 +252,7 @@ mod tests {
                             mtime_ns: 0,
                             inode: 1,
                         },
+                        changed_ns: 0,
                     }
                 },
             })

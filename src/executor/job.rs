@@ -221,9 +221,13 @@ pub async fn run_job(
         _ => None,
     };
     let digest_cache = options.cache_dir.join("digests.tsv");
+    let job_started_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
     let digests = Arc::new(Mutex::new(DigestCache::load(
         &digest_cache,
         &options.sandbox.workspace,
+        job_started_ns,
     )));
     let keys: BuildKeys = Arc::default();
     let builds = schedule(
