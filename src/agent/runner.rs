@@ -155,12 +155,14 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             } else {
                 Request::Tasks(job.tasks.clone())
             };
-            // Per stream: an image one source built is never reused for another's files,
-            // whatever a hostile job of the first did to what it built from.
-            let stream_cache = agent
-                .state_dir
-                .join("cache")
-                .join(short_hash(job.stream.as_bytes()));
+            // Caches per repository: an image one repository built is never reused for
+            // another's files, whatever a hostile job of the first did to what it built
+            // from; jobs of one repository (each server job is a stream of its own) share.
+            let repository = match &job.origin {
+                Origin::Path { path } => path.as_os_str().as_encoded_bytes().to_vec(),
+                Origin::Git { url, .. } => url.as_bytes().to_vec(),
+            };
+            let cache_dir = agent.state_dir.join("cache").join(short_hash(&repository));
             let options = ExecutorOptions {
                 job_id: job.id.clone(),
                 agent: agent.name.clone(),
@@ -176,8 +178,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                         agent.state_dir.clone(),
                     ],
                 },
-                cache_dir: stream_cache.clone(),
-                build_records: stream_cache.join("builds"),
+                build_records: cache_dir.join("builds"),
+                cache_dir,
                 parallel: agent.parallel,
                 no_cache: false,
                 task_timeout: None,
