@@ -247,12 +247,34 @@ impl Loader<'_> {
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
-            .map(|e| directory.join(e.file_name()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
-            .collect();
+        // Subfolders too, as harpoon walks them (links to folders are not followed); each
+        // file names the image by its own name, wherever it sits.
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut folders: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut listing = Some((directory.to_path_buf(), entries));
+        while let Some((folder, entries)) = listing.take() {
+            for entry in entries.filter_map(Result::ok) {
+                let path = folder.join(entry.file_name());
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    folders.push((path, entry.path()));
+                } else if (kind.is_file() || kind.is_symlink())
+                    && matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("yml" | "yaml")
+                    )
+                {
+                    files.push(path);
+                }
+            }
+            while listing.is_none()
+                && let Some((folder, resolved)) = folders.pop()
+            {
+                listing = fs::read_dir(resolved).ok().map(|entries| (folder, entries));
+            }
+        }
         files.sort();
         for file in files {
             let Some(stem) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
