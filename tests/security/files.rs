@@ -140,6 +140,40 @@ fn images_from_cannot_list_or_read_outside_the_workspace() {
     assert_refused(&run, "config.yml:3:29", &marker);
 }
 
+/// `__images_from__` walks subfolders, but a subfolder that is a link is not followed:
+/// a link to a host folder holding image files adds nothing and reads nothing.
+#[test]
+fn images_from_does_not_walk_into_a_linked_folder() {
+    let (host, marker) = host_secret();
+    std::fs::write(
+        host.path().join("planted.yml"),
+        format!("commands: [\"FROM {marker}\"]\n"),
+    )
+    .unwrap();
+    let project = Project::new(
+        "context: false\nimages:\n  __images_from__: images\n  app:\n    commands: [FROM dockhand/busybox:local]\n",
+    );
+    std::fs::create_dir_all(project.path().join("images/nested")).unwrap();
+    std::fs::write(
+        project.path().join("images/nested/web.yml"),
+        "commands: [FROM dockhand/busybox:local]\n",
+    )
+    .unwrap();
+    symlink(host.path(), project.path().join("images/nested/outside")).unwrap();
+    let run = project.run(&["list", "--json"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let listed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut images: Vec<&str> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| image["name"].as_str().unwrap())
+        .collect();
+    images.sort();
+    assert_eq!(images, ["app", "web"], "{run}");
+    assert!(!run.stdout.contains(&marker) && !run.stderr.contains(&marker));
+}
+
 #[test]
 fn a_config_that_is_a_device_or_fifo_is_refused_not_read() {
     let project = Project::new("");
