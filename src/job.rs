@@ -87,30 +87,6 @@ pub fn new_job_id() -> String {
     format!("{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
 }
 
-/// 32 random bytes from the system, as hex: ids, tokens, names that must not collide.
-pub fn random_hex() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(crate::docker::hex(&bytes))
-}
-
-/// A number in [0, 1) from the clock's low bits hashed with a per-process random key:
-/// enough to spread retries and schedule jitter, no random-number crate needed.
-pub fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    let draw = RandomState::new().hash_one(std::time::Instant::now());
-    (draw % 1_000_000) as f64 / 1_000_000.0
-}
-
-/// The machine's name, which labels everything an agent creates.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "dockhand".to_owned())
-}
-
 /// Build contexts and mounts may reach up to the repository the config lives in, or the
 /// config's own directory outside a repository.
 pub fn workspace_root(config_root: &Path) -> PathBuf {

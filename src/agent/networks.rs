@@ -62,7 +62,7 @@ impl NetworkPool {
         loop {
             let missing = self.size > lock(&self.spare).len();
             if missing && !cancel.is_cancelled() {
-                let Ok(suffix) = crate::job::random_hex() else {
+                let Ok(suffix) = crate::util::random_hex() else {
                     break;
                 };
                 let name = format!("dockhand-net-{}", &suffix[..12]);

@@ -9,20 +9,22 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::networks::NetworkPool;
-use crate::collector::{CollectOptions, collect, short_hash};
+use crate::collector::{CollectOptions, collect};
 use crate::config::{AgentConfig, KeepWorkspace};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::executor::{
-    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, Sandbox, check_policy, codes,
+    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, Sandbox, check_policy,
     report_unrunnable, run_job,
 };
+use crate::exit_code;
 use crate::job::{Job, Origin};
 use crate::plan::{Plan, Request};
 use crate::report::{
     ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, prune_results, secret_values,
 };
 use crate::source::http::Upload;
+use crate::util::short_hash;
 use crate::workspace::Workspace;
 
 /// What every job of an agent shares.
@@ -109,7 +111,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             return Finished {
                 id: job.id,
                 status: JobStatus::Error,
-                exit_code: codes::INFRASTRUCTURE,
+                exit_code: exit_code::INFRASTRUCTURE,
                 results: None,
             };
         }
@@ -124,13 +126,13 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
         .remote
         .as_ref()
         .map(|remote| Upload::start(remote, &report.dir, cancel.clone(), context.agent.clone()));
-    let config_error = (JobStatus::Failed, codes::CONFIG_ERROR);
+    let config_error = (JobStatus::Failed, exit_code::CONFIG_ERROR);
     let outcome: JobOutcome = match (&workspace, collected) {
         (Err(e), _) => {
             let verdict = if cancel.is_cancelled() {
-                (JobStatus::Cancelled, codes::CANCELLED)
+                (JobStatus::Cancelled, exit_code::CANCELLED)
             } else {
-                (JobStatus::Error, codes::INFRASTRUCTURE)
+                (JobStatus::Error, exit_code::INFRASTRUCTURE)
             };
             report_unrunnable(&emitter, &job.id, &e.to_string(), verdict).await
         }
@@ -140,7 +142,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
                 &emitter,
                 &job.id,
                 text,
-                (JobStatus::Error, codes::INFRASTRUCTURE),
+                (JobStatus::Error, exit_code::INFRASTRUCTURE),
             )
             .await
         }

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::args::{AgentArgs, OnChange};
-use super::exit;
 use super::output::outln;
 use super::runtime::{self, Threads};
 use crate::agent::{Agent, AgentExit};
 use crate::config::{AgentConfig, LoadOptions, SourceConfig, WatchSource, load};
 use crate::docker::Engine;
+use crate::exit_code;
 use crate::job::OnBusy;
 use crate::report::ConsoleOutput;
 
@@ -25,18 +25,18 @@ pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
                 Ok(text) => {
                     outln!("# {from}: ok; the merged settings, secret values hidden:\n");
                     outln!("{}", text.trim_end());
-                    exit::SUCCESS
+                    exit_code::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("error: printing the settings: {e}");
-                    exit::INFRASTRUCTURE
+                    exit_code::INFRASTRUCTURE
                 }
             }
         }
         Ok((settings, _)) => serve(settings, Some(options), args),
         Err(e) => {
             eprintln!("error: {e}");
-            exit::CONFIG_ERROR
+            exit_code::CONFIG_ERROR
         }
     }
 }
@@ -52,17 +52,17 @@ pub fn watch(
         Ok(dir) if dir.is_dir() => dir,
         _ => {
             eprintln!("error: {} is not a directory", dir.display());
-            return exit::USAGE;
+            return exit_code::USAGE;
         }
     };
     let mut args_named = args.clone();
     if args_named.name.is_none() {
         // One watcher per checkout may run at once; each sweeps only its own objects.
-        let checkout = crate::collector::short_hash(dir.as_os_str().as_encoded_bytes());
+        let checkout = crate::util::short_hash(dir.as_os_str().as_encoded_bytes());
         args_named.name = Some(format!(
             "watch-{}@{}",
             &checkout[..8],
-            crate::job::hostname()
+            crate::util::hostname()
         ));
     }
     let args = &args_named;
@@ -74,14 +74,14 @@ pub fn watch(
         Ok((settings, _)) => settings,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::CONFIG_ERROR;
+            return exit_code::CONFIG_ERROR;
         }
     };
     let agent = &settings.agent;
     for own in [&agent.workspace_root, &agent.results_dir, &agent.state_dir] {
         if let Err(e) = crate::executor::make_own_dir(&dir, own) {
             eprintln!("error: {e}");
-            return exit::CONFIG_ERROR;
+            return exit_code::CONFIG_ERROR;
         }
     }
     settings.sources = vec![SourceConfig::Watch(WatchSource {
@@ -100,7 +100,7 @@ pub fn watch(
 
 fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -> u8 {
     let Some(runtime) = runtime::start(Threads::Two) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     let console = if args.json {
         ConsoleOutput::Json
@@ -112,7 +112,7 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
             Ok(engine) => engine,
             Err(e) => {
                 eprintln!("error: {e}");
-                return exit::INFRASTRUCTURE;
+                return exit_code::INFRASTRUCTURE;
             }
         };
         let host_env: HashMap<String, String> = std::env::vars().collect();
@@ -120,11 +120,11 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
             .run()
             .await
         {
-            Ok(AgentExit::Stopped) => exit::SUCCESS,
-            Ok(AgentExit::SourcesFailed) => exit::INFRASTRUCTURE,
+            Ok(AgentExit::Stopped) => exit_code::SUCCESS,
+            Ok(AgentExit::SourcesFailed) => exit_code::INFRASTRUCTURE,
             Err(e) => {
                 eprintln!("error: {e}");
-                exit::CONFIG_ERROR
+                exit_code::CONFIG_ERROR
             }
         }
     })

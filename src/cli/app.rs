@@ -1,5 +1,6 @@
 //! Dispatch: parse arguments, set up logging, collect the config, run the subcommand.
 
+use crate::exit_code;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use super::args::{Cli, Command};
-use super::{check, dockerfile, exit, job, list, remote};
+use super::{check, dockerfile, job, list, remote};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
 use crate::job::workspace_root;
 use crate::plan::Request;
@@ -55,7 +56,7 @@ fn run(cli: Cli) -> u8 {
                     eprintln!(
                         "error: the arguments after `--` would go nowhere: no value of this config uses `{{$@}}`"
                     );
-                    return exit::USAGE;
+                    return exit_code::USAGE;
                 }
                 job::run(c, &options, request, args)
             })
@@ -102,7 +103,7 @@ fn run(cli: Cli) -> u8 {
                 Ok(()) => print_generated(&page),
                 Err(e) => {
                     eprintln!("error: rendering the man page: {e}");
-                    exit::INFRASTRUCTURE
+                    exit_code::INFRASTRUCTURE
                 }
             }
         }
@@ -115,9 +116,9 @@ fn print_generated(text: &[u8]) -> u8 {
     match std::io::stdout().lock().write_all(text) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             eprintln!("error: writing to stdout: {e}");
-            exit::INFRASTRUCTURE
+            exit_code::INFRASTRUCTURE
         }
-        _ => exit::SUCCESS,
+        _ => exit_code::SUCCESS,
     }
 }
 
@@ -135,7 +136,7 @@ fn with_config(collected: Result<Collected, Diagnostics>, f: impl FnOnce(&Collec
                 "error: the config has {} problem(s)",
                 diagnostics.error_count()
             );
-            exit::CONFIG_ERROR
+            exit_code::CONFIG_ERROR
         }
     }
 }

@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use super::exit;
 use super::output::outln;
 use crate::collector::{Collected, Diagnostics};
+use crate::exit_code;
 
 pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
     match (collected, json) {
@@ -33,7 +33,7 @@ pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
                 config.images.len(),
                 config.tasks.len(),
             );
-            exit::SUCCESS
+            exit_code::SUCCESS
         }
         (Ok(c), true) => {
             let config = &c.config;
@@ -46,16 +46,16 @@ pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
                 "diagnostics": c.warnings.to_json(),
             });
             outln!("{report:#}");
-            exit::SUCCESS
+            exit_code::SUCCESS
         }
         (Err(d), false) => {
             eprint!("{d}");
             eprintln!("error: the config has {} problem(s)", d.error_count());
-            exit::CONFIG_ERROR
+            exit_code::CONFIG_ERROR
         }
         (Err(d), true) => {
             outln!("{:#}", json!({ "ok": false, "diagnostics": d.to_json() }));
-            exit::CONFIG_ERROR
+            exit_code::CONFIG_ERROR
         }
     }
 }

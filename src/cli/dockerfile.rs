@@ -1,8 +1,9 @@
 //! `dockhand dockerfile IMAGE`: the generated Dockerfile, byte for byte as it is sent.
 
-use super::{exit, output};
+use super::output;
 use crate::collector::{Collected, closest};
 use crate::docker::context::dockerfile_as_sent;
+use crate::exit_code;
 use crate::job::workspace_root;
 
 pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
@@ -16,7 +17,7 @@ pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
                     "error: no task named `{name}`{}",
                     hint(closest(name, config.tasks.keys().map(String::as_str)))
                 );
-                return exit::USAGE;
+                return exit_code::USAGE;
             }
         },
     };
@@ -30,14 +31,14 @@ pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
                     output::print(&image.build.dockerfile);
                 }
             }
-            exit::SUCCESS
+            exit_code::SUCCESS
         }
         None => {
             eprintln!(
                 "error: no image named `{image}`{}",
                 hint(closest(image, images.keys().map(String::as_str)))
             );
-            exit::USAGE
+            exit_code::USAGE
         }
     }
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::args::JobArgs;
-use super::exit;
 use super::runtime::{self, Threads};
 use crate::collector::Config;
 use crate::collector::{CollectOptions, Collected};
@@ -16,9 +15,11 @@ use crate::docker::{Engine, cache_dir};
 use crate::executor::{
     ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, make_own_dir, run_job,
 };
-use crate::job::{hostname, new_job_id, workspace_root};
+use crate::exit_code;
+use crate::job::{new_job_id, workspace_root};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, secret_values};
+use crate::util::hostname;
 
 pub fn run(
     collected: &Collected,
@@ -31,11 +32,11 @@ pub fn run(
         Ok(plan) => plan,
         Err(e @ (PlanError::UnknownTask { .. } | PlanError::UnknownImage { .. })) => {
             eprintln!("error: {e}");
-            return exit::USAGE;
+            return exit_code::USAGE;
         }
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::CONFIG_ERROR;
+            return exit_code::CONFIG_ERROR;
         }
     };
     let workspace = workspace_root(&config.config_root);
@@ -56,7 +57,7 @@ pub fn run(
     for dir in &own_dirs {
         if let Err(e) = make_own_dir(&workspace, dir) {
             eprintln!("error: {e}");
-            return exit::INFRASTRUCTURE;
+            return exit_code::INFRASTRUCTURE;
         }
     }
     let allowed_mounts = args.allow_host_mounts.iter();
@@ -92,13 +93,13 @@ pub fn run(
         for problem in &problems {
             eprintln!("error: {problem}");
         }
-        return exit::CONFIG_ERROR;
+        return exit_code::CONFIG_ERROR;
     }
     // One thread is enough: stages wait on the engine, context tars are written on
     // blocking threads, and a task's output crosses fewer threads on its way to the sinks
     // (8% faster on 200 MB of output than two workers).
     let Some(runtime) = runtime::start(Threads::One) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     let job = (config, plan, options, results_root);
     runtime.block_on(run_async(job, &request, args, collect))
@@ -114,7 +115,7 @@ async fn run_async(
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::INFRASTRUCTURE;
+            return exit_code::INFRASTRUCTURE;
         }
     };
     let info = JobInfo {
@@ -146,7 +147,7 @@ async fn run_async(
                     "error: cannot create the results directory under {}: {e}",
                     results_root.display()
                 );
-                return exit::INFRASTRUCTURE;
+                return exit_code::INFRASTRUCTURE;
             }
         };
     let cancel = CancellationToken::new();

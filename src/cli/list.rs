@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use super::exit;
 use super::output::outln;
 use crate::collector::{Collected, TaskAction};
+use crate::exit_code;
 use crate::plan::{Plan, Request};
 
 pub fn run(collected: &Collected, json: bool) -> u8 {
@@ -25,7 +25,7 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
             "plan": plan,
         });
         outln!("{report:#}");
-        return exit::SUCCESS;
+        return exit_code::SUCCESS;
     }
     let width = config.images.keys().map(String::len).max().unwrap_or(0);
     outln!("images:");
@@ -94,11 +94,11 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
                 })
                 .collect();
             outln!("build order: {}", layers.join(" -> "));
-            exit::SUCCESS
+            exit_code::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
-            exit::CONFIG_ERROR
+            exit_code::CONFIG_ERROR
         }
     }
 }

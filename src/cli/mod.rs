@@ -1,12 +1,11 @@
 //! The `dockhand` command line: [`args`] defines it, [`app`] dispatches, one file per
-//! subcommand does the work, [`exit`] documents the exit codes.
+//! subcommand does the work, [`crate::exit_code`] lists the exit codes.
 
 mod agent;
 mod app;
 pub mod args;
 mod check;
 mod dockerfile;
-pub mod exit;
 mod job;
 mod list;
 mod output;

@@ -8,13 +8,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::args::{ServerAddress, SubmitArgs};
-use super::exit;
 use super::output::outln;
 use super::runtime::{self, Threads};
 use super::terminal;
+use crate::exit_code;
 
 /// Exit code when the job server cannot be reached or refuses.
-const SERVER_ERROR: u8 = exit::INFRASTRUCTURE;
+const SERVER_ERROR: u8 = exit_code::INFRASTRUCTURE;
 
 fn request(
     client: &reqwest::Client,
@@ -69,7 +69,7 @@ pub fn submit(args: &SubmitArgs) -> u8 {
     let body = json!({"source": source, "config": args.config_file, "tasks": args.tasks,
                       "env": env, "labels": args.labels, "timeout": args.timeout});
     let Some(runtime) = runtime::start(Threads::One) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -83,13 +83,13 @@ pub fn submit(args: &SubmitArgs) -> u8 {
             "{}",
             terminal::escape(answer["job_id"].as_str().unwrap_or_default())
         );
-        Ok(exit::SUCCESS)
+        Ok(exit_code::SUCCESS)
     }))
 }
 
 pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
     let Some(runtime) = runtime::start(Threads::One) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -105,7 +105,7 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
                 "{}",
                 serde_json::to_string_pretty(&jobs).unwrap_or_default()
             );
-            return Ok(exit::SUCCESS);
+            return Ok(exit_code::SUCCESS);
         }
         outln!("{:<26}  {:<10}  {:>9}  source", "job", "state", "log");
         for job in &jobs {
@@ -129,13 +129,13 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
                 terminal::escape(&from)
             );
         }
-        Ok(exit::SUCCESS)
+        Ok(exit_code::SUCCESS)
     }))
 }
 
 pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
     let Some(runtime) = runtime::start(Threads::One) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -163,7 +163,7 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
         if !follow {
             let bytes = response.bytes().await.map_err(|e| e.to_string())?;
             show(&bytes);
-            return Ok(exit::SUCCESS);
+            return Ok(exit_code::SUCCESS);
         }
         let mut pending = String::new();
         let mut event = String::new();
@@ -178,7 +178,7 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
                     let data = data.strip_prefix(' ').unwrap_or(data);
                     if event == "end" {
                         eprintln!("job {} {}", terminal::escape(job), terminal::escape(data));
-                        return Ok(exit::SUCCESS);
+                        return Ok(exit_code::SUCCESS);
                     }
                     if let Ok(text) = serde_json::from_str::<String>(data) {
                         show(text.as_bytes());
@@ -186,13 +186,13 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
                 }
             }
         }
-        Ok(exit::SUCCESS)
+        Ok(exit_code::SUCCESS)
     }))
 }
 
 pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
     let Some(runtime) = runtime::start(Threads::One) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -203,6 +203,6 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
         )
         .await?;
         eprintln!("job {}: cancel requested", terminal::escape(job));
-        Ok(exit::SUCCESS)
+        Ok(exit_code::SUCCESS)
     }))
 }

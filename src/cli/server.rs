@@ -1,20 +1,20 @@
 //! `dockhand server`: serve the job API until SIGTERM or Ctrl-C.
 
 use super::args::ServerArgs;
-use super::exit;
 use super::runtime::{self, Threads};
+use crate::exit_code;
 use crate::server::{ServerSettings, serve};
 
 pub fn run(args: &ServerArgs) -> u8 {
     if args.registration_token.len() < 16 || args.admin_token.len() < 16 {
         eprintln!("error: the registration and admin tokens must be at least 16 characters");
-        return exit::USAGE;
+        return exit_code::USAGE;
     }
     if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
         eprintln!(
             "error: --webhook-secret (DOCKHAND_WEBHOOK_SECRET) must be at least 16 bytes: a short one is guessed, an empty one signs anything"
         );
-        return exit::USAGE;
+        return exit_code::USAGE;
     }
     let settings = ServerSettings {
         listen: args.listen,
@@ -34,7 +34,7 @@ pub fn run(args: &ServerArgs) -> u8 {
         repositories: args.repositories.clone(),
     };
     let Some(runtime) = runtime::start(Threads::Two) else {
-        return exit::INFRASTRUCTURE;
+        return exit_code::INFRASTRUCTURE;
     };
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -60,10 +60,10 @@ pub fn run(args: &ServerArgs) -> u8 {
         })
         .await;
         match served {
-            Ok(()) => exit::SUCCESS,
+            Ok(()) => exit_code::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
-                exit::INFRASTRUCTURE
+                exit_code::INFRASTRUCTURE
             }
         }
     })

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::context;
 use super::diagnostic::Problem;
 use super::format::Formatted;
@@ -472,7 +470,10 @@ impl Dockerfile {
     }
 
     fn generated(&mut self, instruction: &str, contents: String, dest: &str) {
-        let name = format!("__dockhand_file_{}", short_hash(contents.as_bytes()));
+        let name = format!(
+            "__dockhand_file_{}",
+            crate::util::short_hash(contents.as_bytes())
+        );
         if !self.generated_files.iter().any(|f| f.name == name) {
             self.generated_files.push(GeneratedFile {
                 name: name.clone(),
@@ -583,11 +584,8 @@ fn extra_context_name(context: &Context, config_root: &Path) -> String {
         "{dir:?} {:?} {:?} {}",
         context.include, context.exclude, context.use_gitignore
     );
-    format!("__dockhand_ctx_{}", short_hash(described.as_bytes()))
-}
-
-/// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
-pub fn short_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    format!(
+        "__dockhand_ctx_{}",
+        crate::util::short_hash(described.as_bytes())
+    )
 }

@@ -22,7 +22,6 @@ mod task;
 mod yaml;
 
 pub use collect::{CollectOptions, Collected, collect};
-pub use commands::short_hash;
 pub use diagnostic::{Diagnostic, Diagnostics, Problem, Severity};
 pub use model::*;
 pub use node::{KeyPath, Location};

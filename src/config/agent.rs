@@ -55,7 +55,7 @@ pub struct AgentSection {
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
-            name: crate::job::hostname(),
+            name: crate::util::hostname(),
             concurrency: 2,
             parallel: 2,
             workspace_root: ".dockhand/work".into(),

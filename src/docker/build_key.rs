@@ -15,7 +15,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::context::{Entry, EntryKind};
-use super::digests::hex;
+
 use crate::collector::Build;
 
 /// Bumped whenever what goes into a key changes, so old images are never taken for new.
@@ -63,10 +63,10 @@ impl BuildKey {
         for (entry, digest) in entries.iter().zip(digests) {
             files.update(manifest_line(entry, digest.as_deref()).as_bytes());
         }
-        let list = |items: &[String]| hex(&Sha256::digest(items.join("\n").as_bytes()));
+        let list = |items: &[String]| crate::util::sha256_hex(items.join("\n").as_bytes());
         let parts = [
-            hex(&dockerfile.finalize()),
-            hex(&files.finalize()),
+            hex::encode(dockerfile.finalize()),
+            hex::encode(files.finalize()),
             list(dependency_keys),
             list(base_ids),
         ];
@@ -76,7 +76,7 @@ impl BuildKey {
             total.update(part.as_bytes());
         }
         BuildKey {
-            key: hex(&total.finalize()),
+            key: hex::encode(total.finalize()),
             parts,
         }
     }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::job::random_hex;
+use crate::util::random_hex;
 
 /// Records kept beyond this many are the oldest and are removed as new ones are written.
 const MAX_RECORDS: usize = 2000;

@@ -129,7 +129,7 @@ impl Engine {
         if let Some(id) = self.isolated_network_ids().await?.into_iter().next() {
             return Ok(id);
         }
-        let suffix = crate::job::random_hex().map_err(DockerError::Thread)?;
+        let suffix = crate::util::random_hex().map_err(DockerError::Thread)?;
         let name = format!("{ISOLATED_NETWORK}-{}", &suffix[..12]);
         let request = NetworkCreateRequest {
             name: name.clone(),

@@ -19,7 +19,7 @@ pub use build::{BuildRequest, BuildResult, cache_dir};
 pub use build_records::BuildRecords;
 pub use client::Engine;
 pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers, Pause};
-pub use digests::{DigestCache, hex};
+pub use digests::DigestCache;
 pub use labels::Owner;
 
 /// Infrastructure failures: the engine could not be reached or refused a request. A

@@ -21,20 +21,8 @@ use crate::docker::{
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
 };
+use crate::exit_code;
 use crate::plan::Plan;
-
-/// Exit codes a job can end with besides a task's own (see `cli::exit`): above the range
-/// a task's own code is passed through in.
-pub mod codes {
-    /// The configuration (or the policy it breaks) stops the job before anything runs.
-    pub const CONFIG_ERROR: u8 = 200;
-    /// An image failed to build.
-    pub const BUILD_FAILED: u8 = 201;
-    /// Infrastructure broke (Docker unreachable, disk full): the job could not be carried out.
-    pub const INFRASTRUCTURE: u8 = 202;
-    pub const CANCELLED: u8 = 130;
-    pub const TIMED_OUT: u8 = 124;
-}
 
 #[derive(Clone, Debug)]
 pub struct ExecutorOptions {
@@ -333,7 +321,7 @@ pub async fn run_job(
         timer.abort();
     }
     let (status, exit_code) = if timed_out.load(Ordering::SeqCst) {
-        (JobStatus::TimedOut, codes::TIMED_OUT)
+        (JobStatus::TimedOut, exit_code::TIMED_OUT)
     } else {
         verdict(&builds, &runs, plan)
     };
@@ -559,10 +547,10 @@ async fn build_stage(
 fn verdict(builds: &[StageOutcome], runs: &[StageOutcome], plan: &Plan) -> (JobStatus, u8) {
     let all = || builds.iter().chain(runs);
     if all().any(|o| o.status == StageStatus::Error) {
-        return (JobStatus::Error, codes::INFRASTRUCTURE);
+        return (JobStatus::Error, exit_code::INFRASTRUCTURE);
     }
     if all().any(|o| o.status == StageStatus::Cancelled) {
-        return (JobStatus::Cancelled, codes::CANCELLED);
+        return (JobStatus::Cancelled, exit_code::CANCELLED);
     }
     for (outcome, stage) in runs.iter().zip(&plan.runs) {
         if stage.allow_failure {
@@ -573,12 +561,12 @@ fn verdict(builds: &[StageOutcome], runs: &[StageOutcome], plan: &Plan) -> (JobS
                 let code = outcome.exit_code.unwrap_or(1).clamp(1, 125);
                 return (JobStatus::Failed, u8::try_from(code).unwrap_or(1));
             }
-            StageStatus::TimedOut => return (JobStatus::TimedOut, codes::TIMED_OUT),
+            StageStatus::TimedOut => return (JobStatus::TimedOut, exit_code::TIMED_OUT),
             _ => {}
         }
     }
     if builds.iter().any(|o| o.status == StageStatus::Failed) {
-        return (JobStatus::Failed, codes::BUILD_FAILED);
+        return (JobStatus::Failed, exit_code::BUILD_FAILED);
     }
     (JobStatus::Succeeded, 0)
 }

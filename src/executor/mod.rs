@@ -9,6 +9,6 @@ mod task;
 
 pub use binds::make_own_dir;
 pub use job::{
-    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, codes, report_unrunnable, run_job,
+    ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, report_unrunnable, run_job,
 };
 pub use policy::{PolicyError, Sandbox, check_policy};

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::events::{Event, JobStatus, StageKind, StageOutcome, Timestamp};
-use crate::executor::codes::INFRASTRUCTURE;
+use crate::exit_code::INFRASTRUCTURE;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StageRecord {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::mask::Masker;
 use super::record::JobRecord;
 use crate::events::{Event, JobStatus, LogStream};
-use crate::executor::codes::INFRASTRUCTURE;
+use crate::exit_code::INFRASTRUCTURE;
 
 /// How long output may wait in a sink's buffer: sinks are flushed when events pause this
 /// long, at least this often while output keeps coming, and after every other event.

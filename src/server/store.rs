@@ -195,11 +195,11 @@ pub fn now_ms() -> i64 {
 
 /// 32 random bytes as hex: ids and tokens.
 pub fn random_hex() -> Result<String, StoreError> {
-    crate::job::random_hex().map_err(StoreError::Random)
+    crate::util::random_hex().map_err(StoreError::Random)
 }
 
 pub fn token_hash(token: &str) -> String {
-    crate::docker::hex(&Sha256::digest(token.as_bytes()))
+    crate::util::sha256_hex(token.as_bytes())
 }
 
 impl Store {
@@ -375,7 +375,7 @@ impl Store {
     /// gets the same one, and nothing that opens it is stored.
     pub fn job_token(&self, job_id: &str, offer_id: &str) -> String {
         let digest = Sha256::digest(format!("{}\n{job_id}\n{offer_id}", self.secret).as_bytes());
-        crate::docker::hex(&digest)
+        hex::encode(digest)
     }
 
     /// Whether `token` is the job token of `job_id`'s accepted offer.
@@ -704,7 +704,7 @@ impl Store {
         }
         let committed = job.log_bytes;
         let log = self.read_log(job_id, 0).await?.unwrap_or_default();
-        let digest = crate::docker::hex(&Sha256::digest(&log));
+        let digest = crate::util::sha256_hex(&log);
         if result.log.bytes != committed || !digest.eq_ignore_ascii_case(&result.log.sha256) {
             return Ok(Finish::LogIncomplete { committed });
         }

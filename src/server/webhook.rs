@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
 use super::store::{JobSource, JobSpec};
@@ -46,7 +46,7 @@ impl std::str::FromStr for BuiltRepository {
 
 /// Whether `signature` (hex) is the HMAC-SHA256 of `body` under `secret`.
 pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
-    let Some(expected) = decode_hex(signature.trim()) else {
+    let Ok(expected) = hex::decode(signature.trim()) else {
         return false;
     };
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -54,16 +54,6 @@ pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
     };
     mac.update(body);
     mac.verify_slice(&expected).is_ok()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 pub async fn push(
@@ -147,10 +137,7 @@ pub async fn push(
         .to_owned();
         return Err(ApiError::invalid(&e));
     }
-    let mut keys = vec![format!(
-        "{forge}:body:{}",
-        crate::docker::hex(&Sha256::digest(&body))
-    )];
+    let mut keys = vec![format!("{forge}:body:{}", crate::util::sha256_hex(&body))];
     if let Some(delivery) = delivery {
         keys.push(format!("{forge}:id:{delivery}"));
     }
@@ -174,7 +161,7 @@ mod tests {
     fn signatures_and_repositories() {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
         mac.update(b"Hello, World!");
-        let hex = crate::docker::hex(&mac.finalize().into_bytes());
+        let hex = hex::encode(mac.finalize().into_bytes());
         assert_eq!(
             hex, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
             "GitHub's documented example"

@@ -116,7 +116,7 @@ impl Schedule {
     }
 
     fn state_file(&self, state_dir: &Path) -> PathBuf {
-        let name = crate::collector::short_hash(self.stream.as_bytes());
+        let name = crate::util::short_hash(self.stream.as_bytes());
         state_dir.join(format!("schedule-{name}.last"))
     }
 }
@@ -199,7 +199,9 @@ async fn record(
 
 /// A random delay up to `limit`.
 fn jitter(limit: Option<Duration>) -> Duration {
-    limit.map_or(Duration::ZERO, |l| l.mul_f64(crate::job::random_fraction()))
+    limit.map_or(Duration::ZERO, |l| {
+        l.mul_f64(crate::util::random_fraction())
+    })
 }
 
 #[cfg(test)]

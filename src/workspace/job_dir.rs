@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::git::{GitError, checkout};
 use super::snapshot::{Linked, SnapshotError, release, snapshot};
-use crate::collector::short_hash;
 use crate::job::{Job, Origin};
+use crate::util::short_hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +64,7 @@ pub async fn run_http(
     let client = ServerClient::new(&source.url);
     let identity_file = state_dir.join(format!(
         "http-{}.json",
-        &crate::collector::short_hash(source.url.as_bytes())[..12]
+        &crate::util::short_hash(source.url.as_bytes())[..12]
     ));
     let mut identity = match load_identity(&identity_file) {
         Some(identity) => identity,
@@ -230,8 +229,8 @@ async fn refuse_job(
         return;
     };
     let log = format!("agent {agent}: this job is not run: {reason}\n").into_bytes();
-    let sha256 = crate::docker::hex(&sha2::Sha256::digest(&log));
-    let result = json!({"status": "error", "exit_code": crate::executor::codes::INFRASTRUCTURE,
+    let sha256 = crate::util::sha256_hex(&log);
+    let result = json!({"status": "error", "exit_code": crate::exit_code::INFRASTRUCTURE,
         "stages": [], "started_at": null, "finished_at": null,
         "log": {"bytes": log.len(), "sha256": sha256}});
     let reported = async {

@@ -178,5 +178,5 @@ fn retry_after(error: &ClientError) -> Option<Duration> {
 /// Between half and all of `delay`, so agents that lost the server together do not come
 /// back together.
 pub fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + crate::job::random_fraction() / 2.0)
+    delay.mul_f64(0.5 + crate::util::random_fraction() / 2.0)
 }

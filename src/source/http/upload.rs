@@ -341,7 +341,9 @@ fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> Value {
     };
     let mut body = json!({
         "status": result["status"].as_str().unwrap_or("error"),
-        "exit_code": result["exit_code"].as_i64().unwrap_or(202),
+        "exit_code": result["exit_code"]
+            .as_i64()
+            .unwrap_or(i64::from(crate::exit_code::INFRASTRUCTURE)),
         "stages": stages,
         "started_at": result["started_at"].clone(),
         "finished_at": result["finished_at"].clone(),
@@ -367,7 +369,7 @@ fn log_digest(path: &Path) -> (u64, String) {
             length += read as u64;
         }
     }
-    (length, crate::docker::hex(&hasher.finalize()))
+    (length, hex::encode(hasher.finalize()))
 }
 
 fn read_chunk(path: &Path, offset: u64, max: usize) -> Vec<u8> {
@@ -411,7 +413,7 @@ mod tests {
         std::fs::write(&path, &log).unwrap();
         let (length, digest) = log_digest(&path);
         assert_eq!(length, log.len() as u64);
-        assert_eq!(digest, crate::docker::hex(&Sha256::digest(&log)));
+        assert_eq!(digest, crate::util::sha256_hex(&log));
         assert_eq!(log_digest(&dir.path().join("none")).0, 0);
     }
 }

@@ -1,0 +1,37 @@
+//! Small helpers every layer uses: random names, the machine's name, short digests.
+
+use sha2::{Digest, Sha256};
+
+/// 32 random bytes from the system, as hex: ids, tokens, names that must not collide.
+pub fn random_hex() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(hex::encode(bytes))
+}
+
+/// A number in [0, 1) from the clock's low bits hashed with a per-process random key:
+/// enough to spread retries and schedule jitter, no random-number crate needed.
+pub fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let draw = RandomState::new().hash_one(std::time::Instant::now());
+    (draw % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// The machine's name, which labels everything an agent creates.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dockhand".to_owned())
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
+pub fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
