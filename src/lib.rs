@@ -28,6 +28,7 @@
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
 pub mod agent;
+pub mod cancel;
 pub mod cli;
 pub mod collector;
 pub mod config;
