@@ -12,6 +12,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::{Cancel, CancelReason};
+
 use super::networks::NetworkPool;
 use super::runner::{self, Finished, JobContext};
 use super::state::{Action, AgentState};
@@ -114,11 +116,11 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
 
-        let root = CancellationToken::new();
+        let root = Cancel::new();
         let mut state = AgentState::new(self.settings.agent.concurrency);
         let mut jobs: JoinSet<Finished> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut tokens: HashMap<String, CancellationToken> = HashMap::new();
+        let mut tokens: HashMap<String, Cancel> = HashMap::new();
         let mut context = self.context(&root);
 
         self.sweep(&HashSet::new()).await;
@@ -130,10 +132,14 @@ impl Agent {
             agent.concurrency,
             agent.results_dir.display()
         ));
-        let spares = tokio::spawn(self.networks.clone().keep_filled(root.child_token()));
+        let spares = tokio::spawn(
+            self.networks
+                .clone()
+                .keep_filled(root.token().child_token()),
+        );
         let (tx, mut rx) = mpsc::channel(SOURCE_BUFFER);
         let (slots, free_slots) = watch::channel(state.free_slots());
-        let mut sources_cancel = root.child_token();
+        let mut sources_cancel = root.token().child_token();
         let mut sources = self.start_sources(&tx, &free_slots, &sources_cancel);
         let mut source_failures = 0usize;
         let mut draining = false;
@@ -216,7 +222,7 @@ impl Agent {
                             "cancelling {} running job(s) and removing their containers",
                             tokens.len()
                         ));
-                        root.cancel();
+                        root.cancel(CancelReason::Shutdown);
                         hard_stop = Some(Instant::now() + CLEANUP_LIMIT);
                     }
                     Vec::new()
@@ -226,7 +232,7 @@ impl Agent {
                         context = self.context(&root);
                         sources_cancel.cancel();
                         drain_sources(&mut sources).await;
-                        sources_cancel = root.child_token();
+                        sources_cancel = root.token().child_token();
                         sources = self.start_sources(&tx, &free_slots, &sources_cancel);
                         source_failures = 0;
                         state.set_concurrency(self.settings.agent.concurrency)
@@ -248,7 +254,7 @@ impl Agent {
                 match action {
                     Action::Start(job) => {
                         say(format!("job {} ({}): {}", job.id, job.stream, job.trigger));
-                        let token = root.child_token();
+                        let token = root.child();
                         tokens.insert(job.id.clone(), token.clone());
                         let id = job.id.clone();
                         let context = context.clone();
@@ -259,7 +265,7 @@ impl Agent {
                     Action::Cancel { job, reason } => {
                         say(format!("job {job}: cancelling, {reason}"));
                         if let Some(token) = tokens.get(&job) {
-                            token.cancel();
+                            token.cancel(CancelReason::Superseded);
                         }
                     }
                     Action::Drop { job, reason } => {
@@ -271,7 +277,7 @@ impl Agent {
                 }
             }
         }
-        root.cancel();
+        root.cancel(CancelReason::Shutdown);
         drain_sources(&mut sources).await;
         if tokio::time::timeout(CLEANUP_LIMIT, spares).await.is_err() {
             say("removing the spare networks took too long");
@@ -302,13 +308,13 @@ impl Agent {
         }
     }
 
-    fn context(&self, root: &CancellationToken) -> Arc<JobContext> {
+    fn context(&self, root: &Cancel) -> Arc<JobContext> {
         Arc::new(JobContext {
             engine: self.engine.clone(),
             settings: self.settings.clone(),
             host_env: self.host_env.clone(),
             console: self.console,
-            agent: root.clone(),
+            agent: root.token().clone(),
             networks: self.networks.clone(),
         })
     }

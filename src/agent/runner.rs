@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::networks::NetworkPool;
+use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, collect};
 use crate::config::{AgentConfig, KeepWorkspace};
 use crate::docker::Engine;
@@ -50,7 +51,7 @@ pub struct Finished {
     pub results: Option<PathBuf>,
 }
 
-pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> Finished {
+pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
     let settings = &context.settings;
     let agent = &settings.agent;
     let env = JobEnv::new(&job, context);
@@ -59,7 +60,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
         agent.results_dir.clone(),
         agent.state_dir.clone(),
     ];
-    let workspace = Workspace::prepare(&job, &agent.workspace_root, own_dirs, &cancel).await;
+    let workspace = Workspace::prepare(&job, &agent.workspace_root, own_dirs, cancel.token()).await;
     let collected = match &workspace {
         Ok(ws) => {
             let options = CollectOptions {
@@ -122,10 +123,14 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             job.id
         );
     }
-    let upload = job
-        .remote
-        .as_ref()
-        .map(|remote| Upload::start(remote, &report.dir, cancel.clone(), context.agent.clone()));
+    let upload = job.remote.as_ref().map(|remote| {
+        Upload::start(
+            remote,
+            &report.dir,
+            cancel.token().clone(),
+            context.agent.clone(),
+        )
+    });
     let config_error = (JobStatus::Failed, exit_code::CONFIG_ERROR);
     let outcome: JobOutcome = match (&workspace, collected) {
         (Err(e), _) => {
@@ -223,7 +228,15 @@ pub async fn run(job: Job, context: &JobContext, cancel: CancellationToken) -> F
             };
             match checked {
                 Ok(plan) => {
-                    run_job(&context.engine, config, &plan, &options, &emitter, &cancel).await
+                    run_job(
+                        &context.engine,
+                        config,
+                        &plan,
+                        &options,
+                        &emitter,
+                        cancel.token(),
+                    )
+                    .await
                 }
                 Err(text) => report_unrunnable(&emitter, &job.id, &text, config_error).await,
             }
