@@ -6,21 +6,23 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::{Cancel, CancelReason};
+use crate::signals::{Control, Signals};
 
 use super::networks::NetworkPool;
-use super::runner::{self, Finished, JobContext};
-use super::state::{Action, AgentState};
+use super::runner::{self, JobContext};
+use super::state::{Action, AgentState, StopLimits};
 use super::sweep::sweep;
 use crate::config::{AgentConfig, LoadOptions, SourceConfig, load};
 use crate::docker::Engine;
 use crate::events::JobStatus;
+use crate::exit_code;
+use crate::pipeline::Finished;
 use crate::report::ConsoleOutput;
 use crate::source::http::{AgentInfo, resume_uploads, run_http};
 use crate::source::{Schedule, SourceEvent, run_schedule, run_watch};
@@ -34,8 +36,6 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot listen for signals: {0}")]
-    Signals(#[source] std::io::Error),
     #[error("no [[source]] is configured: the agent would have nothing to do")]
     NoSources,
     #[error(
@@ -48,6 +48,17 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl AgentError {
+    /// A missing source or a shared workspace root is the settings' fault; a lock that
+    /// cannot be taken is the machine's.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::NoSources | AgentError::WorkspaceTaken { .. } => exit_code::CONFIG_ERROR,
+            AgentError::Lock { .. } => exit_code::INFRASTRUCTURE,
+        }
+    }
 }
 
 /// Held while an agent runs, so two agents never sweep each other's workspaces.
@@ -107,17 +118,20 @@ impl Agent {
         }
     }
 
-    pub async fn run(mut self) -> Result<AgentExit, AgentError> {
+    /// Runs until `signals` asks to stop (and the running jobs end) or every source ended.
+    pub async fn run(mut self, mut signals: Signals) -> Result<AgentExit, AgentError> {
         if self.settings.sources.is_empty() {
             return Err(AgentError::NoSources);
         }
         let _lock = self.lock_workspace_root()?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-        let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
-
         let root = Cancel::new();
-        let mut state = AgentState::new(self.settings.agent.concurrency);
+        let mut state = AgentState::new(
+            self.settings.agent.concurrency,
+            StopLimits {
+                grace: self.settings.agent.shutdown_grace,
+                cleanup: CLEANUP_LIMIT,
+            },
+        );
         let mut jobs: JoinSet<Finished> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut tokens: HashMap<String, Cancel> = HashMap::new();
@@ -142,26 +156,16 @@ impl Agent {
         let mut sources_cancel = root.token().child_token();
         let mut sources = self.start_sources(&tx, &free_slots, &sources_cancel);
         let mut source_failures = 0usize;
-        let mut draining = false;
-        let mut grace: Option<Instant> = None;
-        let mut hard_stop: Option<Instant> = None;
         let mut tick = tokio::time::interval_at(
             Instant::now() + self.settings.agent.sweep_interval,
             self.settings.agent.sweep_interval,
         );
 
         loop {
-            if (draining || sources.is_empty()) && jobs.is_empty() {
+            if state.is_done(!sources.is_empty()) {
                 break;
             }
-            if hard_stop.is_some_and(|t| Instant::now() >= t) {
-                say(format!(
-                    "{} job(s) did not finish cleaning up in time; exiting",
-                    jobs.len()
-                ));
-                break;
-            }
-            let deadline = grace.or(hard_stop);
+            let deadline = state.deadline();
             let input = tokio::select! {
                 event = rx.recv() => Input::Source(event),
                 Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => Input::Finished(
@@ -173,9 +177,10 @@ impl Agent {
                     }
                     Input::SourceEnded
                 }
-                _ = terminate.recv() => Input::Stop,
-                _ = interrupt.recv() => Input::Stop,
-                _ = hangup.recv() => Input::Reload,
+                Some(control) = signals.recv() => match control {
+                    Control::Stop => Input::Stop,
+                    Control::Reload => Input::Reload,
+                },
                 _ = tick.tick() => Input::Tick,
                 _ = sleep_until(deadline), if deadline.is_some() => Input::GraceOver,
             };
@@ -202,33 +207,10 @@ impl Agent {
                     tokens.remove(&id);
                     state.finished(&id)
                 }
-                Input::Stop if !draining => {
-                    draining = true;
-                    sources_cancel.cancel();
-                    let grace_period = self.settings.agent.shutdown_grace;
-                    grace = Some(Instant::now() + grace_period);
-                    if !jobs.is_empty() {
-                        say(format!(
-                            "stopping: waiting up to {} for {} running job(s); a second signal cancels them",
-                            humantime::format_duration(grace_period),
-                            jobs.len()
-                        ));
-                    }
-                    state.drain()
-                }
-                Input::Stop | Input::GraceOver => {
-                    if grace.take().is_some() || hard_stop.is_none() {
-                        say(format!(
-                            "cancelling {} running job(s) and removing their containers",
-                            tokens.len()
-                        ));
-                        root.cancel(CancelReason::Shutdown);
-                        hard_stop = Some(Instant::now() + CLEANUP_LIMIT);
-                    }
-                    Vec::new()
-                }
+                Input::Stop => state.stop(Instant::now()),
+                Input::GraceOver => state.deadline_passed(Instant::now()),
                 Input::Reload => match self.reload() {
-                    Some(()) if !draining => {
+                    Some(()) if !state.is_draining() => {
                         context = self.context(&root);
                         sources_cancel.cancel();
                         drain_sources(&mut sources).await;
@@ -240,7 +222,7 @@ impl Agent {
                     _ => Vec::new(),
                 },
                 Input::Tick => {
-                    if state.is_idle() && !draining {
+                    if state.is_idle() && !state.is_draining() {
                         self.sweep(&HashSet::new()).await;
                     }
                     Vec::new()
@@ -274,6 +256,26 @@ impl Agent {
                             job.id, job.trigger
                         ));
                     }
+                    Action::StopSources { running, grace } => {
+                        sources_cancel.cancel();
+                        if running > 0 {
+                            say(format!(
+                                "stopping: waiting up to {} for {running} running job(s); a second signal cancels them",
+                                humantime::format_duration(grace),
+                            ));
+                        }
+                    }
+                    Action::CancelAll { running } => {
+                        say(format!(
+                            "cancelling {running} running job(s) and removing their containers"
+                        ));
+                        root.cancel(CancelReason::Shutdown);
+                    }
+                    Action::GiveUp { running } => {
+                        say(format!(
+                            "{running} job(s) did not finish cleaning up in time; exiting"
+                        ));
+                    }
                 }
             }
         }
@@ -284,7 +286,7 @@ impl Agent {
         }
         let running: HashSet<String> = HashSet::new();
         self.sweep(&running).await;
-        Ok(if source_failures > 0 && !draining {
+        Ok(if source_failures > 0 && !state.is_draining() {
             AgentExit::SourcesFailed
         } else {
             AgentExit::Stopped

@@ -11,6 +11,6 @@ mod sweep;
 
 pub use dispatcher::{Agent, AgentError, AgentExit};
 pub use networks::NetworkPool;
-pub use runner::{Finished, JobContext};
+pub use runner::JobContext;
 pub use state::{Action, AgentState};
 pub use sweep::{Swept, sweep};

@@ -13,6 +13,7 @@ use crate::docker::Engine;
 use crate::exit_code;
 use crate::job::OnBusy;
 use crate::report::ConsoleOutput;
+use crate::signals::{Control, Signals};
 
 pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
     let options = load_options(file, args, current_dir());
@@ -115,16 +116,23 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
                 return exit_code::INFRASTRUCTURE;
             }
         };
+        let signals = match Signals::listen(Control::Reload) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit_code::INFRASTRUCTURE;
+            }
+        };
         let host_env: HashMap<String, String> = std::env::vars().collect();
         match Agent::new(engine, settings, reload, host_env, console)
-            .run()
+            .run(signals)
             .await
         {
             Ok(AgentExit::Stopped) => exit_code::SUCCESS,
             Ok(AgentExit::SourcesFailed) => exit_code::INFRASTRUCTURE,
             Err(e) => {
                 eprintln!("error: {e}");
-                exit_code::CONFIG_ERROR
+                e.exit_code()
             }
         }
     })

@@ -1,24 +1,22 @@
-//! `dockhand build` and `dockhand run`: plan, check what must hold before anything starts,
-//! connect, run the job with the console (or JSON lines) and the results directory as
-//! sinks, and exit with the job's code.
+//! `dockhand build` and `dockhand run`: plan, make dockhand's own directories, connect, run
+//! the job through the [`pipeline`](crate::pipeline) with the console (or JSON lines) and
+//! the results directory as sinks, and exit with the job's code.
 
 use std::path::{Path, PathBuf};
 
-use tokio_util::sync::CancellationToken;
-
 use super::args::JobArgs;
 use super::runtime::{self, Threads};
-use crate::collector::Config;
+use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, Collected};
 use crate::docker::context::STATE_DIR;
 use crate::docker::{Engine, cache_dir};
-use crate::executor::{
-    ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, make_own_dir, run_job,
-};
+use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, make_own_dir};
 use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};
+use crate::pipeline::{JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::plan::{Plan, PlanError, Request};
-use crate::report::{ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, secret_values};
+use crate::report::{ConsoleOutput, JobInfo};
+use crate::signals::{Control, Signals};
 use crate::util::hostname;
 
 pub fn run(
@@ -60,15 +58,24 @@ pub fn run(
             return exit_code::INFRASTRUCTURE;
         }
     }
-    let allowed_mounts = args.allow_host_mounts.iter();
-    let options = ExecutorOptions {
+    let info = JobInfo {
+        config: collect.config.clone(),
+        tasks: match &request {
+            Request::Tasks(tasks) => tasks.clone(),
+            _ => plan.runs.iter().map(|r| r.task.clone()).collect(),
+        },
+        stream: None,
+        trigger: None,
+        origin: None,
+    };
+    let executor = ExecutorOptions {
         job_id: new_job_id(),
         // Not the hostname an agent on this machine is named by: its sweep would take
         // this run's containers for a dead job's.
         agent: format!("cli@{}", hostname()),
         sandbox: Sandbox {
             workspace: workspace.clone(),
-            allow_host_mounts: allowed_mounts.map(|d| absolute(d)).collect(),
+            allow_host_mounts: args.allow_host_mounts.iter().map(|d| absolute(d)).collect(),
             allow_docker_socket: args.allow_docker_socket,
             allow_network_modes: args.allow_network_modes.clone(),
             allow_published_ports: args.allow_published_ports,
@@ -80,7 +87,7 @@ pub fn run(
         no_cache: args.no_cache,
         task_timeout: args.timeout,
         job_timeout: None,
-        env: collect.env.clone(),
+        env: Default::default(),
         job_network: JobNetwork::Shared,
         containers: ContainerDefaults::new(
             args.memory.map(|m| m.0),
@@ -88,81 +95,68 @@ pub fn run(
             Some(args.pids_limit),
         ),
     };
-    let problems = check_policy(&plan, &options.env, &options.sandbox);
-    if !problems.is_empty() {
-        for problem in &problems {
-            eprintln!("error: {problem}");
-        }
-        return exit_code::CONFIG_ERROR;
-    }
+    let report = ReportSettings {
+        results_root,
+        info,
+        console: if args.json {
+            ConsoleOutput::Json
+        } else {
+            ConsoleOutput::Lines
+        },
+        remote: None,
+        agent: Default::default(),
+        keep_results: None,
+    };
+    let env = JobEnv {
+        public: collect.env.clone(),
+        secrets: Default::default(),
+    };
     // One thread is enough: stages wait on the engine, context tars are written on
     // blocking threads, and a task's output crosses fewer threads on its way to the sinks
     // (8% faster on 200 MB of output than two workers).
     let Some(runtime) = runtime::start(Threads::One) else {
         return exit_code::INFRASTRUCTURE;
     };
-    let job = (config, plan, options, results_root);
-    runtime.block_on(run_async(job, &request, args, collect))
-}
-
-async fn run_async(
-    (config, plan, options, results_root): (&Config, Plan, ExecutorOptions, PathBuf),
-    request: &Request,
-    args: &JobArgs,
-    collect: &CollectOptions,
-) -> u8 {
-    let engine = match Engine::connect(args.docker_host.as_deref()).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit_code::INFRASTRUCTURE;
-        }
-    };
-    let info = JobInfo {
-        config: collect.config.clone(),
-        tasks: match request {
-            Request::Tasks(tasks) => tasks.clone(),
-            _ => plan.runs.iter().map(|r| r.task.clone()).collect(),
-        },
-        stream: None,
-        trigger: None,
-        origin: None,
-    };
-    let (masker, too_short) = Masker::new(secret_values(&config.secrets, &collect.env));
-    if too_short > 0 {
-        eprintln!(
-            "warning: {too_short} secret value(s) shorter than {MIN_SECRET_LEN} characters are not masked"
-        );
-    }
-    let console = if args.json {
-        ConsoleOutput::Json
-    } else {
-        ConsoleOutput::Lines
-    };
-    let (emitter, report) =
-        match LocalReport::start(&results_root, &options.job_id, info, console, masker, false) {
-            Ok(started) => started,
+    runtime.block_on(async move {
+        let engine = match Engine::connect(args.docker_host.as_deref()).await {
+            Ok(engine) => engine,
             Err(e) => {
-                eprintln!(
-                    "error: cannot create the results directory under {}: {e}",
-                    results_root.display()
-                );
+                eprintln!("error: {e}");
                 return exit_code::INFRASTRUCTURE;
             }
         };
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let outcome = run_job(&engine, config, &plan, &options, &emitter, &cancel).await;
-    drop(emitter);
-    signals.abort();
-    let _ = signals.await;
-    let dir = report.dir.clone();
-    let record = report.finish().await;
-    eprintln!("results: {}", dir.display());
-    if let Some(message) = &record.message {
-        eprintln!("error: {message}");
-    }
-    record.exit_code.unwrap_or(outcome.exit_code)
+        let cancel = Cancel::new();
+        let signals = match Signals::listen(Control::Stop) {
+            Ok(signals) => tokio::spawn(cancel_on_signal(signals, cancel.clone())),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit_code::INFRASTRUCTURE;
+            }
+        };
+        let run = JobRun {
+            id: executor.job_id.clone(),
+            engine: &engine,
+            files: JobFiles::InPlace { collected, plan },
+            env,
+            report,
+            executor,
+            network: Box::new(|| JobNetwork::Shared),
+            warn: |warning| eprintln!("warning: {warning}"),
+        };
+        let finished = run.run(&cancel).await;
+        signals.abort();
+        let _ = signals.await;
+        if let Some(dir) = &finished.results {
+            eprintln!("results: {}", dir.display());
+        }
+        for line in finished.unrunnable.iter().flat_map(|text| text.lines()) {
+            eprintln!("error: {line}");
+        }
+        if let Some(message) = &finished.message {
+            eprintln!("error: {message}");
+        }
+        finished.exit_code
+    })
 }
 
 fn absolute(dir: &Path) -> PathBuf {
@@ -170,25 +164,16 @@ fn absolute(dir: &Path) -> PathBuf {
 }
 
 /// Ctrl-C or SIGTERM cancels the job; its stages clean up and the job reports as usual.
-async fn cancel_on_signal(cancel: CancellationToken) {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                return;
-            }
-        };
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+async fn cancel_on_signal(mut signals: Signals, cancel: Cancel) {
+    while let Some(control) = signals.recv().await {
+        if control != Control::Stop {
+            continue;
         }
         if cancel.is_cancelled() {
             eprintln!("already stopping: removing containers and networks");
         } else {
             eprintln!("stopping: cancelling the job and removing its containers and networks");
-            cancel.cancel();
+            cancel.cancel(crate::cancel::CancelReason::Requested);
         }
     }
 }

@@ -4,6 +4,7 @@ use super::args::ServerArgs;
 use super::runtime::{self, Threads};
 use crate::exit_code;
 use crate::server::{ServerSettings, serve};
+use crate::signals::{Control, Signals};
 
 pub fn run(args: &ServerArgs) -> u8 {
     if args.registration_token.len() < 16 || args.admin_token.len() < 16 {
@@ -37,18 +38,17 @@ pub fn run(args: &ServerArgs) -> u8 {
         return exit_code::INFRASTRUCTURE;
     };
     runtime.block_on(async move {
+        let mut signals = match Signals::listen(Control::Stop) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit_code::INFRASTRUCTURE;
+            }
+        };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let Ok(mut terminate) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+            signals.recv().await;
             stop.cancel();
         });
         let database = settings.database.clone();
