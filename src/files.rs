@@ -11,12 +11,8 @@ use std::path::{Path, PathBuf};
 /// Why a path a job named cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
-    #[error("cannot resolve {}: {source}", path.display())]
-    Resolve {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot resolve {}: {cause}", path.display())]
+    Resolve { path: PathBuf, cause: io::Error },
     #[error("{} is outside {}{}", path.display(), root.display(), leads_to(path, resolved))]
     Outside {
         path: PathBuf,
@@ -28,7 +24,7 @@ pub enum ConfineError {
 impl ConfineError {
     /// Whether the path (or a link on the way) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ConfineError::Resolve { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(self, ConfineError::Resolve { cause, .. } if cause.kind() == io::ErrorKind::NotFound)
     }
 }
 
@@ -45,9 +41,9 @@ fn leads_to(path: &Path, resolved: &Path) -> String {
 /// way so that no `..`, absolute path or link reads the agent's host.
 pub fn resolve_inside(root: Option<&Path>, path: &Path) -> Result<PathBuf, ConfineError> {
     let canonical = |path: &Path| {
-        std::fs::canonicalize(path).map_err(|source| ConfineError::Resolve {
+        std::fs::canonicalize(path).map_err(|cause| ConfineError::Resolve {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     };
     let resolved = canonical(path)?;

@@ -37,6 +37,7 @@ pub mod events;
 pub mod executor;
 pub mod exit_code;
 pub mod files;
+pub mod graph;
 pub mod job;
 pub mod pipeline;
 pub mod plan;

@@ -15,10 +15,10 @@ pub enum Control {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for {signal}: {source}")]
+#[error("cannot listen for {signal}: {cause}")]
 pub struct SignalsError {
     signal: &'static str,
-    source: std::io::Error,
+    cause: std::io::Error,
 }
 
 /// Signals received, in order.
@@ -31,9 +31,9 @@ impl Signals {
     /// apply); SIGHUP becomes `on_hangup`. Needs a tokio runtime.
     pub fn listen(on_hangup: Control) -> Result<Signals, SignalsError> {
         let listen = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| SignalsError {
+            signal(kind).map_err(|cause| SignalsError {
                 signal: name,
-                source,
+                cause,
             })
         };
         let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;

@@ -175,8 +175,15 @@ fn env_forms_are_resolved_and_a_missing_host_value_stops_the_job_before_it_start
             .contains("environment variable `FROM_HOST` is not set"),
         "{run}"
     );
-    assert!(
-        run.results.is_none() && run.stdout.is_empty(),
+    let stages = run.result()["stages"].clone();
+    assert_eq!(
+        (stages[0]["kind"].as_str(), stages[0]["status"].as_str()),
+        (Some("collect"), Some("failed")),
+        "the refusal is the job's record: {run}"
+    );
+    assert_eq!(
+        stages.as_array().map(Vec::len),
+        Some(1),
         "nothing may start: {run}"
     );
 }

@@ -42,12 +42,8 @@ pub enum AgentError {
         "another agent uses the workspace root {root} (it holds {root}/{LOCK_FILE}); give each agent its own workspace_root"
     )]
     WorkspaceTaken { root: String },
-    #[error("cannot lock the workspace root {root}: {source}")]
-    Lock {
-        root: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot lock the workspace root {root}: {cause}")]
+    Lock { root: String, cause: std::io::Error },
 }
 
 impl AgentError {
@@ -295,9 +291,9 @@ impl Agent {
 
     fn lock_workspace_root(&self) -> Result<std::fs::File, AgentError> {
         let root = &self.settings.agent.workspace_root;
-        let error = |source| AgentError::Lock {
+        let error = |cause| AgentError::Lock {
             root: root.display().to_string(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(root).map_err(error)?;
         let file = std::fs::File::create(root.join(LOCK_FILE)).map_err(error)?;

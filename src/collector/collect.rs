@@ -450,7 +450,7 @@ fn check_cycles(images: &Images, d: &mut Diagnostics) {
         })
         .collect();
     for (edges, what) in [(&build, "builds"), (&start, "links or share_with")] {
-        for cycle in crate::plan::graph::cycles(edges) {
+        for cycle in crate::graph::cycles(edges) {
             let mut members: Vec<String> = cycle.iter().map(|&i| names[i].clone()).collect();
             members.push(members[0].clone());
             let first = &images[cycle[0]];

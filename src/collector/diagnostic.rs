@@ -14,13 +14,13 @@ use super::node::{KeyPath, Location};
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
     #[error("cannot read config file: {0}")]
-    Read(#[source] std::io::Error),
+    Read(std::io::Error),
     #[error("config file is larger than {limit} bytes")]
     FileTooLarge { limit: u64 },
     #[error("the config's files together are larger than {0} bytes")]
     FilesTooLarge(u64),
     #[error("{0}; a config reads only files and directories inside its workspace")]
-    Outside(#[source] crate::files::ConfineError),
+    Outside(crate::files::ConfineError),
     #[error("YAML syntax error: {0}")]
     Syntax(String),
     #[error("a config file holds one YAML document; this is document {0}")]

@@ -331,7 +331,7 @@ pub fn confine(
             what,
             path: path.display().to_string(),
         },
-        ConfineError::Resolve { source, .. } => Problem::Read(source),
+        ConfineError::Resolve { cause, .. } => Problem::Read(cause),
         outside @ ConfineError::Outside { .. } => Problem::Outside(outside),
     })
 }

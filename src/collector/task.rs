@@ -346,7 +346,7 @@ pub fn read_pipeline<T>(
             .iter()
             .map(|s| s.needs.iter().map(|n| index[n.as_str()]).collect())
             .collect();
-        for cycle in crate::plan::graph::cycles(&edges) {
+        for cycle in crate::graph::cycles(&edges) {
             let mut members: Vec<String> = cycle.iter().map(|&i| steps[i].task.clone()).collect();
             members.push(members[0].clone());
             let first = &steps[cycle[0]];

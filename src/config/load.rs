@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat};
 
 use super::agent::{AgentConfig, SourceConfig};
-use crate::source::Schedule;
+use super::cron::CronTimes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
@@ -252,7 +252,8 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
                 }
             }
             SourceConfig::Schedule(schedule) => {
-                Schedule::new(schedule).map_err(|e| problem(e.to_string()))?;
+                CronTimes::parse(&schedule.cron, schedule.timezone.as_deref())
+                    .map_err(|e| problem(e.to_string()))?;
                 match (&mut schedule.path, &schedule.git) {
                     (Some(path), None) => *path = base.join(&*path),
                     (None, Some(_)) => {}

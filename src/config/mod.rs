@@ -1,7 +1,8 @@
-//! `agent.toml`: the agent's own settings (DESIGN.md §3), layered built-in defaults →
+//! `agent.toml`: the agent's own settings, layered built-in defaults →
 //! file → `DOCKHAND__SECTION__KEY` environment → command-line flags.
 
 mod agent;
+mod cron;
 mod load;
 mod values;
 
@@ -9,5 +10,6 @@ pub use agent::{
     AgentConfig, AgentSection, DockerSection, HttpSource, KeepWorkspace, ScheduleSource,
     SecretsSection, SourceConfig, WatchSource,
 };
+pub use cron::{CronTimes, ScheduleError};
 pub use load::{AgentConfigError, LoadOptions, load};
 pub use values::{ByteSize, parse_duration};

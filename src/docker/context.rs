@@ -260,7 +260,7 @@ fn dockerignore(root: &Path) -> Result<PatternSet, ContextError> {
     let resolved = match files::resolve_inside(Some(root), &path) {
         Ok(resolved) => resolved,
         Err(e) if e.is_not_found() => return Ok(PatternSet::default()),
-        Err(ConfineError::Resolve { source, .. }) => {
+        Err(ConfineError::Resolve { cause: source, .. }) => {
             return Err(ContextError::Read { path, source });
         }
         Err(outside) => return Err(ContextError::Outside(outside)),

@@ -1,7 +1,6 @@
 //! A [`Config`](crate::collector::Config) and a request (tasks, the pipeline, images) →
 //! the stages to run and the edges between them.
 
-pub mod graph;
 mod stages;
 
 pub use stages::{BuildStage, Plan, PlanError, Request, RunStage};

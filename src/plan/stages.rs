@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::graph;
 use crate::collector::{Config, EnvVar, Image, Images, TaskAction, closest};
+use crate::graph;
 
 /// What a job was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -41,19 +41,18 @@ pub trait Sink: Send {
 
 /// A sink could not write: the job ends in error with this as its message.
 #[derive(Debug, thiserror::Error)]
-#[error("writing {what}: {source}")]
+#[error("writing {what}: {cause}")]
 pub struct SinkError {
     /// The file (or stream) it was writing.
     pub what: String,
-    #[source]
-    pub source: io::Error,
+    pub cause: io::Error,
 }
 
 /// `.map_err(writing(&path))`: an I/O error of a sink, with where it was writing.
 pub fn writing(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> SinkError {
-    move |source| SinkError {
+    move |cause| SinkError {
         what: what.to_string(),
-        source,
+        cause,
     }
 }
 

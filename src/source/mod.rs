@@ -7,7 +7,7 @@ pub mod http;
 mod schedule;
 mod watch;
 
-pub use schedule::{Schedule, ScheduleError, run_schedule};
+pub use schedule::{Schedule, run_schedule};
 pub use watch::{WatchError, run_watch};
 
 use crate::job::Job;

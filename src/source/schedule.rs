@@ -2,34 +2,20 @@
 //! time zone, optional jitter, and one catch-up run for a due time the agent missed.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::SourceEvent;
-use crate::config::ScheduleSource;
+use crate::config::{CronTimes, ScheduleError, ScheduleSource};
 use crate::job::{Job, Origin, new_job_id};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("cron `{cron}`: {reason}")]
-    Cron { cron: String, reason: String },
-    #[error("cron `{cron}` never fires")]
-    NeverFires { cron: String },
-    #[error("timezone `{0}` is not an IANA zone name like \"Europe/Berlin\"")]
-    Timezone(String),
-}
 
 /// A parsed schedule and the job it starts.
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    cron: Cron,
-    zone: Tz,
+    times: CronTimes,
     source: ScheduleSource,
     /// Names the schedule in results and in its state file.
     pub stream: String,
@@ -37,52 +23,24 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(source: &ScheduleSource) -> Result<Schedule, ScheduleError> {
-        let cron = Cron::from_str(source.cron.trim()).map_err(|e| ScheduleError::Cron {
-            cron: source.cron.clone(),
-            reason: e.to_string(),
-        })?;
-        let zone = match &source.timezone {
-            Some(name) => Tz::from_str(name).map_err(|_| ScheduleError::Timezone(name.clone()))?,
-            None => Tz::UTC,
-        };
-        let schedule = Schedule {
-            cron,
-            zone,
+        Ok(Schedule {
+            times: CronTimes::parse(&source.cron, source.timezone.as_deref())?,
             stream: format!(
                 "schedule:{}",
                 source.name.clone().unwrap_or_else(|| source.cron.clone())
             ),
             source: source.clone(),
-        };
-        if schedule.next_after(Utc::now()).is_none() {
-            return Err(ScheduleError::NeverFires {
-                cron: source.cron.clone(),
-            });
-        }
-        Ok(schedule)
+        })
     }
 
     /// The first due time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.zone);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
-    }
-
-    /// The last due time at or before `t`.
-    pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.zone);
-        self.cron
-            .find_previous_occurrence(&local, true)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        self.times.next_after(t)
     }
 
     /// Whether a run is owed at start: a due time passed after the last recorded run.
     pub fn missed(&self, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-        match (last_run, self.last_at_or_before(now)) {
+        match (last_run, self.times.last_at_or_before(now)) {
             (Some(last), Some(due)) => due > last,
             _ => false,
         }
@@ -136,7 +94,7 @@ pub async fn run_schedule(
         .map(|d| d.with_timezone(&Utc));
     let now = Utc::now();
     if schedule.source.catch_up && schedule.missed(last_run, now) {
-        let due = schedule.last_at_or_before(now).unwrap_or(now);
+        let due = schedule.times.last_at_or_before(now).unwrap_or(now);
         let trigger = format!("catch-up for {}", due.format("%Y-%m-%dT%H:%M:%SZ"));
         fire(&schedule, &state, due, trigger, &tx).await;
     } else if last_run.is_none() {

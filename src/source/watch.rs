@@ -30,12 +30,8 @@ pub enum WatchError {
          `sudo sysctl fs.inotify.max_user_instances=1024`"
     )]
     InstanceLimit { path: PathBuf },
-    #[error("cannot watch {path}: {source}")]
-    Notify {
-        path: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
+    #[error("cannot watch {path}: {cause}")]
+    Notify { path: PathBuf, cause: notify::Error },
 }
 
 /// Paths named in a job's trigger; the rest are counted.
@@ -320,10 +316,7 @@ fn watch_error(path: &Path, error: notify::Error) -> WatchError {
     } else if instances {
         WatchError::InstanceLimit { path }
     } else {
-        WatchError::Notify {
-            path,
-            source: error,
-        }
+        WatchError::Notify { path, cause: error }
     }
 }
 

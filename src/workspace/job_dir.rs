@@ -13,18 +13,13 @@ use crate::util::short_hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
-    #[error("cannot create the workspace {path}: {source}")]
+    #[error("cannot create the workspace {path}: {cause}")]
     Create {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("snapshot of {from}: {source}")]
-    Snapshot {
-        from: PathBuf,
-        #[source]
-        source: SnapshotError,
-    },
+    #[error("snapshot of {from}: {cause}")]
+    Snapshot { from: PathBuf, cause: SnapshotError },
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("the snapshot thread failed: {0}")]
@@ -57,9 +52,9 @@ impl Workspace {
         let dir = root.join(&job.id);
         std::fs::create_dir_all(root)
             .and_then(|()| std::fs::create_dir(&dir))
-            .map_err(|source| WorkspaceError::Create {
+            .map_err(|cause| WorkspaceError::Create {
                 path: dir.clone(),
-                source,
+                cause,
             })?;
         let mirrors = root.join(MIRRORS);
         let filled = fill(&job.origin, &dir, &mirrors, skip, cancel).await;
@@ -139,9 +134,9 @@ async fn fill(
                 tokio::task::spawn_blocking(move || snapshot(&from, &mirror, &to, &skip))
                     .await
                     .map_err(|e| WorkspaceError::Join(e.to_string()))?
-                    .map_err(|source| WorkspaceError::Snapshot {
+                    .map_err(|cause| WorkspaceError::Snapshot {
                         from: path.clone(),
-                        source,
+                        cause,
                     })?;
             let description = format!(
                 "snapshot of {}: {} files, {} bytes, {} copied since the last",

@@ -22,18 +22,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
 }
 
 /// What a snapshot took.
@@ -133,16 +125,16 @@ fn mirror_lock(mirror: &Path) -> Arc<Mutex<()>> {
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Read {
+    move |cause| SnapshotError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
 fn write_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Write {
+    move |cause| SnapshotError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -173,7 +165,7 @@ fn sync_mirror(from: &Path, mirror: &Path, skip: &[PathBuf]) -> Result<Copied, S
     for entry in walker {
         let entry = entry.map_err(|e| SnapshotError::Read {
             path: root.clone(),
-            source: e
+            cause: e
                 .into_io_error()
                 .unwrap_or_else(|| io::Error::other("walk failed")),
         })?;
@@ -231,11 +223,11 @@ fn copy_file(from: &Path, to: &Path, metadata: &fs::Metadata) -> Result<(), Snap
     fs::copy(from, &partial).map_err(|source| match fs::metadata(from) {
         Err(_) => SnapshotError::Read {
             path: from.to_path_buf(),
-            source,
+            cause: source,
         },
         Ok(_) => SnapshotError::Write {
             path: partial.clone(),
-            source,
+            cause: source,
         },
     })?;
     let modified = metadata.modified().map_err(read_error(from))?;
