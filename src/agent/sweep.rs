@@ -32,20 +32,30 @@ pub async fn sweep(
     let docker = engine
         .remove_labelled_except(labels::AGENT, agent, running, spare_networks)
         .await?;
-    let mut workspaces = 0;
-    if let Ok(entries) = std::fs::read_dir(workspace_root) {
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_job_id(&name) || running.contains(&name) {
-                continue;
-            }
-            match remove_leftover(workspace_root, &entry.path()) {
-                Ok(()) => workspaces += 1,
-                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
-            }
+    let (root, running) = (workspace_root.to_path_buf(), running.clone());
+    let workspaces = tokio::task::spawn_blocking(move || remove_workspaces(&root, &running))
+        .await
+        .map_err(|e| DockerError::Thread(e.to_string()))?;
+    Ok(Swept { docker, workspaces })
+}
+
+/// Removes the workspaces of jobs not `running`; returns how many.
+fn remove_workspaces(workspace_root: &Path, running: &HashSet<String>) -> usize {
+    let Ok(entries) = std::fs::read_dir(workspace_root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_job_id(&name) || running.contains(&name) {
+            continue;
+        }
+        match remove_leftover(workspace_root, &entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
         }
     }
-    Ok(Swept { docker, workspaces })
+    removed
 }
 
 /// `YYYYMMDD-HHMMSS-xxxx`, as [`crate::job::new_job_id`] makes them.
