@@ -1,5 +1,7 @@
 //! Small helpers every layer uses: random names, the machine's name, short digests.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
 /// 32 random bytes from the system, as hex: ids, tokens, names that must not collide.
@@ -34,4 +36,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
 pub fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// The one duration rule of every flag, agent.toml key and config value: a whole number
+/// of seconds (`"90"`) or humantime's forms (`"30s"`, `"1h 30m"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{text}` seconds is too long"));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}` is not a duration: {e} (write seconds, or e.g. \"30s\", \"10m\")")
+    })
 }

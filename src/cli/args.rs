@@ -87,7 +87,7 @@ pub enum Command {
         /// Tasks to run [default: the pipeline]
         tasks: Vec<String>,
         /// Quiet time after the last change before a run, e.g. "300ms"
-        #[arg(long, value_parser = crate::config::parse_duration, default_value = "300ms")]
+        #[arg(long, value_parser = crate::util::parse_duration, default_value = "300ms")]
         debounce: std::time::Duration,
         /// A change during a run cancels it and starts again, or queues a run after it
         #[arg(long, value_enum, default_value = "cancel")]
@@ -95,7 +95,7 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
-    /// Run the job server that agents poll (DESIGN.md §4)
+    /// Run the job server that agents poll (docs/protocol.md)
     Server(ServerArgs),
     /// Submit a job to the job server; prints its id
     Submit(SubmitArgs),
@@ -158,7 +158,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// Time limit for each task without a pipeline timeout: seconds, or e.g. "90s", "10m"
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::util::parse_duration, value_name = "DURATION")]
     pub timeout: Option<std::time::Duration>,
     /// A host directory tasks may mount besides the workspace (repeatable)
     #[arg(long = "allow-host-mount", value_name = "DIR")]
@@ -242,13 +242,13 @@ pub struct ServerArgs {
     #[arg(long, env = "DOCKHAND_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
     /// How long an offer waits to be accepted before its job is queued again
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = crate::util::parse_duration, default_value = "15s")]
     pub offer_ttl: std::time::Duration,
     /// A lease's length; a job whose lease lapses is lost
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::util::parse_duration, default_value = "30s")]
     pub lease: std::time::Duration,
     /// The longest a claim waits for a job
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::util::parse_duration, default_value = "30s")]
     pub claim_wait: std::time::Duration,
     /// Secret shared with GitHub/Gitea push webhooks (webhooks are off without one)
     #[arg(long, env = "DOCKHAND_WEBHOOK_SECRET", hide_env_values = true)]
@@ -261,10 +261,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_local_sources: bool,
     /// A connection that has not sent a request's headers within this is closed
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::util::parse_duration, default_value = "10s")]
     pub header_timeout: std::time::Duration,
     /// A request whose body has not arrived whole within this is answered 408
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = crate::util::parse_duration, default_value = "60s")]
     pub body_timeout: std::time::Duration,
     /// Connections served at once; further ones wait to be accepted
     #[arg(long, default_value_t = 512, value_name = "N")]

@@ -151,7 +151,7 @@ impl Reader<'_, '_> {
             };
         }
         let text = self.text(&node, path)?;
-        match crate::config::parse_duration(&text) {
+        match crate::util::parse_duration(&text) {
             Ok(d) => Some(d),
             Err(reason) => {
                 self.invalid(&node, path, "duration", &text, reason);

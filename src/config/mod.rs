@@ -12,4 +12,4 @@ pub use agent::{
 };
 pub use cron::{CronTimes, ScheduleError};
 pub use load::{AgentConfigError, LoadOptions, load};
-pub use values::{ByteSize, parse_duration};
+pub use values::ByteSize;

@@ -5,20 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-/// The one duration rule of every flag, agent.toml key and config value: a whole number
-/// of seconds (`"90"`) or humantime's forms (`"30s"`, `"1h 30m"`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|_| format!("`{text}` seconds is too long"));
-    }
-    humantime::parse_duration(text).map_err(|e| {
-        format!("`{text}` is not a duration: {e} (write seconds, or e.g. \"30s\", \"10m\")")
-    })
-}
+use crate::util::parse_duration;
 
 /// [`parse_duration`] for agent.toml.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -125,7 +125,7 @@ impl JobSpec {
         let Some(text) = &self.timeout else {
             return Ok(None);
         };
-        match crate::config::parse_duration(text) {
+        match crate::util::parse_duration(text) {
             Ok(d) if d.is_zero() => Err("is zero".to_owned()),
             Ok(d) if d > MAX_TIMEOUT => Err("is longer than 30 days".to_owned()),
             Ok(d) => Ok(Some(d)),

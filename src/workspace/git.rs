@@ -33,7 +33,7 @@ pub enum GitError {
 }
 
 /// Why a git URL, reference or commit is not taken: they are data, never options or
-/// commands (DESIGN.md §8), so anything git could read otherwise is refused. The value is
+/// commands (the README's security model), so anything git could read otherwise is refused. The value is
 /// quoted with control characters escaped: it ends up in logs and on terminals.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceRefusal {

@@ -1,5 +1,5 @@
 //! Git URLs, references and commits from whoever holds the admin token or the webhook
-//! secret are data, never options or commands (DESIGN.md §8): each of these once ran
+//! secret are data, never options or commands (the README's security model): each of these once ran
 //! `--upload-pack=<command>` on the agent. They are refused at the door (422 naming the
 //! field) and again by the agent, which trusts no server to have checked.
 

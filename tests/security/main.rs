@@ -1,4 +1,4 @@
-//! The sandbox's regression tests (DESIGN.md §8): everything in a repository is hostile,
+//! The sandbox's regression tests (the README's security model): everything in a repository is hostile,
 //! and none of it may reach the agent host. One module per boundary, each on the real
 //! engine, server or agent; every case here was once reproduced as an attack and stays
 //! forever.

@@ -1,4 +1,4 @@
-//! The job server's door (DESIGN.md §8, semi-trusted callers): every field of a job is
+//! The job server's door (semi-trusted callers, the README's security model): every field of a job is
 //! checked at submit, webhook secrets are long enough to mean something and a delivery
 //! counts once, no client can hold a connection open for free, and what the server sends
 //! back is shown on a terminal with its control characters escaped.
