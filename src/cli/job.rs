@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::JobArgs;
 use super::runtime::{self, Threads};
+use crate::build::cache_dir;
+use crate::build::context::STATE_DIR;
 use crate::collector::Config;
 use crate::collector::{CollectOptions, Collected};
-use crate::docker::context::STATE_DIR;
-use crate::docker::{Engine, cache_dir};
+use crate::docker::Engine;
 use crate::executor::{
     ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, check_policy, make_own_dir, run_job,
 };

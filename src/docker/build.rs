@@ -13,11 +13,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::build_key::{BuildKey, file_changes, manifest_summary, write_manifest};
-use super::build_records::BuildRecords;
-use super::context::{self, DOCKERFILE_NAME};
-use super::digests::DigestCache;
 use super::{DockerError, Engine, is_not_found};
+use crate::build::context::{self, DOCKERFILE_NAME};
+use crate::build::{BuildKey, BuildRecords, DigestCache, why_rebuilt, write_manifest};
 use crate::collector::Image;
 use crate::events::{LogStream, StageLog};
 
@@ -60,13 +58,6 @@ pub struct BuildRequest<'a> {
     pub digests: Arc<Mutex<DigestCache>>,
     /// Build every step again and do not reuse an image with the same key.
     pub no_cache: bool,
-}
-
-/// Where a one-shot run keeps the digest cache, build manifests and build records: in the
-/// workspace it builds from. (An agent keeps the first two per stream of jobs, as each
-/// job's workspace is new, and the records once for all streams.)
-pub fn cache_dir(workspace: &Path) -> PathBuf {
-    workspace.join(context::STATE_DIR).join("cache")
 }
 
 impl Engine {
@@ -121,10 +112,7 @@ impl Engine {
             &request.dependency_keys,
             &base_ids,
         );
-        let manifest = request
-            .cache_dir
-            .join("manifests")
-            .join(format!("{}.tsv", image.full_name.replace(['/', ':'], "_")));
+        let manifest = crate::build::manifest_path(request.cache_dir, &image.full_name);
         if !request.no_cache
             && let Some(image_id) = request.records.image_for(&key.key)
         {
@@ -290,29 +278,6 @@ impl Engine {
             Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
         }
     }
-}
-
-/// Why the last build of this image (as its manifest tells) cannot be reused.
-fn why_rebuilt(
-    key: &BuildKey,
-    manifest: &Path,
-    entries: &[context::Entry],
-    digests: &[Option<String>],
-) -> String {
-    let Some(earlier) = manifest_summary(manifest) else {
-        return "no earlier build".to_owned();
-    };
-    let changed = key.changed_since(&earlier);
-    if changed.is_empty() {
-        return "the earlier build is gone".to_owned();
-    }
-    let mut reasons: Vec<String> = changed.iter().map(|c| format!("{c} changed")).collect();
-    if let Some(i) = changed.iter().position(|c| c.contains("context"))
-        && let Some(files) = file_changes(manifest, entries, digests)
-    {
-        reasons[i] = format!("context changed: {files}");
-    }
-    reasons.join("; ")
 }
 
 fn failed(message: String) -> BuildResult {

@@ -13,11 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::Sandbox;
 use super::task::run_task;
+use crate::build::{BuildRecords, DigestCache};
 use crate::collector::Config;
-use crate::docker::{
-    BuildRecords, BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner,
-    labels,
-};
+use crate::docker::{BuildRequest, BuildResult, DockerError, Engine, Leftovers, Owner, labels};
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
 };
@@ -31,9 +29,9 @@ pub struct ExecutorOptions {
     /// The workspace (build contexts and bind mounts may not leave it) and what the
     /// operator allows beyond it.
     pub sandbox: Sandbox,
-    /// The digest cache and build manifests (see [`crate::docker::cache_dir`]).
+    /// The digest cache and build manifests (see [`crate::build::cache_dir`]).
     pub cache_dir: PathBuf,
-    /// Which image each build key produced (see [`crate::docker::BuildRecords`]).
+    /// Which image each build key produced (see [`crate::build::BuildRecords`]).
     pub build_records: PathBuf,
     /// Stages of one kind running at once.
     pub parallel: usize,
