@@ -35,3 +35,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
 }
+
+/// Runs file work on the blocking pool, off the async runtime (the CLI's runtime has one
+/// thread: blocking it stalls every stage's output). A panic there resumes here, as if the
+/// work had run inline.
+pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

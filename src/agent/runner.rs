@@ -228,15 +228,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             };
             match checked {
                 Ok(plan) => {
-                    run_job(
-                        &context.engine,
-                        config,
-                        &plan,
-                        &options,
-                        &emitter,
-                        cancel.token(),
-                    )
-                    .await
+                    run_job(&context.engine, config, &plan, &options, &emitter, &cancel).await
                 }
                 Err(text) => report_unrunnable(&emitter, &job.id, &text, config_error).await,
             }

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio_util::sync::CancellationToken;
-
 use super::args::JobArgs;
 use super::runtime::{self, Threads};
 use crate::build::cache_dir;
 use crate::build::context::STATE_DIR;
+use crate::cancel::{Cancel, CancelReason};
 use crate::collector::Config;
 use crate::collector::{CollectOptions, Collected};
 use crate::docker::Engine;
@@ -151,7 +150,7 @@ async fn run_async(
                 return exit_code::INFRASTRUCTURE;
             }
         };
-    let cancel = CancellationToken::new();
+    let cancel = Cancel::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
     let outcome = run_job(&engine, config, &plan, &options, &emitter, &cancel).await;
     drop(emitter);
@@ -171,7 +170,7 @@ fn absolute(dir: &Path) -> PathBuf {
 }
 
 /// Ctrl-C or SIGTERM cancels the job; its stages clean up and the job reports as usual.
-async fn cancel_on_signal(cancel: CancellationToken) {
+async fn cancel_on_signal(cancel: Cancel) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -189,7 +188,7 @@ async fn cancel_on_signal(cancel: CancellationToken) {
             eprintln!("already stopping: removing containers and networks");
         } else {
             eprintln!("stopping: cancelling the job and removing its containers and networks");
-            cancel.cancel();
+            cancel.cancel(CancelReason::Requested);
         }
     }
 }

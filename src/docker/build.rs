@@ -18,6 +18,7 @@ use crate::build::context::{self, DOCKERFILE_NAME};
 use crate::build::{BuildKey, BuildRecords, DigestCache, why_rebuilt, write_manifest};
 use crate::collector::Image;
 use crate::events::{LogStream, StageLog};
+use crate::util::off_runtime;
 
 /// Lines of build output kept to show with a failure.
 const TAIL_LINES: usize = 20;
@@ -101,7 +102,7 @@ impl Engine {
             })
         };
         let digests = match hashing.await {
-            Ok(Ok(digests)) => digests,
+            Ok(Ok(digests)) => Arc::new(digests),
             Ok(Err(e)) => return Ok(failed(format!("reading the context failed: {e}"))),
             Err(e) => return Ok(failed(format!("reading the context failed: {e}"))),
         };
@@ -113,9 +114,13 @@ impl Engine {
             &base_ids,
         );
         let manifest = crate::build::manifest_path(request.cache_dir, &image.full_name);
-        if !request.no_cache
-            && let Some(image_id) = request.records.image_for(&key.key)
-        {
+        let recorded = if request.no_cache {
+            None
+        } else {
+            let (records, key) = (request.records.clone(), key.key.clone());
+            off_runtime(move || records.image_for(&key)).await
+        };
+        if let Some(image_id) = recorded {
             if self.tag_if_present(&image_id, &image.full_name).await? {
                 log.note(format!(
                     "{} is up to date (build key {})",
@@ -128,12 +133,15 @@ impl Engine {
                     key: key.key,
                 });
             }
-            request.records.forget(&key.key);
+            let (records, key) = (request.records.clone(), key.key.clone());
+            off_runtime(move || records.forget(&key)).await;
         }
         let reason = if request.no_cache {
             "--no-cache".to_owned()
         } else {
-            why_rebuilt(&key, &manifest, &entries, &digests)
+            let (key, manifest) = (key.clone(), manifest.clone());
+            let (entries, digests) = (entries.clone(), digests.clone());
+            off_runtime(move || why_rebuilt(&key, &manifest, &entries, &digests)).await
         };
         log.note(format!("building {}: {reason}", image.full_name))
             .await;
@@ -233,11 +241,20 @@ impl Engine {
             Some(id) => id,
             None => self.image_id(&image.full_name).await?.unwrap_or_default(),
         };
-        if let Err(e) = request.records.remember(&key.key, &image_id) {
+        let (records, recorded_key, id) = (request.records.clone(), key.clone(), image_id.clone());
+        let (remembered, written) = off_runtime(move || {
+            (
+                records.remember(&recorded_key.key, &id),
+                write_manifest(&manifest, &recorded_key, &entries, &digests)
+                    .map_err(|e| format!("cannot write {}: {e}", manifest.display())),
+            )
+        })
+        .await;
+        if let Err(e) = remembered {
             tracing::warn!("cannot record the build of {}: {e}", image.full_name);
         }
-        if let Err(e) = write_manifest(&manifest, &key, &entries, &digests) {
-            tracing::warn!("cannot write {}: {e}", manifest.display());
+        if let Err(e) = written {
+            tracing::warn!("{e}");
         }
         Ok(BuildResult::Built {
             image_id,

@@ -3,11 +3,13 @@
 //! containers on its own network. Every stage's end is an event; the job's result is data.
 
 mod binds;
+mod engine;
 mod job;
 mod policy;
 mod task;
 
 pub use binds::make_own_dir;
+pub use engine::{ContainerEngine, Output};
 pub use job::{
     ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, report_unrunnable, run_job,
 };
