@@ -561,7 +561,7 @@ async fn build_stage<E: ContainerEngine>(
 /// The job's status and exit code: an infrastructure error first, then the job's
 /// cancellation (timed out when its time limit cancelled it), then the first failing
 /// task's exit code (1–125) or timeout, then a failed build.
-fn verdict(
+pub(super) fn verdict(
     builds: &[StageOutcome],
     runs: &[StageOutcome],
     plan: &Plan,

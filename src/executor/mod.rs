@@ -4,9 +4,13 @@
 
 mod binds;
 mod engine;
+#[cfg(test)]
+mod fake;
 mod job;
 mod policy;
 mod task;
+#[cfg(test)]
+mod tests;
 
 pub use binds::make_own_dir;
 pub use engine::{ContainerEngine, Output};
