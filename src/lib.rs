@@ -9,8 +9,9 @@
 //!   problem with file, line, column and key path.
 //! - [`plan`]: a `Config` and a request (tasks, pipeline, images) → build and run stages
 //!   with their edges and parallel layers.
-//! - [`docker`]: the only module that talks to the engine: build contexts, build keys,
-//!   builds, containers, networks, wait conditions.
+//! - [`build`]: what a build needs besides the engine: contexts, build keys, caches.
+//! - [`docker`]: the only module that talks to the engine: builds, containers, networks,
+//!   wait conditions.
 //! - [`executor`]: walks a plan, stages as their dependencies finish, every object it
 //!   creates removed on every path.
 //! - [`events`]: what a job does, as events, on a bounded channel.
@@ -28,6 +29,7 @@
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
 pub mod agent;
+pub mod build;
 pub mod cancel;
 pub mod cli;
 pub mod collector;

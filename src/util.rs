@@ -52,3 +52,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("`{text}` is not a duration: {e} (write seconds, or e.g. \"30s\", \"10m\")")
     })
 }
+
+/// Runs file work on the blocking pool, off the async runtime (the CLI's runtime has one
+/// thread: blocking it stalls every stage's output). A panic there resumes here, as if the
+/// work had run inline.
+pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

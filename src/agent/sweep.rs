@@ -33,9 +33,7 @@ pub async fn sweep(
         .remove_labelled_except(labels::AGENT, agent, running, spare_networks)
         .await?;
     let (root, running) = (workspace_root.to_path_buf(), running.clone());
-    let workspaces = tokio::task::spawn_blocking(move || remove_workspaces(&root, &running))
-        .await
-        .map_err(|e| DockerError::Thread(e.to_string()))?;
+    let workspaces = crate::util::off_runtime(move || remove_workspaces(&root, &running)).await;
     Ok(Swept { docker, workspaces })
 }
 

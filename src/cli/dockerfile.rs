@@ -1,8 +1,8 @@
 //! `dockhand dockerfile IMAGE`: the generated Dockerfile, byte for byte as it is sent.
 
 use super::output;
+use crate::build::context::dockerfile_as_sent;
 use crate::collector::{Collected, closest};
-use crate::docker::context::dockerfile_as_sent;
 use crate::exit_code;
 use crate::job::workspace_root;
 

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::args::JobArgs;
 use super::runtime::{self, Threads};
+use crate::build::cache_dir;
+use crate::build::context::STATE_DIR;
 use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, Collected};
-use crate::docker::context::STATE_DIR;
-use crate::docker::{Engine, cache_dir};
+use crate::docker::Engine;
 use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, make_own_dir};
 use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};

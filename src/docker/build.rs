@@ -13,13 +13,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::build_key::{BuildKey, file_changes, manifest_summary, write_manifest};
-use super::build_records::BuildRecords;
-use super::context::{self, DOCKERFILE_NAME};
-use super::digests::DigestCache;
 use super::{DockerError, Engine, is_not_found};
+use crate::build::context::{self, DOCKERFILE_NAME};
+use crate::build::{BuildKey, BuildRecords, DigestCache, why_rebuilt, write_manifest};
 use crate::collector::Image;
 use crate::events::{LogStream, StageLog};
+use crate::util::off_runtime;
 
 /// Lines of build output kept to show with a failure.
 const TAIL_LINES: usize = 20;
@@ -60,13 +59,6 @@ pub struct BuildRequest<'a> {
     pub digests: Arc<Mutex<DigestCache>>,
     /// Build every step again and do not reuse an image with the same key.
     pub no_cache: bool,
-}
-
-/// Where a one-shot run keeps the digest cache, build manifests and build records: in the
-/// workspace it builds from. (An agent keeps the first two per stream of jobs, as each
-/// job's workspace is new, and the records once for all streams.)
-pub fn cache_dir(workspace: &Path) -> PathBuf {
-    workspace.join(context::STATE_DIR).join("cache")
 }
 
 impl Engine {
@@ -110,7 +102,7 @@ impl Engine {
             })
         };
         let digests = match hashing.await {
-            Ok(Ok(digests)) => digests,
+            Ok(Ok(digests)) => Arc::new(digests),
             Ok(Err(e)) => return Ok(failed(format!("reading the context failed: {e}"))),
             Err(e) => return Ok(failed(format!("reading the context failed: {e}"))),
         };
@@ -121,13 +113,14 @@ impl Engine {
             &request.dependency_keys,
             &base_ids,
         );
-        let manifest = request
-            .cache_dir
-            .join("manifests")
-            .join(format!("{}.tsv", image.full_name.replace(['/', ':'], "_")));
-        if !request.no_cache
-            && let Some(image_id) = request.records.image_for(&key.key)
-        {
+        let manifest = crate::build::manifest_path(request.cache_dir, &image.full_name);
+        let recorded = if request.no_cache {
+            None
+        } else {
+            let (records, key) = (request.records.clone(), key.key.clone());
+            off_runtime(move || records.image_for(&key)).await
+        };
+        if let Some(image_id) = recorded {
             if self.tag_if_present(&image_id, &image.full_name).await? {
                 log.note(format!(
                     "{} is up to date (build key {})",
@@ -140,12 +133,15 @@ impl Engine {
                     key: key.key,
                 });
             }
-            request.records.forget(&key.key);
+            let (records, key) = (request.records.clone(), key.key.clone());
+            off_runtime(move || records.forget(&key)).await;
         }
         let reason = if request.no_cache {
             "--no-cache".to_owned()
         } else {
-            why_rebuilt(&key, &manifest, &entries, &digests)
+            let (key, manifest) = (key.clone(), manifest.clone());
+            let (entries, digests) = (entries.clone(), digests.clone());
+            off_runtime(move || why_rebuilt(&key, &manifest, &entries, &digests)).await
         };
         log.note(format!("building {}: {reason}", image.full_name))
             .await;
@@ -245,11 +241,20 @@ impl Engine {
             Some(id) => id,
             None => self.image_id(&image.full_name).await?.unwrap_or_default(),
         };
-        if let Err(e) = request.records.remember(&key.key, &image_id) {
+        let (records, recorded_key, id) = (request.records.clone(), key.clone(), image_id.clone());
+        let (remembered, written) = off_runtime(move || {
+            (
+                records.remember(&recorded_key.key, &id),
+                write_manifest(&manifest, &recorded_key, &entries, &digests)
+                    .map_err(|e| format!("cannot write {}: {e}", manifest.display())),
+            )
+        })
+        .await;
+        if let Err(e) = remembered {
             tracing::warn!("cannot record the build of {}: {e}", image.full_name);
         }
-        if let Err(e) = write_manifest(&manifest, &key, &entries, &digests) {
-            tracing::warn!("cannot write {}: {e}", manifest.display());
+        if let Err(e) = written {
+            tracing::warn!("{e}");
         }
         Ok(BuildResult::Built {
             image_id,
@@ -290,29 +295,6 @@ impl Engine {
             Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
         }
     }
-}
-
-/// Why the last build of this image (as its manifest tells) cannot be reused.
-fn why_rebuilt(
-    key: &BuildKey,
-    manifest: &Path,
-    entries: &[context::Entry],
-    digests: &[Option<String>],
-) -> String {
-    let Some(earlier) = manifest_summary(manifest) else {
-        return "no earlier build".to_owned();
-    };
-    let changed = key.changed_since(&earlier);
-    if changed.is_empty() {
-        return "the earlier build is gone".to_owned();
-    }
-    let mut reasons: Vec<String> = changed.iter().map(|c| format!("{c} changed")).collect();
-    if let Some(i) = changed.iter().position(|c| c.contains("context"))
-        && let Some(files) = file_changes(manifest, entries, digests)
-    {
-        reasons[i] = format!("context changed: {files}");
-    }
-    reasons.join("; ")
 }
 
 fn failed(message: String) -> BuildResult {

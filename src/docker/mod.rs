@@ -1,25 +1,19 @@
 //! Everything that talks to the Docker engine (the only module that uses bollard):
-//! connecting, build contexts, builds, containers and networks, wait conditions, cleanup.
+//! connecting, builds, containers and networks, wait conditions, cleanup. What a build
+//! needs that the engine does not see (contexts, build keys, caches) is in
+//! [`crate::build`].
 
 mod build;
-mod build_key;
-mod build_records;
 mod client;
 mod container;
-pub mod context;
-mod digests;
-pub mod ignore;
 pub mod labels;
-mod pack;
 mod wait;
 
 pub use wait::Readiness;
 
-pub use build::{BuildRequest, BuildResult, cache_dir};
-pub use build_records::BuildRecords;
+pub use build::{BuildRequest, BuildResult};
 pub use client::Engine;
 pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers, Pause};
-pub use digests::DigestCache;
 pub use labels::Owner;
 
 /// Infrastructure failures: the engine could not be reached or refused a request. A

@@ -12,9 +12,10 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use super::engine::ContainerEngine;
 use super::policy::{PolicyError, Sandbox};
 use crate::collector::Mount;
-use crate::docker::{DockerError, Engine, Pause};
+use crate::docker::{DockerError, Pause};
 
 /// Where the Docker socket may live; mounting it needs `allow_docker_socket`.
 const DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
@@ -312,8 +313,8 @@ pub struct ContainerMounts {
 /// Resolves `mounts` for a container about to start: closes the gate (see [`MountGate`]),
 /// then walks each host path, creating missing directories. Returns the container's mounts
 /// (or why one is refused) and the gate to open once the container has started.
-pub async fn resolve_behind_gate(
-    engine: &Engine,
+pub async fn resolve_behind_gate<E: ContainerEngine>(
+    engine: &E,
     sandbox: &Sandbox,
     task: &str,
     mounts: &[Mount],
@@ -386,7 +387,10 @@ impl MountGate {
     /// Pauses every running dockhand container with a read-write bind mount of a strict
     /// ancestor of one of `paths` (as resolved roots see them): those could rename a
     /// component of the path while it is being checked and mounted.
-    pub async fn close(engine: &Engine, paths: &[PathBuf]) -> Result<MountGate, DockerError> {
+    pub async fn close<E: ContainerEngine>(
+        engine: &E,
+        paths: &[PathBuf],
+    ) -> Result<MountGate, DockerError> {
         let turn = GATE.lock().await;
         let mut gate = MountGate {
             _turn: turn,
@@ -417,7 +421,11 @@ impl MountGate {
     /// Pauses `id` and remembers to resume it. One paused by another dockhand process is
     /// waited for until that process resumes it, then paused again here: the pause must
     /// last until this gate opens, not until the other one does.
-    async fn pause(&mut self, engine: &Engine, id: String) -> Result<(), DockerError> {
+    async fn pause<E: ContainerEngine>(
+        &mut self,
+        engine: &E,
+        id: String,
+    ) -> Result<(), DockerError> {
         let deadline = tokio::time::Instant::now() + OTHER_GATE_WAIT;
         loop {
             match engine.pause(&id).await? {
@@ -435,7 +443,7 @@ impl MountGate {
     }
 
     /// Resumes what the gate paused.
-    pub async fn open(self, engine: &Engine) {
+    pub async fn open<E: ContainerEngine>(self, engine: &E) {
         for id in &self.paused {
             if let Err(e) = engine.unpause(id).await {
                 tracing::warn!("resuming container {id} after a mount check failed: {e}");

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,18 +10,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::engine::ContainerEngine;
 use super::policy::Sandbox;
 use super::task::run_task;
+use crate::build::{BuildRecords, DigestCache};
+use crate::cancel::{Cancel, CancelReason};
 use crate::collector::Config;
-use crate::docker::{
-    BuildRecords, BuildRequest, BuildResult, DigestCache, DockerError, Engine, Leftovers, Owner,
-    labels,
-};
+use crate::docker::{BuildRequest, BuildResult, DockerError, Leftovers, Owner, labels};
 use crate::events::{
     Emitter, Event, JobStatus, StageKind, StageLog, StageOutcome, StageStatus, Timestamp,
 };
 use crate::exit_code;
 use crate::plan::Plan;
+use crate::util::off_runtime;
 
 #[derive(Clone, Debug)]
 pub struct ExecutorOptions {
@@ -31,9 +31,9 @@ pub struct ExecutorOptions {
     /// The workspace (build contexts and bind mounts may not leave it) and what the
     /// operator allows beyond it.
     pub sandbox: Sandbox,
-    /// The digest cache and build manifests (see [`crate::docker::cache_dir`]).
+    /// The digest cache and build manifests (see [`crate::build::cache_dir`]).
     pub cache_dir: PathBuf,
-    /// Which image each build key produced (see [`crate::docker::BuildRecords`]).
+    /// Which image each build key produced (see [`crate::build::BuildRecords`]).
     pub build_records: PathBuf,
     /// Stages of one kind running at once.
     pub parallel: usize,
@@ -142,14 +142,15 @@ pub struct JobOutcome {
 }
 
 /// Runs every stage of `plan`. Returns when all stages have ended and every container and
-/// network of the job is gone; `cancel` stops it early, with the same cleanup.
-pub async fn run_job(
-    engine: &Engine,
+/// network of the job is gone; `cancel` stops it early, with the same cleanup, and its
+/// reason decides the verdict (timed out, or cancelled).
+pub async fn run_job<E: ContainerEngine>(
+    engine: &E,
     config: &Config,
     plan: &Plan,
     options: &ExecutorOptions,
     emitter: &Emitter,
-    cancel: &CancellationToken,
+    cancel: &Cancel,
 ) -> JobOutcome {
     let mut stages = vec![("collect".to_owned(), StageKind::Collect)];
     stages.extend(
@@ -184,17 +185,15 @@ pub async fn run_job(
     let mut outcomes = vec![StageOutcome::new(StageStatus::Passed)];
     collect.finished(outcomes[0].clone()).await;
 
-    let job_cancel = cancel.child_token();
-    let timed_out = Arc::new(AtomicBool::new(false));
+    let job_cancel = cancel.child();
     let timer = options.job_timeout.map(|limit| {
-        let (job_cancel, timed_out) = (job_cancel.clone(), timed_out.clone());
+        let job_cancel = job_cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            timed_out.store(true, Ordering::SeqCst);
-            job_cancel.cancel();
+            job_cancel.cancel(CancelReason::TimedOut);
         })
     });
-    let cancel = &job_cancel;
+    let cancel = job_cancel.token();
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
     // Made while the images build: creating a network costs 60–230 ms here.
@@ -212,11 +211,11 @@ pub async fn run_job(
     let job_started_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    let digests = Arc::new(Mutex::new(DigestCache::load(
-        &digest_cache,
-        &options.sandbox.workspace,
-        job_started_ns,
-    )));
+    let digests = {
+        let (path, workspace) = (digest_cache.clone(), options.sandbox.workspace.clone());
+        let cache = off_runtime(move || DigestCache::load(&path, &workspace, job_started_ns));
+        Arc::new(Mutex::new(cache.await))
+    };
     let keys: BuildKeys = Arc::default();
     let builds = schedule(
         plan.builds.iter().map(|b| b.after.clone()).collect(),
@@ -231,7 +230,7 @@ pub async fn run_job(
             let (digests, keys) = (digests.clone(), keys.clone());
             async move {
                 build_stage(
-                    &engine,
+                    &*engine,
                     &stage.spec,
                     &options,
                     digests,
@@ -245,9 +244,9 @@ pub async fn run_job(
         |i| emitter.stage(1 + i),
     )
     .await;
-    if let Ok(mut cache) = digests.lock()
-        && let Err(e) = cache.save()
-    {
+    let saving = digests.clone();
+    let saved = off_runtime(move || saving.lock().ok().map(|mut cache| cache.save())).await;
+    if let Some(Err(e)) = saved {
         tracing::warn!(
             "cannot save the digest cache {}: {e}",
             digest_cache.display()
@@ -285,7 +284,7 @@ pub async fn run_job(
                     return Err(DockerError::JobNetwork(error));
                 }
                 run_task(
-                    &engine,
+                    &*engine,
                     &stage,
                     offset + i,
                     &options,
@@ -320,11 +319,7 @@ pub async fn run_job(
     if let Some(timer) = timer {
         timer.abort();
     }
-    let (status, exit_code) = if timed_out.load(Ordering::SeqCst) {
-        (JobStatus::TimedOut, exit_code::TIMED_OUT)
-    } else {
-        verdict(&builds, &runs, plan)
-    };
+    let (status, exit_code) = verdict(&builds, &runs, plan, job_cancel.reason());
     outcomes.extend(builds);
     outcomes.extend(runs);
     finish(emitter, status, exit_code, outcomes).await
@@ -404,6 +399,7 @@ where
     let mut outcomes: Vec<Option<StageOutcome>> = vec![None; n];
     let mut started = vec![false; n];
     let mut running: JoinSet<(usize, StageOutcome)> = JoinSet::new();
+    let mut stage_of: HashMap<tokio::task::Id, (usize, StageLog)> = HashMap::new();
     loop {
         for i in 0..n {
             if started[i] || running.len() >= limit.max(1) {
@@ -434,7 +430,8 @@ where
                 continue;
             }
             let future = start(i, log.clone(), cancel.child_token());
-            running.spawn(async move {
+            let stage_log = log.clone();
+            let handle = running.spawn(async move {
                 log.started().await;
                 let outcome = match future.await {
                     Ok(outcome) => outcome,
@@ -446,17 +443,22 @@ where
                 log.finished(outcome.clone()).await;
                 (i, outcome)
             });
+            stage_of.insert(handle.id(), (i, stage_log));
         }
         if outcomes.iter().all(Option::is_some) {
             break;
         }
-        match running.join_next().await {
-            Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
+        match running.join_next_with_id().await {
+            Some(Ok((id, (i, outcome)))) => {
+                stage_of.remove(&id);
+                outcomes[i] = Some(outcome);
+            }
             Some(Err(e)) => {
                 tracing::error!("a stage task failed: {e}");
-                if let Some(i) = (0..n).find(|&i| started[i] && outcomes[i].is_none()) {
-                    outcomes[i] =
-                        Some(StageOutcome::new(StageStatus::Error).with_message(e.to_string()));
+                if let Some((i, log)) = stage_of.remove(&e.id()) {
+                    let outcome = StageOutcome::new(StageStatus::Error).with_message(failure(e));
+                    log.finished(outcome.clone()).await;
+                    outcomes[i] = Some(outcome);
                 }
             }
             None => {
@@ -472,12 +474,26 @@ where
         .collect()
 }
 
+/// Why a stage's task ended without an outcome: its panic message, or its abort.
+fn failure(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return format!("the stage's task ended early: {error}");
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|m| (*m).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("the stage panicked: {message}")
+}
+
 /// Build keys of the images built (or found cached) so far, by image name: a dependent's
 /// key includes its dependencies' keys.
 type BuildKeys = Arc<Mutex<HashMap<String, String>>>;
 
-async fn build_stage(
-    engine: &Engine,
+async fn build_stage<E: ContainerEngine>(
+    engine: &E,
     image: &crate::collector::Image,
     options: &ExecutorOptions,
     digests: Arc<Mutex<DigestCache>>,
@@ -542,12 +558,23 @@ async fn build_stage(
     })
 }
 
-/// The job's status and exit code: an infrastructure error first, then cancellation, then
-/// the first failing task's exit code (1–125), then a failed build.
-fn verdict(builds: &[StageOutcome], runs: &[StageOutcome], plan: &Plan) -> (JobStatus, u8) {
+/// The job's status and exit code: an infrastructure error first, then the job's
+/// cancellation (timed out when its time limit cancelled it), then the first failing
+/// task's exit code (1–125) or timeout, then a failed build.
+pub(super) fn verdict(
+    builds: &[StageOutcome],
+    runs: &[StageOutcome],
+    plan: &Plan,
+    cancelled: Option<CancelReason>,
+) -> (JobStatus, u8) {
     let all = || builds.iter().chain(runs);
     if all().any(|o| o.status == StageStatus::Error) {
         return (JobStatus::Error, exit_code::INFRASTRUCTURE);
+    }
+    match cancelled {
+        Some(CancelReason::TimedOut) => return (JobStatus::TimedOut, exit_code::TIMED_OUT),
+        Some(_) => return (JobStatus::Cancelled, exit_code::CANCELLED),
+        None => {}
     }
     if all().any(|o| o.status == StageStatus::Cancelled) {
         return (JobStatus::Cancelled, exit_code::CANCELLED);

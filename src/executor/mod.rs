@@ -3,11 +3,17 @@
 //! containers on its own network. Every stage's end is an event; the job's result is data.
 
 mod binds;
+mod engine;
+#[cfg(test)]
+mod fake;
 mod job;
 mod policy;
 mod task;
+#[cfg(test)]
+mod tests;
 
 pub use binds::make_own_dir;
+pub use engine::{ContainerEngine, Output};
 pub use job::{
     ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, report_unrunnable, run_job,
 };

@@ -7,24 +7,25 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::binds;
+use super::engine::{ContainerEngine, Output};
 use super::job::ExecutorOptions;
 use super::policy::{PolicyError, resolve_env};
 use crate::collector::{DependencyOptions, Image, Mount, RunCommand, TaskAction};
-use crate::docker::{Chunk, ContainerSpec, DockerError, Engine, ExitStatus, Owner, Readiness};
+use crate::docker::{ContainerSpec, DockerError, ExitStatus, Owner, Readiness};
 use crate::events::{LogStream, StageLog, StageOutcome, StageStatus};
 use crate::plan::RunStage;
 
 /// A dependency's last output kept to show when it dies: 64 KiB.
 const SERVICE_TAIL_BYTES: usize = 64 * 1024;
 
-pub async fn run_task(
-    engine: &Engine,
+pub async fn run_task<E: ContainerEngine>(
+    engine: &E,
     stage: &RunStage,
     stage_index: usize,
     options: &ExecutorOptions,
@@ -66,8 +67,8 @@ pub async fn run_task(
     Ok(outcome)
 }
 
-struct TaskRun<'a> {
-    engine: &'a Engine,
+struct TaskRun<'a, E> {
+    engine: &'a E,
     stage: &'a RunStage,
     options: &'a ExecutorOptions,
     owner: &'a Owner,
@@ -80,7 +81,7 @@ struct TaskRun<'a> {
     pumps: JoinSet<()>,
 }
 
-impl TaskRun<'_> {
+impl<E: ContainerEngine> TaskRun<'_, E> {
     async fn run(
         &mut self,
         cancel: &CancellationToken,
@@ -215,10 +216,7 @@ impl TaskRun<'_> {
         &mut self,
         mut spec: ContainerSpec,
         mounts: &[Mount],
-    ) -> Result<
-        Result<(String, impl Stream<Item = Chunk> + Send + Unpin + use<>), PolicyError>,
-        DockerError,
-    > {
+    ) -> Result<Result<(String, Output), PolicyError>, DockerError> {
         let gate = if mounts.is_empty() {
             None
         } else {
@@ -247,7 +245,7 @@ impl TaskRun<'_> {
     async fn create_and_start(
         &mut self,
         spec: &ContainerSpec,
-    ) -> Result<(String, impl Stream<Item = Chunk> + Send + Unpin + use<>), DockerError> {
+    ) -> Result<(String, Output), DockerError> {
         let id = self.engine.create_container(spec, self.owner).await?;
         self.containers.push(id.clone());
         let output = self.engine.attach_and_start(&id).await?;

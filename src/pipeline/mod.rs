@@ -249,7 +249,7 @@ impl JobRun<'_> {
                             &plan,
                             &executor,
                             &emitter,
-                            cancel.token(),
+                            cancel,
                         )
                         .await
                     }
@@ -391,14 +391,12 @@ fn masker(env: &JobEnv, collected: Option<&Collected>, warn: fn(&str)) -> Masker
 }
 
 async fn prune(root: PathBuf, keep: usize) {
-    let pruned = tokio::task::spawn_blocking(move || {
+    let pruned = crate::util::off_runtime(move || {
         prune_results(&root, keep).map_err(|e| format!("cannot prune {}: {e}", root.display()))
     })
     .await;
-    match pruned {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("{e}"),
-        Err(e) => tracing::warn!("pruning old results failed: {e}"),
+    if let Err(e) = pruned {
+        tracing::warn!("{e}");
     }
 }
 

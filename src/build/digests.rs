@@ -183,7 +183,7 @@ fn hash_file(path: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::context::Stamp;
+    use crate::build::context::Stamp;
 
     fn entry(path: &Path) -> Entry {
         let meta = fs::metadata(path).unwrap();
@@ -193,7 +193,7 @@ mod tests {
             kind: EntryKind::File {
                 mode: 0o644,
                 stamp: Stamp::of(&meta),
-                changed_ns: crate::docker::context::changed_ns(&meta),
+                changed_ns: crate::build::context::changed_ns(&meta),
             },
         }
     }

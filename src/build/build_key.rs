@@ -134,14 +134,14 @@ pub fn write_manifest(
 const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// The summary of the build a manifest describes, for [`BuildKey::changed_since`].
-pub fn manifest_summary(path: &Path) -> Option<String> {
+fn manifest_summary(path: &Path) -> Option<String> {
     let file = io::Read::take(crate::files::open_regular(path).ok()?, MAX_MANIFEST_BYTES);
     let first = io::BufRead::lines(io::BufReader::new(file)).next()?.ok()?;
     first.strip_prefix(SUMMARY_PREFIX).map(str::to_owned)
 }
 
 /// The files that differ from the last build's manifest: `changed a.txt, added b.txt, …`.
-pub fn file_changes(path: &Path, entries: &[Entry], digests: &[Option<String>]) -> Option<String> {
+fn file_changes(path: &Path, entries: &[Entry], digests: &[Option<String>]) -> Option<String> {
     let old = crate::files::read_limited(path, MAX_MANIFEST_BYTES).ok()?;
     let old = String::from_utf8(old).ok()?;
     let by_name = |text: &str| -> BTreeMap<String, String> {
@@ -184,13 +184,36 @@ pub fn file_changes(path: &Path, entries: &[Entry], digests: &[Option<String>]) 
     })
 }
 
+/// Why the last build of this image (as its manifest tells) cannot be reused.
+pub fn why_rebuilt(
+    key: &BuildKey,
+    manifest: &Path,
+    entries: &[Entry],
+    digests: &[Option<String>],
+) -> String {
+    let Some(earlier) = manifest_summary(manifest) else {
+        return "no earlier build".to_owned();
+    };
+    let changed = key.changed_since(&earlier);
+    if changed.is_empty() {
+        return "the earlier build is gone".to_owned();
+    }
+    let mut reasons: Vec<String> = changed.iter().map(|c| format!("{c} changed")).collect();
+    if let Some(i) = changed.iter().position(|c| c.contains("context"))
+        && let Some(files) = file_changes(manifest, entries, digests)
+    {
+        reasons[i] = format!("context changed: {files}");
+    }
+    reasons.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::build::context::Stamp;
     use crate::collector::GeneratedFile;
-    use crate::docker::context::Stamp;
 
     fn build() -> Build {
         Build {

@@ -234,7 +234,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::docker::context::Stamp;
+    use crate::build::context::Stamp;
 
     fn tree(names: &[&str]) -> Vec<Entry> {
         names

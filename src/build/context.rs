@@ -62,7 +62,7 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// `changed_ns`: the inode's ctime, which no task can set back (see
-    /// [`crate::docker::DigestCache`]).
+    /// [`crate::build::DigestCache`]).
     File {
         mode: u32,
         stamp: Stamp,
