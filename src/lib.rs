@@ -24,6 +24,7 @@
 //! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
 //! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, signals,
 //!   the sweep of dead jobs' leftovers.
+//! - [`protocol`]: the job server's wire types and API client, shared by both ends.
 //! - [`server`]: the job server agents poll (DESIGN.md §4).
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
@@ -39,6 +40,7 @@ pub mod exit_code;
 pub mod files;
 pub mod job;
 pub mod plan;
+pub mod protocol;
 pub mod report;
 pub mod server;
 pub mod source;

@@ -13,13 +13,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::check::SpecError;
 use super::settings::ServerSettings;
-use super::store::{Accept, Finish, JobResult, JobSpec, LogAppend, Renew, Store, StoreError};
+use super::store::{Accept, Finish, LogAppend, Renew, Store, StoreError};
+use crate::protocol::{
+    AcceptRequest, Accepted, ClaimRequest, Committed, ErrorBody, EventsAck, JobResult, JobSpec,
+    LeaseGone, LeaseRequest, Policy, Registered, Registration, SpecError, Submitted,
+};
 
 /// How often a followed log looks for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -53,14 +55,28 @@ pub struct ApiError(StatusCode, serde_json::Value);
 
 impl ApiError {
     pub fn new(status: StatusCode, message: &str) -> ApiError {
-        ApiError(status, json!({ "error": message }))
+        ApiError::with(
+            status,
+            &ErrorBody {
+                error: message.to_owned(),
+                field: None,
+            },
+        )
+    }
+
+    /// A refusal whose body is a protocol type other than [`ErrorBody`].
+    fn with(status: StatusCode, body: &impl Serialize) -> ApiError {
+        ApiError(status, serde_json::to_value(body).unwrap_or_default())
     }
 
     /// 422 naming the field that is refused.
     pub fn invalid(e: &SpecError) -> ApiError {
-        ApiError(
+        ApiError::with(
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({ "error": e.to_string(), "field": e.field }),
+            &ErrorBody {
+                error: e.to_string(),
+                field: Some(e.field.clone()),
+            },
         )
     }
 }
@@ -74,9 +90,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!("store: {e}");
-        ApiError(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": "the server's store failed; retry later"}),
+            "the server's store failed; retry later",
         )
     }
 }
@@ -148,16 +164,6 @@ async fn require_job_token(
     Ok(())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    name: String,
-    version: String,
-    #[serde(default)]
-    labels: Vec<String>,
-    capacity: i64,
-}
-
 async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -172,20 +178,17 @@ async fn register(
         .register_agent(&body.name, &body.version, &body.labels, body.capacity)
         .await?;
     let s = &state.settings;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "agent_id": agent_id,
-            "agent_token": agent_token,
-            "policy": {
-                "claim_wait_s": s.claim_wait.as_secs(),
-                "lease_s": s.lease.as_secs(),
-                "log_flush_ms": s.log_flush.as_millis() as u64,
-                "log_chunk_max": s.log_chunk_max,
-            },
-        })),
-    )
-        .into_response())
+    let registered = Registered {
+        agent_id,
+        agent_token,
+        policy: Policy {
+            claim_wait_s: s.claim_wait.as_secs(),
+            lease_s: s.lease.as_secs(),
+            log_flush_ms: s.log_flush.as_millis() as u64,
+            log_chunk_max: s.log_chunk_max,
+        },
+    };
+    Ok((StatusCode::CREATED, Json(registered)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -193,17 +196,12 @@ struct ClaimQuery {
     wait: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct Claim {
-    free_slots: u32,
-}
-
 async fn claim(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(query): Query<ClaimQuery>,
     headers: HeaderMap,
-    Json(body): Json<Claim>,
+    Json(body): Json<ClaimRequest>,
 ) -> ApiResult {
     let (caller, labels) = require_agent(&state, &headers).await?;
     if caller != agent_id {
@@ -232,16 +230,11 @@ async fn claim(
     }
 }
 
-#[derive(Deserialize)]
-struct AcceptBody {
-    offer_id: String,
-}
-
 async fn accept(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<AcceptBody>,
+    Json(body): Json<AcceptRequest>,
 ) -> ApiResult {
     let (agent_id, _) = require_agent(&state, &headers).await?;
     match state
@@ -253,7 +246,12 @@ async fn accept(
             job,
             lease,
             job_token,
-        } => Ok(Json(json!({"job": job, "lease": lease, "job_token": job_token})).into_response()),
+        } => Ok(Json(Accepted {
+            job: *job,
+            lease,
+            job_token,
+        })
+        .into_response()),
         Accept::Conflict => Err(refuse(
             StatusCode::CONFLICT,
             "the offer expired or was taken; claim again",
@@ -262,16 +260,11 @@ async fn accept(
     }
 }
 
-#[derive(Deserialize)]
-struct LeaseBody {
-    lease_id: String,
-}
-
 async fn lease(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<LeaseBody>,
+    Json(body): Json<LeaseRequest>,
 ) -> ApiResult {
     require_job_token(&state, &headers, &job_id).await?;
     match state
@@ -280,9 +273,12 @@ async fn lease(
         .await?
     {
         Renew::Renewed(renewal) => Ok(Json(renewal).into_response()),
-        Renew::Gone { state: job_state } => Err(ApiError(
+        Renew::Gone { state: job_state } => Err(ApiError::with(
             StatusCode::GONE,
-            json!({"error": "the lease is gone: stop the job", "state": job_state}),
+            &LeaseGone {
+                error: "the lease is gone: stop the job".to_owned(),
+                state: job_state,
+            },
         )),
         Renew::NotFound => Err(no_job()),
     }
@@ -312,12 +308,17 @@ async fn append_log(
         .append_log(&job_id, query.offset, &bytes)
         .await?
     {
-        LogAppend::Committed(committed) => {
-            Ok(Json(json!({ "committed": committed })).into_response())
-        }
-        LogAppend::Gap(committed) => Err(ApiError(
+        LogAppend::Committed(committed) => Ok(Json(Committed {
+            error: None,
+            committed,
+        })
+        .into_response()),
+        LogAppend::Gap(committed) => Err(ApiError::with(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            json!({ "committed": committed }),
+            &Committed {
+                error: None,
+                committed,
+            },
         )),
         LogAppend::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
         LogAppend::NotFound => Err(no_job()),
@@ -332,7 +333,7 @@ async fn events(
 ) -> ApiResult {
     require_job_token(&state, &headers, &job_id).await?;
     match state.store.add_events(&job_id, &events).await? {
-        Some(acked) => Ok(Json(json!({ "acked_seq": acked })).into_response()),
+        Some(acked_seq) => Ok(Json(EventsAck { acked_seq }).into_response()),
         None => Err(no_job()),
     }
 }
@@ -346,9 +347,12 @@ async fn result(
     require_job_token(&state, &headers, &job_id).await?;
     match state.store.finish(&job_id, &result).await? {
         Finish::Recorded => Ok(StatusCode::OK.into_response()),
-        Finish::LogIncomplete { committed } => Err(ApiError(
+        Finish::LogIncomplete { committed } => Err(ApiError::with(
             StatusCode::CONFLICT,
-            json!({"error": "the log does not match the result's length and sha256", "committed": committed}),
+            &Committed {
+                error: Some("the log does not match the result's length and sha256".to_owned()),
+                committed,
+            },
         )),
         Finish::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
         Finish::NotFound => Err(no_job()),
@@ -377,7 +381,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
     let job_id = state.store.create_job(&spec).await?;
     state.jobs_waiting.notify_waiters();
-    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -444,7 +448,7 @@ async fn read_log(
             }
             loop {
                 let job = store.job(&job_id).await.ok().flatten()?;
-                let running = ["queued", "offered", "running"].contains(&job.state.as_str());
+                let running = job.state.is_active();
                 let text = store.read_log(&job_id, offset).await.ok().flatten()?;
                 if !text.is_empty() {
                     let next = offset + text.len() as u64;
@@ -456,7 +460,7 @@ async fn read_log(
                     return Some((Ok::<_, Infallible>(event), (store, job_id, next, false)));
                 }
                 if !running {
-                    let event = Event::default().event("end").data(job.state);
+                    let event = Event::default().event("end").data(job.state.as_str());
                     return Some((Ok(event), (store, job_id, offset, true)));
                 }
                 tokio::time::sleep(FOLLOW_POLL).await;

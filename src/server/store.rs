@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::protocol::{JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer};
 
 macro_rules! job_columns {
     () => {
@@ -36,73 +37,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("no randomness from the system: {0}")]
     Random(String),
-}
-
-/// What a submitted job asks for (DESIGN.md §4, `POST /api/v1/jobs`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    pub source: JobSource,
-    #[serde(default = "default_config")]
-    pub config: String,
-    #[serde(default)]
-    pub tasks: Vec<String>,
-    #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Labels an agent must have to be offered the job.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// A duration like "30m".
-    #[serde(default)]
-    pub timeout: Option<String>,
-}
-
-fn default_config() -> String {
-    "config.yml".to_owned()
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum JobSource {
-    Git {
-        git: String,
-        #[serde(default)]
-        commit: Option<String>,
-        #[serde(default, rename = "ref")]
-        reference: Option<String>,
-    },
-    Path {
-        path: String,
-    },
-}
-
-/// A job as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobView {
-    pub id: String,
-    pub state: String,
-    #[serde(flatten)]
-    pub spec: JobSpec,
-    pub agent_id: Option<String>,
-    pub log_bytes: u64,
-    pub result: Option<serde_json::Value>,
-    pub cancel_reason: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Offer {
-    pub offer_id: String,
-    pub job_id: String,
-    pub expires_at: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Lease {
-    pub lease_id: String,
-    pub expires_at: i64,
+    #[error("stored job: {0}")]
+    State(String),
 }
 
 #[derive(Debug)]
@@ -117,19 +53,12 @@ pub enum Accept {
     NotFound,
 }
 
-#[derive(Debug, Serialize)]
-pub struct LeaseRenewal {
-    pub expires_at: i64,
-    pub cancel: bool,
-    pub reason: Option<String>,
-}
-
 #[derive(Debug)]
 pub enum Renew {
     Renewed(LeaseRenewal),
     /// Not this job's lease, or the job is no longer running (lost, finished).
     Gone {
-        state: String,
+        state: JobState,
     },
     NotFound,
 }
@@ -153,30 +82,6 @@ pub enum Finish {
     NotRunning,
     NotFound,
 }
-
-/// The result an agent reports (checked against the log before it is kept).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct JobResult {
-    pub status: String,
-    pub exit_code: i64,
-    #[serde(default)]
-    pub stages: Vec<serde_json::Value>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// Why the job ended in error when no stage says (its results could not be written).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    pub log: LogSummary,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct LogSummary {
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// States a result may set.
-pub const FINAL_STATES: &[&str] = &["succeeded", "failed", "cancelled", "timed_out", "error"];
 
 pub struct Store {
     pool: SqlitePool,
@@ -440,7 +345,7 @@ impl Store {
             Option<i64>,
         ) = (row.get(0), row.get(1), row.get(2), row.get(3));
         let replay = accepted == 0
-            && job.state == "running"
+            && job.state == JobState::Running
             && held_offer.as_deref() == Some(offer_id)
             && held_agent.as_deref() == Some(agent_id);
         if accepted == 0 && !replay {
@@ -585,7 +490,7 @@ impl Store {
         let Some(job) = self.job(job_id).await? else {
             return Ok(LogAppend::NotFound);
         };
-        if job.state != "running" {
+        if job.state != JobState::Running {
             return Ok(LogAppend::NotRunning);
         }
         let committed = job.log_bytes;
@@ -694,9 +599,8 @@ impl Store {
         let Some(job) = self.job(job_id).await? else {
             return Ok(Finish::NotFound);
         };
-        if job.state != "running" {
-            let same = job.result.as_ref().and_then(|r| r.get("log")).is_some();
-            return Ok(if same {
+        if job.state != JobState::Running {
+            return Ok(if job.result.is_some() {
                 Finish::Recorded
             } else {
                 Finish::NotRunning
@@ -708,13 +612,9 @@ impl Store {
         if result.log.bytes != committed || !digest.eq_ignore_ascii_case(&result.log.sha256) {
             return Ok(Finish::LogIncomplete { committed });
         }
-        let state = if FINAL_STATES.contains(&result.status.as_str()) {
-            result.status.as_str()
-        } else {
-            "error"
-        };
+        let state = JobState::from_status(&result.status);
         sqlx::query("UPDATE jobs SET state = ?, result = ?, finished_at = ? WHERE id = ? AND state = 'running'")
-            .bind(state)
+            .bind(state.as_str())
             .bind(serde_json::to_string(result)?)
             .bind(now_ms())
             .bind(job_id)
@@ -765,7 +665,7 @@ fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
     let result: Option<String> = row.get(5);
     Ok(JobView {
         id: row.get(0),
-        state: row.get(1),
+        state: row.get::<String, _>(1).parse().map_err(StoreError::State)?,
         spec: serde_json::from_str(&row.get::<String, _>(2))?,
         agent_id: row.get(3),
         log_bytes: row.get::<i64, _>(4) as u64,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
-use super::store::{JobSource, JobSpec};
+use crate::protocol::{JobSource, JobSpec, Submitted};
 
 /// A repository the server builds on push, and the tasks it runs (none: the pipeline).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub async fn push(
             .into_response());
     }
     state.jobs_waiting.notify_waiters();
-    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
 #[cfg(test)]

@@ -15,8 +15,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Body, ClientError, ServerClient};
 use crate::job::RemoteJob;
+use crate::protocol::client::{Body, ClientError, Retry, ServerClient};
+use crate::protocol::{
+    Committed, EventsAck, JobResult, LeaseGone, LeaseRenewal, LeaseRequest, LogSummary,
+};
 use crate::report::{EVENTS_FILE, JobRecord};
 
 /// In a job's results directory while its upload is owed.
@@ -75,10 +78,7 @@ impl Upload {
         let record = serde_json::to_value(record).unwrap_or(Value::Null);
         let _ = self.finished.set(record);
         self.wake.notify_one();
-        let uploaded = self
-            .upload
-            .await
-            .unwrap_or_else(|_| Err(ClientError::Cancelled));
+        let uploaded = self.upload.await.unwrap_or(Err(ClientError::Cancelled));
         self.stop_lease.cancel();
         let _ = self.lease.await;
         uploaded
@@ -132,30 +132,36 @@ async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: Cancellati
                 Method::PUT,
                 &path,
                 &remote.job_token,
-                Body::Json(json!({ "lease_id": remote.lease_id })),
+                Body::json(&LeaseRequest {
+                    lease_id: remote.lease_id.clone(),
+                }),
                 &[StatusCode::OK, StatusCode::GONE],
                 every,
             )
             .await;
         match answer {
-            Ok((StatusCode::OK, renewal)) if renewal["cancel"] == true => {
-                tracing::warn!(
-                    "job {}: the server cancels it: {}",
-                    remote.job_id,
-                    renewal["reason"].as_str().unwrap_or("no reason given")
-                );
-                job.cancel();
-            }
-            Ok((StatusCode::GONE, gone)) => {
+            Ok(answer) if answer.status == StatusCode::GONE => {
+                let state = answer.json::<LeaseGone>().map(|gone| gone.state);
                 tracing::warn!(
                     "job {}: the server says it is {}; stopping it",
                     remote.job_id,
-                    gone["state"].as_str().unwrap_or("gone")
+                    state.map_or("gone".to_owned(), |s| s.to_string())
                 );
                 job.cancel();
                 return;
             }
-            Ok(_) => {}
+            Ok(answer) => match answer.json::<LeaseRenewal>() {
+                Ok(renewal) if renewal.cancel => {
+                    tracing::warn!(
+                        "job {}: the server cancels it: {}",
+                        remote.job_id,
+                        renewal.reason.as_deref().unwrap_or("no reason given")
+                    );
+                    job.cancel();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("renewing the lease of {}: {e}", remote.job_id),
+            },
             Err(e) => tracing::warn!("renewing the lease of {} failed: {e}", remote.job_id),
         }
     }
@@ -231,19 +237,20 @@ impl Uploader {
             if chunk.is_empty() {
                 return Ok(committed);
             }
-            let (status, answer) = self
+            let answer = self
                 .client
                 .call_until_answered(
                     Method::PUT,
                     &format!("{}?offset={committed}", self.path("log")),
                     &self.remote.job_token,
-                    Body::Bytes(chunk),
+                    Body::Bytes(chunk.into()),
                     &[StatusCode::OK, StatusCode::RANGE_NOT_SATISFIABLE],
+                    Retry::Transient,
                     cancel,
                 )
                 .await?;
-            let server_has = answer["committed"].as_u64().unwrap_or(committed);
-            if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            let server_has = answer.json::<Committed>()?.committed;
+            if answer.status == StatusCode::RANGE_NOT_SATISFIABLE {
                 tracing::info!(
                     "the server holds {server_has} bytes of the log; resending from there"
                 );
@@ -275,18 +282,21 @@ impl Uploader {
         if events.is_empty() {
             return Ok(acked);
         }
-        let (_, answer) = self
+        let answer = self
             .client
             .call_until_answered(
                 Method::POST,
                 &self.path("events"),
                 &self.remote.job_token,
-                Body::Json(Value::Array(events)),
+                Body::json(&events),
                 &[StatusCode::OK],
+                // Idempotent by sequence number.
+                Retry::Transient,
                 cancel,
             )
             .await?;
-        Ok(answer["acked_seq"].as_u64().map_or(acked, |a| a as usize))
+        let acked = answer.json::<EventsAck>()?.acked_seq;
+        Ok(usize::try_from(acked).unwrap_or_default())
     }
 
     /// Reports result.json (or, when it could not be written, the job's `record`) with the
@@ -307,26 +317,28 @@ impl Uploader {
         });
         let (result, (log_len, sha256)) = read.await.unwrap_or_default();
         let body = result_body(result.as_ref().unwrap_or(record), log_len, &sha256);
-        let (status, answer) = self
+        let answer = self
             .client
             .call_until_answered(
                 Method::PUT,
                 &self.path("result"),
                 &self.remote.job_token,
-                Body::Json(body),
+                Body::json(&body),
                 &[StatusCode::OK, StatusCode::CONFLICT],
+                Retry::Transient,
                 cancel,
             )
             .await?;
-        if status == StatusCode::OK {
+        if answer.status == StatusCode::OK {
             return Ok(None);
         }
-        match answer["committed"].as_u64() {
-            Some(committed) if committed < log_bytes.max(log_len) => Ok(Some(committed)),
+        match answer.json::<Committed>() {
+            Ok(held) if held.committed < log_bytes.max(log_len) => Ok(Some(held.committed)),
             _ => Err(ClientError::Refused {
-                url: self.client.url.clone(),
-                status,
-                body: answer.to_string(),
+                url: answer.url.clone(),
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+                retry_after: None,
             }),
         }
     }
@@ -334,25 +346,22 @@ impl Uploader {
 
 /// The result call's body: `stages` is always a list (the server refuses anything else), a
 /// job with no status is an error.
-fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> Value {
-    let stages = match &result["stages"] {
-        Value::Array(stages) => stages.clone(),
-        _ => Vec::new(),
-    };
-    let mut body = json!({
-        "status": result["status"].as_str().unwrap_or("error"),
-        "exit_code": result["exit_code"]
+fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> JobResult {
+    let text = |field: &str| result[field].as_str().map(str::to_owned);
+    JobResult {
+        status: text("status").unwrap_or_else(|| "error".to_owned()),
+        exit_code: result["exit_code"]
             .as_i64()
             .unwrap_or(i64::from(crate::exit_code::INFRASTRUCTURE)),
-        "stages": stages,
-        "started_at": result["started_at"].clone(),
-        "finished_at": result["finished_at"].clone(),
-        "log": { "bytes": log_bytes, "sha256": sha256 },
-    });
-    if let Some(message) = result["message"].as_str() {
-        body["message"] = json!(message);
+        stages: result["stages"].as_array().cloned().unwrap_or_default(),
+        started_at: text("started_at"),
+        finished_at: text("finished_at"),
+        message: text("message"),
+        log: LogSummary {
+            bytes: log_bytes,
+            sha256: sha256.to_owned(),
+        },
     }
-    body
 }
 
 /// The length and sha256 of `path`, read in pieces: a log may be hundreds of MB.
@@ -392,14 +401,14 @@ mod tests {
 
     #[test]
     fn the_result_body_always_carries_a_list_of_stages_and_a_status() {
-        let body = result_body(&Value::Null, 0, "e3b0");
+        let body = serde_json::to_value(result_body(&Value::Null, 0, "e3b0")).unwrap();
         assert_eq!(body["stages"], json!([]));
         assert_eq!(
             (body["status"].as_str(), body["exit_code"].as_i64()),
             (Some("error"), Some(202))
         );
         let record = json!({"status": "error", "exit_code": 202, "stages": null, "message": "writing log.txt: full"});
-        let body = result_body(&record, 3, "ab");
+        let body = serde_json::to_value(result_body(&record, 3, "ab")).unwrap();
         assert_eq!(body["stages"], json!([]));
         assert_eq!(body["message"], "writing log.txt: full");
         assert_eq!(body["log"], json!({"bytes": 3, "sha256": "ab"}));
