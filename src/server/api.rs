@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::settings::ServerSettings;
-use super::store::{Accept, Finish, LogAppend, Renew, Store, StoreError};
+use super::store::{Accept, Finish, JobStore, LogAppend, Renew, StoreError};
 use crate::protocol::{
     AcceptRequest, Accepted, ClaimRequest, Committed, ErrorBody, EventsAck, JobResult, JobSpec,
     LeaseGone, LeaseRequest, Policy, Registered, Registration, SpecError, Submitted,
@@ -25,28 +25,43 @@ use crate::protocol::{
 
 /// How often a followed log looks for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// The most log one follow event carries: a follower that starts late on a long log reads
+/// it in pieces instead of all at once.
+const FOLLOW_CHUNK: u64 = 1 << 20;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<Store>,
+pub struct AppState<S> {
+    pub store: Arc<S>,
     pub settings: Arc<ServerSettings>,
     /// Woken when a job may be offered: a submission, an offer returned to the queue.
     pub jobs_waiting: Arc<Notify>,
 }
 
-pub fn router(state: AppState) -> Router {
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState {
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            jobs_waiting: self.jobs_waiting.clone(),
+        }
+    }
+}
+
+pub fn router<S: JobStore>(state: AppState<S>) -> Router {
     Router::new()
-        .route("/api/v1/agents", post(register))
-        .route("/api/v1/agents/{id}/claim", post(claim))
-        .route("/api/v1/jobs", post(submit).get(list))
-        .route("/api/v1/jobs/{id}", get(detail))
-        .route("/api/v1/jobs/{id}/accept", post(accept))
-        .route("/api/v1/jobs/{id}/lease", put(lease))
-        .route("/api/v1/jobs/{id}/log", put(append_log).get(read_log))
-        .route("/api/v1/jobs/{id}/events", post(events))
-        .route("/api/v1/jobs/{id}/result", put(result))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/webhooks/{forge}", post(super::webhook::push))
+        .route("/api/v1/agents", post(register::<S>))
+        .route("/api/v1/agents/{id}/claim", post(claim::<S>))
+        .route("/api/v1/jobs", post(submit::<S>).get(list::<S>))
+        .route("/api/v1/jobs/{id}", get(detail::<S>))
+        .route("/api/v1/jobs/{id}/accept", post(accept::<S>))
+        .route("/api/v1/jobs/{id}/lease", put(lease::<S>))
+        .route(
+            "/api/v1/jobs/{id}/log",
+            put(append_log::<S>).get(read_log::<S>),
+        )
+        .route("/api/v1/jobs/{id}/events", post(events::<S>))
+        .route("/api/v1/jobs/{id}/result", put(result::<S>))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel::<S>))
+        .route("/api/v1/webhooks/{forge}", post(super::webhook::push::<S>))
         .with_state(state)
 }
 
@@ -129,7 +144,7 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_admin<S: JobStore>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(token) if same_secret(token, &state.settings.admin_token) => Ok(()),
         _ => Err(unauthorized()),
@@ -137,8 +152,8 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 }
 
 /// The calling agent's id and labels.
-async fn require_agent(
-    state: &AppState,
+async fn require_agent<S: JobStore>(
+    state: &AppState<S>,
     headers: &HeaderMap,
 ) -> Result<(String, Vec<String>), ApiError> {
     let token = bearer(headers).ok_or_else(unauthorized)?;
@@ -151,8 +166,8 @@ async fn require_agent(
 
 /// The caller holds the job's lease. A job marked `lost` while its agent could not reach
 /// the server is running again from here on (DESIGN.md §4: an outage loses nothing).
-async fn require_job_token(
-    state: &AppState,
+async fn require_job_token<S: JobStore>(
+    state: &AppState<S>,
     headers: &HeaderMap,
     job_id: &str,
 ) -> Result<(), ApiError> {
@@ -164,8 +179,8 @@ async fn require_job_token(
     Ok(())
 }
 
-async fn register(
-    State(state): State<AppState>,
+async fn register<S: JobStore>(
+    State(state): State<AppState<S>>,
     headers: HeaderMap,
     Json(body): Json<Registration>,
 ) -> ApiResult {
@@ -173,10 +188,7 @@ async fn register(
         Some(token) if same_secret(token, &state.settings.registration_token) => {}
         _ => return Err(unauthorized()),
     }
-    let (agent_id, agent_token) = state
-        .store
-        .register_agent(&body.name, &body.version, &body.labels, body.capacity)
-        .await?;
+    let (agent_id, agent_token) = state.store.register_agent(&body).await?;
     let s = &state.settings;
     let registered = Registered {
         agent_id,
@@ -196,8 +208,8 @@ struct ClaimQuery {
     wait: Option<u64>,
 }
 
-async fn claim(
-    State(state): State<AppState>,
+async fn claim<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(agent_id): Path<String>,
     Query(query): Query<ClaimQuery>,
     headers: HeaderMap,
@@ -230,8 +242,8 @@ async fn claim(
     }
 }
 
-async fn accept(
-    State(state): State<AppState>,
+async fn accept<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<AcceptRequest>,
@@ -260,8 +272,8 @@ async fn accept(
     }
 }
 
-async fn lease(
-    State(state): State<AppState>,
+async fn lease<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<LeaseRequest>,
@@ -289,8 +301,8 @@ struct OffsetQuery {
     offset: u64,
 }
 
-async fn append_log(
-    State(state): State<AppState>,
+async fn append_log<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     Query(query): Query<OffsetQuery>,
     headers: HeaderMap,
@@ -325,8 +337,8 @@ async fn append_log(
     }
 }
 
-async fn events(
-    State(state): State<AppState>,
+async fn events<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(events): Json<Vec<serde_json::Value>>,
@@ -338,8 +350,8 @@ async fn events(
     }
 }
 
-async fn result(
-    State(state): State<AppState>,
+async fn result<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(result): Json<JobResult>,
@@ -376,7 +388,11 @@ fn submitted_spec(body: &[u8], allow_local: bool) -> Result<JobSpec, ApiError> {
     Ok(spec)
 }
 
-async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn submit<S: JobStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     require_admin(&state, &headers)?;
     let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
     let job_id = state.store.create_job(&spec).await?;
@@ -389,8 +405,8 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(
-    State(state): State<AppState>,
+async fn list<S: JobStore>(
+    State(state): State<AppState<S>>,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
@@ -399,8 +415,8 @@ async fn list(
     Ok(Json(state.store.jobs(limit).await?).into_response())
 }
 
-async fn detail(
-    State(state): State<AppState>,
+async fn detail<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -421,15 +437,19 @@ struct LogQuery {
 
 /// The job's log; with `follow=1`, server-sent events: `log` (a JSON string of new text, as
 /// it is committed) until the job ends, then `end` (its state).
-async fn read_log(
-    State(state): State<AppState>,
+async fn read_log<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
     require_admin(&state, &headers)?;
     if query.follow == 0 {
-        return match state.store.read_log(&job_id, query.offset).await? {
+        return match state
+            .store
+            .read_log(&job_id, query.offset, u64::MAX)
+            .await?
+        {
             Some(log) => {
                 Ok(([(header::CONTENT_TYPE, "application/octet-stream")], log).into_response())
             }
@@ -449,7 +469,14 @@ async fn read_log(
             loop {
                 let job = store.job(&job_id).await.ok().flatten()?;
                 let running = job.state.is_active();
-                let text = store.read_log(&job_id, offset).await.ok().flatten()?;
+                let mut text = store
+                    .read_log(&job_id, offset, FOLLOW_CHUNK)
+                    .await
+                    .ok()
+                    .flatten()?;
+                if text.len() as u64 == FOLLOW_CHUNK {
+                    keep_whole_characters(&mut text);
+                }
                 if !text.is_empty() {
                     let next = offset + text.len() as u64;
                     let data = serde_json::to_string(&String::from_utf8_lossy(&text)).ok()?;
@@ -472,8 +499,19 @@ async fn read_log(
         .into_response())
 }
 
-async fn cancel(
-    State(state): State<AppState>,
+/// Drops a UTF-8 character cut in two at the end of a piece of log: the next piece starts
+/// with it whole.
+fn keep_whole_characters(text: &mut Vec<u8>) {
+    if let Err(e) = std::str::from_utf8(text)
+        && e.error_len().is_none()
+        && e.valid_up_to() > 0
+    {
+        text.truncate(e.valid_up_to());
+    }
+}
+
+async fn cancel<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {

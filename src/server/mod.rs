@@ -11,4 +11,4 @@ mod webhook;
 
 pub use serve::{ServeError, serve};
 pub use settings::{BuiltRepository, ServerSettings};
-pub use store::{Store, StoreError};
+pub use store::{JobStore, SqliteStore, StoreError};

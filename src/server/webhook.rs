@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
+use super::store::JobStore;
 use crate::protocol::{JobSource, JobSpec, Submitted};
 
 /// A repository the server builds on push, and the tasks it runs (none: the pipeline).
@@ -56,8 +57,8 @@ pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
-pub async fn push(
-    State(state): State<AppState>,
+pub async fn push<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(forge): Path<String>,
     headers: HeaderMap,
     body: Bytes,
