@@ -23,17 +23,12 @@ use crate::source::SourceEvent;
 pub enum HttpSourceError {
     #[error("the registration token variable {0} is not set")]
     NoToken(String),
-    #[error("registering with {url}: {source}")]
-    Register {
-        url: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("the agent identity file {path}: {source}")]
+    #[error("registering with {url}: {error}")]
+    Register { url: String, error: ClientError },
+    #[error("the agent identity file {path}: {error}")]
     Identity {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -316,9 +311,9 @@ async fn register(
         )
         .await
         .and_then(|answer| answer.json())
-        .map_err(|source| HttpSourceError::Register {
+        .map_err(|error| HttpSourceError::Register {
             url: client.url.clone(),
-            source,
+            error,
         })?;
     let identity = Identity {
         agent_id: answer.agent_id,
@@ -332,9 +327,9 @@ async fn register(
         path,
         &serde_json::to_vec_pretty(&identity).unwrap_or_default(),
     )
-    .map_err(|source| HttpSourceError::Identity {
+    .map_err(|error| HttpSourceError::Identity {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(identity)
 }
