@@ -339,6 +339,112 @@ mod tests {
         }
     }
 
+    /// A server on loopback that answers each connection with the next of `answers` (a
+    /// status line and headers, and a body); returns its URL and the requests it saw.
+    async fn canned(
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for (head, body) in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let read = stream.read(&mut buffer).await.unwrap();
+                    if read == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                seen.push(
+                    String::from_utf8_lossy(&request)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+                let answer = format!(
+                    "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn a_503_is_retried_for_an_idempotent_call_and_retry_after_is_a_typed_field() {
+        let (url, server) = canned(vec![
+            ("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0", ""),
+            ("HTTP/1.1 200 OK", r#"{"job_id": "job-1"}"#),
+        ])
+        .await;
+        let client = ServerClient::new(&url).giving_up_after(3);
+        let cancel = CancellationToken::new();
+        let answer = client
+            .call_until_answered(
+                Method::GET,
+                "/api/v1/jobs/job-1",
+                "t",
+                Body::None,
+                &[StatusCode::OK],
+                Retry::Transient,
+                &cancel,
+            )
+            .await
+            .unwrap();
+        let submitted: crate::protocol::Submitted = answer.json().unwrap();
+        assert_eq!(submitted.job_id, "job-1");
+        assert_eq!(server.await.unwrap().len(), 2);
+
+        let (url, server) = canned(vec![(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7",
+            "busy",
+        )])
+        .await;
+        let client = ServerClient::new(&url).giving_up_after(3);
+        let error = client
+            .call_until_answered(
+                Method::POST,
+                "/api/v1/jobs",
+                "t",
+                Body::json(&serde_json::json!({})),
+                &[StatusCode::CREATED],
+                Retry::Unsent,
+                &cancel,
+            )
+            .await
+            .unwrap_err();
+        let ClientError::Refused {
+            status,
+            body,
+            retry_after,
+            ..
+        } = error
+        else {
+            panic!("{error}");
+        };
+        assert_eq!(
+            (status, body.as_str(), retry_after),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                Some(Duration::from_secs(7))
+            )
+        );
+        assert_eq!(
+            server.await.unwrap(),
+            ["POST /api/v1/jobs HTTP/1.1"],
+            "a submission the server may have acted on is not sent again"
+        );
+    }
+
     #[tokio::test]
     async fn retry_after_is_honoured_and_attempts_run_out() {
         let client = ServerClient::new("http://127.0.0.1:9").giving_up_after(3);
