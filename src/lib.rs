@@ -25,6 +25,7 @@
 //! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
 //! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, signals,
 //!   the sweep of dead jobs' leftovers.
+//! - [`protocol`]: the job server's wire types and API client, shared by both ends.
 //! - [`server`]: the job server agents poll (DESIGN.md §4).
 //! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
 
@@ -43,6 +44,7 @@ pub mod graph;
 pub mod job;
 pub mod pipeline;
 pub mod plan;
+pub mod protocol;
 pub mod report;
 pub mod server;
 pub mod signals;

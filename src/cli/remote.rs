@@ -4,51 +4,86 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use reqwest::{Method, StatusCode};
+use tokio_util::sync::CancellationToken;
 
 use super::args::{ServerAddress, SubmitArgs};
 use super::output::outln;
 use super::runtime::{self, Threads};
 use super::terminal;
 use crate::exit_code;
+use crate::protocol::client::{Answer, Body, ClientError, Retry, ServerClient};
+use crate::protocol::{ErrorBody, JobSource, JobSpec, JobView, Submitted};
 
 /// Exit code when the job server cannot be reached or refuses.
 const SERVER_ERROR: u8 = exit_code::INFRASTRUCTURE;
 
-fn request(
-    client: &reqwest::Client,
-    server: &ServerAddress,
-    method: reqwest::Method,
-    path: &str,
-) -> reqwest::RequestBuilder {
-    let url = format!("{}{path}", server.server.trim_end_matches('/'));
-    client.request(method, url).bearer_auth(&server.token)
+/// Calls made before a command gives up on an unreachable or overloaded server: a few
+/// seconds of backoff, not an agent's patience.
+const ATTEMPTS: u32 = 5;
+
+/// The API client as the commands use it: the admin token, a person waiting.
+struct Remote {
+    client: ServerClient,
+    token: String,
+    /// Never cancelled: a command ends when its call does (or on Ctrl-C).
+    cancel: CancellationToken,
 }
 
-/// Sends, and turns a refusal or network failure into a message.
-async fn send(request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, String> {
-    let response = request.send().await.map_err(|e| {
-        let e = e.to_string();
-        format!(
-            "{what}: cannot reach the job server: {}",
-            terminal::escape(&e)
-        )
-    })?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
+impl Remote {
+    fn new(server: &ServerAddress) -> Remote {
+        Remote {
+            client: ServerClient::new(&server.server).giving_up_after(ATTEMPTS),
+            token: server.token.clone(),
+            cancel: CancellationToken::new(),
+        }
     }
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or(body);
-    let message = terminal::escape(&message);
-    Err(match status {
-        StatusCode::UNAUTHORIZED => format!("{what}: the server refused the token ({message})"),
-        _ => format!("{what}: the server answered {status}: {message}"),
-    })
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        retry: Retry,
+        what: &str,
+    ) -> Result<Answer, String> {
+        let ok = [StatusCode::OK, StatusCode::CREATED, StatusCode::ACCEPTED];
+        self.client
+            .call_until_answered(method, path, &self.token, body, &ok, retry, &self.cancel)
+            .await
+            .map_err(|e| explain(&e, what))
+    }
+
+    /// A response read as it arrives (a followed log).
+    async fn open(&self, path: &str, what: &str) -> Result<reqwest::Response, String> {
+        self.client
+            .open(path, &self.token, &[StatusCode::OK], &self.cancel)
+            .await
+            .map_err(|e| explain(&e, what))
+    }
+}
+
+/// A refusal or network failure as a message.
+fn explain(error: &ClientError, what: &str) -> String {
+    match error {
+        ClientError::Network { reason, .. } => format!(
+            "{what}: cannot reach the job server: {}",
+            terminal::escape(reason)
+        ),
+        ClientError::Refused { status, body, .. } => {
+            let message = serde_json::from_str::<ErrorBody>(body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| body.clone());
+            let message = terminal::escape(&message);
+            match *status {
+                StatusCode::UNAUTHORIZED => {
+                    format!("{what}: the server refused the token ({message})")
+                }
+                _ => format!("{what}: the server answered {status}: {message}"),
+            }
+        }
+        other => format!("{what}: {}", terminal::escape(&other.to_string())),
+    }
 }
 
 fn finish(result: Result<u8, String>) -> u8 {
@@ -59,30 +94,40 @@ fn finish(result: Result<u8, String>) -> u8 {
 }
 
 pub fn submit(args: &SubmitArgs) -> u8 {
-    let server = &args.server;
     let source = match (&args.git, &args.path) {
-        (Some(git), _) => json!({"git": git, "ref": args.reference, "commit": args.commit}),
-        (None, Some(path)) => json!({ "path": path }),
+        (Some(git), _) => JobSource::Git {
+            git: git.clone(),
+            commit: args.commit.clone(),
+            reference: args.reference.clone(),
+        },
+        (None, Some(path)) => JobSource::Path { path: path.clone() },
         (None, None) => unreachable!("clap requires --git or --path"),
     };
-    let env: BTreeMap<&String, &String> = args.env.iter().map(|(k, v)| (k, v)).collect();
-    let body = json!({"source": source, "config": args.config_file, "tasks": args.tasks,
-                      "env": env, "labels": args.labels, "timeout": args.timeout});
+    let spec = JobSpec {
+        source,
+        config: args.config_file.clone(),
+        tasks: args.tasks.clone(),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        labels: args.labels.clone(),
+        timeout: args.timeout.clone(),
+    };
     let Some(runtime) = runtime::start(Threads::One) else {
         return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let request = request(&client, server, reqwest::Method::POST, "/api/v1/jobs").json(&body);
-        let answer: Value = send(request, "submitting")
-            .await?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        outln!(
-            "{}",
-            terminal::escape(answer["job_id"].as_str().unwrap_or_default())
-        );
+        let remote = Remote::new(&args.server);
+        let answer = remote
+            .call(
+                Method::POST,
+                "/api/v1/jobs",
+                Body::json(&spec),
+                // The server does not dedupe submissions: a retry could run the job twice.
+                Retry::Unsent,
+                "submitting",
+            )
+            .await?;
+        let submitted: Submitted = answer.json().map_err(|e| e.to_string())?;
+        outln!("{}", terminal::escape(&submitted.job_id));
         Ok(exit_code::SUCCESS)
     }))
 }
@@ -92,40 +137,44 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
         return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let remote = Remote::new(server);
         let path = format!("/api/v1/jobs?limit={limit}");
-        let request = request(&client, server, reqwest::Method::GET, &path);
-        let jobs: Vec<Value> = send(request, "listing jobs")
-            .await?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let answer = remote
+            .call(
+                Method::GET,
+                &path,
+                Body::None,
+                Retry::Transient,
+                "listing jobs",
+            )
+            .await?;
         if as_json {
+            let jobs: serde_json::Value = answer.json().map_err(|e| e.to_string())?;
             outln!(
                 "{}",
                 serde_json::to_string_pretty(&jobs).unwrap_or_default()
             );
             return Ok(exit_code::SUCCESS);
         }
+        let jobs: Vec<JobView> = answer.json().map_err(|e| e.to_string())?;
         outln!("{:<26}  {:<10}  {:>9}  source", "job", "state", "log");
         for job in &jobs {
-            let source = &job["source"];
-            let from = source["git"]
-                .as_str()
-                .map(|g| {
-                    let at = source["commit"]
-                        .as_str()
-                        .or(source["ref"].as_str())
-                        .unwrap_or("HEAD");
-                    format!("{g} @ {at}")
-                })
-                .or_else(|| source["path"].as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let from = match &job.spec.source {
+                JobSource::Git {
+                    git,
+                    commit,
+                    reference,
+                } => {
+                    let at = commit.as_deref().or(reference.as_deref()).unwrap_or("HEAD");
+                    format!("{git} @ {at}")
+                }
+                JobSource::Path { path } => path.clone(),
+            };
             outln!(
                 "{:<26}  {:<10}  {:>9}  {}",
-                terminal::escape(job["id"].as_str().unwrap_or_default()),
-                terminal::escape(job["state"].as_str().unwrap_or_default()),
-                job["log_bytes"].as_u64().unwrap_or(0),
+                terminal::escape(&job.id),
+                terminal::escape(job.state.as_str()),
+                job.log_bytes,
                 terminal::escape(&from)
             );
         }
@@ -138,16 +187,12 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
         return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let remote = Remote::new(server);
         let path = format!(
             "/api/v1/jobs/{job}/log{}",
             if follow { "?follow=1" } else { "" }
         );
-        let mut response = send(
-            request(&client, server, reqwest::Method::GET, &path),
-            "reading the log",
-        )
-        .await?;
+        let mut response = remote.open(&path, "reading the log").await?;
         let mut stdout = std::io::stdout();
         // Piped, the log is the job's bytes as they are; on a terminal, only lines, tabs
         // and colours pass and other control sequences are shown escaped.
@@ -195,13 +240,18 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
         return exit_code::INFRASTRUCTURE;
     };
     finish(runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let remote = Remote::new(server);
         let path = format!("/api/v1/jobs/{job}/cancel");
-        send(
-            request(&client, server, reqwest::Method::POST, &path),
-            "cancelling",
-        )
-        .await?;
+        // Cancelling twice is cancelling once.
+        remote
+            .call(
+                Method::POST,
+                &path,
+                Body::None,
+                Retry::Transient,
+                "cancelling",
+            )
+            .await?;
         eprintln!("job {}: cancel requested", terminal::escape(job));
         Ok(exit_code::SUCCESS)
     }))

@@ -13,38 +13,55 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::check::SpecError;
 use super::settings::ServerSettings;
-use super::store::{Accept, Finish, JobResult, JobSpec, LogAppend, Renew, Store, StoreError};
+use super::store::{Accept, Finish, JobStore, LogAppend, Renew, StoreError};
+use crate::protocol::{
+    AcceptRequest, Accepted, ClaimRequest, Committed, ErrorBody, EventsAck, JobResult, JobSpec,
+    LeaseGone, LeaseRequest, Policy, Registered, Registration, SpecError, Submitted,
+};
 
 /// How often a followed log looks for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// The most log one follow event carries: a follower that starts late on a long log reads
+/// it in pieces instead of all at once.
+const FOLLOW_CHUNK: u64 = 1 << 20;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<Store>,
+pub struct AppState<S> {
+    pub store: Arc<S>,
     pub settings: Arc<ServerSettings>,
     /// Woken when a job may be offered: a submission, an offer returned to the queue.
     pub jobs_waiting: Arc<Notify>,
 }
 
-pub fn router(state: AppState) -> Router {
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState {
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            jobs_waiting: self.jobs_waiting.clone(),
+        }
+    }
+}
+
+pub fn router<S: JobStore>(state: AppState<S>) -> Router {
     Router::new()
-        .route("/api/v1/agents", post(register))
-        .route("/api/v1/agents/{id}/claim", post(claim))
-        .route("/api/v1/jobs", post(submit).get(list))
-        .route("/api/v1/jobs/{id}", get(detail))
-        .route("/api/v1/jobs/{id}/accept", post(accept))
-        .route("/api/v1/jobs/{id}/lease", put(lease))
-        .route("/api/v1/jobs/{id}/log", put(append_log).get(read_log))
-        .route("/api/v1/jobs/{id}/events", post(events))
-        .route("/api/v1/jobs/{id}/result", put(result))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/webhooks/{forge}", post(super::webhook::push))
+        .route("/api/v1/agents", post(register::<S>))
+        .route("/api/v1/agents/{id}/claim", post(claim::<S>))
+        .route("/api/v1/jobs", post(submit::<S>).get(list::<S>))
+        .route("/api/v1/jobs/{id}", get(detail::<S>))
+        .route("/api/v1/jobs/{id}/accept", post(accept::<S>))
+        .route("/api/v1/jobs/{id}/lease", put(lease::<S>))
+        .route(
+            "/api/v1/jobs/{id}/log",
+            put(append_log::<S>).get(read_log::<S>),
+        )
+        .route("/api/v1/jobs/{id}/events", post(events::<S>))
+        .route("/api/v1/jobs/{id}/result", put(result::<S>))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel::<S>))
+        .route("/api/v1/webhooks/{forge}", post(super::webhook::push::<S>))
         .with_state(state)
 }
 
@@ -53,14 +70,28 @@ pub struct ApiError(StatusCode, serde_json::Value);
 
 impl ApiError {
     pub fn new(status: StatusCode, message: &str) -> ApiError {
-        ApiError(status, json!({ "error": message }))
+        ApiError::with(
+            status,
+            &ErrorBody {
+                error: message.to_owned(),
+                field: None,
+            },
+        )
+    }
+
+    /// A refusal whose body is a protocol type other than [`ErrorBody`].
+    fn with(status: StatusCode, body: &impl Serialize) -> ApiError {
+        ApiError(status, serde_json::to_value(body).unwrap_or_default())
     }
 
     /// 422 naming the field that is refused.
     pub fn invalid(e: &SpecError) -> ApiError {
-        ApiError(
+        ApiError::with(
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({ "error": e.to_string(), "field": e.field }),
+            &ErrorBody {
+                error: e.to_string(),
+                field: Some(e.field.clone()),
+            },
         )
     }
 }
@@ -74,9 +105,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!("store: {e}");
-        ApiError(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": "the server's store failed; retry later"}),
+            "the server's store failed; retry later",
         )
     }
 }
@@ -113,7 +144,7 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_admin<S: JobStore>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(token) if same_secret(token, &state.settings.admin_token) => Ok(()),
         _ => Err(unauthorized()),
@@ -121,8 +152,8 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 }
 
 /// The calling agent's id and labels.
-async fn require_agent(
-    state: &AppState,
+async fn require_agent<S: JobStore>(
+    state: &AppState<S>,
     headers: &HeaderMap,
 ) -> Result<(String, Vec<String>), ApiError> {
     let token = bearer(headers).ok_or_else(unauthorized)?;
@@ -135,8 +166,8 @@ async fn require_agent(
 
 /// The caller holds the job's lease. A job marked `lost` while its agent could not reach
 /// the server is running again from here on (DESIGN.md §4: an outage loses nothing).
-async fn require_job_token(
-    state: &AppState,
+async fn require_job_token<S: JobStore>(
+    state: &AppState<S>,
     headers: &HeaderMap,
     job_id: &str,
 ) -> Result<(), ApiError> {
@@ -148,18 +179,8 @@ async fn require_job_token(
     Ok(())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    name: String,
-    version: String,
-    #[serde(default)]
-    labels: Vec<String>,
-    capacity: i64,
-}
-
-async fn register(
-    State(state): State<AppState>,
+async fn register<S: JobStore>(
+    State(state): State<AppState<S>>,
     headers: HeaderMap,
     Json(body): Json<Registration>,
 ) -> ApiResult {
@@ -167,25 +188,19 @@ async fn register(
         Some(token) if same_secret(token, &state.settings.registration_token) => {}
         _ => return Err(unauthorized()),
     }
-    let (agent_id, agent_token) = state
-        .store
-        .register_agent(&body.name, &body.version, &body.labels, body.capacity)
-        .await?;
+    let (agent_id, agent_token) = state.store.register_agent(&body).await?;
     let s = &state.settings;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "agent_id": agent_id,
-            "agent_token": agent_token,
-            "policy": {
-                "claim_wait_s": s.claim_wait.as_secs(),
-                "lease_s": s.lease.as_secs(),
-                "log_flush_ms": s.log_flush.as_millis() as u64,
-                "log_chunk_max": s.log_chunk_max,
-            },
-        })),
-    )
-        .into_response())
+    let registered = Registered {
+        agent_id,
+        agent_token,
+        policy: Policy {
+            claim_wait_s: s.claim_wait.as_secs(),
+            lease_s: s.lease.as_secs(),
+            log_flush_ms: s.log_flush.as_millis() as u64,
+            log_chunk_max: s.log_chunk_max,
+        },
+    };
+    Ok((StatusCode::CREATED, Json(registered)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -193,17 +208,12 @@ struct ClaimQuery {
     wait: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct Claim {
-    free_slots: u32,
-}
-
-async fn claim(
-    State(state): State<AppState>,
+async fn claim<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(agent_id): Path<String>,
     Query(query): Query<ClaimQuery>,
     headers: HeaderMap,
-    Json(body): Json<Claim>,
+    Json(body): Json<ClaimRequest>,
 ) -> ApiResult {
     let (caller, labels) = require_agent(&state, &headers).await?;
     if caller != agent_id {
@@ -232,16 +242,11 @@ async fn claim(
     }
 }
 
-#[derive(Deserialize)]
-struct AcceptBody {
-    offer_id: String,
-}
-
-async fn accept(
-    State(state): State<AppState>,
+async fn accept<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<AcceptBody>,
+    Json(body): Json<AcceptRequest>,
 ) -> ApiResult {
     let (agent_id, _) = require_agent(&state, &headers).await?;
     match state
@@ -253,7 +258,12 @@ async fn accept(
             job,
             lease,
             job_token,
-        } => Ok(Json(json!({"job": job, "lease": lease, "job_token": job_token})).into_response()),
+        } => Ok(Json(Accepted {
+            job: *job,
+            lease,
+            job_token,
+        })
+        .into_response()),
         Accept::Conflict => Err(refuse(
             StatusCode::CONFLICT,
             "the offer expired or was taken; claim again",
@@ -262,16 +272,11 @@ async fn accept(
     }
 }
 
-#[derive(Deserialize)]
-struct LeaseBody {
-    lease_id: String,
-}
-
-async fn lease(
-    State(state): State<AppState>,
+async fn lease<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<LeaseBody>,
+    Json(body): Json<LeaseRequest>,
 ) -> ApiResult {
     require_job_token(&state, &headers, &job_id).await?;
     match state
@@ -280,9 +285,12 @@ async fn lease(
         .await?
     {
         Renew::Renewed(renewal) => Ok(Json(renewal).into_response()),
-        Renew::Gone { state: job_state } => Err(ApiError(
+        Renew::Gone { state: job_state } => Err(ApiError::with(
             StatusCode::GONE,
-            json!({"error": "the lease is gone: stop the job", "state": job_state}),
+            &LeaseGone {
+                error: "the lease is gone: stop the job".to_owned(),
+                state: job_state,
+            },
         )),
         Renew::NotFound => Err(no_job()),
     }
@@ -293,8 +301,8 @@ struct OffsetQuery {
     offset: u64,
 }
 
-async fn append_log(
-    State(state): State<AppState>,
+async fn append_log<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     Query(query): Query<OffsetQuery>,
     headers: HeaderMap,
@@ -312,33 +320,38 @@ async fn append_log(
         .append_log(&job_id, query.offset, &bytes)
         .await?
     {
-        LogAppend::Committed(committed) => {
-            Ok(Json(json!({ "committed": committed })).into_response())
-        }
-        LogAppend::Gap(committed) => Err(ApiError(
+        LogAppend::Committed(committed) => Ok(Json(Committed {
+            error: None,
+            committed,
+        })
+        .into_response()),
+        LogAppend::Gap(committed) => Err(ApiError::with(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            json!({ "committed": committed }),
+            &Committed {
+                error: None,
+                committed,
+            },
         )),
         LogAppend::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
         LogAppend::NotFound => Err(no_job()),
     }
 }
 
-async fn events(
-    State(state): State<AppState>,
+async fn events<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(events): Json<Vec<serde_json::Value>>,
 ) -> ApiResult {
     require_job_token(&state, &headers, &job_id).await?;
     match state.store.add_events(&job_id, &events).await? {
-        Some(acked) => Ok(Json(json!({ "acked_seq": acked })).into_response()),
+        Some(acked_seq) => Ok(Json(EventsAck { acked_seq }).into_response()),
         None => Err(no_job()),
     }
 }
 
-async fn result(
-    State(state): State<AppState>,
+async fn result<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Json(result): Json<JobResult>,
@@ -346,9 +359,12 @@ async fn result(
     require_job_token(&state, &headers, &job_id).await?;
     match state.store.finish(&job_id, &result).await? {
         Finish::Recorded => Ok(StatusCode::OK.into_response()),
-        Finish::LogIncomplete { committed } => Err(ApiError(
+        Finish::LogIncomplete { committed } => Err(ApiError::with(
             StatusCode::CONFLICT,
-            json!({"error": "the log does not match the result's length and sha256", "committed": committed}),
+            &Committed {
+                error: Some("the log does not match the result's length and sha256".to_owned()),
+                committed,
+            },
         )),
         Finish::NotRunning => Err(refuse(StatusCode::CONFLICT, "the job is not running")),
         Finish::NotFound => Err(no_job()),
@@ -372,12 +388,16 @@ fn submitted_spec(body: &[u8], allow_local: bool) -> Result<JobSpec, ApiError> {
     Ok(spec)
 }
 
-async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn submit<S: JobStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     require_admin(&state, &headers)?;
     let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
     let job_id = state.store.create_job(&spec).await?;
     state.jobs_waiting.notify_waiters();
-    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -385,8 +405,8 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(
-    State(state): State<AppState>,
+async fn list<S: JobStore>(
+    State(state): State<AppState<S>>,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
@@ -395,8 +415,8 @@ async fn list(
     Ok(Json(state.store.jobs(limit).await?).into_response())
 }
 
-async fn detail(
-    State(state): State<AppState>,
+async fn detail<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -417,15 +437,19 @@ struct LogQuery {
 
 /// The job's log; with `follow=1`, server-sent events: `log` (a JSON string of new text, as
 /// it is committed) until the job ends, then `end` (its state).
-async fn read_log(
-    State(state): State<AppState>,
+async fn read_log<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
     require_admin(&state, &headers)?;
     if query.follow == 0 {
-        return match state.store.read_log(&job_id, query.offset).await? {
+        return match state
+            .store
+            .read_log(&job_id, query.offset, u64::MAX)
+            .await?
+        {
             Some(log) => {
                 Ok(([(header::CONTENT_TYPE, "application/octet-stream")], log).into_response())
             }
@@ -444,8 +468,15 @@ async fn read_log(
             }
             loop {
                 let job = store.job(&job_id).await.ok().flatten()?;
-                let running = ["queued", "offered", "running"].contains(&job.state.as_str());
-                let text = store.read_log(&job_id, offset).await.ok().flatten()?;
+                let running = job.state.is_active();
+                let mut text = store
+                    .read_log(&job_id, offset, FOLLOW_CHUNK)
+                    .await
+                    .ok()
+                    .flatten()?;
+                if text.len() as u64 == FOLLOW_CHUNK {
+                    keep_whole_characters(&mut text);
+                }
                 if !text.is_empty() {
                     let next = offset + text.len() as u64;
                     let data = serde_json::to_string(&String::from_utf8_lossy(&text)).ok()?;
@@ -456,7 +487,7 @@ async fn read_log(
                     return Some((Ok::<_, Infallible>(event), (store, job_id, next, false)));
                 }
                 if !running {
-                    let event = Event::default().event("end").data(job.state);
+                    let event = Event::default().event("end").data(job.state.as_str());
                     return Some((Ok(event), (store, job_id, offset, true)));
                 }
                 tokio::time::sleep(FOLLOW_POLL).await;
@@ -468,8 +499,19 @@ async fn read_log(
         .into_response())
 }
 
-async fn cancel(
-    State(state): State<AppState>,
+/// Drops a UTF-8 character cut in two at the end of a piece of log: the next piece starts
+/// with it whole.
+fn keep_whole_characters(text: &mut Vec<u8>) {
+    if let Err(e) = std::str::from_utf8(text)
+        && e.error_len().is_none()
+        && e.valid_up_to() > 0
+    {
+        text.truncate(e.valid_up_to());
+    }
+}
+
+async fn cancel<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {

@@ -4,13 +4,11 @@
 //! the database.
 
 mod api;
-mod check;
 mod serve;
 mod settings;
 mod store;
 mod webhook;
 
-pub use check::SpecError;
 pub use serve::{ServeError, serve};
 pub use settings::{BuiltRepository, ServerSettings};
-pub use store::{JobResult, JobSource, JobSpec, JobView, LogSummary, Store, StoreError};
+pub use store::{JobStore, SqliteStore, StoreError};

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{AppState, router};
 use super::settings::ServerSettings;
-use super::store::{Store, StoreError};
+use super::store::{JobStore, SqliteStore, StoreError};
 
 /// How often offers and leases are checked for lapses.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
@@ -36,14 +36,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {error}")]
     Listen {
         address: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("serving failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
 }
 
 /// Serves until `shutdown`; `ready` gets the bound address (port 0 picks one).
@@ -52,7 +51,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
-    let store = Arc::new(Store::open(&settings.database).await?);
+    let store = Arc::new(SqliteStore::open(&settings.database).await?);
     let graced = store.grant_grace(settings.lease).await?;
     if graced > 0 {
         tracing::info!("{graced} running job(s): their agents have a lease's time to renew");
@@ -60,9 +59,9 @@ pub async fn serve(
     let listener =
         TcpListener::bind(settings.listen)
             .await
-            .map_err(|source| ServeError::Listen {
+            .map_err(|error| ServeError::Listen {
                 address: settings.listen.to_string(),
-                source,
+                error,
             })?;
     let address = listener.local_addr().map_err(ServeError::Serve)?;
     let state = AppState {
@@ -164,7 +163,7 @@ async fn read_body(State(timeout): State<Duration>, request: Request, next: Next
     }
 }
 
-async fn expire_lapsed(state: AppState, shutdown: CancellationToken) {
+async fn expire_lapsed<S: JobStore>(state: AppState<S>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tokio::select! {

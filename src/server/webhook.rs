@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
-use super::store::{JobSource, JobSpec};
+use super::store::JobStore;
+use crate::protocol::{JobSource, JobSpec, Submitted};
 
 /// A repository the server builds on push, and the tasks it runs (none: the pipeline).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +57,8 @@ pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
-pub async fn push(
-    State(state): State<AppState>,
+pub async fn push<S: JobStore>(
+    State(state): State<AppState<S>>,
     Path(forge): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -150,7 +151,7 @@ pub async fn push(
             .into_response());
     }
     state.jobs_waiting.notify_waiters();
-    Ok((StatusCode::CREATED, Json(json!({ "job_id": job_id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
 #[cfg(test)]

@@ -7,30 +7,28 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Body, ClientError, ServerClient};
 use crate::config::HttpSource;
 use crate::job::{Job, OnBusy, Origin, RemoteJob, new_job_id};
+use crate::protocol::client::{Body, ClientError, Retry, ServerClient};
+use crate::protocol::{
+    AcceptRequest, Accepted, ClaimRequest, JobResult, JobSource, LogSummary, Offer, Registered,
+    Registration,
+};
 use crate::source::SourceEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSourceError {
     #[error("the registration token variable {0} is not set")]
     NoToken(String),
-    #[error("registering with {url}: {source}")]
-    Register {
-        url: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("the agent identity file {path}: {source}")]
+    #[error("registering with {url}: {error}")]
+    Register { url: String, error: ClientError },
+    #[error("the agent identity file {path}: {error}")]
     Identity {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -43,6 +41,12 @@ struct Identity {
     lease_s: u64,
     log_flush_ms: u64,
     log_chunk_max: usize,
+}
+
+/// Of an accept whose job the agent cannot read, what it needs to end that job.
+#[derive(Deserialize)]
+struct Held {
+    job_token: String,
 }
 
 /// What the agent tells the server about itself.
@@ -85,13 +89,21 @@ pub async fn run_http(
             Method::POST,
             &claim_path,
             &identity.agent_token,
-            Body::Json(json!({ "free_slots": slots })),
+            Body::json(&ClaimRequest {
+                free_slots: u32::try_from(slots).unwrap_or(u32::MAX),
+            }),
             &[StatusCode::OK, StatusCode::NO_CONTENT],
+            // A lost answer leaves an offer that lapses back to the queue.
+            Retry::Transient,
             &cancel,
         );
-        let offer = match claim.await {
-            Ok((StatusCode::OK, offer)) => offer,
-            Ok(_) => continue,
+        let offer = match claim.await.and_then(|answer| {
+            (answer.status == StatusCode::OK)
+                .then(|| answer.json::<Offer>())
+                .transpose()
+        }) {
+            Ok(Some(offer)) => offer,
+            Ok(None) => continue,
             Err(ClientError::Cancelled) => return Ok(()),
             Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
                 tracing::warn!("the server no longer knows this agent; registering again");
@@ -105,19 +117,23 @@ pub async fn run_http(
                 continue;
             }
         };
-        let job_id = offer["job_id"].as_str().unwrap_or_default().to_owned();
+        let job_id = offer.job_id;
         let accepted = client
             .call_until_answered(
                 Method::POST,
                 &format!("/api/v1/jobs/{job_id}/accept"),
                 &identity.agent_token,
-                Body::Json(json!({ "offer_id": offer["offer_id"] })),
+                Body::json(&AcceptRequest {
+                    offer_id: offer.offer_id,
+                }),
                 &[StatusCode::OK, StatusCode::CONFLICT, StatusCode::NOT_FOUND],
+                // Idempotent on the offer.
+                Retry::Transient,
                 &cancel,
             )
             .await;
-        let accepted = match accepted {
-            Ok((StatusCode::OK, accepted)) => accepted,
+        let answer = match accepted {
+            Ok(answer) if answer.status == StatusCode::OK => answer,
             Ok(_) => continue,
             Err(ClientError::Cancelled) => return Ok(()),
             Err(e) => {
@@ -125,11 +141,25 @@ pub async fn run_http(
                 continue;
             }
         };
-        let job = match job_from(&accepted, &identity, &source, &stream) {
+        let job = answer
+            .json::<Accepted>()
+            .map_err(|e| format!("the server's job is not understood: {e}"))
+            .and_then(|accepted| job_from(&accepted, &identity, &source, &stream));
+        let job = match job {
             Ok(job) => job,
             Err(message) => {
                 problem(&tx, &stream, format!("job {job_id}: {message}")).await;
-                refuse_job(&client, &accepted, &agent.name, &message, &cancel).await;
+                if let Ok(held) = answer.json::<Held>() {
+                    refuse_job(
+                        &client,
+                        &job_id,
+                        &held.job_token,
+                        &agent.name,
+                        &message,
+                        &cancel,
+                    )
+                    .await;
+                }
                 continue;
             }
         };
@@ -145,20 +175,13 @@ pub async fn run_http(
 /// agent trusts no server to have done it) and against the agent's own permission for
 /// local sources.
 fn job_from(
-    accepted: &Value,
+    accepted: &Accepted,
     identity: &Identity,
     source: &HttpSource,
     stream: &str,
 ) -> Result<Job, String> {
     let url = source.url.trim_end_matches('/');
-    let fields = ["source", "config", "tasks", "env", "labels", "timeout"];
-    let spec: serde_json::Map<String, Value> = fields
-        .iter()
-        .filter_map(|f| Some((f.to_string(), accepted["job"].get(*f)?.clone())))
-        .filter(|(_, v)| !v.is_null())
-        .collect();
-    let spec: crate::server::JobSpec = serde_json::from_value(Value::Object(spec))
-        .map_err(|e| format!("the server's job is not understood: {e}"))?;
+    let spec = accepted.job.spec.clone();
     spec.check(source.allow_local_sources).map_err(|e| {
         let hint = if e.field == "source.git" || e.field == "source.path" {
             " (the agent's `allow_local_sources` for this http source)"
@@ -170,12 +193,9 @@ fn job_from(
     let timeout = spec
         .timeout_duration()
         .map_err(|e| format!("timeout: {e}"))?;
-    let server_id = accepted["job"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let server_id = accepted.job.id.clone();
     let origin = match spec.source {
-        crate::server::JobSource::Git {
+        JobSource::Git {
             git,
             commit,
             reference,
@@ -183,7 +203,7 @@ fn job_from(
             url: git,
             reference: commit.or(reference).unwrap_or_else(|| "HEAD".to_owned()),
         },
-        crate::server::JobSource::Path { path } => Origin::Path { path: path.into() },
+        JobSource::Path { path } => Origin::Path { path: path.into() },
     };
     Ok(Job {
         id: new_job_id(),
@@ -198,14 +218,8 @@ fn job_from(
         remote: Some(RemoteJob {
             url: url.to_owned(),
             job_id: server_id,
-            job_token: accepted["job_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            lease_id: accepted["lease"]["lease_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            job_token: accepted.job_token.clone(),
+            lease_id: accepted.lease.lease_id.clone(),
             lease: Duration::from_secs(identity.lease_s.max(3)),
             log_flush: Duration::from_millis(identity.log_flush_ms.max(50)),
             log_chunk_max: identity.log_chunk_max.max(1024),
@@ -217,30 +231,34 @@ fn job_from(
 /// wait out its lease to end `lost`.
 async fn refuse_job(
     client: &ServerClient,
-    accepted: &Value,
+    job_id: &str,
+    token: &str,
     agent: &str,
     reason: &str,
     cancel: &CancellationToken,
 ) {
-    let (Some(job_id), Some(token)) = (
-        accepted["job"]["id"].as_str(),
-        accepted["job_token"].as_str(),
-    ) else {
-        return;
-    };
     let log = format!("agent {agent}: this job is not run: {reason}\n").into_bytes();
-    let sha256 = crate::util::sha256_hex(&log);
-    let result = json!({"status": "error", "exit_code": crate::exit_code::INFRASTRUCTURE,
-        "stages": [], "started_at": null, "finished_at": null,
-        "log": {"bytes": log.len(), "sha256": sha256}});
+    let result = JobResult {
+        status: "error".to_owned(),
+        exit_code: crate::exit_code::INFRASTRUCTURE.into(),
+        stages: Vec::new(),
+        started_at: None,
+        finished_at: None,
+        message: None,
+        log: LogSummary {
+            bytes: log.len() as u64,
+            sha256: crate::util::sha256_hex(&log),
+        },
+    };
     let reported = async {
         client
             .call_until_answered(
                 Method::PUT,
                 &format!("/api/v1/jobs/{job_id}/log?offset=0"),
                 token,
-                Body::Bytes(log),
+                Body::Bytes(log.into()),
                 &[StatusCode::OK],
+                Retry::Transient,
                 cancel,
             )
             .await?;
@@ -249,8 +267,9 @@ async fn refuse_job(
                 Method::PUT,
                 &format!("/api/v1/jobs/{job_id}/result"),
                 token,
-                Body::Json(result),
+                Body::json(&result),
                 &[StatusCode::OK],
+                Retry::Transient,
                 cancel,
             )
             .await
@@ -273,45 +292,44 @@ async fn register(
 ) -> Result<Identity, HttpSourceError> {
     let token = std::env::var(&source.token_env)
         .map_err(|_| HttpSourceError::NoToken(source.token_env.clone()))?;
-    let body = json!({
-        "name": agent.name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "labels": agent.labels,
-        "capacity": agent.capacity,
-    });
-    let (_, answer) = client
+    let body = Registration {
+        name: agent.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        labels: agent.labels.clone(),
+        capacity: i64::try_from(agent.capacity).unwrap_or(i64::MAX),
+    };
+    let answer: Registered = client
         .call_until_answered(
             Method::POST,
             "/api/v1/agents",
             &token,
-            Body::Json(body),
+            Body::json(&body),
             &[StatusCode::CREATED],
+            // A lost answer leaves an agent nobody uses; registering again is harmless.
+            Retry::Transient,
             cancel,
         )
         .await
-        .map_err(|source| HttpSourceError::Register {
+        .and_then(|answer| answer.json())
+        .map_err(|error| HttpSourceError::Register {
             url: client.url.clone(),
-            source,
+            error,
         })?;
-    let policy = &answer["policy"];
     let identity = Identity {
-        agent_id: answer["agent_id"].as_str().unwrap_or_default().to_owned(),
-        agent_token: answer["agent_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        claim_wait_s: policy["claim_wait_s"].as_u64().unwrap_or(30),
-        lease_s: policy["lease_s"].as_u64().unwrap_or(30),
-        log_flush_ms: policy["log_flush_ms"].as_u64().unwrap_or(200),
-        log_chunk_max: policy["log_chunk_max"].as_u64().unwrap_or(1 << 20) as usize,
+        agent_id: answer.agent_id,
+        agent_token: answer.agent_token,
+        claim_wait_s: answer.policy.claim_wait_s,
+        lease_s: answer.policy.lease_s,
+        log_flush_ms: answer.policy.log_flush_ms,
+        log_chunk_max: answer.policy.log_chunk_max,
     };
     write_private(
         path,
         &serde_json::to_vec_pretty(&identity).unwrap_or_default(),
     )
-    .map_err(|source| HttpSourceError::Identity {
+    .map_err(|error| HttpSourceError::Identity {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(identity)
 }

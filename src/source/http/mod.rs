@@ -1,8 +1,7 @@
 //! The job server as a source: [`claim`] takes jobs, [`upload`] sends each one's lease
-//! renewals, log, events and result back, [`client`] makes the calls and retries them.
+//! renewals, log, events and result back, both through [`crate::protocol::client`].
 
 pub mod claim;
-pub mod client;
 pub mod upload;
 
 pub use claim::{AgentInfo, HttpSourceError, run_http};

@@ -4,6 +4,7 @@
 //! and events.jsonl are on disk before a byte is sent, and `remote.json` there says what
 //! is still owed, so an agent restart finishes the upload.
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -15,8 +16,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Body, ClientError, ServerClient};
 use crate::job::RemoteJob;
+use crate::protocol::client::{Body, ClientError, Retry, ServerClient};
+use crate::protocol::{
+    Committed, EventsAck, JobResult, LeaseGone, LeaseRenewal, LeaseRequest, LogSummary,
+};
 use crate::report::{EVENTS_FILE, JobRecord};
 
 /// In a job's results directory while its upload is owed.
@@ -54,11 +58,7 @@ impl Upload {
         let lease = tokio::spawn(renew_lease(remote.clone(), job, stop_lease.clone()));
         let finished = Arc::new(OnceLock::new());
         let wake = Arc::new(Notify::new());
-        let uploader = Uploader {
-            client: ServerClient::new(&remote.url),
-            remote: remote.clone(),
-            dir: dir.to_path_buf(),
-        };
+        let uploader = Uploader::new(remote.clone(), dir.to_path_buf());
         let upload = tokio::spawn(uploader.run(finished.clone(), wake.clone(), agent));
         Upload {
             lease,
@@ -75,10 +75,7 @@ impl Upload {
         let record = serde_json::to_value(record).unwrap_or(Value::Null);
         let _ = self.finished.set(record);
         self.wake.notify_one();
-        let uploaded = self
-            .upload
-            .await
-            .unwrap_or_else(|_| Err(ClientError::Cancelled));
+        let uploaded = self.upload.await.unwrap_or(Err(ClientError::Cancelled));
         self.stop_lease.cancel();
         let _ = self.lease.await;
         uploaded
@@ -103,11 +100,7 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
             continue;
         }
         tracing::info!("resuming the upload of job {}", remote.job_id);
-        let uploader = Uploader {
-            client: ServerClient::new(&remote.url),
-            remote,
-            dir,
-        };
+        let uploader = Uploader::new(remote, dir);
         let finished = Arc::new(OnceLock::from(Value::Null));
         if let Err(e) = uploader
             .run(finished, Arc::new(Notify::new()), cancel.clone())
@@ -132,30 +125,36 @@ async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: Cancellati
                 Method::PUT,
                 &path,
                 &remote.job_token,
-                Body::Json(json!({ "lease_id": remote.lease_id })),
+                Body::json(&LeaseRequest {
+                    lease_id: remote.lease_id.clone(),
+                }),
                 &[StatusCode::OK, StatusCode::GONE],
                 every,
             )
             .await;
         match answer {
-            Ok((StatusCode::OK, renewal)) if renewal["cancel"] == true => {
-                tracing::warn!(
-                    "job {}: the server cancels it: {}",
-                    remote.job_id,
-                    renewal["reason"].as_str().unwrap_or("no reason given")
-                );
-                job.cancel();
-            }
-            Ok((StatusCode::GONE, gone)) => {
+            Ok(answer) if answer.status == StatusCode::GONE => {
+                let state = answer.json::<LeaseGone>().map(|gone| gone.state);
                 tracing::warn!(
                     "job {}: the server says it is {}; stopping it",
                     remote.job_id,
-                    gone["state"].as_str().unwrap_or("gone")
+                    state.map_or("gone".to_owned(), |s| s.to_string())
                 );
                 job.cancel();
                 return;
             }
-            Ok(_) => {}
+            Ok(answer) => match answer.json::<LeaseRenewal>() {
+                Ok(renewal) if renewal.cancel => {
+                    tracing::warn!(
+                        "job {}: the server cancels it: {}",
+                        remote.job_id,
+                        renewal.reason.as_deref().unwrap_or("no reason given")
+                    );
+                    job.cancel();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("renewing the lease of {}: {e}", remote.job_id),
+            },
             Err(e) => tracing::warn!("renewing the lease of {} failed: {e}", remote.job_id),
         }
     }
@@ -168,6 +167,14 @@ struct Uploader {
 }
 
 impl Uploader {
+    fn new(remote: RemoteJob, dir: PathBuf) -> Uploader {
+        Uploader {
+            client: ServerClient::new(&remote.url),
+            remote,
+            dir,
+        }
+    }
+
     /// Uploads until done. Nothing is owed any more when it succeeds or the server refuses
     /// for good (the job was lost or finished elsewhere); a cancel leaves it owed.
     async fn run(
@@ -189,12 +196,12 @@ impl Uploader {
         wake: Arc<Notify>,
         cancel: &CancellationToken,
     ) -> Result<(), ClientError> {
-        let mut committed = 0u64;
-        let mut acked = 0usize;
+        let mut log = LogSpool::new(self.dir.join("log.txt"));
+        let mut events = EventSpool::new(self.dir.join(EVENTS_FILE));
         loop {
             let done = finished.get().is_some();
-            committed = self.upload_log(committed, cancel).await?;
-            acked = self.upload_events(acked, cancel).await?;
+            self.upload_log(&mut log, cancel).await?;
+            events = self.upload_events(events, done, cancel).await?;
             if done {
                 break;
             }
@@ -206,10 +213,12 @@ impl Uploader {
         }
         let record = finished.get().unwrap_or(&Value::Null);
         loop {
-            let log_bytes = self.upload_log(committed, cancel).await?;
-            match self.report_result(log_bytes, record, cancel).await? {
+            self.upload_log(&mut log, cancel).await?;
+            let (answer, spool) = self.report_result(log, record, cancel).await?;
+            log = spool;
+            match answer {
                 None => break,
-                Some(server_has) => committed = server_has,
+                Some(server_has) => log.committed = server_has,
             }
         }
         Ok(())
@@ -219,74 +228,85 @@ impl Uploader {
         format!("/api/v1/jobs/{}/{call}", self.remote.job_id)
     }
 
-    /// Sends log.txt from `committed` to its current end; returns the new committed length.
+    /// Sends log.txt from what the server has committed to its current end, hashing the
+    /// bytes the server commits.
     async fn upload_log(
         &self,
-        mut committed: u64,
+        log: &mut LogSpool,
         cancel: &CancellationToken,
-    ) -> Result<u64, ClientError> {
-        let log = self.dir.join("log.txt");
+    ) -> Result<(), ClientError> {
         loop {
-            let chunk = read_chunk(&log, committed, self.remote.log_chunk_max);
+            let (path, offset) = (log.path.clone(), log.committed);
+            let max = self.remote.log_chunk_max;
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&path, offset, max))
+                .await
+                .unwrap_or_default();
             if chunk.is_empty() {
-                return Ok(committed);
+                return Ok(());
             }
-            let (status, answer) = self
+            let chunk = bytes::Bytes::from(chunk);
+            let answer = self
                 .client
                 .call_until_answered(
                     Method::PUT,
-                    &format!("{}?offset={committed}", self.path("log")),
+                    &format!("{}?offset={offset}", self.path("log")),
                     &self.remote.job_token,
-                    Body::Bytes(chunk),
+                    Body::Bytes(chunk.clone()),
                     &[StatusCode::OK, StatusCode::RANGE_NOT_SATISFIABLE],
+                    Retry::Transient,
                     cancel,
                 )
                 .await?;
-            let server_has = answer["committed"].as_u64().unwrap_or(committed);
-            if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            let server_has = answer.json::<Committed>()?.committed;
+            if answer.status == StatusCode::RANGE_NOT_SATISFIABLE {
                 tracing::info!(
                     "the server holds {server_has} bytes of the log; resending from there"
                 );
+            } else {
+                log.hash(offset, &chunk, server_has);
             }
-            committed = server_has;
+            log.committed = server_has;
         }
     }
 
+    /// Sends the events written since the last call: one batch while the job runs, all of
+    /// them once it is `done`.
     async fn upload_events(
         &self,
-        acked: usize,
+        mut events: EventSpool,
+        done: bool,
         cancel: &CancellationToken,
-    ) -> Result<usize, ClientError> {
-        let text = std::fs::read_to_string(self.dir.join(EVENTS_FILE)).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        let events: Vec<Value> = complete
-            .lines()
-            .enumerate()
-            .skip(acked)
-            .take(EVENT_BATCH)
-            .map(|(i, line)| {
-                let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut event {
-                    map.insert("seq".to_owned(), json!(i + 1));
-                }
-                event
-            })
-            .collect();
-        if events.is_empty() {
-            return Ok(acked);
+    ) -> Result<EventSpool, ClientError> {
+        events = tokio::task::spawn_blocking(move || {
+            events.read_new();
+            events
+        })
+        .await
+        .map_err(|_| ClientError::Cancelled)?;
+        loop {
+            let batch: Vec<&Value> = events.pending.iter().take(EVENT_BATCH).collect();
+            if batch.is_empty() {
+                return Ok(events);
+            }
+            let answer = self
+                .client
+                .call_until_answered(
+                    Method::POST,
+                    &self.path("events"),
+                    &self.remote.job_token,
+                    Body::json(&batch),
+                    &[StatusCode::OK],
+                    // Idempotent by sequence number.
+                    Retry::Transient,
+                    cancel,
+                )
+                .await?;
+            let before = events.pending.len();
+            events.acknowledge(answer.json::<EventsAck>()?.acked_seq);
+            if !done || events.pending.len() == before {
+                return Ok(events);
+            }
         }
-        let (_, answer) = self
-            .client
-            .call_until_answered(
-                Method::POST,
-                &self.path("events"),
-                &self.remote.job_token,
-                Body::Json(Value::Array(events)),
-                &[StatusCode::OK],
-                cancel,
-            )
-            .await?;
-        Ok(answer["acked_seq"].as_u64().map_or(acked, |a| a as usize))
     }
 
     /// Reports result.json (or, when it could not be written, the job's `record`) with the
@@ -294,82 +314,174 @@ impl Uploader {
     /// than that.
     async fn report_result(
         &self,
-        log_bytes: u64,
+        mut log: LogSpool,
         record: &Value,
         cancel: &CancellationToken,
-    ) -> Result<Option<u64>, ClientError> {
+    ) -> Result<(Option<u64>, LogSpool), ClientError> {
         let dir = self.dir.clone();
         let read = tokio::task::spawn_blocking(move || {
             let result = std::fs::read(dir.join("result.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            (result, log_digest(&dir.join("log.txt")))
+            let digest = log.digest();
+            (result, log, digest)
         });
-        let (result, (log_len, sha256)) = read.await.unwrap_or_default();
+        let (result, log, (log_len, sha256)) = read.await.map_err(|_| ClientError::Cancelled)?;
         let body = result_body(result.as_ref().unwrap_or(record), log_len, &sha256);
-        let (status, answer) = self
+        let answer = self
             .client
             .call_until_answered(
                 Method::PUT,
                 &self.path("result"),
                 &self.remote.job_token,
-                Body::Json(body),
+                Body::json(&body),
                 &[StatusCode::OK, StatusCode::CONFLICT],
+                Retry::Transient,
                 cancel,
             )
             .await?;
-        if status == StatusCode::OK {
-            return Ok(None);
+        if answer.status == StatusCode::OK {
+            return Ok((None, log));
         }
-        match answer["committed"].as_u64() {
-            Some(committed) if committed < log_bytes.max(log_len) => Ok(Some(committed)),
+        match answer.json::<Committed>() {
+            Ok(held) if held.committed < log.committed.max(log_len) => {
+                Ok((Some(held.committed), log))
+            }
             _ => Err(ClientError::Refused {
-                url: self.client.url.clone(),
-                status,
-                body: answer.to_string(),
+                url: answer.url.clone(),
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+                retry_after: None,
             }),
         }
     }
 }
 
-/// The result call's body: `stages` is always a list (the server refuses anything else), a
-/// job with no status is an error.
-fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> Value {
-    let stages = match &result["stages"] {
-        Value::Array(stages) => stages.clone(),
-        _ => Vec::new(),
-    };
-    let mut body = json!({
-        "status": result["status"].as_str().unwrap_or("error"),
-        "exit_code": result["exit_code"]
-            .as_i64()
-            .unwrap_or(i64::from(crate::exit_code::INFRASTRUCTURE)),
-        "stages": stages,
-        "started_at": result["started_at"].clone(),
-        "finished_at": result["finished_at"].clone(),
-        "log": { "bytes": log_bytes, "sha256": sha256 },
-    });
-    if let Some(message) = result["message"].as_str() {
-        body["message"] = json!(message);
-    }
-    body
+/// log.txt as far as the server has it, and the sha256 of its first `hashed` bytes: each
+/// flush reads only the bytes after `committed`, and the digest at the end only those
+/// never hashed.
+struct LogSpool {
+    path: PathBuf,
+    committed: u64,
+    hasher: Sha256,
+    hashed: u64,
 }
 
-/// The length and sha256 of `path`, read in pieces: a log may be hundreds of MB.
-fn log_digest(path: &Path) -> (u64, String) {
-    let mut hasher = Sha256::new();
-    let mut length = 0u64;
-    if let Ok(mut file) = std::fs::File::open(path) {
-        let mut buffer = vec![0u8; 256 * 1024];
-        while let Ok(read) = file.read(&mut buffer) {
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-            length += read as u64;
+impl LogSpool {
+    fn new(path: PathBuf) -> LogSpool {
+        LogSpool {
+            path,
+            committed: 0,
+            hasher: Sha256::new(),
+            hashed: 0,
         }
     }
-    (length, hex::encode(hasher.finalize()))
+
+    /// Hashes the bytes of `chunk` (read at `offset`) that the server now holds up to
+    /// `server_has` and the hasher has not seen.
+    fn hash(&mut self, offset: u64, chunk: &[u8], server_has: u64) {
+        let end = server_has.min(offset + chunk.len() as u64);
+        if self.hashed < offset || self.hashed >= end {
+            return;
+        }
+        let from = (self.hashed - offset) as usize;
+        let to = (end - offset) as usize;
+        self.hasher.update(&chunk[from..to]);
+        self.hashed = end;
+    }
+
+    /// The log's length and sha256, reading only what was never hashed: a log may be
+    /// hundreds of MB. Blocking.
+    fn digest(&mut self) -> (u64, String) {
+        if let Ok(mut file) = std::fs::File::open(&self.path)
+            && file.seek(SeekFrom::Start(self.hashed)).is_ok()
+        {
+            let mut buffer = vec![0u8; 256 * 1024];
+            while let Ok(read) = file.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                self.hasher.update(&buffer[..read]);
+                self.hashed += read as u64;
+            }
+        }
+        (self.hashed, hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+/// events.jsonl read as it grows: complete lines after `read` become events numbered by
+/// line, held until the server acknowledges them.
+struct EventSpool {
+    path: PathBuf,
+    /// Bytes of the file up to the end of the last complete line taken.
+    read: u64,
+    /// Lines taken so far: the last one's sequence number.
+    lines: u64,
+    pending: VecDeque<Value>,
+}
+
+impl EventSpool {
+    fn new(path: PathBuf) -> EventSpool {
+        EventSpool {
+            path,
+            read: 0,
+            lines: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Takes the complete lines written since the last call. Blocking.
+    fn read_new(&mut self) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let mut text = Vec::new();
+        if file.seek(SeekFrom::Start(self.read)).is_err() || file.read_to_end(&mut text).is_err() {
+            return;
+        }
+        let Some(end) = text.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        self.read += end as u64 + 1;
+        for line in String::from_utf8_lossy(&text[..end]).lines() {
+            self.lines += 1;
+            let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut event {
+                map.insert("seq".to_owned(), json!(self.lines));
+            }
+            self.pending.push_back(event);
+        }
+    }
+
+    /// Drops the events the server holds: every one up to `acked`.
+    fn acknowledge(&mut self, acked: i64) {
+        let first_pending = self.lines - self.pending.len() as u64;
+        let held = u64::try_from(acked)
+            .unwrap_or_default()
+            .saturating_sub(first_pending);
+        let held = usize::try_from(held).unwrap_or(usize::MAX);
+        self.pending.drain(..held.min(self.pending.len()));
+    }
+}
+
+/// The result call's body: `stages` is always a list (the server refuses anything else), a
+/// job with no status is an error.
+fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> JobResult {
+    let text = |field: &str| result[field].as_str().map(str::to_owned);
+    JobResult {
+        status: text("status").unwrap_or_else(|| "error".to_owned()),
+        exit_code: result["exit_code"]
+            .as_i64()
+            .unwrap_or(i64::from(crate::exit_code::INFRASTRUCTURE)),
+        stages: result["stages"].as_array().cloned().unwrap_or_default(),
+        started_at: text("started_at"),
+        finished_at: text("finished_at"),
+        message: text("message"),
+        log: LogSummary {
+            bytes: log_bytes,
+            sha256: sha256.to_owned(),
+        },
+    }
 }
 
 fn read_chunk(path: &Path, offset: u64, max: usize) -> Vec<u8> {
@@ -392,14 +504,14 @@ mod tests {
 
     #[test]
     fn the_result_body_always_carries_a_list_of_stages_and_a_status() {
-        let body = result_body(&Value::Null, 0, "e3b0");
+        let body = serde_json::to_value(result_body(&Value::Null, 0, "e3b0")).unwrap();
         assert_eq!(body["stages"], json!([]));
         assert_eq!(
             (body["status"].as_str(), body["exit_code"].as_i64()),
             (Some("error"), Some(202))
         );
         let record = json!({"status": "error", "exit_code": 202, "stages": null, "message": "writing log.txt: full"});
-        let body = result_body(&record, 3, "ab");
+        let body = serde_json::to_value(result_body(&record, 3, "ab")).unwrap();
         assert_eq!(body["stages"], json!([]));
         assert_eq!(body["message"], "writing log.txt: full");
         assert_eq!(body["log"], json!({"bytes": 3, "sha256": "ab"}));
@@ -411,9 +523,65 @@ mod tests {
         let path = dir.path().join("log.txt");
         let log: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &log).unwrap();
-        let (length, digest) = log_digest(&path);
+        let (length, digest) = LogSpool::new(path).digest();
         assert_eq!(length, log.len() as u64);
         assert_eq!(digest, crate::util::sha256_hex(&log));
-        assert_eq!(log_digest(&dir.path().join("none")).0, 0);
+        assert_eq!(LogSpool::new(dir.path().join("none")).digest().0, 0);
+    }
+
+    #[test]
+    fn the_log_is_hashed_as_the_server_commits_it_and_only_the_rest_is_read_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.txt");
+        let log: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &log).unwrap();
+        let mut spool = LogSpool::new(path.clone());
+        spool.hash(0, &log[..4000], 3000);
+        assert_eq!(spool.hashed, 3000, "only what the server committed");
+        spool.hash(2000, &log[2000..6000], 6000);
+        assert_eq!(spool.hashed, 6000, "a replayed range is hashed once");
+        spool.hash(8000, &log[8000..], 10_000);
+        assert_eq!(spool.hashed, 6000, "a range after a hole waits");
+        // What was hashed is never read again: overwriting it on disk changes nothing.
+        let mut changed = log.clone();
+        changed[..6000].fill(0);
+        std::fs::write(&path, &changed).unwrap();
+        assert_eq!(
+            spool.digest(),
+            (log.len() as u64, crate::util::sha256_hex(&log))
+        );
+    }
+
+    #[test]
+    fn events_are_read_once_numbered_by_line_and_held_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\"").unwrap();
+        let mut spool = EventSpool::new(path.clone());
+        spool.read_new();
+        let seqs = |spool: &EventSpool| -> Vec<u64> {
+            spool
+                .pending
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(seqs(&spool), [1, 2, 3], "the unfinished line waits");
+        // Lines already taken are not read again.
+        std::fs::write(&path, "{\"b\":1}\n{\"b\":2}\n{\"b\":3}\n{\"a\":4}\n").unwrap();
+        spool.read_new();
+        assert_eq!(seqs(&spool), [1, 2, 3, 4]);
+        assert_eq!(spool.pending[3]["a"], 4);
+        assert_eq!(spool.pending[0]["a"], 1);
+        spool.acknowledge(2);
+        assert_eq!(seqs(&spool), [3, 4]);
+        spool.acknowledge(1);
+        assert_eq!(
+            seqs(&spool),
+            [3, 4],
+            "an older acknowledgement drops nothing"
+        );
+        spool.acknowledge(9);
+        assert!(spool.pending.is_empty());
     }
 }

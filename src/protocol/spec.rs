@@ -1,11 +1,53 @@
-//! Every field of a submitted job checked before it is stored, and again by the agent that
-//! receives it: a job that passes runs or fails on its own merits, never ends `lost`
-//! because an agent could not read it, and never puts options or commands into git.
+//! What a job asks for, and every field of it checked: by the server before it stores a
+//! submission, and again by the agent that receives it. A job that passes runs or fails on
+//! its own merits, never ends `lost` because an agent could not read it, and never puts
+//! options or commands into git.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
-use super::store::{JobSource, JobSpec};
+use serde::{Deserialize, Serialize};
+
 use crate::workspace::{UrlKind, check_commit, check_reference, url_kind};
+
+/// What a submitted job asks for (`POST /api/v1/jobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub source: JobSource,
+    #[serde(default = "default_config")]
+    pub config: String,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Labels an agent must have to be offered the job.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// A duration like "30m".
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+fn default_config() -> String {
+    "config.yml".to_owned()
+}
+
+/// A git repository at a commit or reference, or a directory on the agent's machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum JobSource {
+    Git {
+        git: String,
+        #[serde(default)]
+        commit: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Path {
+        path: String,
+    },
+}
 
 /// A field of a job that is refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

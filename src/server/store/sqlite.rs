@@ -1,7 +1,5 @@
-//! The job server's store: agents, jobs with their offer, lease and log state, events. One
-//! SQLite file (WAL) through sqlx, schema in `migrations/`; job logs are files beside it,
-//! their committed length in the database. The handlers use only these methods, so another
-//! backend (Postgres) is a second implementation of them.
+//! The store in one SQLite file (WAL) through sqlx, schema in `migrations/`; job logs are
+//! files beside it, their committed length in the database.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -9,10 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use super::{
+    Accept, Finish, JobStore, LogAppend, Renew, StoreError, Stored, now_ms, random_hex, token_hash,
+};
+use crate::protocol::{
+    JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
+};
 
 macro_rules! job_columns {
     () => {
@@ -20,197 +24,32 @@ macro_rules! job_columns {
     };
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database schema: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("log file {path}: {source}")]
-    Log {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("stored JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("no randomness from the system: {0}")]
-    Random(String),
-}
-
-/// What a submitted job asks for (DESIGN.md §4, `POST /api/v1/jobs`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    pub source: JobSource,
-    #[serde(default = "default_config")]
-    pub config: String,
-    #[serde(default)]
-    pub tasks: Vec<String>,
-    #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Labels an agent must have to be offered the job.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// A duration like "30m".
-    #[serde(default)]
-    pub timeout: Option<String>,
-}
-
-fn default_config() -> String {
-    "config.yml".to_owned()
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum JobSource {
-    Git {
-        git: String,
-        #[serde(default)]
-        commit: Option<String>,
-        #[serde(default, rename = "ref")]
-        reference: Option<String>,
-    },
-    Path {
-        path: String,
-    },
-}
-
-/// A job as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobView {
-    pub id: String,
-    pub state: String,
-    #[serde(flatten)]
-    pub spec: JobSpec,
-    pub agent_id: Option<String>,
-    pub log_bytes: u64,
-    pub result: Option<serde_json::Value>,
-    pub cancel_reason: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Offer {
-    pub offer_id: String,
-    pub job_id: String,
-    pub expires_at: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Lease {
-    pub lease_id: String,
-    pub expires_at: i64,
-}
-
-#[derive(Debug)]
-pub enum Accept {
-    Accepted {
-        job: Box<JobView>,
-        lease: Lease,
-        job_token: String,
-    },
-    /// The offer expired, was taken by another agent, or never existed.
-    Conflict,
-    NotFound,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LeaseRenewal {
-    pub expires_at: i64,
-    pub cancel: bool,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug)]
-pub enum Renew {
-    Renewed(LeaseRenewal),
-    /// Not this job's lease, or the job is no longer running (lost, finished).
-    Gone {
-        state: String,
-    },
-    NotFound,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum LogAppend {
-    Committed(u64),
-    /// The chunk starts after the committed length: resend from there.
-    Gap(u64),
-    NotRunning,
-    NotFound,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Finish {
-    Recorded,
-    /// The log is shorter than the result says, or its digest differs.
-    LogIncomplete {
-        committed: u64,
-    },
-    NotRunning,
-    NotFound,
-}
-
-/// The result an agent reports (checked against the log before it is kept).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct JobResult {
-    pub status: String,
-    pub exit_code: i64,
-    #[serde(default)]
-    pub stages: Vec<serde_json::Value>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// Why the job ended in error when no stage says (its results could not be written).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    pub log: LogSummary,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct LogSummary {
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// States a result may set.
-pub const FINAL_STATES: &[&str] = &["succeeded", "failed", "cancelled", "timed_out", "error"];
-
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
     logs: PathBuf,
     secret: String,
-    /// One writer per job log at a time.
-    log_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Running jobs' logs, each behind a lock held by its one writer at a time; an entry
+    /// is dropped when its job's result is recorded.
+    log_states: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+/// The sha256 of a job's committed log, kept as it grows so a result is checked without
+/// reading the log again. `None` until known: after a server restart it is computed once
+/// from the file, on the blocking pool.
+#[derive(Default)]
+struct LogState {
+    digest: Option<(u64, Sha256)>,
 }
 
-/// 32 random bytes as hex: ids and tokens.
-pub fn random_hex() -> Result<String, StoreError> {
-    crate::util::random_hex().map_err(StoreError::Random)
-}
-
-pub fn token_hash(token: &str) -> String {
-    crate::util::sha256_hex(token.as_bytes())
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating when missing) the database file and migrates it; logs go to a
     /// `logs/` directory beside it.
-    pub async fn open(database: &Path) -> Result<Store, StoreError> {
+    pub async fn open(database: &Path) -> Result<SqliteStore, StoreError> {
         let dir = database.parent().unwrap_or(Path::new("."));
         let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|source| StoreError::Log {
+        std::fs::create_dir_all(&logs).map_err(|error| StoreError::Log {
             path: logs.clone(),
-            source,
+            error,
         })?;
         let options = SqliteConnectOptions::new()
             .filename(database)
@@ -231,21 +70,53 @@ impl Store {
             .fetch_one(&pool)
             .await?
             .get(0);
-        Ok(Store {
+        Ok(SqliteStore {
             pool,
             logs,
             secret,
-            log_locks: Default::default(),
+            log_states: Default::default(),
         })
     }
 
-    pub async fn register_agent(
-        &self,
-        name: &str,
-        version: &str,
-        labels: &[String],
-        capacity: i64,
-    ) -> Result<(String, String), StoreError> {
+    /// The token for calls about one job: derived from the offer, so a replayed accept
+    /// gets the same one, and nothing that opens it is stored.
+    pub fn job_token(&self, job_id: &str, offer_id: &str) -> String {
+        let digest = Sha256::digest(format!("{}\n{job_id}\n{offer_id}", self.secret).as_bytes());
+        hex::encode(digest)
+    }
+
+    fn log_path(&self, job_id: &str) -> PathBuf {
+        self.logs.join(format!("{job_id}.log"))
+    }
+
+    fn log_state(&self, job_id: &str) -> Arc<tokio::sync::Mutex<LogState>> {
+        let mut states = self.log_states.lock().unwrap_or_else(|p| p.into_inner());
+        states.entry(job_id.to_owned()).or_default().clone()
+    }
+
+    fn forget_log_state(&self, job_id: &str) {
+        let mut states = self.log_states.lock().unwrap_or_else(|p| p.into_inner());
+        states.remove(job_id);
+    }
+
+    /// Blocking file work on the blocking pool, its failure named by the file.
+    async fn on_file<T: Send + 'static>(
+        path: PathBuf,
+        work: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+    ) -> Stored<T> {
+        let done = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || work(&path)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        done.map_err(|error| StoreError::Log { path, error })
+    }
+}
+
+impl JobStore for SqliteStore {
+    async fn register_agent(&self, agent: &Registration) -> Stored<(String, String)> {
         let id = format!("agent-{}", &random_hex()?[..16]);
         let token = random_hex()?;
         let now = now_ms();
@@ -254,10 +125,10 @@ impl Store {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
-        .bind(name)
-        .bind(version)
-        .bind(serde_json::to_string(labels)?)
-        .bind(capacity)
+        .bind(&agent.name)
+        .bind(&agent.version)
+        .bind(serde_json::to_string(&agent.labels)?)
+        .bind(agent.capacity)
         .bind(token_hash(&token))
         .bind(now)
         .bind(now)
@@ -266,8 +137,7 @@ impl Store {
         Ok((id, token))
     }
 
-    /// The agent a token belongs to, with its labels.
-    pub async fn agent_by_token(
+    async fn agent_by_token(
         &self,
         token: &str,
     ) -> Result<Option<(String, Vec<String>)>, StoreError> {
@@ -284,15 +154,13 @@ impl Store {
         }
     }
 
-    pub async fn create_job(&self, spec: &JobSpec) -> Result<String, StoreError> {
+    async fn create_job(&self, spec: &JobSpec) -> Result<String, StoreError> {
         let id = format!("job-{}", &random_hex()?[..20]);
         insert_job(&mut *self.pool.acquire().await?, &id, spec).await?;
         Ok(id)
     }
 
-    /// Creates a job for a webhook delivery unless one of its `keys` (delivery id, body
-    /// digest) was seen before; then returns that delivery's job. `(job id, created)`.
-    pub async fn create_job_once(
+    async fn create_job_once(
         &self,
         spec: &JobSpec,
         keys: &[String],
@@ -334,10 +202,7 @@ impl Store {
         Ok((first.unwrap_or_default(), false))
     }
 
-    /// Offers the oldest queued job the agent's labels cover (matched in the query, so
-    /// any number of jobs no agent can take never hide one it can); the offer lapses after
-    /// `ttl` unless accepted.
-    pub async fn offer(
+    async fn offer(
         &self,
         agent_id: &str,
         agent_labels: &[String],
@@ -371,15 +236,7 @@ impl Store {
         }))
     }
 
-    /// The token for calls about one job: derived from the offer, so a replayed accept
-    /// gets the same one, and nothing that opens it is stored.
-    pub fn job_token(&self, job_id: &str, offer_id: &str) -> String {
-        let digest = Sha256::digest(format!("{}\n{job_id}\n{offer_id}", self.secret).as_bytes());
-        hex::encode(digest)
-    }
-
-    /// Whether `token` is the job token of `job_id`'s accepted offer.
-    pub async fn job_token_valid(&self, job_id: &str, token: &str) -> Result<bool, StoreError> {
+    async fn job_token_valid(&self, job_id: &str, token: &str) -> Result<bool, StoreError> {
         let offer: Option<Option<String>> =
             sqlx::query("SELECT offer_id FROM jobs WHERE id = ? AND lease_id IS NOT NULL")
                 .bind(job_id)
@@ -400,7 +257,7 @@ impl Store {
         })
     }
 
-    pub async fn accept(
+    async fn accept(
         &self,
         job_id: &str,
         offer_id: &str,
@@ -440,7 +297,7 @@ impl Store {
             Option<i64>,
         ) = (row.get(0), row.get(1), row.get(2), row.get(3));
         let replay = accepted == 0
-            && job.state == "running"
+            && job.state == JobState::Running
             && held_offer.as_deref() == Some(offer_id)
             && held_agent.as_deref() == Some(agent_id);
         if accepted == 0 && !replay {
@@ -456,9 +313,7 @@ impl Store {
         })
     }
 
-    /// At server start: every running job's lease lasts at least `lease_ttl` from now, so
-    /// agents that kept running through an outage longer than a lease can renew.
-    pub async fn grant_grace(&self, lease_ttl: Duration) -> Result<u64, StoreError> {
+    async fn grant_grace(&self, lease_ttl: Duration) -> Result<u64, StoreError> {
         let until = now_ms() + lease_ttl.as_millis() as i64;
         Ok(sqlx::query(
             "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'",
@@ -469,10 +324,7 @@ impl Store {
         .rows_affected())
     }
 
-    /// A job marked `lost` while its agent could not reach the server runs again when
-    /// its lease holder calls (only it has the job token): no other agent was given the
-    /// job, so nothing of it is lost.
-    pub async fn revive(&self, job_id: &str, lease_ttl: Duration) -> Result<(), StoreError> {
+    async fn revive(&self, job_id: &str, lease_ttl: Duration) -> Result<(), StoreError> {
         let revived = sqlx::query(
             "UPDATE jobs SET state = 'running', finished_at = NULL, lease_expires = ?
              WHERE id = ? AND state = 'lost' AND result IS NULL",
@@ -488,7 +340,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn renew(
+    async fn renew(
         &self,
         job_id: &str,
         lease_id: &str,
@@ -517,9 +369,7 @@ impl Store {
         }))
     }
 
-    /// Offers not accepted in time go back to the queue; running jobs whose lease lapsed
-    /// are `lost`. Returns (offers returned, jobs lost).
-    pub async fn expire(&self) -> Result<(u64, u64), StoreError> {
+    async fn expire(&self) -> Result<(u64, u64), StoreError> {
         let now = now_ms();
         let returned = sqlx::query(
             "UPDATE jobs SET state = 'queued', agent_id = NULL, offer_id = NULL, offer_expires = NULL
@@ -540,9 +390,7 @@ impl Store {
         Ok((returned, lost))
     }
 
-    /// A queued or offered job ends `cancelled` at once; a running one is told on its next
-    /// lease renewal. Returns false for an unknown job.
-    pub async fn cancel(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
+    async fn cancel(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', cancel_reason = ?, finished_at = ?
@@ -561,31 +409,13 @@ impl Store {
         Ok(self.job(job_id).await?.is_some())
     }
 
-    fn log_path(&self, job_id: &str) -> PathBuf {
-        self.logs.join(format!("{job_id}.log"))
-    }
-
-    fn log_lock(&self, job_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.log_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(job_id.to_owned()).or_default().clone()
-    }
-
-    /// Appends `bytes` written at `offset` of the job's log. Bytes the server already holds
-    /// are accepted and skipped (a replay after a lost answer); a chunk past the end is a
-    /// gap. The file is synced before the committed length moves, so a crash never commits
-    /// bytes that are not on disk.
-    pub async fn append_log(
-        &self,
-        job_id: &str,
-        offset: u64,
-        bytes: &[u8],
-    ) -> Result<LogAppend, StoreError> {
-        let lock = self.log_lock(job_id);
-        let _writing = lock.lock().await;
+    async fn append_log(&self, job_id: &str, offset: u64, bytes: &[u8]) -> Stored<LogAppend> {
+        let state = self.log_state(job_id);
+        let mut state = state.lock().await;
         let Some(job) = self.job(job_id).await? else {
             return Ok(LogAppend::NotFound);
         };
-        if job.state != "running" {
+        if job.state != JobState::Running {
             return Ok(LogAppend::NotRunning);
         }
         let committed = job.log_bytes;
@@ -596,59 +426,58 @@ impl Store {
         if skip >= bytes.len() {
             return Ok(LogAppend::Committed(committed));
         }
-        let path = self.log_path(job_id);
         let new = bytes[skip..].to_vec();
-        let written = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || -> std::io::Result<()> {
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(false)
-                    .open(&path)?;
-                file.set_len(committed)?;
-                file.seek(SeekFrom::Start(committed))?;
-                file.write_all(&new)?;
-                file.sync_data()
-            }
+        // Synced before the committed length moves: a crash never commits bytes that are
+        // not on disk.
+        let new = Self::on_file(self.log_path(job_id), move |path| {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(path)?;
+            file.set_len(committed)?;
+            file.seek(SeekFrom::Start(committed))?;
+            file.write_all(&new)?;
+            file.sync_data()?;
+            Ok(new)
         })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r);
-        written.map_err(|source| StoreError::Log { path, source })?;
-        let committed = committed + (bytes.len() - skip) as u64;
+        .await?;
+        let now = committed + new.len() as u64;
         sqlx::query("UPDATE jobs SET log_committed = ? WHERE id = ?")
-            .bind(committed as i64)
+            .bind(now as i64)
             .bind(job_id)
             .execute(&self.pool)
             .await?;
-        Ok(LogAppend::Committed(committed))
+        state.digest = match state.digest.take() {
+            Some((hashed, mut hasher)) if hashed == committed => {
+                hasher.update(&new);
+                Some((now, hasher))
+            }
+            None if committed == 0 => Some((now, Sha256::new_with_prefix(&new))),
+            _ => None,
+        };
+        Ok(LogAppend::Committed(now))
     }
 
-    /// The committed log from `from` on.
-    pub async fn read_log(&self, job_id: &str, from: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn read_log(&self, job_id: &str, from: u64, max: u64) -> Stored<Option<Vec<u8>>> {
         let Some(job) = self.job(job_id).await? else {
             return Ok(None);
         };
-        let path = self.log_path(job_id);
-        let end = job.log_bytes;
+        let end = job.log_bytes.min(from.saturating_add(max));
         if from >= end {
             return Ok(Some(Vec::new()));
         }
-        let read = (|| -> std::io::Result<Vec<u8>> {
-            let mut file = std::fs::File::open(&path)?;
+        Self::on_file(self.log_path(job_id), move |path| {
+            let mut file = std::fs::File::open(path)?;
             file.seek(SeekFrom::Start(from))?;
             let mut out = vec![0; (end - from) as usize];
             file.read_exact(&mut out)?;
-            Ok(out)
-        })();
-        read.map(Some)
-            .map_err(|source| StoreError::Log { path, source })
+            Ok(Some(out))
+        })
+        .await
     }
 
-    /// Stores events, ignoring sequence numbers already held; returns the highest `seq` up
-    /// to which every event is held.
-    pub async fn add_events(
+    async fn add_events(
         &self,
         job_id: &str,
         events: &[serde_json::Value],
@@ -687,43 +516,64 @@ impl Store {
         Ok(Some(acked))
     }
 
-    /// Keeps the result when the log it names is exactly what the server holds.
-    pub async fn finish(&self, job_id: &str, result: &JobResult) -> Result<Finish, StoreError> {
-        let lock = self.log_lock(job_id);
-        let _writing = lock.lock().await;
+    async fn finish(&self, job_id: &str, result: &JobResult) -> Stored<Finish> {
+        let state = self.log_state(job_id);
+        let mut state = state.lock().await;
         let Some(job) = self.job(job_id).await? else {
             return Ok(Finish::NotFound);
         };
-        if job.state != "running" {
-            let same = job.result.as_ref().and_then(|r| r.get("log")).is_some();
-            return Ok(if same {
+        if job.state != JobState::Running {
+            return Ok(if job.result.is_some() {
                 Finish::Recorded
             } else {
                 Finish::NotRunning
             });
         }
         let committed = job.log_bytes;
-        let log = self.read_log(job_id, 0).await?.unwrap_or_default();
-        let digest = crate::util::sha256_hex(&log);
+        let hasher = match state.digest.take() {
+            Some((hashed, hasher)) if hashed == committed => hasher,
+            _ => {
+                Self::on_file(self.log_path(job_id), move |path| {
+                    let mut hasher = Sha256::new();
+                    match std::fs::File::open(path) {
+                        Ok(file) => {
+                            let mut file = file.take(committed);
+                            let mut buffer = vec![0u8; 256 * 1024];
+                            loop {
+                                let read = file.read(&mut buffer)?;
+                                if read == 0 {
+                                    break;
+                                }
+                                hasher.update(&buffer[..read]);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && committed == 0 => {}
+                        Err(e) => return Err(e),
+                    }
+                    Ok(hasher)
+                })
+                .await?
+            }
+        };
+        let digest = hex::encode(hasher.clone().finalize());
+        state.digest = Some((committed, hasher));
         if result.log.bytes != committed || !digest.eq_ignore_ascii_case(&result.log.sha256) {
             return Ok(Finish::LogIncomplete { committed });
         }
-        let state = if FINAL_STATES.contains(&result.status.as_str()) {
-            result.status.as_str()
-        } else {
-            "error"
-        };
+        let final_state = JobState::from_status(&result.status);
         sqlx::query("UPDATE jobs SET state = ?, result = ?, finished_at = ? WHERE id = ? AND state = 'running'")
-            .bind(state)
+            .bind(final_state.as_str())
             .bind(serde_json::to_string(result)?)
             .bind(now_ms())
             .bind(job_id)
             .execute(&self.pool)
             .await?;
+        drop(state);
+        self.forget_log_state(job_id);
         Ok(Finish::Recorded)
     }
 
-    pub async fn job(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
         let row = sqlx::query(concat!(job_columns!(), " WHERE id = ?"))
             .bind(job_id)
             .fetch_optional(&self.pool)
@@ -731,8 +581,7 @@ impl Store {
         row.map(|r| job_view(&r)).transpose()
     }
 
-    /// The newest `limit` jobs, newest first.
-    pub async fn jobs(&self, limit: i64) -> Result<Vec<JobView>, StoreError> {
+    async fn jobs(&self, limit: i64) -> Result<Vec<JobView>, StoreError> {
         sqlx::query(concat!(job_columns!(), " ORDER BY seq DESC LIMIT ?"))
             .bind(limit)
             .fetch_all(&self.pool)
@@ -765,7 +614,7 @@ fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
     let result: Option<String> = row.get(5);
     Ok(JobView {
         id: row.get(0),
-        state: row.get(1),
+        state: row.get::<String, _>(1).parse().map_err(StoreError::State)?,
         spec: serde_json::from_str(&row.get::<String, _>(2))?,
         agent_id: row.get(3),
         log_bytes: row.get::<i64, _>(4) as u64,
@@ -775,4 +624,90 @@ fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
         started_at: row.get(8),
         finished_at: row.get(9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    crate::job_store_conformance!(fresh);
+
+    /// A running job with `log` committed.
+    async fn running_with_log(store: &SqliteStore, log: &[u8]) -> String {
+        let job = store
+            .create_job(&serde_json::from_str(r#"{"source": {"path": "/x"}}"#).unwrap())
+            .await
+            .unwrap();
+        let (agent, _) = store
+            .register_agent(&Registration {
+                name: "a".into(),
+                version: "0".into(),
+                labels: Vec::new(),
+                capacity: 1,
+            })
+            .await
+            .unwrap();
+        let offer = store.offer(&agent, &[], Duration::from_secs(60)).await;
+        let offer = offer.unwrap().unwrap();
+        let accepted = store
+            .accept(&job, &offer.offer_id, &agent, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(matches!(accepted, Accept::Accepted { .. }));
+        store.append_log(&job, 0, log).await.unwrap();
+        job
+    }
+
+    fn result_for(log: &[u8]) -> JobResult {
+        serde_json::from_value(serde_json::json!({"status": "succeeded", "exit_code": 0,
+            "started_at": null, "finished_at": null,
+            "log": {"bytes": log.len(), "sha256": crate::util::sha256_hex(log)}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restarted_store_checks_a_result_against_the_log_on_disk() {
+        let (store, dir) = fresh().await;
+        let job = running_with_log(&store, b"before the restart\n").await;
+        store.pool.close().await;
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        store.append_log(&job, 19, b"after\n").await.unwrap();
+        let log = b"before the restart\nafter\n";
+        let mut wrong = result_for(log);
+        wrong.log.sha256 = crate::util::sha256_hex(b"before the restart\nAFTER\n");
+        assert_eq!(
+            store.finish(&job, &wrong).await.unwrap(),
+            Finish::LogIncomplete { committed: 25 }
+        );
+        assert_eq!(
+            store.finish(&job, &result_for(log)).await.unwrap(),
+            Finish::Recorded
+        );
+    }
+
+    #[tokio::test]
+    async fn a_jobs_log_state_is_forgotten_when_its_result_is_kept() {
+        let (store, _dir) = fresh().await;
+        let job = running_with_log(&store, b"x").await;
+        assert!(store.log_states.lock().unwrap().contains_key(&job));
+        let incomplete = store.finish(&job, &result_for(b"xy")).await.unwrap();
+        assert_eq!(incomplete, Finish::LogIncomplete { committed: 1 });
+        assert!(store.log_states.lock().unwrap().contains_key(&job));
+        assert_eq!(
+            store.finish(&job, &result_for(b"x")).await.unwrap(),
+            Finish::Recorded
+        );
+        assert!(store.log_states.lock().unwrap().is_empty());
+    }
 }

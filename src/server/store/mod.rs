@@ -1,0 +1,235 @@
+//! The job server's store: agents, jobs with their offer, lease and log state, events,
+//! webhook deliveries. The handlers see only [`JobStore`], so another backend (Postgres) is
+//! a second implementation of it, held to the same rules by the conformance suite
+//! (`job_store_conformance!`, run in tests);
+//! [`SqliteStore`] is the one dockhand ships.
+
+#[cfg(test)]
+pub mod conformance;
+mod sqlite;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{
+    JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
+};
+
+pub use sqlite::SqliteStore;
+
+/// Messages carry their cause: the server logs them on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+    #[error("database schema: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("log file {path}: {error}")]
+    Log {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("stored JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("no randomness from the system: {0}")]
+    Random(String),
+    #[error("stored job: {0}")]
+    State(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Json(e)
+    }
+}
+
+#[derive(Debug)]
+pub enum Accept {
+    Accepted {
+        job: Box<JobView>,
+        lease: Lease,
+        job_token: String,
+    },
+    /// The offer expired, was taken by another agent, or never existed.
+    Conflict,
+    NotFound,
+}
+
+#[derive(Debug)]
+pub enum Renew {
+    Renewed(LeaseRenewal),
+    /// Not this job's lease, or the job is no longer running (lost, finished).
+    Gone {
+        state: JobState,
+    },
+    NotFound,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogAppend {
+    Committed(u64),
+    /// The chunk starts after the committed length: resend from there.
+    Gap(u64),
+    NotRunning,
+    NotFound,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finish {
+    Recorded,
+    /// The log is shorter than the result says, or its digest differs.
+    LogIncomplete {
+        committed: u64,
+    },
+    NotRunning,
+    NotFound,
+}
+
+/// Result of every store operation.
+pub type Stored<T> = Result<T, StoreError>;
+
+/// What the API needs of a store. Every method is one atomic step as far as callers can
+/// tell: two agents claiming at once get different jobs, a log append and the committed
+/// length move together, a result is kept only against the log the store holds. Futures
+/// are `Send` so the handlers can run on any worker.
+pub trait JobStore: Send + Sync + 'static {
+    /// A new agent; `(agent id, agent token)`. Only the token's digest is kept.
+    fn register_agent(
+        &self,
+        agent: &Registration,
+    ) -> impl Future<Output = Stored<(String, String)>> + Send;
+
+    /// The agent a token belongs to, with its labels.
+    fn agent_by_token(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Stored<Option<(String, Vec<String>)>>> + Send;
+
+    /// A queued job; its id.
+    fn create_job(&self, spec: &JobSpec) -> impl Future<Output = Stored<String>> + Send;
+
+    /// Creates a job for a webhook delivery unless one of its `keys` (delivery id, body
+    /// digest) was seen before; then returns that delivery's job. `(job id, created)`.
+    fn create_job_once(
+        &self,
+        spec: &JobSpec,
+        keys: &[String],
+    ) -> impl Future<Output = Stored<(String, bool)>> + Send;
+
+    /// Offers the oldest queued job whose labels are all among `agent_labels` (jobs no
+    /// agent can take never hide one it can); the offer lapses after `ttl` unless accepted.
+    fn offer(
+        &self,
+        agent_id: &str,
+        agent_labels: &[String],
+        ttl: Duration,
+    ) -> impl Future<Output = Stored<Option<Offer>>> + Send;
+
+    /// Whether `token` is the job token of `job_id`'s accepted offer.
+    fn job_token_valid(
+        &self,
+        job_id: &str,
+        token: &str,
+    ) -> impl Future<Output = Stored<bool>> + Send;
+
+    /// Turns the agent's live offer into a lease; a replay of an accepted offer answers
+    /// the same lease and token.
+    fn accept(
+        &self,
+        job_id: &str,
+        offer_id: &str,
+        agent_id: &str,
+        lease_ttl: Duration,
+    ) -> impl Future<Output = Stored<Accept>> + Send;
+
+    /// At server start: every running job's lease lasts at least `lease_ttl` from now, so
+    /// agents that kept running through an outage can renew. Returns how many.
+    fn grant_grace(&self, lease_ttl: Duration) -> impl Future<Output = Stored<u64>> + Send;
+
+    /// A `lost` job without a result runs again (its lease holder called back).
+    fn revive(&self, job_id: &str, lease_ttl: Duration) -> impl Future<Output = Stored<()>> + Send;
+
+    /// Extends a running job's lease, saying whether it was asked to cancel.
+    fn renew(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        lease_ttl: Duration,
+    ) -> impl Future<Output = Stored<Renew>> + Send;
+
+    /// Offers not accepted in time go back to the queue; running jobs whose lease lapsed
+    /// are `lost`. Returns (offers returned, jobs lost).
+    fn expire(&self) -> impl Future<Output = Stored<(u64, u64)>> + Send;
+
+    /// A queued or offered job ends `cancelled` at once; a running one is told on its next
+    /// lease renewal. Returns false for an unknown job.
+    fn cancel(&self, job_id: &str, reason: &str) -> impl Future<Output = Stored<bool>> + Send;
+
+    /// Appends `bytes` written at `offset` of a running job's log. Bytes already held are
+    /// accepted and skipped (a replay after a lost answer); a chunk past the end is a gap.
+    /// Bytes are durable before the committed length moves.
+    fn append_log(
+        &self,
+        job_id: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> impl Future<Output = Stored<LogAppend>> + Send;
+
+    /// At most `max` committed log bytes from `from` on; `None` for an unknown job.
+    fn read_log(
+        &self,
+        job_id: &str,
+        from: u64,
+        max: u64,
+    ) -> impl Future<Output = Stored<Option<Vec<u8>>>> + Send;
+
+    /// Stores events, ignoring sequence numbers already held; returns the highest `seq` up
+    /// to which every event is held (`None` for an unknown job).
+    fn add_events(
+        &self,
+        job_id: &str,
+        events: &[serde_json::Value],
+    ) -> impl Future<Output = Stored<Option<i64>>> + Send;
+
+    /// Keeps the result when the log it names is exactly what the store holds (length and
+    /// sha256); the job takes its status as its state.
+    fn finish(
+        &self,
+        job_id: &str,
+        result: &JobResult,
+    ) -> impl Future<Output = Stored<Finish>> + Send;
+
+    fn job(&self, job_id: &str) -> impl Future<Output = Stored<Option<JobView>>> + Send;
+
+    /// The newest `limit` jobs, newest first.
+    fn jobs(&self, limit: i64) -> impl Future<Output = Stored<Vec<JobView>>> + Send;
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// 32 random bytes as hex: ids and tokens.
+pub fn random_hex() -> Result<String, StoreError> {
+    crate::util::random_hex().map_err(StoreError::Random)
+}
+
+pub fn token_hash(token: &str) -> String {
+    crate::util::sha256_hex(token.as_bytes())
+}
