@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data flow of `DESIGN.md`:
+//! The modules follow a job's data flow; `docs/architecture.md` says what each may import
+//! and how a job moves through them.
 //!
 //! - [`collector`]: config.yml files → a validated, fully resolved `Config`, or every
 //!   problem with file, line, column and key path.
@@ -13,7 +14,9 @@
 //! - [`docker`]: the only module that talks to the engine: builds, containers, networks,
 //!   wait conditions.
 //! - [`executor`]: walks a plan, stages as their dependencies finish, every object it
-//!   creates removed on every path.
+//!   creates removed on every path; the engine behind its `ContainerEngine` trait.
+//! - [`pipeline`]: one job start to end (workspace, collect, plan, policy, sinks,
+//!   executor, cleanup), the same for `dockhand run` and the agent.
 //! - [`events`]: what a job does, as events, on a bounded channel.
 //! - [`report`]: the sinks for those events: console, JSON lines, results directory,
 //!   junit.xml, with secrets masked before any of them.
@@ -22,12 +25,15 @@
 //!   followed, no unbounded reads.
 //! - [`config`]: agent.toml, layered.
 //! - [`workspace`]: per-job directories filled from a checkout or a git repository.
-//! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules.
-//! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, signals,
-//!   the sweep of dead jobs' leftovers.
+//! - [`source`]: where an agent's jobs come from: watched checkouts, cron schedules, the
+//!   job server.
+//! - [`agent`]: the long-running supervisor: one dispatcher loop, concurrency, the stop
+//!   sequence, the sweep of dead jobs' leftovers.
 //! - [`protocol`]: the job server's wire types and API client, shared by both ends.
-//! - [`server`]: the job server agents poll (DESIGN.md §4).
-//! - [`cli`]: the `dockhand` command line: argument parsing, output, exit codes.
+//! - [`server`]: the job server agents poll (`docs/protocol.md`).
+//! - [`cli`]: the `dockhand` command line: argument parsing, one file per command.
+//! - Leaves any module may use: [`util`], [`graph`] (dependency graphs), [`files`],
+//!   [`exit_code`], [`cancel`] (cancellation with a reason), [`signals`].
 
 pub mod agent;
 pub mod build;
