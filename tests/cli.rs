@@ -84,6 +84,29 @@ fn check_json_is_machine_readable() {
 }
 
 #[test]
+fn a_task_option_typo_is_located_under_the_task() {
+    let config = fixture("invalid/task-option-typo.yml");
+    let out = dockhand(
+        Path::new("/"),
+        &["-c", config.to_str().unwrap(), "check", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["key_path"].as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "images.app.tasks.test.options.comand",
+            "images.app.tasks.test.options.privileged"
+        ]
+    );
+}
+
+#[test]
 fn list_shows_images_tasks_pipeline_and_build_order() {
     let dir = fixture("valid/harpoon");
     let out = dockhand_with_home(&dir, &dir.join("home"), &["list"]);

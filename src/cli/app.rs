@@ -2,7 +2,7 @@
 
 use crate::exit_code;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -23,6 +23,18 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> u8 {
+    let reads_config = matches!(
+        cli.command,
+        Command::Check { .. }
+            | Command::List { .. }
+            | Command::Dockerfile { .. }
+            | Command::Build { .. }
+            | Command::Run { .. }
+    );
+    if reads_config && let Some(problem) = no_default_config(&cli) {
+        eprintln!("error: {problem}");
+        return exit_code::CONFIG_ERROR;
+    }
     let collect = |cli_args: &[String]| {
         let options = collect_options(&cli, cli_args.to_vec());
         tracing::debug!(config = %options.config.display(), "collecting");
@@ -141,13 +153,33 @@ fn with_config(collected: Result<Collected, Diagnostics>, f: impl FnOnce(&Collec
     }
 }
 
+/// The config files looked for when none is named.
+const DEFAULT_CONFIGS: [&str; 2] = ["config.yml", "harpoon.yml"];
+
+/// When no config is named and none of the default names is here: which names were looked
+/// for, where, and how to name one.
+fn no_default_config(cli: &Cli) -> Option<String> {
+    if cli.config.is_some() || std::env::var_os("HARPOON_CONFIG").is_some() {
+        return None;
+    }
+    if DEFAULT_CONFIGS.iter().any(|name| Path::new(name).exists()) {
+        return None;
+    }
+    let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    Some(format!(
+        "no config here: looked for {} in {}; name one with `-c FILE` (or HARPOON_CONFIG)",
+        DEFAULT_CONFIGS.join(" and "),
+        here.display()
+    ))
+}
+
 fn collect_options(cli: &Cli, cli_args: Vec<String>) -> CollectOptions {
     let config = cli
         .config
         .clone()
         .or_else(|| std::env::var_os("HARPOON_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| {
-            ["config.yml", "harpoon.yml"]
+            DEFAULT_CONFIGS
                 .into_iter()
                 .map(PathBuf::from)
                 .find(|p| p.is_file())

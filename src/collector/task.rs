@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 
 use super::diagnostic::{Diagnostic, Problem};
 use super::format::Formatted;
+use super::image::{IMAGE_KEYS, IMAGE_UNSUPPORTED};
 use super::model::{PipelineStep, TaskAction};
 use super::node::{KeyPath, Location, Node, Value};
 use super::read::Reader;
@@ -163,10 +164,28 @@ fn task(
         image,
         action,
         description: r.field(&node, path, "description", Reader::text),
-        options: optional_map(r, "options"),
+        options: optional_map(r, "options")
+            .map(|options| known_options(r, options, &path.key("options"))),
         overrides: optional_map(r, "overrides"),
         location: name_at.clone(),
     })
+}
+
+/// Reports option keys no image has at the options' own path, and leaves them out of the
+/// image the options merge into (where they would be reported at the image's path).
+fn known_options(r: &mut Reader<'_, '_>, mut options: Node, path: &KeyPath) -> Node {
+    suggest::check_keys(
+        &options,
+        path,
+        "task options",
+        IMAGE_KEYS,
+        IMAGE_UNSUPPORTED,
+        r.d,
+    );
+    if let Value::Map(entries) = &mut options.value {
+        entries.retain(|e| IMAGE_KEYS.contains(&e.key.as_str()));
+    }
+    options
 }
 
 /// The task's action. A rejected action is reported and read as `run`, so the task still
