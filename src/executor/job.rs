@@ -456,7 +456,9 @@ where
             Some(Err(e)) => {
                 tracing::error!("a stage task failed: {e}");
                 if let Some((i, log)) = stage_of.remove(&e.id()) {
-                    let outcome = StageOutcome::new(StageStatus::Error).with_message(failure(e));
+                    let message = failure(e);
+                    log.note(format!("error: {message}")).await;
+                    let outcome = StageOutcome::new(StageStatus::Error).with_message(message);
                     log.finished(outcome.clone()).await;
                     outcomes[i] = Some(outcome);
                 }
