@@ -13,7 +13,8 @@
 //! - [`docker`]: the only module that talks to the engine: builds, containers, networks,
 //!   wait conditions.
 //! - [`executor`]: walks a plan, stages as their dependencies finish, every object it
-//!   creates removed on every path.
+//!   creates removed on every path; it asks the engine through a trait, so it is tested
+//!   against a fake.
 //! - [`events`]: what a job does, as events, on a bounded channel.
 //! - [`report`]: the sinks for those events: console, JSON lines, results directory,
 //!   junit.xml, with secrets masked before any of them.
