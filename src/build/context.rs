@@ -28,16 +28,16 @@ pub const MAX_IGNORE_FILE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
     #[error(
         "context directory {path} is outside {boundary}; a build context cannot leave the workspace"
     )]
     Escapes { path: PathBuf, boundary: PathBuf },
     #[error("{0}; a build context reads nothing outside it")]
-    Outside(#[source] ConfineError),
-    #[error("{path}: {source}")]
-    Pattern { path: PathBuf, source: PatternError },
+    Outside(ConfineError),
+    #[error("{path}: {cause}")]
+    Pattern { path: PathBuf, cause: PatternError },
     #[error("{path} is {kind}; a build context holds only files, directories and links")]
     Special { path: PathBuf, kind: &'static str },
     #[error(
@@ -130,7 +130,7 @@ pub fn select(
 ) -> Result<Vec<Entry>, ContextError> {
     let read_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ContextError::Read { path, source }
+        move |cause| ContextError::Read { path, cause }
     };
     let root = fs::canonicalize(&context.parent_dir).map_err(read_err(&context.parent_dir))?;
     let boundary = fs::canonicalize(boundary).map_err(read_err(boundary))?;
@@ -142,7 +142,7 @@ pub fn select(
     }
     let pattern_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ContextError::Pattern { path, source }
+        move |cause| ContextError::Pattern { path, cause }
     };
     let dockerignore = dockerignore(&root)?;
     if context.use_gitignore {
@@ -196,7 +196,7 @@ pub fn select(
         for item in walker {
             let item = item.map_err(|e| ContextError::Read {
                 path: root.clone(),
-                source: e
+                cause: e
                     .into_io_error()
                     .unwrap_or_else(|| io::Error::other("walk failed")),
             })?;
@@ -260,8 +260,8 @@ fn dockerignore(root: &Path) -> Result<PatternSet, ContextError> {
     let resolved = match files::resolve_inside(Some(root), &path) {
         Ok(resolved) => resolved,
         Err(e) if e.is_not_found() => return Ok(PatternSet::default()),
-        Err(ConfineError::Resolve { cause: source, .. }) => {
-            return Err(ContextError::Read { path, source });
+        Err(ConfineError::Resolve { cause, .. }) => {
+            return Err(ContextError::Read { path, cause });
         }
         Err(outside) => return Err(ContextError::Outside(outside)),
     };
@@ -271,9 +271,9 @@ fn dockerignore(root: &Path) -> Result<PatternSet, ContextError> {
     });
     match text {
         Ok(text) => {
-            PatternSet::dockerignore(&text).map_err(|source| ContextError::Pattern { path, source })
+            PatternSet::dockerignore(&text).map_err(|cause| ContextError::Pattern { path, cause })
         }
-        Err(source) => Err(ContextError::Read { path, source }),
+        Err(cause) => Err(ContextError::Read { path, cause }),
     }
 }
 
@@ -287,7 +287,7 @@ fn check_ignore_files(dir: &Path) -> Result<(), ContextError> {
             Ok(_) => return Err(ContextError::IgnoreFile { path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
-            Err(source) => return Err(ContextError::Read { path, source }),
+            Err(cause) => return Err(ContextError::Read { path, cause }),
         }
     }
     Ok(())
@@ -486,9 +486,9 @@ fn append_entry<W: Write>(
     match &entry.kind {
         EntryKind::File { mode, stamp, .. } => {
             let mut header = file_header(stamp.size, *mode);
-            let read_err = |source| ContextError::Read {
+            let read_err = |cause| ContextError::Read {
                 path: entry.source.clone(),
-                source,
+                cause,
             };
             let mut reader: Box<dyn Read> = match contents {
                 Contents::Zeros => Box::new(io::repeat(0).take(stamp.size)),
@@ -513,7 +513,7 @@ fn append_entry<W: Write>(
                     io::ErrorKind::BrokenPipe => ContextError::Aborted,
                     _ => ContextError::Read {
                         path: entry.source.clone(),
-                        source: e,
+                        cause: e,
                     },
                 })
         }

@@ -200,7 +200,7 @@ impl Engine {
                         Some(context_error) => Ok(failed(context_error.to_string())),
                         None => Err(DockerError::Api {
                             action: format!("building {}", image.full_name),
-                            source: e,
+                            cause: e,
                         }),
                     };
                 }

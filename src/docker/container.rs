@@ -352,7 +352,7 @@ impl Engine {
                 Ok(LogOutput::StdIn { .. }) => None,
                 Err(e) => Some(Err(DockerError::Api {
                     action: action.clone(),
-                    source: e,
+                    cause: e,
                 })),
             };
             std::future::ready(out)

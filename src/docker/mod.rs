@@ -24,11 +24,10 @@ pub enum DockerError {
         "no Docker engine answers at {address}: {cause} (is dockerd running? set DOCKER_HOST to reach another engine)"
     )]
     Unreachable { address: String, cause: String },
-    #[error("{action}: {source}")]
+    #[error("{action}: {cause}")]
     Api {
         action: String,
-        #[source]
-        source: bollard::errors::Error,
+        cause: bollard::errors::Error,
     },
     #[error("a thread holding shared build state panicked")]
     Poisoned,
@@ -45,7 +44,7 @@ pub enum DockerError {
 impl DockerError {
     fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
         let action = action.into();
-        move |source| DockerError::Api { action, source }
+        move |cause| DockerError::Api { action, cause }
     }
 }
 

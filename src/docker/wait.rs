@@ -123,7 +123,7 @@ impl Engine {
         for (path, pattern) in &condition.greps {
             let regex = regex::Regex::new(pattern).map_err(|e| DockerError::Api {
                 action: format!("wait condition greps {path}"),
-                source: bollard::errors::Error::DockerStreamError {
+                cause: bollard::errors::Error::DockerStreamError {
                     error: e.to_string(),
                 },
             })?;

@@ -39,6 +39,8 @@ pub enum Task {
     /// Runs until cancelled or killed at its deadline.
     Hang,
     Panic,
+    /// The engine refuses to create the container.
+    Refused,
 }
 
 /// A call that changed the engine's state, in order.
@@ -115,14 +117,12 @@ impl FakeEngine {
         self.record().calls.push(call);
     }
 
-    /// The script of the task whose container this is (named `dockhand-JOB-STAGE-TASK`).
-    fn task_script(&self, id: &str) -> Task {
-        let record = self.record();
-        let name = record.containers.get(id).map(|(name, _)| name.as_str());
+    /// The script of the task whose container has this name (`dockhand-JOB-STAGE-TASK`).
+    fn task_script(&self, name: &str) -> Task {
         self.script
             .tasks
             .iter()
-            .find(|(task, _)| name.is_some_and(|n| n.ends_with(&format!("-{task}"))))
+            .find(|(task, _)| name.ends_with(&format!("-{task}")))
             .map_or(Task::Exit(0, Duration::ZERO), |(_, script)| *script)
     }
 }
@@ -234,6 +234,15 @@ impl ContainerEngine for FakeEngine {
         spec: &ContainerSpec,
         owner: &Owner,
     ) -> Result<String, DockerError> {
+        if let Task::Refused = self.task_script(&spec.name) {
+            return Err(DockerError::Api {
+                action: format!("creating container {}", spec.name),
+                cause: bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message: "no space left on device".to_owned(),
+                },
+            });
+        }
         let mut record = self.record();
         record.next_id += 1;
         let id = format!("c{}", record.next_id);
@@ -258,8 +267,12 @@ impl ContainerEngine for FakeEngine {
         cancel: &CancellationToken,
         deadline: Option<Instant>,
     ) -> Result<ExitStatus, DockerError> {
-        let script = self.task_script(id);
-        self.record().tasks_started += 1;
+        let script = {
+            let mut record = self.record();
+            record.tasks_started += 1;
+            let name = record.containers.get(id).map(|(name, _)| name.clone());
+            self.task_script(&name.unwrap_or_default())
+        };
         let ends = async {
             match script {
                 Task::Exit(code, after) => {
@@ -268,6 +281,7 @@ impl ContainerEngine for FakeEngine {
                 }
                 Task::Hang => std::future::pending().await,
                 Task::Panic => panic!("the task in {id} blew up"),
+                Task::Refused => unreachable!("a refused container never starts"),
             }
         };
         let deadline_reached = async {

@@ -456,7 +456,9 @@ where
             Some(Err(e)) => {
                 tracing::error!("a stage task failed: {e}");
                 if let Some((i, log)) = stage_of.remove(&e.id()) {
-                    let outcome = StageOutcome::new(StageStatus::Error).with_message(failure(e));
+                    let message = failure(e);
+                    log.note(format!("error: {message}")).await;
+                    let outcome = StageOutcome::new(StageStatus::Error).with_message(message);
                     log.finished(outcome.clone()).await;
                     outcomes[i] = Some(outcome);
                 }
@@ -558,9 +560,9 @@ async fn build_stage<E: ContainerEngine>(
     })
 }
 
-/// The job's status and exit code: an infrastructure error first, then the job's
-/// cancellation (timed out when its time limit cancelled it), then the first failing
-/// task's exit code (1–125) or timeout, then a failed build.
+/// The job's status and exit code: an infrastructure error first, then the job's time
+/// limit, then cancelled stages (a cancel after every stage passed changes nothing), then
+/// the first failing task's exit code (1–125) or timeout, then a failed build.
 pub(super) fn verdict(
     builds: &[StageOutcome],
     runs: &[StageOutcome],
@@ -571,10 +573,8 @@ pub(super) fn verdict(
     if all().any(|o| o.status == StageStatus::Error) {
         return (JobStatus::Error, exit_code::INFRASTRUCTURE);
     }
-    match cancelled {
-        Some(CancelReason::TimedOut) => return (JobStatus::TimedOut, exit_code::TIMED_OUT),
-        Some(_) => return (JobStatus::Cancelled, exit_code::CANCELLED),
-        None => {}
+    if cancelled == Some(CancelReason::TimedOut) {
+        return (JobStatus::TimedOut, exit_code::TIMED_OUT);
     }
     if all().any(|o| o.status == StageStatus::Cancelled) {
         return (JobStatus::Cancelled, exit_code::CANCELLED);

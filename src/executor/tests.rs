@@ -313,6 +313,7 @@ async fn a_task_allowed_to_fail_neither_blocks_nor_fails_the_job() {
     assert_eq!(ran.verdict(), (JobStatus::Succeeded, exit_code::SUCCESS));
 }
 
+/// A cancel that arrives once every stage has passed changes nothing: the job did its work.
 #[test]
 fn the_verdict_puts_errors_then_cancellation_then_tasks_then_builds() {
     let job = job(PIPELINE);
@@ -353,7 +354,7 @@ fn the_verdict_puts_errors_then_cancellation_then_tasks_then_builds() {
             &good_build,
             [passed(), passed(), passed()],
             Some(CancelReason::Requested),
-            (JobStatus::Cancelled, exit_code::CANCELLED),
+            (JobStatus::Succeeded, 0),
         ),
         (
             &failed_build,
@@ -544,4 +545,34 @@ async fn services_and_their_network_are_removed_after_a_passing_task() {
         record.calls
     );
     assert_eq!(record.created_containers().len(), 3);
+}
+
+#[tokio::test]
+async fn an_engine_error_is_the_job_s_error_and_what_the_stage_made_is_removed() {
+    let job = job(WITH_SERVICE);
+    let engine = FakeEngine::new().task("test", Task::Refused);
+    let ran = run(&engine, &job, &Cancel::new()).await;
+    let test = ran.stage("test");
+    assert_eq!(test.status, StageStatus::Error);
+    assert!(
+        test.message
+            .as_deref()
+            .unwrap()
+            .ends_with("no space left on device"),
+        "{test:?}"
+    );
+    assert_eq!(ran.stage("lint").status, StageStatus::Passed);
+    assert_eq!(ran.verdict(), (JobStatus::Error, exit_code::INFRASTRUCTURE));
+    let record = engine.record();
+    assert_eq!(record.created_networks(), ["dockhand-job-1-3"]);
+    assert_eq!(record.created_containers().len(), 2, "db and lint");
+    let sweep = record.position(&Call::Sweep("job-1".into())).unwrap();
+    let network_removed = record
+        .position(&Call::RemoveNetwork("dockhand-job-1-3".into()))
+        .unwrap();
+    assert!(
+        network_removed < sweep,
+        "the stage cleans up: {:?}",
+        record.calls
+    );
 }
