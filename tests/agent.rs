@@ -539,3 +539,81 @@ fn a_second_agent_on_the_same_workspace_root_is_refused() {
         "{stderr}"
     );
 }
+
+/// `Agent::run` takes its signals as an input: driven in-process through a channel, a first
+/// stop drains (the running job goes on), a second cancels it, and the loop returns.
+#[test]
+fn the_agent_loop_stops_on_injected_signals() {
+    use dockhand::agent::{Agent, AgentExit};
+    use dockhand::config::{LoadOptions, load};
+    use dockhand::report::ConsoleOutput;
+    use dockhand::signals::{Control, Signals};
+
+    support::require_engine();
+    let repo = checkout("echo started\nsleep 300\n");
+    let state = tempfile::tempdir().unwrap();
+    let name = format!("test-{}", support::agent::unique());
+    let settings_file = state.path().join("agent.toml");
+    std::fs::write(
+        &settings_file,
+        format!(
+            "[agent]\nname = \"{name}\"\nshutdown_grace = \"60s\"\n[[source]]\nkind = \"watch\"\npath = \"{}\"\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let options = LoadOptions {
+        file: Some(settings_file),
+        env: Default::default(),
+        overrides: Vec::new(),
+        cwd: state.path().to_path_buf(),
+        untrusted_cwd: false,
+    };
+    let (settings, _) = load(&options).unwrap();
+    let results = settings.agent.results_dir.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = dockhand::docker::Engine::connect(None).await.unwrap();
+        let agent = Agent::new(engine, settings, None, Default::default(), ConsoleOutput::Json);
+        let (control, signals) = Signals::channel();
+        let mut running = tokio::spawn(agent.run(signals));
+
+        let started = async {
+            loop {
+                let logs = std::fs::read_dir(&results).into_iter().flatten().flatten();
+                if logs
+                    .map(|dir| std::fs::read_to_string(dir.path().join("log.txt")))
+                    .any(|log| log.is_ok_and(|l| l.contains("started")))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(LONG, started)
+            .await
+            .expect("the job's task starts");
+
+        control.send(Control::Stop).await.unwrap();
+        let drained = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        assert!(drained.is_err(), "a first stop lets the running job go on");
+
+        control.send(Control::Stop).await.unwrap();
+        let ended = tokio::time::timeout(LONG, running)
+            .await
+            .expect("a second stop cancels the job and the loop ends");
+        assert_eq!(ended.unwrap().unwrap(), AgentExit::Stopped);
+    });
+    let job = std::fs::read_dir(&results)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("result.json").exists())
+        .expect("the cancelled job has a record");
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(
+        (result["status"].as_str(), result["exit_code"].as_i64()),
+        (Some("cancelled"), Some(130))
+    );
+    assert_nothing_labelled(&format!("dockhand.agent={name}"));
+}
