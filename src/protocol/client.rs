@@ -22,10 +22,11 @@ pub enum ClientError {
         /// No connection was made: the server never saw the request.
         unsent: bool,
     },
-    #[error("{url} answered {status}: {body}")]
+    #[error("{url} answered {status}: {}", excerpt(body))]
     Refused {
         url: String,
         status: StatusCode,
+        /// The whole body (up to [`REFUSAL_MAX`]): a message a caller shows, JSON it reads.
         body: String,
         /// How long the server asked callers to wait (`Retry-After`, in seconds).
         retry_after: Option<Duration>,
@@ -62,6 +63,15 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// The most of a refusal's body kept: enough for any answer of the API, not all of some
+/// proxy's error page.
+pub const REFUSAL_MAX: usize = 64 * 1024;
+
+/// A refusal's body as a log line shows it.
+fn excerpt(body: &str) -> String {
+    body.chars().take(500).collect()
 }
 
 /// Which failures of a call may be retried.
@@ -179,7 +189,7 @@ impl ServerClient {
         Err(ClientError::Refused {
             url,
             status,
-            body: text.chars().take(500).collect(),
+            body: text.chars().take(REFUSAL_MAX).collect(),
             retry_after,
         })
     }

@@ -26,6 +26,7 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, for parsing a stored name back.
     pub const ALL: [JobState; 9] = [
         JobState::Queued,
         JobState::Offered,
@@ -38,6 +39,7 @@ impl JobState {
         JobState::Lost,
     ];
 
+    /// The name on the wire and in the store.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",

@@ -11,4 +11,4 @@ mod webhook;
 
 pub use serve::{ServeError, serve};
 pub use settings::{BuiltRepository, ServerSettings};
-pub use store::{JobStore, SqliteStore, StoreError};
+pub use store::{Accept, Finish, JobStore, LogAppend, Renew, SqliteStore, StoreError, Stored};

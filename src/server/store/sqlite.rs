@@ -29,7 +29,7 @@ pub struct SqliteStore {
     logs: PathBuf,
     secret: String,
     /// Running jobs' logs, each behind a lock held by its one writer at a time; an entry
-    /// is dropped when its job's result is recorded.
+    /// is dropped once its job stops running and nobody holds it.
     log_states: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
 }
 
@@ -94,9 +94,16 @@ impl SqliteStore {
         states.entry(job_id.to_owned()).or_default().clone()
     }
 
+    /// Drops the job's entry unless a caller holds it (it is only handed out under the
+    /// map's lock, so nobody can take it meanwhile); a later writer starts a fresh one.
     fn forget_log_state(&self, job_id: &str) {
         let mut states = self.log_states.lock().unwrap_or_else(|p| p.into_inner());
-        states.remove(job_id);
+        if states
+            .get(job_id)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            states.remove(job_id);
+        }
     }
 
     /// Blocking file work on the blocking pool, its failure named by the file.
@@ -112,6 +119,122 @@ impl SqliteStore {
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r);
         done.map_err(|error| StoreError::Log { path, error })
+    }
+
+    /// The append itself, under the job's log lock.
+    async fn append_locked(
+        &self,
+        entry: &tokio::sync::Mutex<LogState>,
+        job_id: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Stored<LogAppend> {
+        let mut state = entry.lock().await;
+        let Some(job) = self.job(job_id).await? else {
+            return Ok(LogAppend::NotFound);
+        };
+        if job.state != JobState::Running {
+            return Ok(LogAppend::NotRunning);
+        }
+        let committed = job.log_bytes;
+        if offset > committed {
+            return Ok(LogAppend::Gap(committed));
+        }
+        let skip = (committed - offset) as usize;
+        if skip >= bytes.len() {
+            return Ok(LogAppend::Committed(committed));
+        }
+        let new = bytes[skip..].to_vec();
+        // Synced before the committed length moves: a crash never commits bytes that are
+        // not on disk.
+        let new = Self::on_file(self.log_path(job_id), move |path| {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(path)?;
+            file.set_len(committed)?;
+            file.seek(SeekFrom::Start(committed))?;
+            file.write_all(&new)?;
+            file.sync_data()?;
+            Ok(new)
+        })
+        .await?;
+        let now = committed + new.len() as u64;
+        sqlx::query("UPDATE jobs SET log_committed = ? WHERE id = ?")
+            .bind(now as i64)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        state.digest = match state.digest.take() {
+            Some((hashed, mut hasher)) if hashed == committed => {
+                hasher.update(&new);
+                Some((now, hasher))
+            }
+            None if committed == 0 => Some((now, Sha256::new_with_prefix(&new))),
+            _ => None,
+        };
+        Ok(LogAppend::Committed(now))
+    }
+
+    /// Checking and keeping a result, under the job's log lock.
+    async fn finish_locked(
+        &self,
+        entry: &tokio::sync::Mutex<LogState>,
+        job_id: &str,
+        result: &JobResult,
+    ) -> Stored<Finish> {
+        let mut state = entry.lock().await;
+        let Some(job) = self.job(job_id).await? else {
+            return Ok(Finish::NotFound);
+        };
+        if job.state != JobState::Running {
+            return Ok(if job.result.is_some() {
+                Finish::Recorded
+            } else {
+                Finish::NotRunning
+            });
+        }
+        let committed = job.log_bytes;
+        let hasher = match state.digest.take() {
+            Some((hashed, hasher)) if hashed == committed => hasher,
+            _ => {
+                Self::on_file(self.log_path(job_id), move |path| {
+                    let mut hasher = Sha256::new();
+                    match std::fs::File::open(path) {
+                        Ok(file) => {
+                            let mut file = file.take(committed);
+                            let mut buffer = vec![0u8; 256 * 1024];
+                            loop {
+                                let read = file.read(&mut buffer)?;
+                                if read == 0 {
+                                    break;
+                                }
+                                hasher.update(&buffer[..read]);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && committed == 0 => {}
+                        Err(e) => return Err(e),
+                    }
+                    Ok(hasher)
+                })
+                .await?
+            }
+        };
+        let digest = hex::encode(hasher.clone().finalize());
+        state.digest = Some((committed, hasher));
+        if result.log.bytes != committed || !digest.eq_ignore_ascii_case(&result.log.sha256) {
+            return Ok(Finish::LogIncomplete { committed });
+        }
+        let final_state = JobState::from_status(&result.status);
+        sqlx::query("UPDATE jobs SET state = ?, result = ?, finished_at = ? WHERE id = ? AND state = 'running'")
+            .bind(final_state.as_str())
+            .bind(serde_json::to_string(result)?)
+            .bind(now_ms())
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(Finish::Recorded)
     }
 }
 
@@ -379,15 +502,21 @@ impl JobStore for SqliteStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let lost = sqlx::query(
-            "UPDATE jobs SET state = 'lost', finished_at = ? WHERE state = 'running' AND lease_expires <= ?",
+        let lost: Vec<String> = sqlx::query(
+            "UPDATE jobs SET state = 'lost', finished_at = ? WHERE state = 'running' AND lease_expires <= ?
+             RETURNING id",
         )
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?
-        .rows_affected();
-        Ok((returned, lost))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        for job_id in &lost {
+            self.forget_log_state(job_id);
+        }
+        Ok((returned, lost.len() as u64))
     }
 
     async fn cancel(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
@@ -410,53 +539,13 @@ impl JobStore for SqliteStore {
     }
 
     async fn append_log(&self, job_id: &str, offset: u64, bytes: &[u8]) -> Stored<LogAppend> {
-        let state = self.log_state(job_id);
-        let mut state = state.lock().await;
-        let Some(job) = self.job(job_id).await? else {
-            return Ok(LogAppend::NotFound);
-        };
-        if job.state != JobState::Running {
-            return Ok(LogAppend::NotRunning);
+        let entry = self.log_state(job_id);
+        let appended = self.append_locked(&entry, job_id, offset, bytes).await;
+        drop(entry);
+        if !matches!(appended, Ok(LogAppend::Committed(_) | LogAppend::Gap(_))) {
+            self.forget_log_state(job_id);
         }
-        let committed = job.log_bytes;
-        if offset > committed {
-            return Ok(LogAppend::Gap(committed));
-        }
-        let skip = (committed - offset) as usize;
-        if skip >= bytes.len() {
-            return Ok(LogAppend::Committed(committed));
-        }
-        let new = bytes[skip..].to_vec();
-        // Synced before the committed length moves: a crash never commits bytes that are
-        // not on disk.
-        let new = Self::on_file(self.log_path(job_id), move |path| {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(path)?;
-            file.set_len(committed)?;
-            file.seek(SeekFrom::Start(committed))?;
-            file.write_all(&new)?;
-            file.sync_data()?;
-            Ok(new)
-        })
-        .await?;
-        let now = committed + new.len() as u64;
-        sqlx::query("UPDATE jobs SET log_committed = ? WHERE id = ?")
-            .bind(now as i64)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        state.digest = match state.digest.take() {
-            Some((hashed, mut hasher)) if hashed == committed => {
-                hasher.update(&new);
-                Some((now, hasher))
-            }
-            None if committed == 0 => Some((now, Sha256::new_with_prefix(&new))),
-            _ => None,
-        };
-        Ok(LogAppend::Committed(now))
+        appended
     }
 
     async fn read_log(&self, job_id: &str, from: u64, max: u64) -> Stored<Option<Vec<u8>>> {
@@ -517,60 +606,13 @@ impl JobStore for SqliteStore {
     }
 
     async fn finish(&self, job_id: &str, result: &JobResult) -> Stored<Finish> {
-        let state = self.log_state(job_id);
-        let mut state = state.lock().await;
-        let Some(job) = self.job(job_id).await? else {
-            return Ok(Finish::NotFound);
-        };
-        if job.state != JobState::Running {
-            return Ok(if job.result.is_some() {
-                Finish::Recorded
-            } else {
-                Finish::NotRunning
-            });
+        let entry = self.log_state(job_id);
+        let finished = self.finish_locked(&entry, job_id, result).await;
+        drop(entry);
+        if !matches!(finished, Ok(Finish::LogIncomplete { .. })) {
+            self.forget_log_state(job_id);
         }
-        let committed = job.log_bytes;
-        let hasher = match state.digest.take() {
-            Some((hashed, hasher)) if hashed == committed => hasher,
-            _ => {
-                Self::on_file(self.log_path(job_id), move |path| {
-                    let mut hasher = Sha256::new();
-                    match std::fs::File::open(path) {
-                        Ok(file) => {
-                            let mut file = file.take(committed);
-                            let mut buffer = vec![0u8; 256 * 1024];
-                            loop {
-                                let read = file.read(&mut buffer)?;
-                                if read == 0 {
-                                    break;
-                                }
-                                hasher.update(&buffer[..read]);
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && committed == 0 => {}
-                        Err(e) => return Err(e),
-                    }
-                    Ok(hasher)
-                })
-                .await?
-            }
-        };
-        let digest = hex::encode(hasher.clone().finalize());
-        state.digest = Some((committed, hasher));
-        if result.log.bytes != committed || !digest.eq_ignore_ascii_case(&result.log.sha256) {
-            return Ok(Finish::LogIncomplete { committed });
-        }
-        let final_state = JobState::from_status(&result.status);
-        sqlx::query("UPDATE jobs SET state = ?, result = ?, finished_at = ? WHERE id = ? AND state = 'running'")
-            .bind(final_state.as_str())
-            .bind(serde_json::to_string(result)?)
-            .bind(now_ms())
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        drop(state);
-        self.forget_log_state(job_id);
-        Ok(Finish::Recorded)
+        finished
     }
 
     async fn job(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
@@ -709,5 +751,33 @@ mod tests {
             Finish::Recorded
         );
         assert!(store.log_states.lock().unwrap().is_empty());
+        assert_eq!(
+            store.append_log(&job, 1, b"late").await.unwrap(),
+            LogAppend::NotRunning
+        );
+        assert!(
+            store.log_states.lock().unwrap().is_empty(),
+            "a late call leaves nothing behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_jobs_log_state_is_forgotten() {
+        let (store, _dir) = fresh().await;
+        let job = running_with_log(&store, b"x").await;
+        sqlx::query("UPDATE jobs SET lease_expires = 0 WHERE id = ?")
+            .bind(&job)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.expire().await.unwrap(), (0, 1));
+        assert!(store.log_states.lock().unwrap().is_empty());
+        store.revive(&job, Duration::from_secs(60)).await.unwrap();
+        store.append_log(&job, 1, b"y").await.unwrap();
+        assert_eq!(
+            store.finish(&job, &result_for(b"xy")).await.unwrap(),
+            Finish::Recorded,
+            "the digest is computed again from the file"
+        );
     }
 }
