@@ -574,7 +574,13 @@ fn the_agent_loop_stops_on_injected_signals() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let engine = dockhand::docker::Engine::connect(None).await.unwrap();
-        let agent = Agent::new(engine, settings, None, Default::default(), ConsoleOutput::Json);
+        let agent = Agent::new(
+            engine,
+            settings,
+            None,
+            Default::default(),
+            ConsoleOutput::Json,
+        );
         let (control, signals) = Signals::channel();
         let mut running = tokio::spawn(agent.run(signals));
 

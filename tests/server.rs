@@ -1,4 +1,4 @@
-//! The job server's protocol (DESIGN.md §4) against the real binary on 127.0.0.1:0 with a
+//! The job server's protocol (docs/protocol.md) against the real binary on 127.0.0.1:0 with a
 //! real SQLite file: tokens, long-poll claims, offers, leases, logs by offset, events,
 //! results checked against the log, restarts and many agents at once.
 

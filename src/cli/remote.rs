@@ -1,5 +1,5 @@
 //! `submit`, `jobs`, `logs` and `cancel`: the job server's client commands, over the API of
-//! DESIGN.md §4 with the admin token.
+//! docs/protocol.md with the admin token.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -224,14 +224,10 @@ impl JobRun<'_> {
                 };
             }
         };
-        let upload = report.remote.as_ref().map(|remote| {
-            Upload::start(
-                remote,
-                &local.dir,
-                cancel.token().clone(),
-                report.agent.clone(),
-            )
-        });
+        let upload = report
+            .remote
+            .as_ref()
+            .map(|remote| Upload::start(remote, &local.dir, cancel.clone(), report.agent.clone()));
         let mut unrunnable = None;
         let outcome = match prepared {
             Err(refused) => unrunnable_job(&emitter, &id, refused, &mut unrunnable).await,

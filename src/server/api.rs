@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md §4: routes, token checks, and the translation of store
+//! The HTTP API of docs/protocol.md: routes, token checks, and the translation of store
 //! answers into status codes. Long-poll claims wait on a [`Notify`] that submissions and
 //! returned offers wake.
 
@@ -165,7 +165,7 @@ async fn require_agent<S: JobStore>(
 }
 
 /// The caller holds the job's lease. A job marked `lost` while its agent could not reach
-/// the server is running again from here on (DESIGN.md §4: an outage loses nothing).
+/// the server is running again from here on (an outage loses nothing).
 async fn require_job_token<S: JobStore>(
     state: &AppState<S>,
     headers: &HeaderMap,

@@ -1,4 +1,4 @@
-//! The job server (DESIGN.md §4): agents register, claim jobs by long poll, accept an
+//! The job server (docs/protocol.md): agents register, claim jobs by long poll, accept an
 //! offer for a lease, upload logs by byte offset and events by sequence number, and report
 //! results checked against the log's sha256. The only module that uses the HTTP server and
 //! the database.

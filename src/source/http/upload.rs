@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::{Cancel, CancelReason};
 use crate::job::RemoteJob;
 use crate::protocol::client::{Body, ClientError, Retry, ServerClient};
 use crate::protocol::{
@@ -42,12 +43,7 @@ pub struct Upload {
 impl Upload {
     /// Starts both for a job whose results go to `dir`. A cancel (or a lost lease) from the
     /// server cancels `job`; `agent` stops the upload (a later start resumes it).
-    pub fn start(
-        remote: &RemoteJob,
-        dir: &Path,
-        job: CancellationToken,
-        agent: CancellationToken,
-    ) -> Upload {
+    pub fn start(remote: &RemoteJob, dir: &Path, job: Cancel, agent: CancellationToken) -> Upload {
         if let Err(e) = super::claim::write_private(
             &dir.join(REMOTE_FILE),
             &serde_json::to_vec_pretty(remote).unwrap_or_default(),
@@ -111,7 +107,9 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
     }
 }
 
-async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: CancellationToken) {
+/// Renews the job's lease until `stop`; cancels `job` when the server cancels it or no
+/// longer counts this agent as its runner.
+async fn renew_lease(remote: RemoteJob, job: Cancel, stop: CancellationToken) {
     let client = ServerClient::new(&remote.url);
     let every = remote.lease / 3;
     let path = format!("/api/v1/jobs/{}/lease", remote.job_id);
@@ -140,7 +138,7 @@ async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: Cancellati
                     remote.job_id,
                     state.map_or("gone".to_owned(), |s| s.to_string())
                 );
-                job.cancel();
+                job.cancel(CancelReason::LeaseLost);
                 return;
             }
             Ok(answer) => match answer.json::<LeaseRenewal>() {
@@ -150,7 +148,7 @@ async fn renew_lease(remote: RemoteJob, job: CancellationToken, stop: Cancellati
                         remote.job_id,
                         renewal.reason.as_deref().unwrap_or("no reason given")
                     );
-                    job.cancel();
+                    job.cancel(CancelReason::Requested);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("renewing the lease of {}: {e}", remote.job_id),
