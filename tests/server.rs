@@ -440,3 +440,45 @@ async fn jobs_no_agent_can_take_never_hide_one_it_can() {
     }
     assert_eq!(api.claim(&agent, 0).await.0, StatusCode::NO_CONTENT);
 }
+
+/// The command-line client: `submit --path .` sends the path as this shell sees it, not as
+/// the agent would resolve it; `cancel` of a job that has ended says so and fails;
+/// `jobs --limit 0` is refused.
+#[tokio::test]
+async fn the_client_sends_absolute_paths_and_refuses_pointless_requests() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &["--allow-local-sources"]);
+    let api = Client::new(&server);
+    let cwd = tempfile::tempdir().unwrap();
+    let dockhand = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(args)
+            .args(["--server", &server.url])
+            .env("DOCKHAND_ADMIN_TOKEN", support::server::ADMIN)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap()
+    };
+    let submitted = dockhand(&["submit", "--path", "."]);
+    assert!(submitted.status.success(), "{submitted:?}");
+    let job = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (_, detail) = api.get(&format!("/api/v1/jobs/{job}")).await;
+    let sent = std::path::PathBuf::from(detail["source"]["path"].as_str().unwrap());
+    assert_eq!(sent, cwd.path().canonicalize().unwrap(), "{detail}");
+
+    let cancelled = dockhand(&["cancel", &job]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    let again = dockhand(&["cancel", &job]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("has already ended (cancelled): nothing to cancel"),
+        "{said}"
+    );
+
+    let none = dockhand(&["jobs", "--limit", "0"]);
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+}

@@ -103,8 +103,8 @@ pub enum Command {
     Jobs {
         #[command(flatten)]
         server: ServerAddress,
-        /// How many
-        #[arg(long, default_value_t = 20)]
+        /// How many (1–1000)
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Print them as JSON
         #[arg(long)]

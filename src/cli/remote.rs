@@ -100,7 +100,12 @@ pub fn submit(args: &SubmitArgs) -> u8 {
             commit: args.commit.clone(),
             reference: args.reference.clone(),
         },
-        (None, Some(path)) => JobSource::Path { path: path.clone() },
+        // The agent resolves paths against its own directory, not this shell's.
+        (None, Some(path)) => JobSource::Path {
+            path: std::path::absolute(path)
+                .map(|absolute| absolute.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.clone()),
+        },
         (None, None) => unreachable!("clap requires --git or --path"),
     };
     let spec = JobSpec {
@@ -241,12 +246,31 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
     };
     finish(runtime.block_on(async {
         let remote = Remote::new(server);
-        let path = format!("/api/v1/jobs/{job}/cancel");
+        let detail = format!("/api/v1/jobs/{job}");
+        let before: JobView = remote
+            .call(
+                Method::GET,
+                &detail,
+                Body::None,
+                Retry::Transient,
+                "reading the job",
+            )
+            .await?
+            .json()
+            .map_err(|e| e.to_string())?;
+        if !before.state.is_active() {
+            eprintln!(
+                "job {} has already ended ({}): nothing to cancel",
+                terminal::escape(job),
+                before.state
+            );
+            return Ok(exit_code::USAGE);
+        }
         // Cancelling twice is cancelling once.
         remote
             .call(
                 Method::POST,
-                &path,
+                &format!("{detail}/cancel"),
                 Body::None,
                 Retry::Transient,
                 "cancelling",
