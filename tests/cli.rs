@@ -292,3 +292,38 @@ fn flags_take_plain_seconds_and_refuse_zero_parallelism() {
         text(&seconds.stderr)
     );
 }
+
+/// A `run` whose config does not collect still leaves the job's record: result.json with a
+/// failed `collect` stage carrying the diagnostics, and junit.xml.
+#[test]
+fn a_config_error_under_run_is_the_jobs_record() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yml"),
+        "images:\n  app:\n    commands: [FROM busybox:local]\n    comand: x\n",
+    )
+    .unwrap();
+    let out = dockhand(dir.path(), &["run"]);
+    assert_eq!(out.status.code(), Some(200), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("did you mean `command`?"));
+    let results: Vec<_> = std::fs::read_dir(dir.path().join(".dockhand/results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(results.len(), 1);
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results[0].join("result.json")).unwrap()).unwrap();
+    assert_eq!(
+        (result["status"].as_str(), result["exit_code"].as_i64()),
+        (Some("failed"), Some(200))
+    );
+    let collect = &result["stages"][0];
+    assert_eq!(collect["kind"], "collect");
+    assert_eq!(
+        collect["message"],
+        "error: unknown key `comand` in image `app`"
+    );
+    let log = std::fs::read_to_string(results[0].join("log.txt")).unwrap();
+    assert!(log.contains("config.yml:4:5"), "{log}");
+    assert!(results[0].join("junit.xml").is_file());
+}

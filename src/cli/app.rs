@@ -50,7 +50,8 @@ fn run(cli: Cli) -> u8 {
         Command::Build { images, job: args } => {
             let (options, collected) = collect(&[]);
             let request = Request::Images(images.clone());
-            with_config(collected, |c| job::run(c, &options, request, args))
+            let refused = |d: &Diagnostics| job::refused(&options, d, args);
+            with_config_or(collected, refused, |c| job::run(c, &options, request, args))
         }
         Command::Run {
             tasks,
@@ -58,12 +59,13 @@ fn run(cli: Cli) -> u8 {
             job: args,
         } => {
             let (options, collected) = collect(extra);
+            let refused = |d: &Diagnostics| job::refused(&options, d, args);
             let request = if tasks.is_empty() {
                 Request::Default
             } else {
                 Request::Tasks(tasks.clone())
             };
-            with_config(collected, |c| {
+            with_config_or(collected, refused, |c| {
                 if !extra.is_empty() && !c.cli_args_read {
                     eprintln!(
                         "error: the arguments after `--` would go nowhere: no value of this config uses `{{$@}}`"
@@ -137,6 +139,16 @@ fn print_generated(text: &[u8]) -> u8 {
 /// Runs `f` on a valid config; prints the diagnostics and exits with the config error code
 /// otherwise.
 fn with_config(collected: Result<Collected, Diagnostics>, f: impl FnOnce(&Collected) -> u8) -> u8 {
+    with_config_or(collected, |_| exit_code::CONFIG_ERROR, f)
+}
+
+/// [`with_config`] whose invalid config is also handed to `refused` (a job records it),
+/// whose exit code is the command's.
+fn with_config_or(
+    collected: Result<Collected, Diagnostics>,
+    refused: impl FnOnce(&Diagnostics) -> u8,
+    f: impl FnOnce(&Collected) -> u8,
+) -> u8 {
     match collected {
         Ok(collected) => {
             eprint!("{}", collected.warnings);
@@ -148,7 +160,7 @@ fn with_config(collected: Result<Collected, Diagnostics>, f: impl FnOnce(&Collec
                 "error: the config has {} problem(s)",
                 diagnostics.error_count()
             );
-            exit_code::CONFIG_ERROR
+            refused(&diagnostics)
         }
     }
 }

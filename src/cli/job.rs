@@ -9,12 +9,12 @@ use super::runtime::{self, Threads};
 use crate::build::cache_dir;
 use crate::build::context::STATE_DIR;
 use crate::cancel::Cancel;
-use crate::collector::{CollectOptions, Collected};
+use crate::collector::{CollectOptions, Collected, Diagnostics};
 use crate::docker::Engine;
 use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, make_own_dir};
 use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};
-use crate::pipeline::{JobEnv, JobFiles, JobRun, ReportSettings};
+use crate::pipeline::{self, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{ConsoleOutput, JobInfo};
 use crate::signals::{Control, Signals};
@@ -38,27 +38,13 @@ pub fn run(
             return exit_code::CONFIG_ERROR;
         }
     };
-    let workspace = workspace_root(&config.config_root);
-    let results_root = absolute(
-        &args
-            .results_dir
-            .clone()
-            .unwrap_or_else(|| config.config_root.join(STATE_DIR).join("results")),
-    );
-    // dockhand's own directories, in reach of tasks that mount the checkout: made here
-    // without following links a repository (or an earlier task) planted, and hidden from
-    // every container.
-    let own_dirs = vec![
-        workspace.join(STATE_DIR),
-        config.config_root.join(STATE_DIR),
-        results_root.clone(),
-    ];
-    for dir in &own_dirs {
-        if let Err(e) = make_own_dir(&workspace, dir) {
+    let (workspace, results_root, own_dirs) = match own_dirs(&config.config_root, args) {
+        Ok(dirs) => dirs,
+        Err(e) => {
             eprintln!("error: {e}");
             return exit_code::INFRASTRUCTURE;
         }
-    }
+    };
     let info = JobInfo {
         config: collect.config.clone(),
         tasks: match &request {
@@ -96,18 +82,7 @@ pub fn run(
             Some(args.pids_limit),
         ),
     };
-    let report = ReportSettings {
-        results_root,
-        info,
-        console: if args.json {
-            ConsoleOutput::Json
-        } else {
-            ConsoleOutput::Lines
-        },
-        remote: None,
-        agent: Default::default(),
-        keep_results: None,
-    };
+    let report = report_settings(results_root, info, args);
     let env = JobEnv {
         public: collect.env.clone(),
         secrets: Default::default(),
@@ -158,6 +133,85 @@ pub fn run(
         }
         finished.exit_code
     })
+}
+
+/// `dockhand run` or `build` on a config that does not collect: its diagnostics (printed
+/// already) become the job's record, a failed `collect` stage, as an agent job's would.
+pub fn refused(collect: &CollectOptions, diagnostics: &Diagnostics, args: &JobArgs) -> u8 {
+    let config_root = absolute(&collect.config)
+        .parent()
+        .filter(|_| collect.config.is_file())
+        .map(Path::to_path_buf);
+    let Some(config_root) = config_root else {
+        return exit_code::CONFIG_ERROR;
+    };
+    let results_root = match own_dirs(&config_root, args) {
+        Ok((_, results_root, _)) => results_root,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit_code::CONFIG_ERROR;
+        }
+    };
+    let info = JobInfo {
+        config: collect.config.clone(),
+        tasks: Vec::new(),
+        stream: None,
+        trigger: None,
+        origin: None,
+    };
+    let report = report_settings(results_root, info, args);
+    let Some(runtime) = runtime::start(Threads::One) else {
+        return exit_code::INFRASTRUCTURE;
+    };
+    let text = diagnostics.render();
+    let finished = runtime.block_on(pipeline::refused(new_job_id(), report, text));
+    if let Some(dir) = &finished.results {
+        eprintln!("results: {}", dir.display());
+    }
+    if let Some(message) = &finished.message {
+        eprintln!("error: {message}");
+    }
+    finished.exit_code
+}
+
+/// The workspace a config at `config_root` may reach, the results root, and dockhand's own
+/// directories, made without following links a repository (or an earlier task) planted;
+/// they are hidden from every container.
+fn own_dirs(
+    config_root: &Path,
+    args: &JobArgs,
+) -> Result<(PathBuf, PathBuf, Vec<PathBuf>), String> {
+    let workspace = workspace_root(config_root);
+    let results_root = absolute(
+        &args
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| config_root.join(STATE_DIR).join("results")),
+    );
+    let own_dirs = vec![
+        workspace.join(STATE_DIR),
+        config_root.join(STATE_DIR),
+        results_root.clone(),
+    ];
+    for dir in &own_dirs {
+        make_own_dir(&workspace, dir).map_err(|e| e.to_string())?;
+    }
+    Ok((workspace, results_root, own_dirs))
+}
+
+fn report_settings(results_root: PathBuf, info: JobInfo, args: &JobArgs) -> ReportSettings {
+    ReportSettings {
+        results_root,
+        info,
+        console: if args.json {
+            ConsoleOutput::Json
+        } else {
+            ConsoleOutput::Lines
+        },
+        remote: None,
+        agent: Default::default(),
+        keep_results: None,
+    }
 }
 
 fn absolute(dir: &Path) -> PathBuf {

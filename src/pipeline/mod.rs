@@ -286,6 +286,49 @@ impl JobRun<'_> {
     }
 }
 
+/// A job refused before it has a config (`dockhand run` on a config that does not
+/// collect): its record, a failed `collect` stage saying why, in the results directory like
+/// any other job's.
+pub async fn refused(id: String, report: ReportSettings, text: String) -> Finished {
+    let started = LocalReport::start(
+        &report.results_root,
+        &id,
+        report.info,
+        report.console,
+        Masker::new(Vec::<&String>::new()).0,
+        false,
+    );
+    let (emitter, local) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            return Finished {
+                message: Some(format!(
+                    "cannot create the results directory under {}: {e}",
+                    report.results_root.display()
+                )),
+                id,
+                status: JobStatus::Failed,
+                exit_code: exit_code::CONFIG_ERROR,
+                results: None,
+                unrunnable: Some(text),
+            };
+        }
+    };
+    let mut unrunnable = None;
+    let outcome = unrunnable_job(&emitter, &id, Unrunnable::config(text), &mut unrunnable).await;
+    drop(emitter);
+    let results = local.dir.clone();
+    let record = local.finish().await;
+    Finished {
+        id,
+        status: record.status.unwrap_or(outcome.status),
+        exit_code: record.exit_code.unwrap_or(outcome.exit_code),
+        results: Some(results),
+        message: record.message,
+        unrunnable,
+    }
+}
+
 /// Collects the config in the job's workspace, on a blocking thread.
 async fn collect_in(
     ws: &Workspace,
@@ -365,8 +408,9 @@ async fn unrunnable_job(
     text: &mut Option<String>,
 ) -> JobOutcome {
     let verdict = (refused.status, refused.exit_code);
-    let outcome = report_unrunnable(emitter, id, &refused.text, verdict).await;
-    *text = Some(refused.text);
+    let reason = refused.text.trim_end();
+    let outcome = report_unrunnable(emitter, id, reason, verdict).await;
+    *text = Some(reason.to_owned());
     outcome
 }
 
