@@ -1,5 +1,6 @@
 //! Small helpers every layer uses: random names, the machine's name, short digests.
 
+use std::io::{self, Read};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -33,6 +34,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Feeds everything `reader` yields to `hasher`, in 256 KiB pieces; `fed` counts the
+/// bytes, also those fed before an error.
+pub fn sha256_feed(hasher: &mut Sha256, mut reader: impl Read, fed: &mut u64) -> io::Result<()> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = reader.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(());
+        }
+        hasher.update(&buffer[..read]);
+        *fed += read as u64;
+    }
+}
+
 /// The first 16 hex digits of a SHA-256: short enough to read, long enough not to collide.
 pub fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
@@ -55,10 +70,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs file work on the blocking pool, off the async runtime (the CLI's runtime has one
 /// thread: blocking it stalls every stage's output). A panic there resumes here, as if the
-/// work had run inline.
+/// work had run inline; when the runtime shuts down first, the caller never resumes.
 pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down: this task goes with it.
+        Err(_) => std::future::pending().await,
     }
 }

@@ -327,3 +327,21 @@ fn a_config_error_under_run_is_the_jobs_record() {
     assert!(log.contains("config.yml:4:5"), "{log}");
     assert!(results[0].join("junit.xml").is_file());
 }
+
+/// With no config named and none of the default names present, the message says what was
+/// looked for and how to name one; `check --json` stays machine-readable.
+#[test]
+fn no_config_here_says_what_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dockhand(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(200));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("looked for config.yml and harpoon.yml in") && said.contains("-c FILE"),
+        "{said}"
+    );
+    let json = dockhand(dir.path(), &["check", "--json"]);
+    assert_eq!(json.status.code(), Some(200));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+}

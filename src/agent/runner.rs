@@ -13,7 +13,7 @@ use crate::config::AgentConfig;
 use crate::docker::Engine;
 use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox};
 use crate::job::{Job, Origin};
-use crate::pipeline::{Finished, JobEnv, JobFiles, JobRun, ReportSettings};
+use crate::pipeline::{Finished, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::report::{ConsoleOutput, JobInfo};
 use crate::util::short_hash;
 
@@ -84,9 +84,10 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
     };
     let networks = context.networks.clone();
     let driver = settings.docker.network.clone();
+    let id = job.id.clone();
     let run = JobRun {
         id: job.id.clone(),
-        engine: &context.engine,
+        engine: JobEngine::Connected(&context.engine),
         files: JobFiles::Workspace {
             job: &job,
             root: agent.workspace_root.clone(),
@@ -100,14 +101,12 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             Some(name) => JobNetwork::Premade { name },
             None => JobNetwork::Create { driver },
         }),
-        warn: |warning| tracing::warn!("{warning}"),
+        warn: Box::new(move |warning| tracing::warn!("job {id}: {warning}")),
     };
     let finished = run.run(&cancel).await;
-    for text in [&finished.unrunnable, &finished.message]
-        .into_iter()
-        .flatten()
-    {
-        tracing::error!("job {}: {text}", finished.id);
+    // Not `unrunnable`: it is the job's own (unmasked) text, in its record already.
+    if let Some(message) = &finished.message {
+        tracing::error!("job {}: {message}", finished.id);
     }
     finished
 }

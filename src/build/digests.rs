@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -167,16 +167,9 @@ impl DigestCache {
 }
 
 fn hash_file(path: &Path) -> io::Result<String> {
-    let mut file = crate::files::open_regular_unlinked(path)?;
+    let file = crate::files::open_regular_unlinked(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::util::sha256_feed(&mut hasher, file, &mut 0)?;
     Ok(hex::encode(hasher.finalize()))
 }
 

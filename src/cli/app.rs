@@ -23,9 +23,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> u8 {
+    // `check --json` reports a missing config as a diagnostic, for machine readers.
     let reads_config = matches!(
         cli.command,
-        Command::Check { .. }
+        Command::Check { json: false }
             | Command::List { .. }
             | Command::Dockerfile { .. }
             | Command::Build { .. }
@@ -174,7 +175,7 @@ fn no_default_config(cli: &Cli) -> Option<String> {
     if cli.config.is_some() || std::env::var_os("HARPOON_CONFIG").is_some() {
         return None;
     }
-    if DEFAULT_CONFIGS.iter().any(|name| Path::new(name).exists()) {
+    if DEFAULT_CONFIGS.iter().any(|name| Path::new(name).is_file()) {
         return None;
     }
     let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));

@@ -10,11 +10,10 @@ use crate::build::cache_dir;
 use crate::build::context::STATE_DIR;
 use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, Collected, Diagnostics};
-use crate::docker::Engine;
 use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, make_own_dir};
 use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};
-use crate::pipeline::{self, JobEnv, JobFiles, JobRun, ReportSettings};
+use crate::pipeline::{self, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::plan::{Plan, PlanError, Request};
 use crate::report::{ConsoleOutput, JobInfo};
 use crate::signals::{Control, Signals};
@@ -94,34 +93,31 @@ pub fn run(
         return exit_code::INFRASTRUCTURE;
     };
     runtime.block_on(async move {
-        let engine = match Engine::connect(args.docker_host.as_deref()).await {
-            Ok(engine) => engine,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit_code::INFRASTRUCTURE;
-            }
-        };
         let cancel = Cancel::new();
         let signals = match Signals::listen(Control::Stop) {
-            Ok(signals) => tokio::spawn(cancel_on_signal(signals, cancel.clone())),
+            Ok(signals) => Some(tokio::spawn(cancel_on_signal(signals, cancel.clone()))),
             Err(e) => {
-                eprintln!("error: {e}");
-                return exit_code::INFRASTRUCTURE;
+                eprintln!("warning: {e}; an interrupt will not remove the job's containers");
+                None
             }
         };
         let run = JobRun {
             id: executor.job_id.clone(),
-            engine: &engine,
+            engine: JobEngine::Connect {
+                host: args.docker_host.clone(),
+            },
             files: JobFiles::InPlace { collected, plan },
             env,
             report,
             executor,
             network: Box::new(|| JobNetwork::Shared),
-            warn: |warning| eprintln!("warning: {warning}"),
+            warn: Box::new(|warning| eprintln!("warning: {warning}")),
         };
         let finished = run.run(&cancel).await;
-        signals.abort();
-        let _ = signals.await;
+        if let Some(signals) = signals {
+            signals.abort();
+            let _ = signals.await;
+        }
         if let Some(dir) = &finished.results {
             eprintln!("results: {}", dir.display());
         }

@@ -193,7 +193,7 @@ pub async fn run_job<E: ContainerEngine>(
             job_cancel.cancel(CancelReason::TimedOut);
         })
     });
-    let cancel = job_cancel.token();
+    let cancel = &job_cancel;
     let engine = Arc::new(engine.clone());
     let options = Arc::new(options.clone());
     // Made while the images build: creating a network costs 60–230 ms here.
@@ -387,7 +387,7 @@ async fn schedule<F, Fut>(
     ready: impl Fn(usize) -> bool,
     may_fail: impl Fn(usize) -> bool,
     limit: usize,
-    cancel: &CancellationToken,
+    cancel: &Cancel,
     start: F,
     log: impl Fn(usize) -> StageLog,
 ) -> Vec<StageOutcome>
@@ -420,16 +420,15 @@ where
                 } else {
                     StageStatus::Skipped
                 };
-                let outcome = StageOutcome::new(status).with_message(if blocked {
-                    "a stage it needs did not pass"
-                } else {
-                    "the job was cancelled"
+                let outcome = StageOutcome::new(status).with_message(match cancel.reason() {
+                    Some(reason) => format!("not started: {reason}"),
+                    None => "a stage it needs did not pass".to_owned(),
                 });
                 log.finished(outcome.clone()).await;
                 outcomes[i] = Some(outcome);
                 continue;
             }
-            let future = start(i, log.clone(), cancel.child_token());
+            let future = start(i, log.clone(), cancel.token().child_token());
             let stage_log = log.clone();
             let handle = running.spawn(async move {
                 log.started().await;
@@ -560,8 +559,8 @@ async fn build_stage<E: ContainerEngine>(
     })
 }
 
-/// The job's status and exit code: an infrastructure error first, then the job's time
-/// limit, then cancelled stages (a cancel after every stage passed changes nothing), then
+/// The job's status and exit code: the job's time limit first (whatever broke while it
+/// was stopped), then an infrastructure error, then cancelled stages (a cancel after every stage passed changes nothing), then
 /// the first failing task's exit code (1–125) or timeout, then a failed build.
 pub(super) fn verdict(
     builds: &[StageOutcome],
@@ -569,12 +568,12 @@ pub(super) fn verdict(
     plan: &Plan,
     cancelled: Option<CancelReason>,
 ) -> (JobStatus, u8) {
+    if cancelled == Some(CancelReason::TimedOut) {
+        return (JobStatus::TimedOut, exit_code::TIMED_OUT);
+    }
     let all = || builds.iter().chain(runs);
     if all().any(|o| o.status == StageStatus::Error) {
         return (JobStatus::Error, exit_code::INFRASTRUCTURE);
-    }
-    if cancelled == Some(CancelReason::TimedOut) {
-        return (JobStatus::TimedOut, exit_code::TIMED_OUT);
     }
     if all().any(|o| o.status == StageStatus::Cancelled) {
         return (JobStatus::Cancelled, exit_code::CANCELLED);

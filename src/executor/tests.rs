@@ -315,7 +315,7 @@ async fn a_task_allowed_to_fail_neither_blocks_nor_fails_the_job() {
 
 /// A cancel that arrives once every stage has passed changes nothing: the job did its work.
 #[test]
-fn the_verdict_puts_errors_then_cancellation_then_tasks_then_builds() {
+fn the_verdict_puts_the_time_limit_then_errors_then_cancellation_then_tasks_then_builds() {
     let job = job(PIPELINE);
     let outcome = |status| StageOutcome::new(status);
     let exited = |code| StageOutcome {
@@ -336,6 +336,12 @@ fn the_verdict_puts_errors_then_cancellation_then_tasks_then_builds() {
             &failed_build,
             [outcome(StageStatus::Error), passed(), passed()],
             Some(CancelReason::TimedOut),
+            (JobStatus::TimedOut, exit_code::TIMED_OUT),
+        ),
+        (
+            &failed_build,
+            [outcome(StageStatus::Error), passed(), passed()],
+            Some(CancelReason::Shutdown),
             (JobStatus::Error, exit_code::INFRASTRUCTURE),
         ),
         (
@@ -441,7 +447,13 @@ async fn a_job_cancelled_before_it_starts_creates_nothing() {
     cancel.cancel(CancelReason::Superseded);
     let ran = run(&engine, &job, &cancel).await;
     for name in ["db", "app", "test", "lint"] {
-        assert_eq!(ran.stage(name).status, StageStatus::Cancelled, "{name}");
+        let stage = ran.stage(name);
+        assert_eq!(stage.status, StageStatus::Cancelled, "{name}");
+        assert_eq!(
+            stage.message.as_deref(),
+            Some("not started: superseded by a newer job"),
+            "each stage says why"
+        );
     }
     assert_eq!(ran.verdict(), (JobStatus::Cancelled, exit_code::CANCELLED));
     assert_eq!(

@@ -28,12 +28,13 @@ use crate::report::{
     ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, prune_results, secret_values,
 };
 use crate::source::http::Upload;
+use crate::util::off_runtime;
 use crate::workspace::Workspace;
 
 /// Everything one job needs, assembled by its caller.
 pub struct JobRun<'a> {
     pub id: String,
-    pub engine: &'a Engine,
+    pub engine: JobEngine<'a>,
     pub files: JobFiles<'a>,
     pub env: JobEnv,
     pub report: ReportSettings,
@@ -45,7 +46,25 @@ pub struct JobRun<'a> {
     pub network: Box<dyn FnOnce() -> JobNetwork + Send + 'a>,
     /// Where warnings about the job's setup go before its sinks exist: the terminal for
     /// `dockhand run`, the agent's log.
-    pub warn: fn(&str),
+    pub warn: Box<dyn Fn(&str) + Send + 'a>,
+}
+
+/// The engine a job runs on: an agent's connection, or one made only once the job has
+/// passed its checks (`dockhand run`: a refused job needs no engine).
+pub enum JobEngine<'a> {
+    Connected(&'a Engine),
+    Connect { host: Option<String> },
+}
+
+impl JobEngine<'_> {
+    async fn connect(self) -> Result<Engine, Unrunnable> {
+        match self {
+            JobEngine::Connected(engine) => Ok(engine.clone()),
+            JobEngine::Connect { host } => Engine::connect(host.as_deref())
+                .await
+                .map_err(|e| Unrunnable::infrastructure(e.to_string())),
+        }
+    }
 }
 
 /// Where a job's files and config come from.
@@ -195,15 +214,12 @@ impl JobRun<'_> {
                 }
             },
         };
-        let masker = masker(&env, prepared.as_ref().ok().map(|(c, _)| &**c), warn);
-        let started = LocalReport::start(
-            &report.results_root,
-            &id,
-            report.info.clone(),
-            report.console,
-            masker,
-            report.remote.is_some(),
-        );
+        let masker = masker(&env, prepared.as_ref().ok().map(|(c, _)| &**c), &warn);
+        let started = {
+            let (root, id, info) = (report.results_root.clone(), id.clone(), report.info.clone());
+            let (console, events) = (report.console, report.remote.is_some());
+            off_runtime(move || LocalReport::start(&root, &id, info, console, masker, events)).await
+        };
         let (emitter, local) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -224,10 +240,14 @@ impl JobRun<'_> {
                 };
             }
         };
-        let upload = report
-            .remote
-            .as_ref()
-            .map(|remote| Upload::start(remote, &local.dir, cancel.clone(), report.agent.clone()));
+        let upload = match report.remote.clone() {
+            Some(remote) => {
+                let (dir, cancel, agent) =
+                    (local.dir.clone(), cancel.clone(), report.agent.clone());
+                Some(off_runtime(move || Upload::start(&remote, &dir, cancel, agent)).await)
+            }
+            None => None,
+        };
         let mut unrunnable = None;
         let outcome = match prepared {
             Err(refused) => unrunnable_job(&emitter, &id, refused, &mut unrunnable).await,
@@ -236,11 +256,15 @@ impl JobRun<'_> {
                     executor.sandbox.workspace = ws.dir.clone();
                 }
                 executor.env = env.for_tasks(&collected.config.secrets);
-                match checked_plan(&collected, plan, &env, &executor).await {
-                    Ok(plan) => {
+                let ready = match checked_plan(&collected, plan, &env, &executor).await {
+                    Ok(plan) => engine.connect().await.map(|engine| (plan, engine)),
+                    Err(refused) => Err(refused),
+                };
+                match ready {
+                    Ok((plan, engine)) => {
                         executor.job_network = network();
                         run_job(
-                            engine,
+                            &engine,
                             &collected.config,
                             &plan,
                             &executor,
@@ -290,14 +314,15 @@ impl JobRun<'_> {
 /// collect): its record, a failed `collect` stage saying why, in the results directory like
 /// any other job's.
 pub async fn refused(id: String, report: ReportSettings, text: String) -> Finished {
-    let started = LocalReport::start(
-        &report.results_root,
-        &id,
-        report.info,
-        report.console,
-        Masker::new(Vec::<&String>::new()).0,
-        false,
-    );
+    let started = {
+        let (root, id) = (report.results_root.clone(), id.clone());
+        let (info, console, masker) = (
+            report.info,
+            report.console,
+            Masker::new(Vec::<&String>::new()).0,
+        );
+        off_runtime(move || LocalReport::start(&root, &id, info, console, masker, false)).await
+    };
     let (emitter, local) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -416,7 +441,7 @@ async fn unrunnable_job(
 
 /// The masker for every sink: the agent's secrets and the values of those the config
 /// names.
-fn masker(env: &JobEnv, collected: Option<&Collected>, warn: fn(&str)) -> Masker {
+fn masker(env: &JobEnv, collected: Option<&Collected>, warn: &dyn Fn(&str)) -> Masker {
     let named = collected.map_or(&[][..], |c| &c.config.secrets[..]);
     let all = env.for_collect();
     let mut secrets: Vec<&String> = env.secrets.values().collect();
@@ -431,7 +456,7 @@ fn masker(env: &JobEnv, collected: Option<&Collected>, warn: fn(&str)) -> Masker
 }
 
 async fn prune(root: PathBuf, keep: usize) {
-    let pruned = crate::util::off_runtime(move || {
+    let pruned = off_runtime(move || {
         prune_results(&root, keep).map_err(|e| format!("cannot prune {}: {e}", root.display()))
     })
     .await;

@@ -29,12 +29,19 @@ pub enum GitError {
     #[error("cancelled while fetching {url}")]
     Cancelled { url: String },
     #[error("refusing to fetch: {0}")]
-    Refused(#[from] SourceRefusal),
+    Refused(SourceRefusal),
+}
+
+impl From<SourceRefusal> for GitError {
+    fn from(refusal: SourceRefusal) -> GitError {
+        GitError::Refused(refusal)
+    }
 }
 
 /// Why a git URL, reference or commit is not taken: they are data, never options or
-/// commands (the README's security model), so anything git could read otherwise is refused. The value is
-/// quoted with control characters escaped: it ends up in logs and on terminals.
+/// commands (the README's security model), so anything git could read otherwise is
+/// refused. The value is quoted with control characters escaped: it ends up in logs and
+/// on terminals.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceRefusal {
     #[error(

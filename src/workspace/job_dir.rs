@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::git::{GitError, checkout};
 use super::snapshot::{Linked, SnapshotError, release, snapshot};
 use crate::job::{Job, Origin};
-use crate::util::short_hash;
+use crate::util::{off_runtime, short_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -50,12 +50,15 @@ impl Workspace {
         cancel: &CancellationToken,
     ) -> Result<Workspace, WorkspaceError> {
         let dir = root.join(&job.id);
-        std::fs::create_dir_all(root)
-            .and_then(|()| std::fs::create_dir(&dir))
-            .map_err(|cause| WorkspaceError::Create {
-                path: dir.clone(),
-                cause,
-            })?;
+        let (parent, made) = (root.to_path_buf(), dir.clone());
+        off_runtime(move || {
+            std::fs::create_dir_all(parent).and_then(|()| std::fs::create_dir(made))
+        })
+        .await
+        .map_err(|cause| WorkspaceError::Create {
+            path: dir.clone(),
+            cause,
+        })?;
         let mirrors = root.join(MIRRORS);
         let filled = fill(&job.origin, &dir, &mirrors, skip, cancel).await;
         match filled {
@@ -65,7 +68,7 @@ impl Workspace {
                 linked,
             }),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = off_runtime(move || crate::files::remove_tree(&dir)).await;
                 Err(e)
             }
         }

@@ -1,6 +1,6 @@
 //! Git URLs, references and commits from whoever holds the admin token or the webhook
-//! secret are data, never options or commands (the README's security model): each of these once ran
-//! `--upload-pack=<command>` on the agent. They are refused at the door (422 naming the
+//! secret are data, never options or commands (the README's security model): each of
+//! these once ran `--upload-pack=<command>` on the agent. They are refused at the door (422 naming the
 //! field) and again by the agent, which trusts no server to have checked.
 
 use std::path::Path;

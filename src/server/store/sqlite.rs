@@ -1,7 +1,7 @@
 //! The store in one SQLite file (WAL) through sqlx, schema in `migrations/`; job logs are
 //! files beside it, their committed length in the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +31,8 @@ pub struct SqliteStore {
     /// Running jobs' logs, each behind a lock held by its one writer at a time; an entry
     /// is dropped once its job stops running and nobody holds it.
     log_states: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
+    /// Jobs whose entry was to be forgotten while a caller held it: that caller forgets it.
+    retiring: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The sha256 of a job's committed log, kept as it grows so a result is checked without
@@ -75,6 +77,7 @@ impl SqliteStore {
             logs,
             secret,
             log_states: Default::default(),
+            retiring: Default::default(),
         })
     }
 
@@ -95,14 +98,31 @@ impl SqliteStore {
     }
 
     /// Drops the job's entry unless a caller holds it (it is only handed out under the
-    /// map's lock, so nobody can take it meanwhile); a later writer starts a fresh one.
+    /// map's lock, so nobody can take it meanwhile): then the holder drops it when done
+    /// ([`SqliteStore::release_log_state`]). A later writer starts a fresh one.
     fn forget_log_state(&self, job_id: &str) {
         let mut states = self.log_states.lock().unwrap_or_else(|p| p.into_inner());
-        if states
-            .get(job_id)
-            .is_some_and(|s| Arc::strong_count(s) == 1)
-        {
-            states.remove(job_id);
+        match states.get(job_id) {
+            Some(state) if Arc::strong_count(state) == 1 => {
+                states.remove(job_id);
+            }
+            Some(_) => {
+                let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+                retiring.insert(job_id.to_owned());
+            }
+            None => {}
+        }
+    }
+
+    /// A holder of the job's entry is done with it: forgets it when that was asked
+    /// meanwhile, or when `forget` (the job no longer takes log bytes).
+    fn release_log_state(&self, job_id: &str, forget: bool) {
+        let retiring = {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            retiring.remove(job_id)
+        };
+        if forget || retiring {
+            self.forget_log_state(job_id);
         }
     }
 
@@ -203,15 +223,7 @@ impl SqliteStore {
                     let mut hasher = Sha256::new();
                     match std::fs::File::open(path) {
                         Ok(file) => {
-                            let mut file = file.take(committed);
-                            let mut buffer = vec![0u8; 256 * 1024];
-                            loop {
-                                let read = file.read(&mut buffer)?;
-                                if read == 0 {
-                                    break;
-                                }
-                                hasher.update(&buffer[..read]);
-                            }
+                            crate::util::sha256_feed(&mut hasher, file.take(committed), &mut 0)?;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound && committed == 0 => {}
                         Err(e) => return Err(e),
@@ -542,9 +554,8 @@ impl JobStore for SqliteStore {
         let entry = self.log_state(job_id);
         let appended = self.append_locked(&entry, job_id, offset, bytes).await;
         drop(entry);
-        if !matches!(appended, Ok(LogAppend::Committed(_) | LogAppend::Gap(_))) {
-            self.forget_log_state(job_id);
-        }
+        let taking = matches!(appended, Ok(LogAppend::Committed(_) | LogAppend::Gap(_)));
+        self.release_log_state(job_id, !taking);
         appended
     }
 
@@ -609,9 +620,8 @@ impl JobStore for SqliteStore {
         let entry = self.log_state(job_id);
         let finished = self.finish_locked(&entry, job_id, result).await;
         drop(entry);
-        if !matches!(finished, Ok(Finish::LogIncomplete { .. })) {
-            self.forget_log_state(job_id);
-        }
+        let taking = matches!(finished, Ok(Finish::LogIncomplete { .. }));
+        self.release_log_state(job_id, !taking);
         finished
     }
 
@@ -770,8 +780,18 @@ mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
+        let held = store.log_state(&job);
         assert_eq!(store.expire().await.unwrap(), (0, 1));
-        assert!(store.log_states.lock().unwrap().is_empty());
+        assert!(
+            !store.log_states.lock().unwrap().is_empty(),
+            "an append in flight keeps it"
+        );
+        drop(held);
+        store.release_log_state(&job, false);
+        assert!(
+            store.log_states.lock().unwrap().is_empty(),
+            "its holder forgets it once done"
+        );
         store.revive(&job, Duration::from_secs(60)).await.unwrap();
         store.append_log(&job, 1, b"y").await.unwrap();
         assert_eq!(

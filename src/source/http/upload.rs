@@ -5,7 +5,7 @@
 //! is still owed, so an agent restart finishes the upload.
 
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -23,12 +23,16 @@ use crate::protocol::{
     Committed, EventsAck, JobResult, LeaseGone, LeaseRenewal, LeaseRequest, LogSummary,
 };
 use crate::report::{EVENTS_FILE, JobRecord};
+use crate::util::off_runtime;
 
 /// In a job's results directory while its upload is owed.
 pub const REMOTE_FILE: &str = "remote.json";
 
 /// Events per upload call.
 const EVENT_BATCH: usize = 500;
+
+/// Events read into memory at most; the rest wait in events.jsonl.
+const MAX_PENDING: usize = 4 * EVENT_BATCH;
 
 /// The running lease renewal and upload of one job.
 pub struct Upload {
@@ -199,7 +203,7 @@ impl Uploader {
         loop {
             let done = finished.get().is_some();
             self.upload_log(&mut log, cancel).await?;
-            events = self.upload_events(events, done, cancel).await?;
+            events = self.upload_events(events, cancel).await?;
             if done {
                 break;
             }
@@ -267,21 +271,19 @@ impl Uploader {
         }
     }
 
-    /// Sends the events written since the last call: one batch while the job runs, all of
-    /// them once it is `done`.
+    /// Sends the events written since the last call, a batch at a time, reading at most
+    /// [`MAX_PENDING`] of them into memory at once.
     async fn upload_events(
         &self,
         mut events: EventSpool,
-        done: bool,
         cancel: &CancellationToken,
     ) -> Result<EventSpool, ClientError> {
-        events = tokio::task::spawn_blocking(move || {
-            events.read_new();
-            events
-        })
-        .await
-        .map_err(|_| ClientError::Cancelled)?;
         loop {
+            events = off_runtime(move || {
+                events.read_new();
+                events
+            })
+            .await;
             let batch: Vec<&Value> = events.pending.iter().take(EVENT_BATCH).collect();
             if batch.is_empty() {
                 return Ok(events);
@@ -301,7 +303,7 @@ impl Uploader {
                 .await?;
             let before = events.pending.len();
             events.acknowledge(answer.json::<EventsAck>()?.acked_seq);
-            if !done || events.pending.len() == before {
+            if events.pending.len() == before {
                 return Ok(events);
             }
         }
@@ -394,14 +396,7 @@ impl LogSpool {
         if let Ok(mut file) = std::fs::File::open(&self.path)
             && file.seek(SeekFrom::Start(self.hashed)).is_ok()
         {
-            let mut buffer = vec![0u8; 256 * 1024];
-            while let Ok(read) = file.read(&mut buffer) {
-                if read == 0 {
-                    break;
-                }
-                self.hasher.update(&buffer[..read]);
-                self.hashed += read as u64;
-            }
+            let _ = crate::util::sha256_feed(&mut self.hasher, file, &mut self.hashed);
         }
         (self.hashed, hex::encode(self.hasher.clone().finalize()))
     }
@@ -428,26 +423,36 @@ impl EventSpool {
         }
     }
 
-    /// Takes the complete lines written since the last call. Blocking.
+    /// Takes the complete lines written since the last call, until [`MAX_PENDING`] are
+    /// held. Blocking.
     fn read_new(&mut self) {
+        if self.pending.len() >= MAX_PENDING {
+            return;
+        }
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return;
         };
-        let mut text = Vec::new();
-        if file.seek(SeekFrom::Start(self.read)).is_err() || file.read_to_end(&mut text).is_err() {
+        if file.seek(SeekFrom::Start(self.read)).is_err() {
             return;
         }
-        let Some(end) = text.iter().rposition(|b| *b == b'\n') else {
-            return;
-        };
-        self.read += end as u64 + 1;
-        for line in String::from_utf8_lossy(&text[..end]).lines() {
-            self.lines += 1;
-            let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut event {
-                map.insert("seq".to_owned(), json!(self.lines));
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        while self.pending.len() < MAX_PENDING {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(read) if line.last() == Some(&b'\n') => {
+                    self.read += read as u64;
+                    self.lines += 1;
+                    let text = String::from_utf8_lossy(&line[..read - 1]);
+                    let mut event: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    if let Value::Object(map) = &mut event {
+                        map.insert("seq".to_owned(), json!(self.lines));
+                    }
+                    self.pending.push_back(event);
+                }
+                // The end, or a line still being written: the rest next time.
+                _ => return,
             }
-            self.pending.push_back(event);
         }
     }
 
@@ -581,5 +586,28 @@ mod tests {
         );
         spool.acknowledge(9);
         assert!(spool.pending.is_empty());
+    }
+
+    #[test]
+    fn a_long_job_s_events_are_held_a_bounded_number_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let lines: String = (1..=2 * MAX_PENDING + 7)
+            .map(|i| format!("{{\"n\":{i}}}\n"))
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+        let mut spool = EventSpool::new(path);
+        let mut seen = 0;
+        loop {
+            spool.read_new();
+            assert!(spool.pending.len() <= MAX_PENDING);
+            let Some(last) = spool.pending.back() else {
+                break;
+            };
+            assert_eq!(last["seq"], last["n"], "numbered by line");
+            seen = last["n"].as_u64().unwrap();
+            spool.acknowledge(i64::try_from(seen).unwrap());
+        }
+        assert_eq!(seen, 2 * MAX_PENDING as u64 + 7);
     }
 }
