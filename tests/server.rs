@@ -482,3 +482,57 @@ async fn the_client_sends_absolute_paths_and_refuses_pointless_requests() {
     let none = dockhand(&["jobs", "--limit", "0"]);
     assert_eq!(none.status.code(), Some(2), "{none:?}");
 }
+
+/// `submit --wait` and `logs -f` follow the job to its end and exit as the job did, for
+/// scripts: its own exit code, 130 for a job cancelled before it ran.
+#[tokio::test]
+async fn following_a_job_exits_with_its_exit_code() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let url = server.url.clone();
+    let dockhand = move |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        command
+            .args(args)
+            .args(["--server", &url])
+            .env("DOCKHAND_ADMIN_TOKEN", support::server::ADMIN)
+            .kill_on_drop(true);
+        command.output()
+    };
+    let git = ["--git", "https://example.com/x.git", "--ref", "main"];
+    let waiting = tokio::spawn(dockhand(&[&["submit", "--wait"][..], &git[..]].concat()));
+    let agent = api.register("a", &[]).await;
+    let (job, token) = loop {
+        if let Some((job, token, _)) = api.take(&agent).await {
+            break (job, token);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    api.log(&job, &token, 0, b"hello\n").await;
+    let sha = support::server::sha256_hex(b"hello\n");
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/jobs/{job}/result"),
+            &token,
+            json!({"status": "failed", "exit_code": 3, "stages": [], "started_at": null,
+                   "finished_at": null, "log": {"bytes": 6, "sha256": sha}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.status.code(), Some(3), "{waited:?}");
+    assert_eq!(waited.stdout, b"hello\n");
+    assert!(String::from_utf8_lossy(&waited.stderr).contains(&job));
+    let followed = dockhand(&["logs", "-f", &job]).await.unwrap();
+    assert_eq!(followed.status.code(), Some(3), "{followed:?}");
+
+    let queued = api.submit(&["nobody-has-this"]).await;
+    assert_eq!(api.cancel(&queued).await, StatusCode::ACCEPTED);
+    let followed = dockhand(&["logs", "-f", &queued]).await.unwrap();
+    assert_eq!(followed.status.code(), Some(130), "{followed:?}");
+}

@@ -175,7 +175,12 @@ fn no_default_config(cli: &Cli) -> Option<String> {
     if cli.config.is_some() || std::env::var_os("HARPOON_CONFIG").is_some() {
         return None;
     }
-    if DEFAULT_CONFIGS.iter().any(|name| Path::new(name).is_file()) {
+    // Anything by one of the names (a FIFO, a link out of the checkout) is the collector's
+    // to refuse with its reason.
+    if DEFAULT_CONFIGS
+        .iter()
+        .any(|name| Path::new(name).symlink_metadata().is_ok())
+    {
         return None;
     }
     let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));

@@ -328,4 +328,8 @@ pub struct SubmitArgs {
     /// The job's time limit, e.g. "30m"
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Follow the job's log until it ends and exit with its exit code (as `logs -f`);
+    /// the job's id goes to stderr
+    #[arg(long)]
+    pub wait: bool,
 }

@@ -13,7 +13,7 @@ use super::runtime::{self, Threads};
 use super::terminal;
 use crate::exit_code;
 use crate::protocol::client::{Answer, Body, ClientError, Retry, ServerClient};
-use crate::protocol::{ErrorBody, JobSource, JobSpec, JobView, Submitted};
+use crate::protocol::{ErrorBody, JobSource, JobSpec, JobState, JobView, Submitted};
 
 /// Exit code when the job server cannot be reached or refuses.
 const SERVER_ERROR: u8 = exit_code::INFRASTRUCTURE;
@@ -132,6 +132,10 @@ pub fn submit(args: &SubmitArgs) -> u8 {
             )
             .await?;
         let submitted: Submitted = answer.json().map_err(|e| e.to_string())?;
+        if args.wait {
+            eprintln!("job {}", terminal::escape(&submitted.job_id));
+            return follow_log(&remote, &submitted.job_id).await;
+        }
         outln!("{}", terminal::escape(&submitted.job_id));
         Ok(exit_code::SUCCESS)
     }))
@@ -193,51 +197,103 @@ pub fn logs(server: &ServerAddress, job: &str, follow: bool) -> u8 {
     };
     finish(runtime.block_on(async {
         let remote = Remote::new(server);
-        let path = format!(
-            "/api/v1/jobs/{job}/log{}",
-            if follow { "?follow=1" } else { "" }
-        );
-        let mut response = remote.open(&path, "reading the log").await?;
-        let mut stdout = std::io::stdout();
-        // Piped, the log is the job's bytes as they are; on a terminal, only lines, tabs
-        // and colours pass and other control sequences are shown escaped.
-        let on_terminal = std::io::IsTerminal::is_terminal(&stdout);
-        let mut show = |bytes: &[u8]| {
-            let _ = if on_terminal {
-                stdout.write_all(terminal::output(&String::from_utf8_lossy(bytes)).as_bytes())
-            } else {
-                stdout.write_all(bytes)
-            };
-            let _ = stdout.flush();
-        };
-        if !follow {
-            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            show(&bytes);
-            return Ok(exit_code::SUCCESS);
+        if follow {
+            return follow_log(&remote, job).await;
         }
-        let mut pending = String::new();
-        let mut event = String::new();
+        let path = format!("/api/v1/jobs/{job}/log");
+        let mut response = remote.open(&path, "reading the log").await?;
+        let mut show = LogOutput::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            pending.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = pending.find('\n') {
-                let line: String = pending.drain(..=end).collect();
-                let line = line.trim_end_matches(['\n', '\r']);
-                if let Some(name) = line.strip_prefix("event:") {
-                    event = name.trim().to_owned();
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    let data = data.strip_prefix(' ').unwrap_or(data);
-                    if event == "end" {
-                        eprintln!("job {} {}", terminal::escape(job), terminal::escape(data));
-                        return Ok(exit_code::SUCCESS);
-                    }
-                    if let Ok(text) = serde_json::from_str::<String>(data) {
-                        show(text.as_bytes());
-                    }
-                }
-            }
+            show.write(&chunk);
         }
         Ok(exit_code::SUCCESS)
     }))
+}
+
+/// Prints the job's log as it grows until the job ends; the job's exit code.
+async fn follow_log(remote: &Remote, job: &str) -> Result<u8, String> {
+    let path = format!("/api/v1/jobs/{job}/log?follow=1");
+    let mut response = remote.open(&path, "reading the log").await?;
+    let mut show = LogOutput::new();
+    let mut pending = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let data = data.strip_prefix(' ').unwrap_or(data);
+                if event == "end" {
+                    eprintln!("job {} {}", terminal::escape(job), terminal::escape(data));
+                    let detail = format!("/api/v1/jobs/{job}");
+                    let ended: JobView = remote
+                        .call(
+                            Method::GET,
+                            &detail,
+                            Body::None,
+                            Retry::Transient,
+                            "reading the job",
+                        )
+                        .await?
+                        .json()
+                        .map_err(|e| e.to_string())?;
+                    return Ok(job_exit_code(&ended));
+                }
+                if let Ok(text) = serde_json::from_str::<String>(data) {
+                    show.write(text.as_bytes());
+                }
+            }
+        }
+    }
+    Err(format!(
+        "the server closed the log of {job} before the job ended"
+    ))
+}
+
+/// What `logs -f` and `submit --wait` exit with: the job's own exit code as its agent
+/// reported it (as `dockhand run` would exit); without a result, 130 for a job cancelled
+/// before it ran, 124 for a timeout, 202 for a lost job or an error.
+fn job_exit_code(job: &JobView) -> u8 {
+    if let Some(result) = &job.result {
+        return u8::try_from(result.exit_code).unwrap_or(exit_code::INFRASTRUCTURE);
+    }
+    match job.state {
+        JobState::Succeeded => exit_code::SUCCESS,
+        JobState::Cancelled => exit_code::CANCELLED,
+        JobState::TimedOut => exit_code::TIMED_OUT,
+        _ => exit_code::INFRASTRUCTURE,
+    }
+}
+
+/// A log on stdout. Piped, the job's bytes as they are; on a terminal, only lines, tabs and
+/// colours pass and other control sequences are shown escaped.
+struct LogOutput {
+    stdout: std::io::Stdout,
+    on_terminal: bool,
+}
+
+impl LogOutput {
+    fn new() -> LogOutput {
+        let stdout = std::io::stdout();
+        let on_terminal = std::io::IsTerminal::is_terminal(&stdout);
+        LogOutput {
+            stdout,
+            on_terminal,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let _ = if self.on_terminal {
+            let text = String::from_utf8_lossy(bytes);
+            self.stdout.write_all(terminal::output(&text).as_bytes())
+        } else {
+            self.stdout.write_all(bytes)
+        };
+        let _ = self.stdout.flush();
+    }
 }
 
 pub fn cancel(server: &ServerAddress, job: &str) -> u8 {

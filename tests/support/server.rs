@@ -61,16 +61,17 @@ impl Drop for Server {
     }
 }
 
+/// SHA-256 as lowercase hex, as the protocol writes it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// The hex HMAC-SHA256 of `body` under `secret`: a forge's webhook signature.
 pub fn sign(secret: &str, body: &[u8]) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 pub struct Client {
@@ -273,10 +274,7 @@ impl Client {
     }
 
     pub async fn finish(&self, job: &str, token: &str, log: &[u8]) -> (StatusCode, Value) {
-        let sha = Sha256::digest(log)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let sha = sha256_hex(log);
         self.put(
             &format!("/api/v1/jobs/{job}/result"),
             token,
