@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{JobRun, Project};
+use support::{JobRun, Project, docker};
 
 #[test]
 fn a_tasks_exit_code_is_the_jobs_exit_code() {
@@ -481,4 +481,54 @@ fn a_closed_console_ends_neither_the_job_nor_its_records() {
     assert_eq!(run.result()["status"], "succeeded", "{run}");
     assert!(run.log().contains("200000\n"), "the log has every line");
     run.assert_nothing_left();
+}
+
+/// An image with no CMD or ENTRYPOINT (its own, its config parents' or its base's) run by a
+/// task without `command`/`bash` is refused before anything builds, with the way out; the
+/// engine would only say "No command specified" after the builds.
+#[test]
+fn an_image_with_nothing_to_run_is_refused_before_it_builds() {
+    let prefix = format!("t-nocmd-{}", std::process::id());
+    let project = Project::new(&format!(
+        r#"
+image_name_prefix: {prefix}
+context: false
+images:
+  base:
+    commands: [FROM dockhand/busybox:local]
+  child:
+    commands: [[FROM, "{{images.base}}"]]
+  talks:
+    commands: [[FROM, "{{images.base}}"], 'CMD ["echo", "spoke"]']
+tasks:
+  given:
+    image: "{{images.base}}"
+    options: {{command: [echo, given]}}
+"#
+    ));
+    for image in ["base", "child"] {
+        let run = project.run(&["run", image]);
+        assert_eq!(run.code, Some(200), "{run}");
+        assert!(
+            run.stderr
+                .contains(&format!("image `{image}` has nothing to run"))
+                && run.stderr.contains("give the task `command:` or `bash:`"),
+            "{run}"
+        );
+        let stages = run.result()["stages"].clone();
+        assert_eq!(
+            stages.as_array().map(Vec::len),
+            Some(1),
+            "nothing built: {run}"
+        );
+    }
+    let talks = project.run(&["run", "talks"]);
+    assert_eq!(talks.code, Some(0), "{talks}");
+    assert!(talks.stdout.contains("spoke"), "{talks}");
+    let given = project.run(&["run", "given"]);
+    assert_eq!(given.code, Some(0), "{given}");
+    assert!(given.stdout.contains("given"), "{given}");
+    for image in ["base", "talks"] {
+        docker(&["rmi", "-f", &format!("{prefix}-{image}")]);
+    }
 }

@@ -288,6 +288,19 @@ impl Engine {
         Ok(self.image_id(reference).await?.is_some())
     }
 
+    /// Whether the image sets a `CMD` or `ENTRYPOINT`; `None` when the engine has no such
+    /// image.
+    pub async fn image_has_command(&self, reference: &str) -> Result<Option<bool>, DockerError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(Some(image.config.is_some_and(|config| {
+                let set = |words: Option<Vec<String>>| words.is_some_and(|w| !w.is_empty());
+                set(config.cmd) || set(config.entrypoint)
+            }))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(DockerError::api(format!("inspecting image {reference}"))(e)),
+        }
+    }
+
     pub async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
         match self.docker.inspect_image(reference).await {
             Ok(image) => Ok(image.id),

@@ -7,6 +7,7 @@
 
 mod env;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use crate::executor::{
 };
 use crate::exit_code;
 use crate::job::{Job, Origin, RemoteJob};
-use crate::plan::{Plan, Request};
+use crate::plan::{CommandSource, Plan, Request};
 use crate::report::{
     ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, prune_results, secret_values,
 };
@@ -257,7 +258,12 @@ impl JobRun<'_> {
                 }
                 executor.env = env.for_tasks(&collected.config.secrets);
                 let ready = match checked_plan(&collected, plan, &env, &executor).await {
-                    Ok(plan) => engine.connect().await.map(|engine| (plan, engine)),
+                    Ok(plan) => match engine.connect().await {
+                        Ok(engine) => check_commands(&engine, &plan)
+                            .await
+                            .map(|()| (plan, engine)),
+                        Err(refused) => Err(refused),
+                    },
                     Err(refused) => Err(refused),
                 };
                 match ready {
@@ -423,6 +429,43 @@ async fn checked_plan(
         Err(e) => Err(Unrunnable::infrastructure(format!(
             "checking the job's policy failed: {e}"
         ))),
+    }
+}
+
+/// Refuses a plan that would start a container with nothing to run, before anything
+/// builds. A base image the engine lacks, or cannot be asked about, is left to the build.
+async fn check_commands(engine: &Engine, plan: &Plan) -> Result<(), Unrunnable> {
+    let mut problems = Vec::new();
+    let mut bases: HashMap<String, Option<bool>> = HashMap::new();
+    for container in plan.commandless() {
+        let base = match &container.source {
+            CommandSource::Known => continue,
+            CommandSource::Missing => None,
+            CommandSource::Base(base) => {
+                if !bases.contains_key(base) {
+                    let has = engine.image_has_command(base).await.ok().flatten();
+                    bases.insert(base.clone(), has);
+                }
+                if bases[base] != Some(false) {
+                    continue;
+                }
+                Some(base)
+            }
+        };
+        let whose = if container.image == container.task {
+            format!("`{}`", container.image)
+        } else {
+            format!("`{}` (for task `{}`)", container.image, container.task)
+        };
+        let from = base.map_or(String::new(), |b| format!(", nor does its base `{b}`"));
+        problems.push(format!(
+            "image {whose} has nothing to run: it sets no CMD or ENTRYPOINT{from}; give the task `command:` or `bash:`, or the image a `CMD`"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Unrunnable::config(problems.join("\n")))
     }
 }
 
