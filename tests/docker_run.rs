@@ -326,9 +326,18 @@ fn the_results_directory_holds_the_result_the_whole_log_and_stage_logs() {
         "err\n",
         "partial\n",
         "==> build t-results\n",
+        "\n<== run t-results passed in ",
+        "\n<== build t-results passed in ",
     ] {
         assert!(log.contains(want), "log.txt lacks {want:?}:\n{log}");
     }
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("job ")
+            && last.contains(" succeeded in ")
+            && last.ends_with(" (exit code 0)"),
+        "log.txt ends with the job's verdict: {log}"
+    );
     let stage = run.stage("run", "t-results");
     let (start, end) = (
         stage["log_range"][0].as_u64().unwrap() as usize,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Instant;
 
-use super::record::JobRecord;
+use super::record::{JobRecord, status_word};
 use super::reporter::{Sink, SinkError, writing};
-use crate::events::{Event, LogStream, StageStatus};
+use crate::events::{Event, LogStream};
 
 pub struct Console<W: Write + Send> {
     out: io::BufWriter<W>,
@@ -131,19 +131,6 @@ impl<W: Write + Send> Console<W> {
     }
 }
 
-pub fn status_word(status: Option<StageStatus>) -> &'static str {
-    match status {
-        None => "not run",
-        Some(StageStatus::Passed) => "passed",
-        Some(StageStatus::Cached) => "cached",
-        Some(StageStatus::Failed) => "failed",
-        Some(StageStatus::Skipped) => "skipped",
-        Some(StageStatus::Cancelled) => "cancelled",
-        Some(StageStatus::TimedOut) => "timed out",
-        Some(StageStatus::Error) => "error",
-    }
-}
-
 /// What the console sink writes to, for its errors.
 const STDOUT: &str = "the console (standard output)";
 
@@ -197,22 +184,7 @@ impl<W: Write + Send> Console<W> {
                 }
             }
             Event::StageFinished { stage, outcome, .. } => {
-                let s = &record.stages[*stage];
-                let time = s
-                    .seconds()
-                    .map(|t| format!(" in {t:.1}s"))
-                    .unwrap_or_default();
-                let code = outcome
-                    .exit_code
-                    .filter(|&c| c != 0)
-                    .map(|c| format!(" (exit code {c})"))
-                    .unwrap_or_default();
-                writeln!(
-                    self.out,
-                    "<== {} {}{code}{time}",
-                    s.label(),
-                    status_word(Some(outcome.status))
-                )?;
+                writeln!(self.out, "{}", record.stages[*stage].outcome_line(outcome))?;
                 if !outcome.status.passed()
                     && let Some(message) = &outcome.message
                 {
@@ -248,23 +220,7 @@ impl<W: Write + Send> Console<W> {
                         w = self.width
                     )?;
                 }
-                let total = match (record.started_at, record.finished_at) {
-                    (Some(a), Some(b)) => {
-                        b.0.duration_since(a.0)
-                            .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
-                            .unwrap_or_default()
-                    }
-                    _ => String::new(),
-                };
-                writeln!(
-                    self.out,
-                    "job {} {}{total} (exit code {exit_code})",
-                    record.job,
-                    serde_json::to_value(status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
-                )?;
+                writeln!(self.out, "{}", record.verdict_line(*status, *exit_code))?;
                 if let Some(message) = &record.message {
                     writeln!(self.out, "    {message}")?;
                 }
@@ -281,7 +237,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::events::{LogStream, StageKind, StageOutcome, Timestamp};
+    use crate::events::{LogStream, StageKind, StageOutcome, StageStatus, Timestamp};
 
     #[derive(Clone, Default)]
     struct Screen(Arc<Mutex<Vec<u8>>>);

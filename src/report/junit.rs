@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::console::status_word;
 use super::record::JobRecord;
+use super::record::status_word;
 use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, StageKind, StageStatus};
 

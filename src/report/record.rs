@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::events::{Event, JobStatus, StageKind, StageOutcome, Timestamp};
+use crate::events::{Event, JobStatus, StageKind, StageOutcome, StageStatus, Timestamp};
 use crate::exit_code::INFRASTRUCTURE;
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,6 +36,22 @@ impl StageRecord {
             return None;
         };
         end.0.duration_since(start.0).ok().map(|d| d.as_secs_f64())
+    }
+
+    /// `<== run test failed (exit code 3) in 1.2s`: the end of the stage's section, on the
+    /// console and in log.txt.
+    pub fn outcome_line(&self, outcome: &StageOutcome) -> String {
+        let time = self
+            .seconds()
+            .map(|t| format!(" in {t:.1}s"))
+            .unwrap_or_default();
+        let code = outcome
+            .exit_code
+            .filter(|&c| c != 0)
+            .map(|c| format!(" (exit code {c})"))
+            .unwrap_or_default();
+        let status = status_word(Some(outcome.status));
+        format!("<== {} {status}{code}{time}", self.label())
     }
 }
 
@@ -103,5 +119,39 @@ impl JobRecord {
             }
             Event::Log { .. } => {}
         }
+    }
+}
+
+impl JobRecord {
+    /// `job 20261202-… failed in 3.1s (exit code 3)`: the job's last line, on the console
+    /// and in log.txt.
+    pub fn verdict_line(&self, status: JobStatus, exit_code: u8) -> String {
+        let total = match (self.started_at, self.finished_at) {
+            (Some(a), Some(b)) => {
+                b.0.duration_since(a.0)
+                    .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!("job {} {status}{total} (exit code {exit_code})", self.job)
+    }
+}
+
+/// A stage status as the console, log.txt and junit.xml write it.
+pub fn status_word(status: Option<StageStatus>) -> &'static str {
+    match status {
+        None => "not run",
+        Some(StageStatus::Passed) => "passed",
+        Some(StageStatus::Cached) => "cached",
+        Some(StageStatus::Failed) => "failed",
+        Some(StageStatus::Skipped) => "skipped",
+        Some(StageStatus::Cancelled) => "cancelled",
+        Some(StageStatus::TimedOut) => "timed out",
+        Some(StageStatus::Error) => "error",
     }
 }

@@ -159,6 +159,20 @@ impl ResultsDir {
             .map_err(|e| writing(path().display())(e))
     }
 
+    /// A line of dockhand's own in log.txt (a stage's or the job's end); the next output
+    /// starts with its stage's header again.
+    fn write_line(&mut self, line: &str) -> Result<(), SinkError> {
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        let text = format!("{line}\n");
+        log.write_all(text.as_bytes())
+            .map_err(writing(self.dir.join("log.txt").display()))?;
+        self.written += text.len() as u64;
+        self.current = None;
+        Ok(())
+    }
+
     /// Writes out buffered output.
     fn flush_output(&mut self) -> Result<(), SinkError> {
         if let Some(log) = &mut self.log {
@@ -231,8 +245,20 @@ impl Sink for ResultsDir {
     fn event(&mut self, event: &Event, record: &JobRecord) -> Result<(), SinkError> {
         let written = match event {
             Event::Log { stage, bytes, .. } => self.write_log(*stage, record, bytes),
-            Event::StageFinished { .. } => self.flush_output(),
-            Event::JobFinished { .. } => return self.write_result(record),
+            Event::StageFinished { stage, outcome, .. } => {
+                let line = record.stages[*stage].outcome_line(outcome);
+                self.write_line(&line).and_then(|()| self.flush_output())
+            }
+            Event::JobFinished {
+                status, exit_code, ..
+            } => {
+                let line = record.verdict_line(*status, *exit_code);
+                if let Err(e) = self.write_line(&line) {
+                    self.stop_output();
+                    return Err(e);
+                }
+                return self.write_result(record);
+            }
             Event::JobStarted { .. } | Event::StageStarted { .. } => Ok(()),
         };
         if written.is_err() {
