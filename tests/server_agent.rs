@@ -125,6 +125,14 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
         !local.results.join("remote.json").exists(),
         "nothing is owed"
     );
+    assert_eq!(
+        (
+            local.result()["server_job"].as_str(),
+            detail["result"]["agent_job"].as_str(),
+        ),
+        (Some(job.as_str()), Some(local.id.as_str())),
+        "each side records the other's id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             stream: Some(job.stream.clone()),
             trigger: Some(job.trigger.clone()),
             origin: None,
+            server_job: job.remote.as_ref().map(|remote| remote.job_id.clone()),
         },
         console: context.console,
         remote: job.remote.clone(),

@@ -53,6 +53,7 @@ pub fn run(
         stream: None,
         trigger: None,
         origin: None,
+        server_job: None,
     };
     let executor = ExecutorOptions {
         job_id: new_job_id(),
@@ -154,6 +155,7 @@ pub fn refused(collect: &CollectOptions, diagnostics: &Diagnostics, args: &JobAr
         stream: None,
         trigger: None,
         origin: None,
+        server_job: None,
     };
     let report = report_settings(results_root, info, args);
     let Some(runtime) = runtime::start(Threads::One) else {

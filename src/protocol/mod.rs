@@ -222,6 +222,10 @@ pub struct JobResult {
     /// Why the job ended in error when no stage says (its results could not be written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The agent's own id of the job, which names its results directory and workspace
+    /// there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_job: Option<String>,
     pub log: LogSummary,
 }
 

@@ -45,6 +45,9 @@ pub struct JobInfo {
     /// What the job's workspace holds: a snapshot of a directory, or a repository at a
     /// commit.
     pub origin: Option<String>,
+    /// The job server's id of the job, for a job from the server (the local id names the
+    /// results directory and the workspace).
+    pub server_job: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -61,6 +64,8 @@ struct ResultFile<'r> {
     trigger: Option<&'r str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_job: Option<&'r str>,
     status: Option<crate::events::JobStatus>,
     exit_code: Option<u8>,
     started_at: Option<crate::events::Timestamp>,
@@ -222,6 +227,7 @@ impl ResultsDir {
             stream: self.job.stream.as_deref(),
             trigger: self.job.trigger.as_deref(),
             origin: self.job.origin.as_deref(),
+            server_job: self.job.server_job.as_deref(),
             status: record.status,
             exit_code: record.exit_code,
             started_at: record.started_at,

@@ -106,6 +106,7 @@ fn result(status: &str, log: &[u8]) -> JobResult {
         started_at: None,
         finished_at: None,
         message: None,
+        agent_job: None,
         log: LogSummary {
             bytes: log.len() as u64,
             sha256: crate::util::sha256_hex(log),

@@ -245,6 +245,7 @@ async fn refuse_job(
         started_at: None,
         finished_at: None,
         message: None,
+        agent_job: None,
         log: LogSummary {
             bytes: log.len() as u64,
             sha256: crate::util::sha256_hex(&log),

@@ -480,6 +480,7 @@ fn result_body(result: &Value, log_bytes: u64, sha256: &str) -> JobResult {
         started_at: text("started_at"),
         finished_at: text("finished_at"),
         message: text("message"),
+        agent_job: text("job"),
         log: LogSummary {
             bytes: log_bytes,
             sha256: sha256.to_owned(),
