@@ -497,22 +497,31 @@ fn a_job_past_its_timeout_is_cancelled_and_its_workspace_kept_on_failure() {
     let repo = checkout("echo started; sleep 60\n");
     std::fs::write(
         repo.path().join("agent.toml"),
-        "[agent]\nkeep_workspace = \"on_failure\"\n[[source]]\nkind = \"watch\"\npath = \".\"\ntimeout = \"4s\"\n",
+        "[agent]\nkeep_workspace = \"on_failure\"\nsweep_interval = \"1s\"\n[[source]]\nkind = \"watch\"\npath = \".\"\ntimeout = \"4s\"\n",
     )
     .unwrap();
-    let agent = AgentProcess::start(repo.path(), &["agent"]);
+    let mut agent = AgentProcess::start(repo.path(), &["agent"]);
     let job = agent.wait_finished(1, LONG)[0].clone();
     assert_eq!(job.status, "timed out", "{}", agent.transcript());
     assert_eq!(job.exit_code, 124);
-    assert_eq!(job.result()["status"], "timed_out");
-    assert!(
-        repo.path()
-            .join(".dockhand/work")
-            .join(&job.id)
-            .join("config.yml")
-            .is_file()
-    );
+    let result = job.result();
+    assert_eq!(result["status"], "timed_out");
+    let kept = PathBuf::from(result["workspace"].as_str().expect("the result names it"));
+    let expected = repo
+        .path()
+        .join(".dockhand/work")
+        .join(format!("kept-{}", job.id));
+    assert_eq!(kept, expected);
+    assert!(kept.join("config.yml").is_file());
     assert_nothing_labelled(&format!("dockhand.job={}", job.id));
+    std::thread::sleep(Duration::from_secs(3));
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+    assert!(
+        kept.join("config.yml").is_file(),
+        "neither the idle sweep nor the one at exit takes a kept workspace for a leftover\n{}",
+        agent.transcript()
+    );
 }
 
 #[test]

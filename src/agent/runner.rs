@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::networks::NetworkPool;
 use crate::cancel::Cancel;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, AgentSection, KeepWorkspace};
 use crate::docker::Engine;
 use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox};
 use crate::job::{Job, Origin};
 use crate::pipeline::{Finished, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
-use crate::report::{ConsoleOutput, JobInfo};
+use crate::report::{ConsoleOutput, JobInfo, KeptWorkspace};
 use crate::util::short_hash;
 
 /// What every job of an agent shares.
@@ -77,6 +77,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             trigger: Some(job.trigger.clone()),
             origin: None,
             server_job: job.remote.as_ref().map(|remote| remote.job_id.clone()),
+            kept_workspace: kept_workspace(agent, &job.id),
         },
         console: context.console,
         remote: job.remote.clone(),
@@ -93,7 +94,6 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             job: &job,
             root: agent.workspace_root.clone(),
             own_dirs,
-            keep: agent.keep_workspace,
         },
         env: job_env(&job, context),
         report,
@@ -110,6 +110,20 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
         tracing::error!("job {}: {message}", finished.id);
     }
     finished
+}
+
+/// Where `keep_workspace` keeps the job's workspace: beside the others, under a name the
+/// sweep of leftovers never takes for a dead job's.
+fn kept_workspace(agent: &AgentSection, job: &str) -> Option<KeptWorkspace> {
+    let only_on_failure = match agent.keep_workspace {
+        KeepWorkspace::Never => return None,
+        KeepWorkspace::OnFailure => true,
+        KeepWorkspace::Always => false,
+    };
+    Some(KeptWorkspace {
+        path: agent.workspace_root.join(format!("kept-{job}")),
+        only_on_failure,
+    })
 }
 
 /// The variables `agent.pass_env` names, then the job's own values over them; the secrets

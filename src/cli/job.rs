@@ -54,6 +54,7 @@ pub fn run(
         trigger: None,
         origin: None,
         server_job: None,
+        kept_workspace: None,
     };
     let executor = ExecutorOptions {
         job_id: new_job_id(),
@@ -156,6 +157,7 @@ pub fn refused(collect: &CollectOptions, diagnostics: &Diagnostics, args: &JobAr
         trigger: None,
         origin: None,
         server_job: None,
+        kept_workspace: None,
     };
     let report = report_settings(results_root, info, args);
     let Some(runtime) = runtime::start(Threads::One) else {

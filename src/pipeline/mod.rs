@@ -16,7 +16,6 @@ pub use env::JobEnv;
 
 use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, Collected, collect};
-use crate::config::KeepWorkspace;
 use crate::docker::Engine;
 use crate::events::{Emitter, JobStatus};
 use crate::executor::{
@@ -83,7 +82,6 @@ pub enum JobFiles<'a> {
         root: PathBuf,
         /// dockhand's own directories: never copied into a workspace.
         own_dirs: Vec<PathBuf>,
-        keep: KeepWorkspace,
     },
 }
 
@@ -175,17 +173,15 @@ impl JobRun<'_> {
             network,
             warn,
         } = self;
-        let (workspace, keep, prepared) = match files {
+        let (workspace, prepared) = match files {
             JobFiles::InPlace { collected, plan } => (
                 None,
-                KeepWorkspace::Always,
                 Ok((Config::Borrowed(collected), PlanStep::Made(plan))),
             ),
             JobFiles::Workspace {
                 job,
                 root,
                 own_dirs,
-                keep,
             } => match Workspace::prepare(job, &root, own_dirs, cancel.token()).await {
                 Ok(ws) => {
                     report.info.origin = Some(ws.description.clone());
@@ -195,11 +191,7 @@ impl JobRun<'_> {
                     } else {
                         Request::Tasks(job.tasks.clone())
                     };
-                    (
-                        Some(ws),
-                        keep,
-                        collected.map(|c| (c, PlanStep::Make(request))),
-                    )
+                    (Some(ws), collected.map(|c| (c, PlanStep::Make(request))))
                 }
                 Err(e) => {
                     let unrunnable = if cancel.is_cancelled() {
@@ -211,7 +203,7 @@ impl JobRun<'_> {
                     } else {
                         Unrunnable::infrastructure(e.to_string())
                     };
-                    (None, keep, Err(unrunnable))
+                    (None, Err(unrunnable))
                 }
             },
         };
@@ -229,7 +221,7 @@ impl JobRun<'_> {
                     report.results_root.display()
                 );
                 if let Some(ws) = workspace {
-                    ws.close(false).await;
+                    ws.close(None).await;
                 }
                 return Finished {
                     id,
@@ -295,12 +287,11 @@ impl JobRun<'_> {
             );
         }
         if let Some(ws) = workspace {
-            let keep = match keep {
-                KeepWorkspace::Always => true,
-                KeepWorkspace::OnFailure => status != JobStatus::Succeeded,
-                KeepWorkspace::Never => false,
-            };
-            ws.close(keep).await;
+            let kept = report.info.kept_workspace.as_ref();
+            let keep = kept.and_then(|kept| kept.kept_for(Some(status)));
+            if let Some(path) = ws.close(keep).await {
+                tracing::info!("job {id}: its workspace is kept at {}", path.display());
+            }
         }
         if let Some(keep) = report.keep_results {
             prune(report.results_root, keep).await;

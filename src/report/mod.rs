@@ -19,4 +19,4 @@ pub use local::{ConsoleOutput, EVENTS_FILE, LocalReport};
 pub use mask::{MASK, MIN_SECRET_LEN, Masker, secret_values};
 pub use record::{JobRecord, StageRecord};
 pub use reporter::{Sink, report};
-pub use results::{JobInfo, ResultsDir, prune_results};
+pub use results::{JobInfo, KeptWorkspace, ResultsDir, prune_results};

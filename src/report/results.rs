@@ -48,6 +48,25 @@ pub struct JobInfo {
     /// The job server's id of the job, for a job from the server (the local id names the
     /// results directory and the workspace).
     pub server_job: Option<String>,
+    /// Where the job's workspace is kept after it, and when.
+    #[serde(skip)]
+    pub kept_workspace: Option<KeptWorkspace>,
+}
+
+/// A workspace kept after its job (`keep_workspace`), for someone to look into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptWorkspace {
+    pub path: PathBuf,
+    /// Kept only when the job did not succeed.
+    pub only_on_failure: bool,
+}
+
+impl KeptWorkspace {
+    /// Where the workspace of a job that ended `status` is kept; `None`: removed.
+    pub fn kept_for(&self, status: Option<crate::events::JobStatus>) -> Option<&Path> {
+        let failed = status != Some(crate::events::JobStatus::Succeeded);
+        (failed || !self.only_on_failure).then_some(self.path.as_path())
+    }
 }
 
 #[derive(Serialize)]
@@ -66,6 +85,9 @@ struct ResultFile<'r> {
     origin: Option<&'r str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_job: Option<&'r str>,
+    /// The workspace kept for a look after the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<&'r Path>,
     status: Option<crate::events::JobStatus>,
     exit_code: Option<u8>,
     started_at: Option<crate::events::Timestamp>,
@@ -89,6 +111,9 @@ impl ResultsDir {
         let dir = root.join(job);
         fs::create_dir_all(dir.join("stages"))?;
         fs::write(dir.join(RESERVE), [0u8; RESERVE_BYTES])?;
+        if info.stream.is_some() {
+            fs::write(dir.join(AGENT_MARK), [])?;
+        }
         Ok(ResultsDir {
             log: Some(BufWriter::with_capacity(
                 WRITE_BUFFER,
@@ -228,6 +253,11 @@ impl ResultsDir {
             trigger: self.job.trigger.as_deref(),
             origin: self.job.origin.as_deref(),
             server_job: self.job.server_job.as_deref(),
+            workspace: self
+                .job
+                .kept_workspace
+                .as_ref()
+                .and_then(|kept| kept.kept_for(record.status)),
             status: record.status,
             exit_code: record.exit_code,
             started_at: record.started_at,
@@ -295,8 +325,12 @@ impl Drop for ResultsDir {
     }
 }
 
-/// Keeps the newest `keep` job directories under `root` (job ids sort by time) and removes
-/// the rest; `keep == 0` keeps all. Returns how many were removed.
+/// In the results directory of a job an agent ran: what an agent may prune (a `dockhand run`
+/// sharing the directory keeps its results).
+const AGENT_MARK: &str = ".agent-job";
+
+/// Keeps the newest `keep` job directories an agent made under `root` (job ids sort by
+/// time) and removes the rest; `keep == 0` keeps all. Returns how many were removed.
 pub fn prune_results(root: &Path, keep: usize) -> io::Result<usize> {
     if keep == 0 {
         return Ok(0);
@@ -305,7 +339,7 @@ pub fn prune_results(root: &Path, keep: usize) -> io::Result<usize> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
-        .filter(|p| p.join("result.json").exists() || p.join("log.txt").exists())
+        .filter(|p| p.join(AGENT_MARK).exists())
         .collect();
     jobs.sort();
     let excess = jobs.len().saturating_sub(keep);
@@ -320,7 +354,7 @@ mod tests {
     use super::prune_results;
 
     #[test]
-    fn pruning_keeps_the_newest_job_directories_only() {
+    fn pruning_keeps_the_newest_agent_job_directories_only() {
         let root = tempfile::tempdir().unwrap();
         let jobs = [
             "20261101-000000-aaaa",
@@ -330,7 +364,11 @@ mod tests {
         for job in jobs {
             std::fs::create_dir(root.path().join(job)).unwrap();
             std::fs::write(root.path().join(job).join("result.json"), "{}").unwrap();
+            std::fs::write(root.path().join(job).join(super::AGENT_MARK), "").unwrap();
         }
+        let by_hand = "20261001-000000-dddd";
+        std::fs::create_dir(root.path().join(by_hand)).unwrap();
+        std::fs::write(root.path().join(by_hand).join("result.json"), "{}").unwrap();
         std::fs::create_dir(root.path().join("notes")).unwrap();
         assert_eq!(prune_results(root.path(), 2).unwrap(), 1);
         assert!(!root.path().join(jobs[0]).exists());
@@ -338,6 +376,10 @@ mod tests {
         assert!(
             root.path().join("notes").exists(),
             "only job directories are pruned"
+        );
+        assert!(
+            root.path().join(by_hand).exists(),
+            "only those an agent made: a `dockhand run` here keeps its results"
         );
         assert_eq!(prune_results(root.path(), 0).unwrap(), 0, "0 keeps all");
     }

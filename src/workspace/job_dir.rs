@@ -75,9 +75,10 @@ impl Workspace {
     }
 
     /// Ends the job's use of the directory: what it wrote through its links is dropped from
-    /// the mirror, then the directory is removed unless `keep`. Problems are logged: the
-    /// job's outcome is settled by now.
-    pub async fn close(self, keep: bool) {
+    /// the mirror, then the directory is removed, or moved to `keep` and that returned.
+    /// Problems are logged: the job's outcome is settled by now.
+    pub async fn close(self, keep: Option<&Path>) -> Option<PathBuf> {
+        let keep = keep.map(Path::to_path_buf);
         let closed = tokio::task::spawn_blocking(move || {
             if let Some(linked) = &self.linked {
                 match release(linked) {
@@ -92,14 +93,27 @@ impl Workspace {
                     }
                 }
             }
-            if !keep && let Err(e) = crate::files::remove_tree(&self.dir) {
-                tracing::warn!("cannot remove the workspace {}: {e}", self.dir.display());
+            match keep {
+                Some(kept) => match std::fs::rename(&self.dir, &kept) {
+                    Ok(()) => Some(kept),
+                    Err(e) => {
+                        tracing::warn!("cannot keep the workspace at {}: {e}", kept.display());
+                        Some(self.dir.clone())
+                    }
+                },
+                None => {
+                    if let Err(e) = crate::files::remove_tree(&self.dir) {
+                        tracing::warn!("cannot remove the workspace {}: {e}", self.dir.display());
+                    }
+                    None
+                }
             }
         })
         .await;
-        if let Err(e) = closed {
+        closed.unwrap_or_else(|e| {
             tracing::warn!("closing a workspace failed: {e}");
-        }
+            None
+        })
     }
 }
 
