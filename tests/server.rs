@@ -530,6 +530,20 @@ async fn following_a_job_exits_with_its_exit_code() {
     assert!(String::from_utf8_lossy(&waited.stderr).contains(&job));
     let followed = dockhand(&["logs", "-f", &job]).await.unwrap();
     assert_eq!(followed.status.code(), Some(3), "{followed:?}");
+    let listed = dockhand(&["jobs"]).await.unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    let columns: Vec<&str> = listed
+        .lines()
+        .find(|l| l.starts_with(&job))
+        .unwrap_or_else(|| panic!("{listed}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(columns[1..3], ["failed", "3"], "{listed}");
+    assert!(
+        columns[3].starts_with("20") && columns[4].len() == 8 && columns[5].ends_with('s'),
+        "started (UTC) and how long it took: {listed}"
+    );
+    assert_eq!(columns[6], "6", "log bytes: {listed}");
 
     let queued = api.submit(&["nobody-has-this"]).await;
     assert_eq!(api.cancel(&queued).await, StatusCode::ACCEPTED);

@@ -166,7 +166,15 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
             return Ok(exit_code::SUCCESS);
         }
         let jobs: Vec<JobView> = answer.json().map_err(|e| e.to_string())?;
-        outln!("{:<26}  {:<10}  {:>9}  source", "job", "state", "log");
+        outln!(
+            "{:<26}  {:<10}  {:>4}  {:<20}  {:>8}  {:>9}  source",
+            "job",
+            "state",
+            "exit",
+            "started (UTC)",
+            "took",
+            "log"
+        );
         for job in &jobs {
             let from = match &job.spec.source {
                 JobSource::Git {
@@ -179,8 +187,18 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
                 }
                 JobSource::Path { path } => path.clone(),
             };
+            let exit = job
+                .result
+                .as_ref()
+                .map(|r| r.exit_code.to_string())
+                .unwrap_or_default();
+            let started = job.started_at.map(utc_time).unwrap_or_default();
+            let took = match (job.started_at, job.finished_at) {
+                (Some(start), Some(end)) => format!("{:.1}s", (end - start) as f64 / 1000.0),
+                _ => String::new(),
+            };
             outln!(
-                "{:<26}  {:<10}  {:>9}  {}",
+                "{:<26}  {:<10}  {exit:>4}  {started:<20}  {took:>8}  {:>9}  {}",
                 terminal::escape(&job.id),
                 terminal::escape(job.state.as_str()),
                 job.log_bytes,
@@ -251,6 +269,15 @@ async fn follow_log(remote: &Remote, job: &str) -> Result<u8, String> {
     Err(format!(
         "the server closed the log of {job} before the job ended"
     ))
+}
+
+/// Milliseconds since the epoch as `2026-12-02 14:40:04`.
+fn utc_time(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .trim_end_matches('Z')
+        .replace('T', " ")
 }
 
 /// What `logs -f` and `submit --wait` exit with: the job's own exit code as its agent
