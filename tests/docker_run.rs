@@ -49,6 +49,11 @@ images:
     let run = project.run(&["run", "fetch"]);
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains("service web is ready"), "{run}");
+    assert!(
+        run.stdout
+            .contains("started service web, also answering to frontend"),
+        "{run}"
+    );
     assert_eq!(
         run.stdout.matches("run fetch | hello from web").count(),
         2,

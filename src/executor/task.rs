@@ -160,12 +160,18 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             overrides.attached.then(|| self.log.clone()),
             image.name.clone(),
         ));
+        let others: Vec<&str> = aliases
+            .iter()
+            .map(String::as_str)
+            .filter(|alias| *alias != image.name)
+            .collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(", also answering to {}", others.join(", "))
+        };
         self.log
-            .note(format!(
-                "started service {} as {}",
-                image.name,
-                aliases.join(", ")
-            ))
+            .note(format!("started service {}{also}", image.name))
             .await;
 
         let Some(condition) = wait_condition(image, &overrides) else {
