@@ -11,19 +11,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::{Cancel, CancelReason};
-use crate::signals::{Control, Signals};
-
 use super::networks::NetworkPool;
 use super::runner::{self, JobContext};
 use super::state::{Action, AgentState, StopLimits};
 use super::sweep::sweep;
+use crate::cancel::{Cancel, CancelReason};
 use crate::config::{AgentConfig, LoadOptions, SourceConfig, load};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::exit_code;
 use crate::pipeline::Finished;
 use crate::report::ConsoleOutput;
+use crate::signals::{Control, Signals};
 use crate::source::http::{AgentInfo, resume_uploads, run_http};
 use crate::source::{Schedule, SourceEvent, run_schedule, run_watch};
 

@@ -54,6 +54,21 @@ impl Remote {
             .map_err(|e| explain(&e, what))
     }
 
+    /// One job as the server sees it.
+    async fn job(&self, job: &str) -> Result<JobView, String> {
+        let path = format!("/api/v1/jobs/{job}");
+        self.call(
+            Method::GET,
+            &path,
+            Body::None,
+            Retry::Transient,
+            "reading the job",
+        )
+        .await?
+        .json()
+        .map_err(|e| e.to_string())
+    }
+
     /// A response read as it arrives (a followed log).
     async fn open(&self, path: &str, what: &str) -> Result<reqwest::Response, String> {
         self.client
@@ -246,19 +261,7 @@ async fn follow_log(remote: &Remote, job: &str) -> Result<u8, String> {
                 let data = data.strip_prefix(' ').unwrap_or(data);
                 if event == "end" {
                     eprintln!("job {} {}", terminal::escape(job), terminal::escape(data));
-                    let detail = format!("/api/v1/jobs/{job}");
-                    let ended: JobView = remote
-                        .call(
-                            Method::GET,
-                            &detail,
-                            Body::None,
-                            Retry::Transient,
-                            "reading the job",
-                        )
-                        .await?
-                        .json()
-                        .map_err(|e| e.to_string())?;
-                    return Ok(job_exit_code(&ended));
+                    return Ok(job_exit_code(&remote.job(job).await?));
                 }
                 if let Ok(text) = serde_json::from_str::<String>(data) {
                     show.write(text.as_bytes());
@@ -329,18 +332,7 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
     };
     finish(runtime.block_on(async {
         let remote = Remote::new(server);
-        let detail = format!("/api/v1/jobs/{job}");
-        let before: JobView = remote
-            .call(
-                Method::GET,
-                &detail,
-                Body::None,
-                Retry::Transient,
-                "reading the job",
-            )
-            .await?
-            .json()
-            .map_err(|e| e.to_string())?;
+        let before = remote.job(job).await?;
         if !before.state.is_active() {
             eprintln!(
                 "job {} has already ended ({}): nothing to cancel",
@@ -353,7 +345,7 @@ pub fn cancel(server: &ServerAddress, job: &str) -> u8 {
         remote
             .call(
                 Method::POST,
-                &format!("{detail}/cancel"),
+                &format!("/api/v1/jobs/{job}/cancel"),
                 Body::None,
                 Retry::Transient,
                 "cancelling",

@@ -25,7 +25,8 @@ use crate::exit_code;
 use crate::job::{Job, Origin, RemoteJob};
 use crate::plan::{CommandSource, Plan, Request};
 use crate::report::{
-    ConsoleOutput, JobInfo, LocalReport, MIN_SECRET_LEN, Masker, prune_results, secret_values,
+    ConsoleOutput, JobInfo, JobRecord, LocalReport, MIN_SECRET_LEN, Masker, prune_results,
+    secret_values,
 };
 use crate::source::http::Upload;
 use crate::util::off_runtime;
@@ -208,18 +209,9 @@ impl JobRun<'_> {
             },
         };
         let masker = masker(&env, prepared.as_ref().ok().map(|(c, _)| &**c), &warn);
-        let started = {
-            let (root, id, info) = (report.results_root.clone(), id.clone(), report.info.clone());
-            let (console, events) = (report.console, report.remote.is_some());
-            off_runtime(move || LocalReport::start(&root, &id, info, console, masker, events)).await
-        };
-        let (emitter, local) = match started {
+        let (emitter, local) = match start_report(&id, &report, masker).await {
             Ok(started) => started,
-            Err(e) => {
-                let message = format!(
-                    "cannot create the results directory under {}: {e}",
-                    report.results_root.display()
-                );
+            Err(message) => {
                 if let Some(ws) = workspace {
                     ws.close(None).await;
                 }
@@ -276,9 +268,8 @@ impl JobRun<'_> {
             }
         };
         drop(emitter);
-        let results = local.dir.clone();
-        let record = local.finish().await;
-        let status = record.status.unwrap_or(outcome.status);
+        let (record, finished) = ended(id, local, outcome, unrunnable).await;
+        let (id, status) = (&finished.id, finished.status);
         if let Some(upload) = upload
             && let Err(e) = upload.finish(&record).await
         {
@@ -296,14 +287,7 @@ impl JobRun<'_> {
         if let Some(keep) = report.keep_results {
             prune(report.results_root, keep).await;
         }
-        Finished {
-            id,
-            status,
-            exit_code: record.exit_code.unwrap_or(outcome.exit_code),
-            results: Some(results),
-            message: record.message,
-            unrunnable,
-        }
+        finished
     }
 }
 
@@ -311,27 +295,16 @@ impl JobRun<'_> {
 /// collect): its record, a failed `collect` stage saying why, in the results directory like
 /// any other job's.
 pub async fn refused(id: String, report: ReportSettings, text: String) -> Finished {
-    let started = {
-        let (root, id) = (report.results_root.clone(), id.clone());
-        let (info, console, masker) = (
-            report.info,
-            report.console,
-            Masker::new(Vec::<&String>::new()).0,
-        );
-        off_runtime(move || LocalReport::start(&root, &id, info, console, masker, false)).await
-    };
-    let (emitter, local) = match started {
+    let masker = Masker::new(Vec::<&String>::new()).0;
+    let (emitter, local) = match start_report(&id, &report, masker).await {
         Ok(started) => started,
-        Err(e) => {
+        Err(message) => {
             return Finished {
-                message: Some(format!(
-                    "cannot create the results directory under {}: {e}",
-                    report.results_root.display()
-                )),
                 id,
                 status: JobStatus::Failed,
                 exit_code: exit_code::CONFIG_ERROR,
                 results: None,
+                message: Some(message),
                 unrunnable: Some(text),
             };
         }
@@ -339,16 +312,50 @@ pub async fn refused(id: String, report: ReportSettings, text: String) -> Finish
     let mut unrunnable = None;
     let outcome = unrunnable_job(&emitter, &id, Unrunnable::config(text), &mut unrunnable).await;
     drop(emitter);
+    ended(id, local, outcome, unrunnable).await.1
+}
+
+/// The job's sinks, started off the runtime (they create its results directory).
+async fn start_report(
+    id: &str,
+    report: &ReportSettings,
+    masker: Masker,
+) -> Result<(Emitter, LocalReport), String> {
+    let (root, id, info) = (
+        report.results_root.clone(),
+        id.to_owned(),
+        report.info.clone(),
+    );
+    let (console, events) = (report.console, report.remote.is_some());
+    off_runtime(move || LocalReport::start(&root, &id, info, console, masker, events))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot create the results directory under {}: {e}",
+                report.results_root.display()
+            )
+        })
+}
+
+/// Waits for the reporter's final record once every emitter is gone; its status and exit
+/// code win over the executor's (a sink that failed makes the job an error).
+async fn ended(
+    id: String,
+    local: LocalReport,
+    outcome: JobOutcome,
+    unrunnable: Option<String>,
+) -> (JobRecord, Finished) {
     let results = local.dir.clone();
     let record = local.finish().await;
-    Finished {
+    let finished = Finished {
         id,
         status: record.status.unwrap_or(outcome.status),
         exit_code: record.exit_code.unwrap_or(outcome.exit_code),
         results: Some(results),
-        message: record.message,
+        message: record.message.clone(),
         unrunnable,
-    }
+    };
+    (record, finished)
 }
 
 /// Collects the config in the job's workspace, on a blocking thread.
