@@ -345,3 +345,77 @@ fn no_config_here_says_what_was_looked_for() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["ok"], false);
 }
+
+/// Each command's help shows only what it uses; `-c` works before or after the command
+/// name where a config is read, and is refused where none is.
+#[test]
+fn each_command_takes_only_the_options_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |command: &str| text(&dockhand(dir.path(), &[command, "--help"]).stdout);
+    for command in ["server", "submit", "jobs", "logs", "cancel", "agent"] {
+        let help = help(command);
+        assert!(!help.contains("--no-harpoonrc"), "{command}: {help}");
+        assert!(
+            !help.contains("-c, --config <FILE>  The config file ["),
+            "{command}"
+        );
+    }
+    assert!(
+        help("submit").contains("-c, --config <FILE>"),
+        "one spelling"
+    );
+    assert!(
+        !help("submit").contains("--config-file"),
+        "the old one hidden"
+    );
+    for command in ["run", "build", "check", "list", "dockerfile"] {
+        assert!(help(command).contains("--no-harpoonrc"), "{command}");
+    }
+    assert!(
+        help("logs").contains("<JOB>  The job's id"),
+        "{}",
+        help("logs")
+    );
+    assert!(help("run").contains("--allow-host-mount"));
+    for run_only in [
+        "--allow-host-mount",
+        "--timeout",
+        "--memory",
+        "--pids-limit",
+    ] {
+        assert!(!help("build").contains(run_only), "{run_only}");
+    }
+    let build = dockhand(dir.path(), &["build", "--timeout", "10"]);
+    assert_eq!(build.status.code(), Some(2), "{}", text(&build.stderr));
+
+    let pointless = dockhand(dir.path(), &["-c", "x.yml", "jobs", "--token", "t"]);
+    assert_eq!(pointless.status.code(), Some(2));
+    assert!(
+        text(&pointless.stderr).contains("`jobs` reads no config.yml"),
+        "{}",
+        text(&pointless.stderr)
+    );
+
+    std::fs::write(
+        dir.path().join("other.yml"),
+        "tag: o\ncommands: [FROM busybox:local]\n",
+    )
+    .unwrap();
+    for args in [["-c", "other.yml", "check"], ["check", "-c", "other.yml"]] {
+        let out = dockhand(dir.path(), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let no_source = dockhand(dir.path(), &["submit", "--token", "t"]);
+    assert_eq!(no_source.status.code(), Some(2));
+    assert!(
+        text(&no_source.stderr).contains("one of --git URL or --path DIR"),
+        "{}",
+        text(&no_source.stderr)
+    );
+}

@@ -213,6 +213,7 @@ fn mounts_reach_the_workspace_and_nothing_else() {
             .contains("mount of /etc is outside the workspace"),
         "{run}"
     );
+    assert!(run.stderr.contains("`--allow-host-mount DIR`"), "{run}");
     assert!(run.stderr.contains("mounting the Docker socket"), "{run}");
     let run = outside.run(&["run", "--allow-host-mount", "/etc", "--allow-docker-socket"]);
     assert_eq!(run.code, Some(0), "{run}");

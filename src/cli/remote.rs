@@ -121,7 +121,10 @@ pub fn submit(args: &SubmitArgs) -> u8 {
                 .map(|absolute| absolute.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| path.clone()),
         },
-        (None, None) => unreachable!("clap requires --git or --path"),
+        (None, None) => {
+            eprintln!("error: submit needs a source: one of --git URL or --path DIR");
+            return exit_code::USAGE;
+        }
     };
     let spec = JobSpec {
         source,
