@@ -113,9 +113,10 @@ fn list_shows_images_tasks_pipeline_and_build_order() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for want in [
-        "builder  registry.local/demo-builder:1.4  from base",
-        "app      registry.local/demo-app:1.4  from builder  links db, cache",
-        "test        run app  run the tests",
+        "  builder  registry.local/demo-builder:1.4  from base\n",
+        "  app      registry.local/demo-app:1.4      from builder                   links db, cache\n",
+        "  test        run app      run the tests\n",
+        "  lint        run builder  lint the scripts\n",
         "2. test  needs lint",
         "build order: base -> builder + db + cache -> app",
     ] {

@@ -547,3 +547,30 @@ tasks:
         docker(&["rmi", "-f", &format!("{prefix}-{image}")]);
     }
 }
+
+/// Statuses are coloured when asked (`--color always`, `CLICOLOR_FORCE`), never when
+/// `NO_COLOR` is set or the output is a pipe, and never in the job's log.
+#[test]
+fn statuses_are_coloured_only_where_asked() {
+    let project = Project::new(
+        "tag: t-colour\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: 'true'\n",
+    );
+    let green = "\x1b[32mpassed";
+    let always = project.run(&["run", "--color", "always"]);
+    assert_eq!(always.code, Some(0), "{always}");
+    assert!(always.stdout.contains(green), "{always}");
+    assert!(!always.log().contains('\x1b'), "log.txt stays plain");
+    let piped = project.run(&["run"]);
+    assert!(!piped.stdout.contains('\x1b'), "{piped}");
+    let forced = support::finish(project.command(&["run"]).env("CLICOLOR_FORCE", "1"));
+    assert!(forced.stdout.contains(green), "{forced}");
+    let declined = support::finish(
+        project
+            .command(&["run"])
+            .env("CLICOLOR_FORCE", "1")
+            .env("NO_COLOR", "1"),
+    );
+    assert!(!declined.stdout.contains('\x1b'), "{declined}");
+    let never = project.run(&["run", "--color", "never"]);
+    assert!(!never.stdout.contains('\x1b'), "{never}");
+}

@@ -14,7 +14,7 @@ use crate::config::{
 use crate::docker::Engine;
 use crate::exit_code;
 use crate::job::OnBusy;
-use crate::report::ConsoleOutput;
+use crate::report::{ConsoleOutput, Palette};
 use crate::signals::{Control, Signals};
 
 pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
@@ -116,7 +116,7 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
     let console = if args.json {
         ConsoleOutput::Json
     } else {
-        ConsoleOutput::Lines
+        ConsoleOutput::Lines(Palette::for_stdout(args.color))
     };
     runtime.block_on(async move {
         let engine = match Engine::connect(settings.docker.host.as_deref()).await {

@@ -12,6 +12,7 @@ use super::{check, dockerfile, job, list, remote};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
 use crate::job::workspace_root;
 use crate::plan::Request;
+use crate::report::Palette;
 
 pub fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
@@ -114,7 +115,8 @@ fn run(cli: Cli, command_name: &str) -> u8 {
             server,
             limit,
             json,
-        } => remote::jobs(server, *limit, *json),
+            color,
+        } => remote::jobs(server, *limit, *json, Palette::for_stdout(*color)),
         Command::Logs {
             server,
             job,

@@ -112,6 +112,9 @@ pub enum Command {
         /// Print them as JSON
         #[arg(long)]
         json: bool,
+        /// Colour states: `auto` on a terminal unless NO_COLOR is set
+        #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+        color: crate::report::ColorChoice,
     },
     /// Print a job's log from the job server
     Logs {
@@ -191,6 +194,9 @@ pub struct JobArgs {
     /// Print the job's events as JSON lines instead of the console report
     #[arg(long)]
     pub json: bool,
+    /// Colour statuses: `auto` on a terminal unless NO_COLOR is set
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+    pub color: crate::report::ColorChoice,
     /// Where result.json and the logs go [default: <config dir>/.dockhand/results]
     #[arg(long, value_name = "DIR")]
     pub results_dir: Option<PathBuf>,
@@ -248,6 +254,9 @@ pub struct AgentArgs {
     /// Print job events as JSON lines instead of the console report
     #[arg(long)]
     pub json: bool,
+    /// Colour statuses: `auto` on a terminal unless NO_COLOR is set
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+    pub color: crate::report::ColorChoice,
     /// agent.concurrency: jobs at once
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,

@@ -17,7 +17,7 @@ use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};
 use crate::pipeline::{self, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::plan::{Plan, PlanError, Request};
-use crate::report::{ConsoleOutput, JobInfo};
+use crate::report::{ConsoleOutput, JobInfo, Palette};
 use crate::signals::{Control, Signals};
 use crate::util::hostname;
 
@@ -212,7 +212,7 @@ fn report_settings(results_root: PathBuf, info: JobInfo, args: &JobArgs) -> Repo
         console: if args.json {
             ConsoleOutput::Json
         } else {
-            ConsoleOutput::Lines
+            ConsoleOutput::Lines(Palette::for_stdout(args.color))
         },
         remote: None,
         agent: Default::default(),

@@ -12,6 +12,7 @@ use super::event_file::EventFile;
 use super::jsonl::JsonLines;
 use super::junit::JUnit;
 use super::mask::Masker;
+use super::palette::Palette;
 use super::record::JobRecord;
 use super::reporter::{Sink, report};
 use super::results::{JobInfo, ResultsDir};
@@ -25,8 +26,8 @@ const EVENT_BUFFER: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleOutput {
-    /// Prefixed lines and a summary table.
-    Lines,
+    /// Prefixed lines and a summary table, statuses in the palette's colours.
+    Lines(Palette),
     /// The event stream as JSON lines.
     Json,
 }
@@ -52,9 +53,9 @@ impl LocalReport {
         let results = ResultsDir::create(results_root, job_id, info)?;
         let dir = results.dir().to_path_buf();
         let console: Box<dyn Sink> = match console {
-            ConsoleOutput::Lines => {
+            ConsoleOutput::Lines(palette) => {
                 let terminal = io::IsTerminal::is_terminal(&io::stdout());
-                Box::new(Console::new(io::stdout(), terminal))
+                Box::new(Console::new(io::stdout(), terminal, palette))
             }
             ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
         };
