@@ -126,15 +126,17 @@ impl JobRecord {
 impl JobRecord {
     /// `job 20261202-… failed in 3.1s (exit code 3)`: the job's last line, on the console
     /// and in log.txt.
+    /// The job's wall time, once it has ended.
+    pub fn seconds(&self) -> Option<f64> {
+        let (start, end) = (self.started_at?, self.finished_at?);
+        end.0.duration_since(start.0).ok().map(|d| d.as_secs_f64())
+    }
+
     pub fn verdict_line(&self, status: JobStatus, exit_code: u8, palette: Palette) -> String {
-        let total = match (self.started_at, self.finished_at) {
-            (Some(a), Some(b)) => {
-                b.0.duration_since(a.0)
-                    .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
-                    .unwrap_or_default()
-            }
-            _ => String::new(),
-        };
+        let total = self
+            .seconds()
+            .map(|t| format!(" in {t:.1}s"))
+            .unwrap_or_default();
         let word = serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
