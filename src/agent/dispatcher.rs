@@ -189,7 +189,9 @@ impl Agent {
                 Input::Finished(result) => {
                     let id = match result {
                         Ok(finished) => {
-                            report_finished(&finished);
+                            let cancelled =
+                                tokens.get(&finished.id).is_some_and(Cancel::is_cancelled);
+                            say(finished_line(&finished, cancelled));
                             tasks.retain(|_, job| *job != finished.id);
                             finished.id
                         }
@@ -258,6 +260,8 @@ impl Agent {
                                 "stopping: waiting up to {} for {running} running job(s); a second signal cancels them",
                                 humantime::format_duration(grace),
                             ));
+                        } else {
+                            say("stopping: no job is running");
                         }
                     }
                     Action::CancelAll { running } => {
@@ -451,7 +455,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn report_finished(finished: &Finished) {
+/// How a job ended, for the agent's own output. `cancelled`: a cancel was asked for, which
+/// a job that had already run every stage ignores.
+fn finished_line(finished: &Finished, cancelled: bool) -> String {
     let status = match finished.status {
         JobStatus::Succeeded => "succeeded",
         JobStatus::Failed => "failed",
@@ -464,13 +470,47 @@ fn report_finished(finished: &Finished) {
         .as_ref()
         .map(|d| format!(", results in {}", d.display()))
         .unwrap_or_default();
-    say(format!(
-        "job {} {status} (exit code {}){results}",
+    let late = if cancelled && matches!(finished.status, JobStatus::Succeeded | JobStatus::Failed) {
+        " (it had run every stage when the cancel came)"
+    } else {
+        ""
+    };
+    format!(
+        "job {} {status} (exit code {}){late}{results}",
         finished.id, finished.exit_code
-    ));
+    )
 }
 
 /// The agent's own messages go to stderr; job output goes to stdout.
 fn say(text: impl AsRef<str>) {
     eprintln!("agent: {}", text.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_that_came_after_every_stage_is_said_so() {
+        let finished = |status| Finished {
+            id: "j".into(),
+            status,
+            exit_code: 0,
+            results: None,
+            message: None,
+            unrunnable: None,
+        };
+        assert_eq!(
+            finished_line(&finished(JobStatus::Succeeded), true),
+            "job j succeeded (exit code 0) (it had run every stage when the cancel came)"
+        );
+        assert_eq!(
+            finished_line(&finished(JobStatus::Succeeded), false),
+            "job j succeeded (exit code 0)"
+        );
+        assert_eq!(
+            finished_line(&finished(JobStatus::Cancelled), true),
+            "job j cancelled (exit code 0)"
+        );
+    }
 }

@@ -46,7 +46,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
         Origin::Path { path } => path.as_os_str().as_encoded_bytes().to_vec(),
         Origin::Git { url, .. } => url.as_bytes().to_vec(),
     };
-    let cache_dir = agent.state_dir.join("cache").join(short_hash(&repository));
+    let cache_dir = (job.build_cache.clone())
+        .unwrap_or_else(|| agent.state_dir.join("cache").join(short_hash(&repository)));
     let executor = ExecutorOptions {
         job_id: job.id.clone(),
         agent: agent.name.clone(),
