@@ -420,3 +420,67 @@ fn each_command_takes_only_the_options_it_uses() {
         text(&no_source.stderr)
     );
 }
+
+/// `init` writes a config that passes `check`: from the Dockerfile when there is one (its
+/// instructions, one per entry, sent back unchanged), a starter otherwise; it never
+/// overwrites a config.
+#[test]
+fn init_writes_a_config_that_checks_and_never_overwrites() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().join("My Service");
+    std::fs::create_dir(&dir).unwrap();
+    let init = dockhand(&dir, &["init"]);
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init.stderr));
+    let check = dockhand(&dir, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("1 image(s), 1 task(s), pipeline: test"));
+    let written = std::fs::read_to_string(dir.join("config.yml")).unwrap();
+    assert!(written.contains("  my-service:\n"), "{written}");
+    let again = dockhand(&dir, &["init"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("config.yml already exists here"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.yml")).unwrap(),
+        written
+    );
+
+    let with = tempfile::tempdir().unwrap();
+    std::fs::write(
+        with.path().join("Dockerfile"),
+        "# syntax=docker/dockerfile:1\nFROM busybox:local AS base\nARG V=1\nRUN echo {not formatted} ${V} && \\\n    echo \"quoted \\\"too\\\"\"\nWORKDIR /src\nCMD [\"sh\", \"-c\", \"echo hi\"]\n",
+    )
+    .unwrap();
+    let init = dockhand(with.path(), &["init", "--name", "svc"]);
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init.stderr));
+    let dockerfile = dockhand(with.path(), &["dockerfile", "svc"]);
+    assert_eq!(
+        dockerfile.status.code(),
+        Some(0),
+        "{}",
+        text(&dockerfile.stderr)
+    );
+    assert_eq!(
+        text(&dockerfile.stdout),
+        "FROM busybox:local AS base\nARG V=1\nRUN echo {not formatted} ${V} && echo \"quoted \\\"too\\\"\"\nWORKDIR /src\nCMD [\"sh\", \"-c\", \"echo hi\"]\n"
+    );
+    let list = text(&dockhand(with.path(), &["list"]).stdout);
+    assert!(
+        list.contains("  run  run svc  run the image's own command"),
+        "{list}"
+    );
+
+    let heredoc = tempfile::tempdir().unwrap();
+    std::fs::write(
+        heredoc.path().join("Dockerfile"),
+        "FROM x\nRUN <<EOF\necho\nEOF\n",
+    )
+    .unwrap();
+    let refused = dockhand(heredoc.path(), &["init"]);
+    assert_eq!(refused.status.code(), Some(200));
+    assert!(
+        text(&refused.stderr).contains("Dockerfile:2: a heredoc"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!heredoc.path().join("config.yml").exists());
+}

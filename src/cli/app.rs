@@ -123,6 +123,7 @@ fn run(cli: Cli, command_name: &str) -> u8 {
             follow,
         } => remote::logs(server, job, *follow),
         Command::Cancel { server, job } => remote::cancel(server, job),
+        Command::Init { dockerfile, name } => super::init::run(dockerfile.clone(), name.clone()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -193,7 +194,7 @@ fn named_by_env() -> Option<PathBuf> {
 }
 
 /// The config files looked for when none is named.
-const DEFAULT_CONFIGS: [&str; 2] = ["config.yml", "harpoon.yml"];
+pub(super) const DEFAULT_CONFIGS: [&str; 2] = ["config.yml", "harpoon.yml"];
 
 /// When no config is named and none of the default names is here: which names were looked
 /// for, where, and how to name one.

@@ -52,6 +52,15 @@ pub enum Command {
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
+    /// Write a commented config.yml here, from ./Dockerfile when there is one
+    Init {
+        /// The Dockerfile to start from [default: ./Dockerfile when present]
+        #[arg(long, value_name = "FILE")]
+        dockerfile: Option<PathBuf>,
+        /// The image's name [default: this directory's]
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Validate the config: report every problem with file:line:column, or a summary
     Check {
         /// Print the result as JSON
