@@ -25,11 +25,7 @@ pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
             };
             outln!(
                 "ok: {}{files}: {} image(s), {} task(s), {pipeline}",
-                config
-                    .files
-                    .last()
-                    .map(|f| f.display().to_string())
-                    .unwrap_or_default(),
+                config.config_file.display(),
                 config.images.len(),
                 config.tasks.len(),
             );

@@ -39,6 +39,22 @@ pub struct ImageNames<'n> {
 }
 
 impl ImageNames<'_> {
+    /// The full name of image `name`; an image left out for unset environment values is
+    /// reported at `node` (a note that makes this image unresolved too).
+    fn full_of(&self, r: &mut Reader<'_, '_>, name: &str, node: &Node, path: &KeyPath) -> String {
+        match self.full.get(name) {
+            Some(full) => full.clone(),
+            None => {
+                r.d.error(
+                    &node.location,
+                    path,
+                    Problem::ImageUnresolved(name.to_owned()),
+                );
+                String::new()
+            }
+        }
+    }
+
     fn by_full_name(&self, reference: &str) -> Option<&str> {
         let with_tag = if reference
             .rsplit('/')
@@ -240,12 +256,12 @@ impl Dockerfile {
             Value::Null => r.wrong(&resolved, &value_path, "a value for the instruction"),
             _ => match r.format(&resolved, &value_path) {
                 Some(Formatted::Image(name)) if instruction == "FROM" => {
-                    let full = names.full.get(&name).cloned().unwrap_or_default();
+                    let full = names.full_of(r, &name, &resolved, &value_path);
                     self.depend(&name);
                     self.push_from(&full, stage);
                 }
                 Some(Formatted::Image(name)) => {
-                    let full = names.full.get(&name).cloned().unwrap_or_default();
+                    let full = names.full_of(r, &name, &resolved, &value_path);
                     self.lines.push(format!("{instruction} {full}"));
                 }
                 Some(Formatted::Text(text)) if instruction == "FROM" => {
@@ -380,7 +396,7 @@ impl Dockerfile {
         let from = match r.format(from_node, &path.key("from")) {
             Some(Formatted::Image(name)) => {
                 self.depend(&name);
-                names.full.get(&name).cloned().unwrap_or_default()
+                names.full_of(r, &name, from_node, &path.key("from"))
             }
             Some(Formatted::Text(text)) => {
                 if let Some(name) = names.by_full_name(&text) {
@@ -506,7 +522,11 @@ impl Dockerfile {
         let image = match node.get("image") {
             Some(image_node) => match r.format(image_node, &path.key("image")) {
                 Some(Formatted::Image(name)) => Some(name),
-                Some(Formatted::Text(text)) if names.full.contains_key(&text) => Some(text),
+                Some(Formatted::Text(text))
+                    if names.full.contains_key(&text) || r.fmt.has_image(&text) =>
+                {
+                    Some(text)
+                }
                 Some(Formatted::Text(text)) => {
                     let mut diagnostic = super::diagnostic::Diagnostic::error(
                         &image_node.location,
@@ -553,7 +573,7 @@ impl Dockerfile {
             return;
         };
         self.depend(&image);
-        let full = names.full.get(&image).cloned().unwrap_or_default();
+        let full = names.full_of(r, &image, node, path);
         self.lines.push(instruction_line(
             "COPY",
             Some(&format!("--from={full}")),

@@ -161,7 +161,17 @@ impl<'a> Formatter<'a> {
         d: &mut Diagnostics,
     ) -> Option<String> {
         match self.image_names {
-            Some(names) => names.get(image).cloned(),
+            Some(names) => {
+                let name = names.get(image).cloned();
+                if name.is_none() {
+                    d.error(
+                        &node.location,
+                        path,
+                        Problem::ImageUnresolved(image.to_owned()),
+                    );
+                }
+                name
+            }
             None => {
                 let problem = Problem::Invalid {
                     what: "reference",
@@ -280,6 +290,11 @@ impl<'a> Formatter<'a> {
         let result = self.format(target, &target_path, d);
         self.active.borrow_mut().pop();
         result
+    }
+
+    /// Whether the document has an image named `name`.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.lookup(&["images", name]).is_some()
     }
 
     /// Looks a dotted path up in the document. Under `images.NAME`, a key the image does

@@ -14,14 +14,24 @@ use super::node::Location;
 /// Images by their name in the config, in the order they were written.
 pub type Images = IndexMap<String, Image>;
 
+/// Images that need environment values the collection did not have (`{NAME:from_env}`
+/// unset), each with the located problems. harpoon resolves an image only when it is
+/// used, so only a job that builds or runs one of these fails.
+pub type Unresolved = IndexMap<String, Vec<String>>;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// The main file's directory: `{config_root}` and relative paths start here.
     pub config_root: PathBuf,
+    /// The main config file, the one a job names (not `~/.harpoonrc.yml` beneath it nor
+    /// the files it pulls in).
+    pub config_file: PathBuf,
     /// Every file that went into this configuration, in load order.
     pub files: Vec<PathBuf>,
     pub shape: Shape,
     pub images: Arc<Images>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub unresolved: Arc<Unresolved>,
     pub tasks: IndexMap<String, Task>,
     pub pipeline: Vec<PipelineStep>,
     pub secrets: Vec<String>,
@@ -208,12 +218,16 @@ pub struct Task {
     /// task's `options` and `overrides`.
     #[serde(skip)]
     pub images: Arc<Images>,
+    /// The images that need unset environment values, as the task sees them.
+    #[serde(skip)]
+    pub unresolved: Arc<Unresolved>,
 }
 
 impl Task {
-    /// The task's image as the task sees it.
-    pub fn image(&self) -> &Image {
-        &self.images[&self.image]
+    /// The task's image as the task sees it; `None` when it needs unset environment
+    /// values (see [`Task::unresolved`]).
+    pub fn image(&self) -> Option<&Image> {
+        self.images.get(&self.image)
     }
 }
 

@@ -371,7 +371,7 @@ fn image_ref(
             return None;
         }
     };
-    if images.contains_key(&name) {
+    if images.contains_key(&name) || r.fmt.has_image(&name) {
         return Some(name);
     }
     let mut diagnostic =
