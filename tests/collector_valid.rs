@@ -268,3 +268,8 @@ fn check_summary_names_the_main_config() {
         "{stdout}"
     );
 }
+
+#[test]
+fn harpoon_options_beyond_dockhands_own() {
+    insta::assert_snapshot!(resolved("harpoon-options"));
+}

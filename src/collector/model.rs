@@ -73,6 +73,9 @@ pub struct Build {
     pub depends_on: Vec<String>,
     /// Base images not built by this config; they must already exist in the engine.
     pub external_bases: Vec<String>,
+    /// Images the engine may take cached layers from (harpoon's `cache_from`); a hint that
+    /// changes no build's result, so no build key includes it.
+    pub cache_from: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -112,6 +115,19 @@ pub struct RunOptions {
     pub user: Option<String>,
     pub cpu: Cpu,
     pub network: Network,
+    /// harpoon's `container_name`: one more name the container answers to on the job's
+    /// network (dockhand names containers itself, per job).
+    pub container_name: Option<String>,
+    pub ulimits: Vec<Ulimit>,
+    pub read_only_rootfs: bool,
+}
+
+/// A resource limit inside the container (`nofile`, `nproc`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -192,6 +208,11 @@ pub struct Cpu {
     pub cpuset_mems: Option<String>,
     pub cpu_period: Option<u64>,
     pub cpu_quota: Option<u64>,
+    /// harpoon's `cpu.mem_limit` in bytes: the container gets the lower of this and the
+    /// agent's memory limit.
+    pub mem_limit: Option<i64>,
+    /// Capabilities to drop besides the ones agents always drop.
+    pub cap_drop: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -12,7 +12,7 @@ use super::format::Formatted;
 use super::load::absolute_in;
 use super::model::{
     Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, RunCommand,
-    RunOptions, WaitCondition,
+    RunOptions, Ulimit, WaitCondition,
 };
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
@@ -27,10 +27,16 @@ const WAIT_KEYS: &[&str] = &[
     "timeout",
     "wait_between_attempts",
 ];
-const WAIT_UNSUPPORTED: &[(&str, &str)] = &[(
-    "curl_result",
-    "it needs curl in the image; use `port_open` or `command`",
-)];
+const WAIT_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "curl_result",
+        "it needs curl in the image; use `port_open` or `command`",
+    ),
+    (
+        "harpoon",
+        "harpoon sets it itself from the root `harpoon` section",
+    ),
+];
 const DEPENDENCY_KEYS: &[&str] = &["env", "ports", "wait_condition", "attached"];
 const CPU_KEYS: &[&str] = &[
     "cpu_shares",
@@ -38,7 +44,39 @@ const CPU_KEYS: &[&str] = &[
     "cpuset_mems",
     "cpu_period",
     "cpu_quota",
+    "mem_limit",
+    "cap_drop",
 ];
+const CPU_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "cap_add",
+        "adding kernel capabilities widens the sandbox; agents have no setting to allow it (they drop MKNOD and NET_RAW from every container)",
+    ),
+    (
+        "memswap_limit",
+        "swap follows the agent's memory limit; use `cpu.mem_limit` for the task's memory",
+    ),
+];
+/// Docker's ulimit names.
+const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+/// The engine refuses a smaller memory limit.
+const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 const NETWORK_KEYS: &[&str] = &[
     "mode",
     "network_mode",
@@ -71,6 +109,11 @@ pub fn read(
         wait_condition: r.field(image, path, "wait_condition", wait_condition),
         cpu: r.field(image, path, "cpu", cpu).unwrap_or_default(),
         network: r.field(image, path, "network", network).unwrap_or_default(),
+        container_name: r.field(image, path, "container_name", container_name),
+        ulimits: r.field(image, path, "ulimits", ulimits).unwrap_or_default(),
+        read_only_rootfs: r
+            .field(image, path, "read_only_rootfs", Reader::bool)
+            .unwrap_or(false),
         ..RunOptions::default()
     };
     if let Some(volumes) = r.field(image, path, "volumes", Reader::map) {
@@ -608,7 +651,7 @@ fn dependency_options(
 
 fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
     let node = r.map(node, path)?;
-    suggest::check_keys(&node, path, "cpu", CPU_KEYS, &[], r.d);
+    suggest::check_keys(&node, path, "cpu", CPU_KEYS, CPU_UNSUPPORTED, r.d);
     Some(Cpu {
         cpu_shares: r.field(&node, path, "cpu_shares", |r, n, p| {
             r.number(n, p, "cpu_shares")
@@ -621,7 +664,148 @@ fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
         cpu_quota: r.field(&node, path, "cpu_quota", |r, n, p| {
             r.number(n, p, "cpu_quota")
         }),
+        mem_limit: r.field(&node, path, "mem_limit", mem_limit).flatten(),
+        cap_drop: r
+            .field(&node, path, "cap_drop", capabilities)
+            .unwrap_or_default(),
     })
+}
+
+/// Bytes, as harpoon takes them; 0 is no limit of the image's own.
+fn mem_limit(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Option<i64>> {
+    let bytes: i64 = r.number(node, path, "mem_limit")?;
+    match bytes {
+        0 => Some(None),
+        b if b >= MIN_MEMORY => Some(Some(b)),
+        b => {
+            r.invalid(
+                node,
+                path,
+                "mem_limit",
+                &b.to_string(),
+                "bytes, at least 6 MiB (6291456), or 0 for the agent's limit",
+            );
+            None
+        }
+    }
+}
+
+/// Capability names as Docker takes them (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
+fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
+    let names = r.texts(node, path)?;
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        if bare == "ALL"
+            || (!bare.is_empty() && bare.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        {
+            out.push(bare.to_owned());
+        } else {
+            r.invalid(
+                &items[i],
+                &path.index(i),
+                "capability",
+                &name,
+                "a capability name such as NET_ADMIN",
+            );
+        }
+    }
+    Some(out)
+}
+
+/// harpoon's rule for container names: a letter, then letters, digits, `-`, `_`, `.`.
+fn container_name(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<String> {
+    let name = r.text(node, path)?;
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        r.invalid(
+            node,
+            path,
+            "container name",
+            &name,
+            "a letter, then letters, digits, `-`, `_`, `.`",
+        );
+        return None;
+    }
+    Some(name)
+}
+
+/// docker-py's ulimit mappings: `{name, soft, hard}`; `hard` defaults to `soft`.
+fn ulimits(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<Ulimit>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(map) = r.map(item, &item_path) else {
+            continue;
+        };
+        suggest::check_keys(
+            &map,
+            &item_path,
+            "a ulimit",
+            &["name", "soft", "hard"],
+            &[],
+            r.d,
+        );
+        let name = r.field(&map, &item_path, "name", Reader::text);
+        let soft: Option<i64> =
+            r.field(&map, &item_path, "soft", |r, n, p| r.number(n, p, "limit"));
+        let hard: Option<i64> =
+            r.field(&map, &item_path, "hard", |r, n, p| r.number(n, p, "limit"));
+        let Some(name) = name else {
+            let problem = Problem::MissingKey {
+                key: "name",
+                section: "a ulimit".into(),
+            };
+            r.d.error(&map.location, &item_path, problem);
+            continue;
+        };
+        if !ULIMIT_NAMES.contains(&name.as_str()) {
+            let at = map.get("name").unwrap_or(&map);
+            let mut diagnostic = Diagnostic::error(
+                &at.location,
+                &item_path.key("name"),
+                Problem::Invalid {
+                    what: "ulimit",
+                    value: name.clone(),
+                    reason: format!("known: {}", ULIMIT_NAMES.join(", ")),
+                },
+            );
+            if let Some(c) = suggest::closest(&name, ULIMIT_NAMES.iter().copied()) {
+                diagnostic = diagnostic.with_help(format!("did you mean `{c}`?"));
+            }
+            r.d.push(diagnostic);
+            continue;
+        }
+        let (soft, hard) = match (soft, hard) {
+            (Some(s), Some(h)) => (s, h),
+            (Some(s), None) | (None, Some(s)) => (s, s),
+            (None, None) => {
+                let problem = Problem::MissingKey {
+                    key: "soft",
+                    section: format!("ulimit `{name}`"),
+                };
+                r.d.error(&map.location, &item_path, problem);
+                continue;
+            }
+        };
+        if soft > hard && hard >= 0 {
+            r.invalid(
+                &map,
+                &item_path,
+                "ulimit",
+                &name,
+                format!("the soft limit ({soft}) is above the hard limit ({hard})"),
+            );
+            continue;
+        }
+        out.push(Ulimit { name, soft, hard });
+    }
+    Some(out)
 }
 
 fn network(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Network> {

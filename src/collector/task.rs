@@ -16,7 +16,10 @@ use super::suggest;
 
 const TASK_KEYS: &[&str] = &["action", "options", "overrides", "description"];
 const ROOT_TASK_KEYS: &[&str] = &["action", "options", "overrides", "description", "image"];
-const TASK_UNSUPPORTED: &[(&str, &str)] = &[("label", "`dockhand list` groups tasks by image")];
+const TASK_UNSUPPORTED: &[(&str, &str)] = &[
+    ("label", "`dockhand list` groups tasks by image"),
+    ("spec", "harpoon deprecated it; use `action` and `options`"),
+];
 const STEP_KEYS: &[&str] = &["task", "needs", "timeout", "allow_failure", "env"];
 
 /// A task as written, before its image is resolved with its options and overrides.
