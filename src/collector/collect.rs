@@ -204,9 +204,10 @@ impl Collector<'_> {
         let env = |name: &str| self.env(name);
         let mut unset: IndexMap<String, Vec<Diagnostic>> = IndexMap::new();
 
-        let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion);
         let mut names = HashMap::new();
         for (key, node, path) in &nodes {
+            let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion)
+                .for_image(key);
             let mut scratch = Diagnostics::default();
             let mut r = Reader {
                 fmt: &naming,
@@ -222,16 +223,23 @@ impl Collector<'_> {
         for key in unset.keys() {
             names.remove(key);
         }
-        let fmt = Formatter::new(
-            document,
-            &root,
-            &cli_args,
-            &env,
-            Some(&names),
-            &self.expansion,
-        );
         let mut images = Images::new();
         for (key, node, path) in &nodes {
+            let image_root = self
+                .loaded
+                .image_roots
+                .get(key)
+                .unwrap_or(&self.loaded.config_root);
+            let image_root_text = image_root.to_string_lossy();
+            let fmt = Formatter::new(
+                document,
+                &image_root_text,
+                &cli_args,
+                &env,
+                Some(&names),
+                &self.expansion,
+            )
+            .for_image(key);
             let mut scratch = Diagnostics::default();
             let mut r = Reader {
                 fmt: &fmt,
@@ -239,15 +247,7 @@ impl Collector<'_> {
                 d: &mut scratch,
             };
             let check_keys = shape == Shape::Harpoon;
-            let image = image::read(
-                &mut r,
-                key,
-                node,
-                path,
-                &names,
-                &self.loaded.config_root,
-                check_keys,
-            );
+            let image = image::read(&mut r, key, node, path, &names, image_root, check_keys);
             defer(&mut unset, key, scratch, d);
             if let Some(image) = image.filter(|_| !unset.contains_key(key)) {
                 images.insert(key.clone(), image);

@@ -82,6 +82,8 @@ pub struct Formatter<'a> {
     /// being formatted.
     pub image_names: Option<&'a HashMap<String, String>>,
     expansion: &'a Expansion,
+    /// The image whose options are being read: `{__image__.x}` is `{images.<it>.x}`.
+    image: Option<&'a str>,
     /// References being expanded, to report cycles instead of recursing forever.
     active: RefCell<Vec<String>>,
 }
@@ -107,8 +109,15 @@ impl<'a> Formatter<'a> {
             env,
             image_names,
             expansion,
+            image: None,
             active: RefCell::new(Vec::new()),
         }
+    }
+
+    /// This formatter reading image `name`'s options, for harpoon's `{__image__.x}`.
+    pub fn for_image(mut self, name: &'a str) -> Self {
+        self.image = Some(name);
+        self
     }
 
     /// Formats a node: strings are formatted, other scalars are their text, mappings and
@@ -267,7 +276,12 @@ impl<'a> Formatter<'a> {
             "config_root" => return Some(Formatted::Text(self.config_root.to_owned())),
             _ => {}
         }
-        let keys: Vec<&str> = reference.split('.').collect();
+        let mut keys: Vec<&str> = reference.split('.').collect();
+        if keys[0] == "__image__"
+            && let Some(image) = self.image
+        {
+            keys.splice(0..1, ["images", image]);
+        }
         if let ["images", image] = keys.as_slice()
             && self.lookup(&["images", image]).is_some()
         {
@@ -286,7 +300,7 @@ impl<'a> Formatter<'a> {
             return None;
         }
         self.active.borrow_mut().push(reference.to_owned());
-        let target_path = KeyPath::dotted(reference);
+        let target_path = KeyPath::dotted(&keys.join("."));
         let result = self.format(target, &target_path, d);
         self.active.borrow_mut().pop();
         result

@@ -8,7 +8,7 @@
 //! inside it: a repository's config cannot read the agent's host. `~/.harpoonrc.yml` and
 //! what it names are the operator's own and exempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +35,9 @@ pub struct Loaded {
     /// config points at (the merged document carries the last file's position).
     pub main: PathBuf,
     pub main_location: Location,
+    /// The folder of each image read from an `__images_from__` file: harpoon gives such an
+    /// image its own `{config_root}`, so its context and relative paths start there.
+    pub image_roots: HashMap<String, PathBuf>,
 }
 
 /// Loads `main` and everything it pulls in, confined to `workspace` when there is one.
@@ -56,6 +59,7 @@ pub fn load(
         bytes_read: 0,
         budget: Budget::default(),
         document: None,
+        image_roots: HashMap::new(),
         diagnostics,
     };
     if let Some(home) = home_config.filter(|p| p.is_file()) {
@@ -73,6 +77,7 @@ pub fn load(
         config_root,
         main,
         main_location,
+        image_roots: loader.image_roots,
     })
 }
 
@@ -86,6 +91,7 @@ struct Loader<'d> {
     bytes_read: u64,
     budget: Budget,
     document: Option<Node>,
+    image_roots: HashMap<String, PathBuf>,
     diagnostics: &'d mut Diagnostics,
 }
 
@@ -290,6 +296,9 @@ impl Loader<'_> {
             let Some(tree) = self.read(&file, Some((location, key_path))) else {
                 continue;
             };
+            if let Some(folder) = file.parent() {
+                self.image_roots.insert(stem.clone(), folder.to_path_buf());
+            }
             let image = Entry {
                 key: stem,
                 key_location: tree.location.clone(),

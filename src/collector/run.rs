@@ -226,6 +226,45 @@ pub fn env(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<En
         Value::Seq(items) => {
             for (i, item) in items.iter().enumerate() {
                 let item_path = path.index(i);
+                // harpoon's item forms besides text: `[NAME]`, `[NAME, DEFAULT]` and
+                // `{NAME: DEFAULT}`.
+                let parts = match &item.value {
+                    Value::Seq(parts) => Some(parts.clone()),
+                    Value::Map(entries) if entries.len() == 1 => Some(vec![
+                        Node::new(
+                            Value::Str(entries[0].key.clone()),
+                            entries[0].key_location.clone(),
+                        ),
+                        entries[0].value.clone(),
+                    ]),
+                    _ => None,
+                };
+                if let Some(parts) = parts {
+                    let texts: Option<Vec<String>> = parts
+                        .iter()
+                        .enumerate()
+                        .map(|(j, part)| r.text(part, &item_path.index(j)))
+                        .collect();
+                    match texts.as_deref() {
+                        Some([name]) if valid_env_name(name) => out.push(EnvVar {
+                            name: name.clone(),
+                            value: EnvValue::FromHost,
+                        }),
+                        Some([name, default]) if valid_env_name(name) => out.push(EnvVar {
+                            name: name.clone(),
+                            value: EnvValue::FromHostOr(default.clone()),
+                        }),
+                        Some(other) => r.invalid(
+                            item,
+                            &item_path,
+                            "environment entry",
+                            &other.join(", "),
+                            "as a list, write [NAME] or [NAME, DEFAULT], with NAME of letters, digits and _",
+                        ),
+                        None => {}
+                    }
+                    continue;
+                }
                 let Some(text) = r.text(item, &item_path) else {
                     continue;
                 };
@@ -348,7 +387,17 @@ fn mounts(
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
-        let Some(text) = r.text(item, &item_path) else {
+        // harpoon's list form `[HOST, CONTAINER(, MODE)]` reads as the text form.
+        let text = match &item.value {
+            Value::Seq(parts) if (2..=3).contains(&parts.len()) => parts
+                .iter()
+                .enumerate()
+                .map(|(j, part)| r.text(part, &item_path.index(j)))
+                .collect::<Option<Vec<String>>>()
+                .map(|parts| parts.join(":")),
+            _ => r.text(item, &item_path),
+        };
+        let Some(text) = text else {
             continue;
         };
         let parts: Vec<&str> = text.split(':').collect();
@@ -454,9 +503,12 @@ fn links(
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
         let (image, alias) = match &item.value {
-            Value::Seq(pair) if pair.len() == 2 => {
+            Value::Seq(pair) if (1..=2).contains(&pair.len()) => {
                 let image = image_ref(r, &pair[0], &item_path.index(0), images);
-                let alias = r.text(&pair[1], &item_path.index(1));
+                let alias = match pair.get(1) {
+                    Some(alias) => r.text(alias, &item_path.index(1)),
+                    None => image.clone(),
+                };
                 (image, alias)
             }
             Value::Str(text) => {
@@ -473,7 +525,7 @@ fn links(
                 r.wrong(
                     item,
                     &item_path,
-                    "an image, `image:alias`, or [image, alias]",
+                    "an image, `image:alias`, [image] or [image, alias]",
                 );
                 continue;
             }
