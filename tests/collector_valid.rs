@@ -144,7 +144,7 @@ fn unset_environment_values_fail_only_the_jobs_that_use_them() {
             "10:16 images.other.commands[0][1]",
             "14:10 images.tagged.tag",
             "17:23 images.child.commands[0][1]",
-            "29:17 images.plain.env[0]",
+            "29:17 images.plain.tasks.with-env.options.env[0]",
         ],
         "{}",
         collected.warnings

@@ -12,7 +12,7 @@ use super::format::{Expansion, Formatter};
 use super::image::{self, IMAGE_KEYS};
 use super::load::{self, Loaded};
 use super::model::{Config, Images, Shape, Task, Unresolved};
-use super::node::{KeyPath, Node, Value};
+use super::node::{KeyPath, Location, Node, Value};
 use super::read::Reader;
 use super::suggest;
 use super::task::{self, TaskDef};
@@ -148,6 +148,7 @@ impl Collector<'_> {
                 options: None,
                 overrides: None,
                 location: document.location.clone(),
+                path: KeyPath::root(),
             });
         }
         let mut pipeline = match document.get("pipeline") {
@@ -308,11 +309,16 @@ impl Collector<'_> {
                 if let Some(overrides) = def.overrides {
                     document.merge(overrides);
                 }
+                let mut options_at = HashMap::new();
                 if let Some(options) = def.options {
+                    key_paths(&options, &def.path.key("options"), &mut options_at);
                     merge_into_image(&mut document, &def.image, options, shape);
                 }
-                self.images(&document, shape, Some(&name), d)
-                    .map(|r| (Arc::new(r.images), Arc::new(r.unresolved)))
+                let mut scratch = Diagnostics::default();
+                let resolved = self.images(&document, shape, Some(&name), &mut scratch);
+                scratch.relocate(|at| options_at.get(at).cloned());
+                d.absorb(scratch);
+                resolved.map(|r| (Arc::new(r.images), Arc::new(r.unresolved)))
             };
             let known = |(images, unresolved): &(Arc<Images>, Arc<Unresolved>)| {
                 images.contains_key(&def_image) || unresolved.contains_key(&def_image)
@@ -333,6 +339,30 @@ impl Collector<'_> {
             }
         }
         tasks
+    }
+}
+
+/// The key path of every key and value in `node` (at `path`), by where it is written: a
+/// problem found in a task's options once they are merged into the image is reported at
+/// the options' path (`images.app.tasks.t.options.cpu.x`, not `images.app.cpu.x`).
+fn key_paths(node: &Node, path: &KeyPath, out: &mut HashMap<Location, KeyPath>) {
+    out.entry(node.location.clone())
+        .or_insert_with(|| path.clone());
+    match &node.value {
+        Value::Map(entries) => {
+            for entry in entries {
+                let entry_path = path.key(&entry.key);
+                // A mapping starts where its first key does; the key names the spot.
+                out.insert(entry.key_location.clone(), entry_path.clone());
+                key_paths(&entry.value, &entry_path, out);
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                key_paths(item, &path.index(i), out);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -188,6 +188,15 @@ impl Diagnostics {
         self.sources.extend(other.sources);
     }
 
+    /// Gives each problem whose location `path_of` knows that key path.
+    pub(crate) fn relocate(&mut self, path_of: impl Fn(&Location) -> Option<KeyPath>) {
+        for item in &mut self.items {
+            if let Some(path) = path_of(&item.location) {
+                item.key_path = path;
+            }
+        }
+    }
+
     /// Takes the unset-environment problems out (see [`Diagnostic::is_unset_env`]), the
     /// rest stay.
     pub(crate) fn take_unset_env(&mut self) -> Vec<Diagnostic> {

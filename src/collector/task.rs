@@ -32,6 +32,8 @@ pub struct TaskDef {
     pub options: Option<Node>,
     pub overrides: Option<Node>,
     pub location: Location,
+    /// Where the task is written, e.g. `images.app.tasks.test`.
+    pub path: KeyPath,
 }
 
 /// Every task of the config, in the order written, clashes reported.
@@ -171,6 +173,7 @@ fn task(
             .map(|options| known_options(r, options, &path.key("options"))),
         overrides: optional_map(r, "overrides"),
         location: name_at.clone(),
+        path: path.clone(),
     })
 }
 
