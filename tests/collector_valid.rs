@@ -238,6 +238,11 @@ fn commands_need_environment_values_only_for_what_they_use() {
         "{stderr}"
     );
     assert!(!stderr.contains("error"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("3 image(s) (+3 needing unset environment values, see the notes)"),
+        "{stdout}"
+    );
 
     let out = dockhand(&dir, &["dockerfile", "app"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
