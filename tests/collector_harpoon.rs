@@ -459,7 +459,8 @@ images:
 }
 
 /// test_command_add_command_specs.py, "complex_ADD_spec": conflicting sources and a
-/// missing `dest` are refused; `get` takes a list of text.
+/// missing `dest` are refused; `get` takes text or a list of text ("complains if get is
+/// not a string or list").
 #[test]
 fn add_mappings_refused() {
     for (spec, column, message) in [
@@ -477,6 +478,22 @@ fn add_mappings_refused() {
         ("{content: blah}", 15, "`dest` is required"),
         ("{context: {parent_dir: .}}", 15, "`dest` is required"),
         ("{get: {a: 1}}", 21, "expected a list"),
+        (
+            "{get: 0}",
+            21,
+            "expected a file name (text), found a number",
+        ),
+        (
+            "{get: true}",
+            21,
+            "expected a file name (text), found a boolean",
+        ),
+        ("{get: null}", 21, "expected a file name or a list of them"),
+        (
+            "{get: [a, 1]}",
+            25,
+            "expected a file name (text), found a number",
+        ),
     ] {
         let config = format!(
             "images:\n  app:\n    commands:\n      - FROM busybox\n      - [ADD, {spec}]\n"

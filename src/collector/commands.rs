@@ -384,9 +384,25 @@ impl Dockerfile {
         let prefix = r
             .field(spec, path, "prefix", Reader::text)
             .unwrap_or_default();
-        let Some(items) = r.field(spec, path, "get", Reader::texts) else {
+        let Some(get) = spec.get("get") else { return };
+        let get_path = path.key("get");
+        if get.value == Value::Null {
+            r.wrong(get, &get_path, "a file name or a list of them");
+            return;
+        }
+        let Some(nodes) = r.list(get, &get_path) else {
             return;
         };
+        // File names are text, as harpoon has them: `get: 0` is a mistake, not file `0`.
+        let mut items = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let item_path = get_path.index(i);
+            if matches!(node.value, Value::Str(_)) {
+                items.extend(r.text(node, &item_path));
+            } else {
+                r.wrong(node, &item_path, "a file name (text)");
+            }
+        }
         for item in items {
             let dest = if prefix.is_empty() {
                 item.clone()
