@@ -14,8 +14,8 @@ use super::read::Reader;
 use super::run;
 use super::suggest;
 
-/// Keys an image mapping may have. Every one but `tasks` and `name` may also be set at the
-/// root as a default for every image.
+/// Keys an image mapping may have. Every one but `tasks`, `name` and `container_name` (each
+/// names one image) may also be set at the root as a default for every image.
 pub const IMAGE_KEYS: &[&str] = &[
     "commands",
     "context",
@@ -117,7 +117,8 @@ pub fn root_defaults(document: &Node) -> Node {
         .unwrap_or_default()
         .iter()
         .filter(|e| {
-            IMAGE_KEYS.contains(&e.key.as_str()) && !matches!(e.key.as_str(), "tasks" | "name")
+            IMAGE_KEYS.contains(&e.key.as_str())
+                && !matches!(e.key.as_str(), "tasks" | "name" | "container_name")
         })
         .cloned()
         .collect();
