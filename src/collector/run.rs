@@ -744,10 +744,13 @@ fn mem_limit(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Opti
 
 /// Capability names as Docker takes them (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
 fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
-    let names = r.texts(node, path)?;
     let items = r.list(node, path)?;
     let mut out = Vec::new();
-    for (i, name) in names.into_iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(name) = r.text(item, &item_path) else {
+            continue;
+        };
         let upper = name.to_ascii_uppercase();
         let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
         if bare == "ALL"
@@ -756,8 +759,8 @@ fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<V
             out.push(bare.to_owned());
         } else {
             r.invalid(
-                &items[i],
-                &path.index(i),
+                item,
+                &item_path,
                 "capability",
                 &name,
                 "a capability name such as NET_ADMIN",
