@@ -210,12 +210,13 @@ fn mount_spec_forms() {
 }
 
 /// test_image_specs.py, "Env spec": a name alone, `[name]`, `[name, default]`, `name:`
-/// (empty default), `name=` (empty value), `name:default`, `name=value`.
+/// (empty default), `name=` (empty value), `name:default`, `name=value`; a default may hold
+/// `=` as in harpoon (a value holding `:` is where dockhand differs).
 #[test]
 fn env_spec_forms() {
     let (_dir, config) = valid(&[(
         "config.yml",
-        "images:\n  app:\n    commands: \"FROM busybox\"\n    env:\n      - ONE\n      - [TWO]\n      - [THREE, fallback]\n      - \"FOUR:\"\n      - FIVE=\n      - SIX:fallback\n      - SEVEN=value\n",
+        "images:\n  app:\n    commands: \"FROM busybox\"\n    env:\n      - ONE\n      - [TWO]\n      - [THREE, fallback]\n      - \"FOUR:\"\n      - FIVE=\n      - SIX:fallback\n      - SEVEN=value\n      - EIGHT:b=c\n      - NINE=http://x\n",
     )]);
     assert_eq!(
         config.images["app"].run.env,
@@ -227,6 +228,9 @@ fn env_spec_forms() {
             env("FIVE", EnvValue::Literal(String::new())),
             env("SIX", EnvValue::FromHostOr("fallback".into())),
             env("SEVEN", EnvValue::Literal("value".into())),
+            env("EIGHT", EnvValue::FromHostOr("b=c".into())),
+            // harpoon: a variable `NINE=http` defaulting to `//x`
+            env("NINE", EnvValue::Literal("http://x".into())),
         ]
     );
 }

@@ -268,12 +268,13 @@ pub fn env(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<En
                 let Some(text) = r.text(item, &item_path) else {
                     continue;
                 };
-                let (name, value) = if let Some((name, value)) = text.split_once('=') {
-                    (name, EnvValue::Literal(value.to_owned()))
-                } else if let Some((name, default)) = text.split_once(':') {
-                    (name, EnvValue::FromHostOr(default.to_owned()))
-                } else {
-                    (text.as_str(), EnvValue::FromHost)
+                // Split at the first `=` or `:`: `URL=http://x` is a value, `A:b=c` a default.
+                let (name, value) = match text.find(['=', ':']) {
+                    Some(at) if text[at..].starts_with('=') => {
+                        (&text[..at], EnvValue::Literal(text[at + 1..].to_owned()))
+                    }
+                    Some(at) => (&text[..at], EnvValue::FromHostOr(text[at + 1..].to_owned())),
+                    None => (text.as_str(), EnvValue::FromHost),
                 };
                 if valid_env_name(name) {
                     out.push(EnvVar {
