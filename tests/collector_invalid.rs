@@ -122,3 +122,32 @@ fn every_invalid_fixture_reports_exactly_its_expected_problems() {
         failures.join("\n\n")
     );
 }
+
+/// A problem inside a task's options is reported at the options' own key path, nested keys
+/// included, though it is found once they are merged into the image (issue 12 item 8).
+#[test]
+fn task_option_problems_are_reported_at_the_options_path() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/invalid/harpoon-refused-options.yml");
+    let options = CollectOptions {
+        config: config.clone(),
+        workspace: config.parent().map(Path::to_path_buf),
+        ..CollectOptions::default()
+    };
+    let diagnostics = collect(&options).expect_err("the fixture is invalid");
+    let paths: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.location.line >= 53)
+        .map(|d| d.key_path.to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "images.app.tasks.opts.options.privileged",
+            "images.app.tasks.opts.options.cpu.cap_add",
+            "images.ctx.context.ignore_find_errors",
+        ],
+        "{}",
+        diagnostics.render()
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use dockhand::collector::{CollectOptions, collect};
+use dockhand::collector::{CollectOptions, Severity, collect};
 use dockhand::plan::{Plan, Request};
 use serde_json::json;
 
@@ -42,7 +42,7 @@ fn resolved_in(dir: &Path, name: &str) -> String {
     let tasks: Vec<_> = config
         .tasks
         .values()
-        .map(|t| json!({ "task": t, "image": t.image() }))
+        .map(|t| json!({ "task": t, "image": t.image().unwrap() }))
         .collect();
     let plan = |request| match Plan::new(config, &request) {
         Ok(plan) => json!(plan),
@@ -108,7 +108,12 @@ fn harpoon_dockerfiles() {
             ));
         }
     }
-    let release = config.tasks["release"].image().build.dockerfile.clone();
+    let release = config.tasks["release"]
+        .image()
+        .unwrap()
+        .build
+        .dockerfile
+        .clone();
     text.push_str(&format!("## app as task `release` sees it\n{release}"));
     insta::assert_snapshot!(text.replace(dir.to_str().unwrap(), "[root]"));
 }
@@ -116,4 +121,160 @@ fn harpoon_dockerfiles() {
 #[test]
 fn harpoon_forms_single_values_port_lists_and_network_mode() {
     insta::assert_snapshot!(resolved("harpoon-forms"));
+}
+
+/// `{VAR:from_env}` is needed only where used (issue 12 item 6): with the value unset, the
+/// images needing it are left out with notes, and only a plan that builds or runs one of
+/// them fails, naming where the value is used.
+#[test]
+fn unset_environment_values_fail_only_the_jobs_that_use_them() {
+    let dir = fixture("from-env-where-used");
+    let collected = collect(&options(&dir)).unwrap_or_else(|d| panic!("should collect:\n{d}"));
+    let notes: Vec<String> = collected
+        .warnings
+        .iter()
+        .map(|d| {
+            assert_eq!(d.severity, Severity::Note, "{}", collected.warnings);
+            format!("{}:{} {}", d.location.line, d.location.column, d.key_path)
+        })
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "10:16 images.other.commands[0][1]",
+            "14:10 images.tagged.tag",
+            "17:23 images.child.commands[0][1]",
+            "29:17 images.plain.tasks.with-env.options.env[0]",
+        ],
+        "{}",
+        collected.warnings
+    );
+    let config = &collected.config;
+    let unresolved: Vec<&String> = config.unresolved.keys().collect();
+    assert_eq!(unresolved, ["other", "tagged", "child"]);
+    assert!(config.tasks.contains_key("other-test"));
+
+    let plan = |request| {
+        Plan::new(config, &request).map(|p| p.images().map(String::from).collect::<Vec<_>>())
+    };
+    let tasks = |names: &[&str]| Request::Tasks(names.iter().map(|n| n.to_string()).collect());
+    let images = |names: &[&str]| Request::Images(names.iter().map(|n| n.to_string()).collect());
+    assert_eq!(plan(tasks(&["test"])).unwrap(), ["app"]);
+    assert_eq!(plan(images(&["app", "plain"])).unwrap(), ["app", "plain"]);
+    assert_eq!(plan(tasks(&["plain"])).unwrap(), ["plain"]);
+
+    let at =
+        |line: u32, column: u32| format!("{}:{line}:{column}", dir.join("config.yml").display());
+    let failures = [
+        (images(&["other"]), "image `other` is needed", at(10, 16)),
+        (
+            tasks(&["other-test"]),
+            "image `other` is needed by task `other-test`",
+            at(10, 16),
+        ),
+        (
+            tasks(&["web"]),
+            "image `tagged` is needed by task `web`",
+            at(14, 10),
+        ),
+        (images(&["child"]), "image `child` is needed", at(14, 10)),
+        (
+            tasks(&["with-env"]),
+            "image `plain` is needed by task `with-env`",
+            at(29, 17),
+        ),
+        (Request::Default, "image `other` is needed", at(10, 16)),
+    ];
+    for (request, message, location) in failures {
+        let error = plan(request.clone())
+            .expect_err(&format!("{request:?} should fail"))
+            .to_string();
+        assert!(error.contains(message), "{request:?}: {error}");
+        assert!(
+            error.contains(&location)
+                && error.contains("`DOCKHAND_TEST_VERSION` in the environment"),
+            "{request:?} should say where the value is used ({location}): {error}"
+        );
+    }
+
+    let mut set = options(&dir);
+    set.env.insert("DOCKHAND_TEST_VERSION".into(), "1.2".into());
+    let collected = collect(&set).unwrap();
+    assert!(collected.warnings.is_empty(), "{}", collected.warnings);
+    let config = &collected.config;
+    assert!(config.unresolved.is_empty());
+    assert_eq!(
+        config.images["other"].build.dockerfile,
+        "FROM example/app:1.2\n"
+    );
+    assert_eq!(config.images["child"].build.dockerfile, "FROM tagged:1.2\n");
+    assert!(Plan::new(config, &Request::Default).is_ok());
+}
+
+fn dockhand(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("HARPOON_CONFIG")
+        .env_remove("DOCKHAND_TEST_VERSION")
+        .output()
+        .unwrap()
+}
+
+/// The commands on a config where one image needs an unset value: `check` passes with
+/// notes, the Dockerfile of an unrelated image prints, and only commands using the image
+/// fail, as config errors (200) saying where the value is used.
+#[test]
+fn commands_need_environment_values_only_for_what_they_use() {
+    let dir = fixture("from-env-where-used");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    let out = dockhand(&dir, &["check"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: `{DOCKHAND_TEST_VERSION:from_env}` needs"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("error"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("3 image(s) (+3 needing unset environment values, see the notes)"),
+        "{stdout}"
+    );
+
+    let out = dockhand(&dir, &["dockerfile", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "FROM busybox:local\n");
+
+    let at = format!("{}:10:16", dir.join("config.yml").display());
+    for args in [&["dockerfile", "other"][..], &["run", "other-test"]] {
+        let out = dockhand(&dir, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(200), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("image `other`") && stderr.contains(&at),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// The summary names the main config, not the last file it pulled in (issue 12 item 8).
+#[test]
+fn check_summary_names_the_main_config() {
+    let dir = fixture("harpoon-forms");
+    let out = dockhand(&dir, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    let main = dir.join("config.yml");
+    assert!(
+        stdout.starts_with(&format!("ok: {} (+1 more file(s))", main.display())),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn harpoon_options_beyond_dockhands_own() {
+    insta::assert_snapshot!(resolved("harpoon-options"));
 }

@@ -227,6 +227,7 @@ mod tests {
             context: None,
             depends_on: Vec::new(),
             external_bases: vec!["x".into()],
+            cache_from: Vec::new(),
         }
     }
 

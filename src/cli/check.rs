@@ -23,13 +23,13 @@ pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
                 let steps: Vec<&str> = config.pipeline.iter().map(|s| s.task.as_str()).collect();
                 format!("pipeline: {}", steps.join(", "))
             };
+            let left_out = match config.unresolved.len() {
+                0 => String::new(),
+                n => format!(" (+{n} needing unset environment values, see the notes)"),
+            };
             outln!(
-                "ok: {}{files}: {} image(s), {} task(s), {pipeline}",
-                config
-                    .files
-                    .last()
-                    .map(|f| f.display().to_string())
-                    .unwrap_or_default(),
+                "ok: {}{files}: {} image(s){left_out}, {} task(s), {pipeline}",
+                config.config_file.display(),
                 config.images.len(),
                 config.tasks.len(),
             );
@@ -41,6 +41,7 @@ pub fn run(collected: Result<Collected, Diagnostics>, json: bool) -> u8 {
                 "ok": true,
                 "files": config.files,
                 "images": config.images.len(),
+                "unresolved_images": config.unresolved.keys().collect::<Vec<_>>(),
                 "tasks": config.tasks.len(),
                 "pipeline": config.pipeline.iter().map(|s| &s.task).collect::<Vec<_>>(),
                 "diagnostics": c.warnings.to_json(),

@@ -8,10 +8,10 @@ use crate::job::workspace_root;
 
 pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
     let config = &collected.config;
-    let images = match task {
-        None => &config.images,
+    let (images, unresolved) = match task {
+        None => (&config.images, &config.unresolved),
         Some(name) => match config.tasks.get(name) {
-            Some(task) => &task.images,
+            Some(task) => (&task.images, &task.unresolved),
             None => {
                 eprintln!(
                     "error: no task named `{name}`{}",
@@ -21,6 +21,13 @@ pub fn run(collected: &Collected, image: &str, task: Option<&str>) -> u8 {
             }
         },
     };
+    if let Some(reasons) = unresolved.get(image) {
+        eprintln!(
+            "error: image `{image}` needs environment values that are not set:\n  {}",
+            reasons.join("\n  ")
+        );
+        return exit_code::CONFIG_ERROR;
+    }
     match images.get(image) {
         Some(image) => {
             let workspace = workspace_root(&config.config_root);

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
-use super::diagnostic::{Diagnostic, Diagnostics, Problem};
+use super::diagnostic::{Diagnostic, Diagnostics, Problem, Severity};
 use super::format::{Expansion, Formatter};
 use super::image::{self, IMAGE_KEYS};
 use super::load::{self, Loaded};
-use super::model::{Config, Images, Shape, Task};
-use super::node::{KeyPath, Node, Value};
+use super::model::{Config, Images, Shape, Task, Unresolved};
+use super::node::{KeyPath, Location, Node, Value};
 use super::read::Reader;
 use super::suggest;
 use super::task::{self, TaskDef};
@@ -109,11 +109,17 @@ impl Collector<'_> {
         } else if document.get("commands").is_some() {
             Shape::SingleImage
         } else {
-            d.error(&document.location, &KeyPath::root(), Problem::NoImages);
+            let at = &self.loaded.main_location;
+            d.error(at, &KeyPath::root(), Problem::NoImages);
             return None;
         };
-        let (images, names, image_order) = self.images(document, shape, true, d)?;
-        let images = Arc::new(images);
+        let Resolved {
+            images,
+            names,
+            order: image_order,
+            unresolved,
+        } = self.images(document, shape, None, d)?;
+        let (images, unresolved) = (Arc::new(images), Arc::new(unresolved));
 
         let root = self.root_string();
         let cli_args = || self.cli_args();
@@ -142,6 +148,7 @@ impl Collector<'_> {
                 options: None,
                 overrides: None,
                 location: document.location.clone(),
+                path: KeyPath::root(),
             });
         }
         let mut pipeline = match document.get("pipeline") {
@@ -162,12 +169,14 @@ impl Collector<'_> {
             Some(node) => task::read_secrets(&mut r, node),
             None => Vec::new(),
         };
-        let tasks = self.tasks(defs, &images, shape, d);
+        let tasks = self.tasks(defs, (&images, &unresolved), shape, d);
         Some(Config {
             config_root: self.loaded.config_root.clone(),
+            config_file: self.loaded.main.clone(),
             files: self.loaded.files.clone(),
             shape,
             images,
+            unresolved,
             tasks,
             pipeline,
             secrets,
@@ -179,65 +188,98 @@ impl Collector<'_> {
     }
 
     /// Resolves every image of `document`: the images that read without errors, the full
-    /// names, and every image name in the order written. Used for the config itself and
-    /// again for each task whose options or overrides change the document.
+    /// names, every image name in the order written, and the images that need unset
+    /// environment values (their problems become notes: only a job using them fails). Used
+    /// for the config itself and again for each task whose options or overrides change the
+    /// document.
     fn images(
         &self,
         document: &Node,
         shape: Shape,
-        check: bool,
+        task: Option<&str>,
         d: &mut Diagnostics,
-    ) -> Option<(Images, HashMap<String, String>, Vec<String>)> {
+    ) -> Option<Resolved> {
         let nodes = image_nodes(document, shape, &self.expansion, d)?;
         let root = self.root_string();
         let cli_args = || self.cli_args();
         let env = |name: &str| self.env(name);
+        let mut unset: IndexMap<String, Vec<Diagnostic>> = IndexMap::new();
 
-        let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion);
-        let mut r = Reader {
-            fmt: &naming,
-            workspace: self.options.workspace.as_deref(),
-            d,
-        };
         let mut names = HashMap::new();
         for (key, node, path) in &nodes {
-            if let Some(full) =
-                image::full_name(&mut r, key, node, path, shape == Shape::SingleImage)
-            {
+            let naming = Formatter::new(document, &root, &cli_args, &env, None, &self.expansion)
+                .for_image(key);
+            let mut scratch = Diagnostics::default();
+            let mut r = Reader {
+                fmt: &naming,
+                workspace: self.options.workspace.as_deref(),
+                d: &mut scratch,
+            };
+            let full = image::full_name(&mut r, key, node, path, shape == Shape::SingleImage);
+            if let Some(full) = full {
                 names.insert(key.clone(), full);
             }
+            defer(&mut unset, key, scratch, d);
         }
-        let fmt = Formatter::new(
-            document,
-            &root,
-            &cli_args,
-            &env,
-            Some(&names),
-            &self.expansion,
-        );
-        let mut r = Reader {
-            fmt: &fmt,
-            workspace: self.options.workspace.as_deref(),
-            d,
-        };
+        for key in unset.keys() {
+            names.remove(key);
+        }
         let mut images = Images::new();
         for (key, node, path) in &nodes {
-            let check_keys = check && shape == Shape::Harpoon;
-            if let Some(image) = image::read(
-                &mut r,
-                key,
-                node,
-                path,
-                &names,
-                &self.loaded.config_root,
-                check_keys,
-            ) {
+            let image_root = self
+                .loaded
+                .image_roots
+                .get(key)
+                .unwrap_or(&self.loaded.config_root);
+            let image_root_text = image_root.to_string_lossy();
+            let fmt = Formatter::new(
+                document,
+                &image_root_text,
+                &cli_args,
+                &env,
+                Some(&names),
+                &self.expansion,
+            )
+            .for_image(key);
+            let mut scratch = Diagnostics::default();
+            let mut r = Reader {
+                fmt: &fmt,
+                workspace: self.options.workspace.as_deref(),
+                d: &mut scratch,
+            };
+            let check_keys = shape == Shape::Harpoon;
+            let image = image::read(&mut r, key, node, path, &names, image_root, check_keys);
+            defer(&mut unset, key, scratch, d);
+            if let Some(image) = image.filter(|_| !unset.contains_key(key)) {
                 images.insert(key.clone(), image);
             }
         }
         check_cycles(&images, d);
+        let mut unresolved = Unresolved::new();
+        for (key, _, _) in nodes.iter().filter(|(key, _, _)| unset.contains_key(key)) {
+            unresolved.insert(key.clone(), reasons(&unset, key));
+        }
+        for (key, problems) in unset {
+            for mut problem in problems {
+                problem.severity = Severity::Note;
+                problem.help = Some(match task {
+                    None => format!(
+                        "image `{key}` is left out; only a job that builds or runs it fails"
+                    ),
+                    Some(task) => format!(
+                        "image `{key}` as task `{task}` sees it is left out; only a job running the task fails"
+                    ),
+                });
+                d.push(problem);
+            }
+        }
         let order = nodes.into_iter().map(|(key, _, _)| key).collect();
-        Some((images, names, order))
+        Some(Resolved {
+            images,
+            names,
+            order,
+            unresolved,
+        })
     }
 
     /// Tasks with their images; a task with `options` or `overrides` gets the images of the
@@ -245,7 +287,7 @@ impl Collector<'_> {
     fn tasks(
         &self,
         defs: IndexMap<String, TaskDef>,
-        images: &Arc<Images>,
+        (images, unresolved): (&Arc<Images>, &Arc<Unresolved>),
         shape: Shape,
         d: &mut Diagnostics,
     ) -> IndexMap<String, Task> {
@@ -253,7 +295,7 @@ impl Collector<'_> {
         for (name, def) in defs {
             let def_image = def.image.clone();
             let task_images = if def.options.is_none() && def.overrides.is_none() {
-                Some(images.clone())
+                Some((images.clone(), unresolved.clone()))
             } else {
                 let document = &self.loaded.document;
                 let path = KeyPath::root();
@@ -267,14 +309,21 @@ impl Collector<'_> {
                 if let Some(overrides) = def.overrides {
                     document.merge(overrides);
                 }
+                let mut options_at = HashMap::new();
                 if let Some(options) = def.options {
+                    key_paths(&options, &def.path.key("options"), &mut options_at);
                     merge_into_image(&mut document, &def.image, options, shape);
                 }
-                self.images(&document, shape, true, d)
-                    .map(|(images, _, _)| Arc::new(images))
+                let mut scratch = Diagnostics::default();
+                let resolved = self.images(&document, shape, Some(&name), &mut scratch);
+                scratch.relocate(|at| options_at.get(at).cloned());
+                d.absorb(scratch);
+                resolved.map(|r| (Arc::new(r.images), Arc::new(r.unresolved)))
             };
-            if let Some(task_images) = task_images.filter(|images| images.contains_key(&def_image))
-            {
+            let known = |(images, unresolved): &(Arc<Images>, Arc<Unresolved>)| {
+                images.contains_key(&def_image) || unresolved.contains_key(&def_image)
+            };
+            if let Some((task_images, task_unresolved)) = task_images.filter(known) {
                 tasks.insert(
                     name.clone(),
                     Task {
@@ -284,12 +333,83 @@ impl Collector<'_> {
                         description: def.description,
                         location: def.location,
                         images: task_images,
+                        unresolved: task_unresolved,
                     },
                 );
             }
         }
         tasks
     }
+}
+
+/// The key path of every key and value in `node` (at `path`), by where it is written: a
+/// problem found in a task's options once they are merged into the image is reported at
+/// the options' path (`images.app.tasks.t.options.cpu.x`, not `images.app.cpu.x`).
+fn key_paths(node: &Node, path: &KeyPath, out: &mut HashMap<Location, KeyPath>) {
+    out.entry(node.location.clone())
+        .or_insert_with(|| path.clone());
+    match &node.value {
+        Value::Map(entries) => {
+            for entry in entries {
+                let entry_path = path.key(&entry.key);
+                // A mapping starts where its first key does; the key names the spot.
+                out.insert(entry.key_location.clone(), entry_path.clone());
+                key_paths(&entry.value, &entry_path, out);
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                key_paths(item, &path.index(i), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What [`Collector::images`] resolves.
+struct Resolved {
+    images: Images,
+    names: HashMap<String, String>,
+    order: Vec<String>,
+    unresolved: Unresolved,
+}
+
+/// Moves the problems of one image's `scratch` to `d`, except unset environment values,
+/// which are kept under the image in `unset`.
+fn defer(
+    unset: &mut IndexMap<String, Vec<Diagnostic>>,
+    key: &str,
+    mut scratch: Diagnostics,
+    d: &mut Diagnostics,
+) {
+    let problems = scratch.take_unset_env();
+    d.absorb(scratch);
+    if !problems.is_empty() {
+        unset.entry(key.to_owned()).or_default().extend(problems);
+    }
+}
+
+/// Why image `key` is unresolved, located, with the reasons of the images it names that
+/// are unresolved themselves (so a plan failing on it shows which value to set, and where).
+fn reasons(unset: &IndexMap<String, Vec<Diagnostic>>, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = vec![key];
+    let mut stack = vec![key];
+    while let Some(image) = stack.pop() {
+        for problem in unset.get(image).into_iter().flatten() {
+            let line = problem.located();
+            if !out.contains(&line) {
+                out.push(line);
+            }
+            if let Problem::ImageUnresolved(other) = &problem.problem
+                && !seen.contains(&other.as_str())
+            {
+                seen.push(other);
+                stack.push(other);
+            }
+        }
+    }
+    out
 }
 
 /// `(name, image node with root defaults beneath, key path)` for every image.

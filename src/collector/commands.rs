@@ -39,6 +39,22 @@ pub struct ImageNames<'n> {
 }
 
 impl ImageNames<'_> {
+    /// The full name of image `name`; an image left out for unset environment values is
+    /// reported at `node` (a note that makes this image unresolved too).
+    fn full_of(&self, r: &mut Reader<'_, '_>, name: &str, node: &Node, path: &KeyPath) -> String {
+        match self.full.get(name) {
+            Some(full) => full.clone(),
+            None => {
+                r.d.error(
+                    &node.location,
+                    path,
+                    Problem::ImageUnresolved(name.to_owned()),
+                );
+                String::new()
+            }
+        }
+    }
+
     fn by_full_name(&self, reference: &str) -> Option<&str> {
         let with_tag = if reference
             .rsplit('/')
@@ -83,8 +99,30 @@ pub fn read(
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
         match &item.value {
+            Value::Str(line) if !line.trim().contains(char::is_whitespace) => r.invalid(
+                item,
+                &item_path,
+                "command",
+                line,
+                "a Dockerfile line is an instruction and its arguments (`RUN make`)",
+            ),
             Value::Str(line) => out.verbatim(line, names),
             Value::Seq(parts) => out.structured(r, item, parts, &item_path, names, config_root),
+            Value::Map(entries) => match entries.as_slice() {
+                [entry] if matches!(entry.key.as_str(), "ADD" | "COPY") => {
+                    let spec_path = item_path.key(&entry.key);
+                    if let Some(spec) = r.map(&entry.value, &spec_path) {
+                        out.add_spec(r, &entry.key, &spec, &spec_path, names, config_root);
+                    }
+                }
+                _ => r.invalid(
+                    item,
+                    &item_path,
+                    "command",
+                    &entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>().join(", "),
+                    "a mapping command has one key, ADD or COPY (`{ADD: {dest: ..., content: ...}}`)",
+                ),
+            },
             _ => r.wrong(
                 item,
                 &item_path,
@@ -182,7 +220,7 @@ impl Dockerfile {
                 return;
             }
         };
-        let Some(instruction) = instruction_node.as_str().map(str::to_ascii_uppercase) else {
+        let Some(written) = instruction_node.as_str() else {
             r.wrong(
                 instruction_node,
                 &path.index(0),
@@ -190,22 +228,33 @@ impl Dockerfile {
             );
             return;
         };
+        // The line starts as written (harpoon keeps `["ENV ONE", "{one}"]` and the case);
+        // its first word is the instruction.
+        let written = written.trim();
+        let instruction = written
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
         if instruction.is_empty() || !instruction.chars().all(|c| c.is_ascii_alphabetic()) {
             r.invalid(
                 instruction_node,
                 &path.index(0),
                 "instruction",
-                &instruction,
-                "instruction names are letters only",
+                written,
+                "an instruction name (letters), optionally followed by the start of its arguments",
             );
             return;
         }
+        let single_word = !written.contains(char::is_whitespace);
         let value_path = path.index(1);
         let stage = match parts.get(2) {
-            Some(third) if instruction == "FROM" => match r.text(third, &path.index(2)) {
-                Some(t) => Some(t),
-                None => return,
-            },
+            Some(third) if instruction == "FROM" && single_word => {
+                match r.text(third, &path.index(2)) {
+                    Some(t) => Some(t),
+                    None => return,
+                }
+            }
             Some(third) => {
                 r.invalid(
                     third,
@@ -222,7 +271,7 @@ impl Dockerfile {
             return;
         };
         match &resolved.value {
-            Value::Map(_) if matches!(instruction.as_str(), "ADD" | "COPY") => {
+            Value::Map(_) if matches!(instruction.as_str(), "ADD" | "COPY") && single_word => {
                 self.add_spec(r, &instruction, &resolved, &value_path, names, config_root);
             }
             Value::Map(_) => r.wrong(
@@ -233,45 +282,45 @@ impl Dockerfile {
             Value::Seq(values) => {
                 for (i, v) in values.iter().enumerate() {
                     if let Some(text) = r.text(v, &value_path.index(i)) {
-                        self.lines.push(format!("{instruction} {text}"));
+                        self.lines.push(format!("{written} {text}"));
                     }
                 }
             }
             Value::Null => r.wrong(&resolved, &value_path, "a value for the instruction"),
             _ => match r.format(&resolved, &value_path) {
-                Some(Formatted::Image(name)) if instruction == "FROM" => {
-                    let full = names.full.get(&name).cloned().unwrap_or_default();
+                Some(Formatted::Image(name)) if instruction == "FROM" && single_word => {
+                    let full = names.full_of(r, &name, &resolved, &value_path);
                     self.depend(&name);
-                    self.push_from(&full, stage);
+                    self.push_from(written, &full, stage);
                 }
                 Some(Formatted::Image(name)) => {
-                    let full = names.full.get(&name).cloned().unwrap_or_default();
-                    self.lines.push(format!("{instruction} {full}"));
+                    let full = names.full_of(r, &name, &resolved, &value_path);
+                    self.lines.push(format!("{written} {full}"));
                 }
-                Some(Formatted::Text(text)) if instruction == "FROM" => {
+                Some(Formatted::Text(text)) if instruction == "FROM" && single_word => {
                     let image = text
                         .split_whitespace()
                         .next()
                         .unwrap_or_default()
                         .to_owned();
                     self.from(&image, names);
-                    self.push_from(&text, stage);
+                    self.push_from(written, &text, stage);
                 }
-                Some(Formatted::Text(text)) => self.lines.push(format!("{instruction} {text}")),
+                Some(Formatted::Text(text)) => self.lines.push(format!("{written} {text}")),
                 Some(Formatted::Node(n)) => r.wrong(&n, &value_path, "text"),
                 None => {}
             },
         }
     }
 
-    fn push_from(&mut self, image: &str, stage: Option<String>) {
+    fn push_from(&mut self, from: &str, image: &str, stage: Option<String>) {
         match stage {
             Some(stage) => {
                 let name = stage.split_whitespace().last().unwrap_or_default();
                 self.stages.push(name.to_owned());
-                self.lines.push(format!("FROM {image} {stage}"));
+                self.lines.push(format!("{from} {image} {stage}"));
             }
-            None => self.lines.push(format!("FROM {image}")),
+            None => self.lines.push(format!("{from} {image}")),
         }
     }
 
@@ -293,7 +342,19 @@ impl Dockerfile {
             &[],
             r.d,
         );
-        if spec.get("get").is_some() {
+        let sources: Vec<&str> = ["get", "content", "formatted", "context"]
+            .into_iter()
+            .filter(|k| spec.get(k).is_some())
+            .collect();
+        if sources.len() > 1 && sources[0] == "get" {
+            r.invalid(
+                spec,
+                path,
+                "ADD mapping",
+                &sources.join(", "),
+                "give exactly one of `get`, `content`, `formatted` or `context`",
+            );
+        } else if spec.get("get").is_some() {
             self.prefix_get(r, instruction, spec, path);
         } else if spec.get("from").is_some() || spec.get("to").is_some() {
             self.copy_from(r, instruction, spec, path, names);
@@ -323,9 +384,25 @@ impl Dockerfile {
         let prefix = r
             .field(spec, path, "prefix", Reader::text)
             .unwrap_or_default();
-        let Some(items) = r.field(spec, path, "get", Reader::texts) else {
+        let Some(get) = spec.get("get") else { return };
+        let get_path = path.key("get");
+        if get.value == Value::Null {
+            r.wrong(get, &get_path, "a file name or a list of them");
+            return;
+        }
+        let Some(nodes) = r.list(get, &get_path) else {
             return;
         };
+        // File names are text, as harpoon has them: `get: 0` is a mistake, not file `0`.
+        let mut items = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let item_path = get_path.index(i);
+            if matches!(node.value, Value::Str(_)) {
+                items.extend(r.text(node, &item_path));
+            } else {
+                r.wrong(node, &item_path, "a file name (text)");
+            }
+        }
         for item in items {
             let dest = if prefix.is_empty() {
                 item.clone()
@@ -380,7 +457,7 @@ impl Dockerfile {
         let from = match r.format(from_node, &path.key("from")) {
             Some(Formatted::Image(name)) => {
                 self.depend(&name);
-                names.full.get(&name).cloned().unwrap_or_default()
+                names.full_of(r, &name, from_node, &path.key("from"))
             }
             Some(Formatted::Text(text)) => {
                 if let Some(name) = names.by_full_name(&text) {
@@ -470,10 +547,7 @@ impl Dockerfile {
     }
 
     fn generated(&mut self, instruction: &str, contents: String, dest: &str) {
-        let name = format!(
-            "__dockhand_file_{}",
-            crate::util::short_hash(contents.as_bytes())
-        );
+        let name = content_name(&contents, dest);
         if !self.generated_files.iter().any(|f| f.name == name) {
             self.generated_files.push(GeneratedFile {
                 name: name.clone(),
@@ -506,7 +580,11 @@ impl Dockerfile {
         let image = match node.get("image") {
             Some(image_node) => match r.format(image_node, &path.key("image")) {
                 Some(Formatted::Image(name)) => Some(name),
-                Some(Formatted::Text(text)) if names.full.contains_key(&text) => Some(text),
+                Some(Formatted::Text(text))
+                    if names.full.contains_key(&text) || r.fmt.has_image(&text) =>
+                {
+                    Some(text)
+                }
                 Some(Formatted::Text(text)) => {
                     let mut diagnostic = super::diagnostic::Diagnostic::error(
                         &image_node.location,
@@ -553,13 +631,42 @@ impl Dockerfile {
             return;
         };
         self.depend(&image);
-        let full = names.full.get(&image).cloned().unwrap_or_default();
+        let full = names.full_of(r, &image, node, path);
         self.lines.push(instruction_line(
             "COPY",
             Some(&format!("--from={full}")),
             &[&file, dest],
         ));
     }
+}
+
+/// The name harpoon gives a file made from `content`, so the Dockerfile line is the same:
+/// the MD5 of Python's `json.dumps({"content": contents})`, a `-`, and the destination with
+/// `/` as `-` and spaces as `--`.
+fn content_name(contents: &str, dest: &str) -> String {
+    use md5::Digest as _;
+    let mut json = String::from("{\"content\": \"");
+    for c in contents.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            '\n' => json.push_str("\\n"),
+            '\r' => json.push_str("\\r"),
+            '\t' => json.push_str("\\t"),
+            '\u{8}' => json.push_str("\\b"),
+            '\u{c}' => json.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    json.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => json.push(c),
+        }
+    }
+    json.push_str("\"}");
+    let hash = hex::encode(md5::Md5::digest(json.as_bytes()));
+    format!("{hash}-{}", dest.replace('/', "-").replace(' ', "--"))
 }
 
 /// `INSTR [flag] a b`, or the JSON form when an argument has whitespace.

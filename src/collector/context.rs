@@ -23,6 +23,10 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "build caching in dockhand does not depend on file times",
     ),
     ("find_options", "use `include` and `exclude` globs"),
+    (
+        "ignore_find_errors",
+        "dockhand lists the context's files itself, without `find`; there are no find errors to ignore",
+    ),
 ];
 
 /// Reads a context option. `Some(None)` is a disabled context; `None` an error already

@@ -73,6 +73,8 @@ pub enum Problem {
     UnknownFormatSpec(String),
     #[error("`{{{0}:from_env}}` needs `{0}` in the environment, and it is not set")]
     EnvUnset(String),
+    #[error("`{{images.{0}}}` names image `{0}`, which needs environment values that are not set")]
+    ImageUnresolved(String),
     #[error("reference cycle: {}", .0.join(" -> "))]
     ReferenceCycle(Vec<String>),
     #[error("no image named `{0}`")]
@@ -106,6 +108,9 @@ pub enum Problem {
 pub enum Severity {
     Error,
     Warning,
+    /// Not a problem for every job: an image that needs an unset environment value fails
+    /// only the jobs that build or run it.
+    Note,
 }
 
 /// One problem, where it is, and what might fix it.
@@ -136,6 +141,20 @@ impl Diagnostic {
         }
     }
 
+    /// Whether this only says that an environment value `{NAME:from_env}` reads is unset
+    /// (or that an image needing one is named): a problem for the jobs that use it only.
+    pub fn is_unset_env(&self) -> bool {
+        matches!(
+            self.problem,
+            Problem::EnvUnset(_) | Problem::ImageUnresolved(_)
+        )
+    }
+
+    /// One line: the message, where, and the key path.
+    pub fn located(&self) -> String {
+        format!("{} (at {}, {})", self.problem, self.location, self.key_path)
+    }
+
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
@@ -161,6 +180,31 @@ impl Diagnostics {
 
     pub fn error(&mut self, location: &Location, key_path: &KeyPath, problem: Problem) {
         self.push(Diagnostic::error(location, key_path, problem));
+    }
+
+    /// Moves every item of `other` here.
+    pub(crate) fn absorb(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+        self.sources.extend(other.sources);
+    }
+
+    /// Gives each problem whose location `path_of` knows that key path.
+    pub(crate) fn relocate(&mut self, path_of: impl Fn(&Location) -> Option<KeyPath>) {
+        for item in &mut self.items {
+            if let Some(path) = path_of(&item.location) {
+                item.key_path = path;
+            }
+        }
+    }
+
+    /// Takes the unset-environment problems out (see [`Diagnostic::is_unset_env`]), the
+    /// rest stay.
+    pub(crate) fn take_unset_env(&mut self) -> Vec<Diagnostic> {
+        let (unset, rest) = std::mem::take(&mut self.items)
+            .into_iter()
+            .partition(Diagnostic::is_unset_env);
+        self.items = rest;
+        unset
     }
 
     pub(crate) fn add_source(&mut self, path: Arc<Path>, text: Arc<str>) {
@@ -210,6 +254,7 @@ impl Diagnostics {
             let label = match d.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
+                Severity::Note => "note",
             };
             let _ = writeln!(out, "{label}: {}", d.problem);
             let _ = writeln!(out, "  --> {} (at {})", d.location, d.key_path);

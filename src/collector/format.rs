@@ -82,6 +82,8 @@ pub struct Formatter<'a> {
     /// being formatted.
     pub image_names: Option<&'a HashMap<String, String>>,
     expansion: &'a Expansion,
+    /// The image whose options are being read: `{__image__.x}` is `{images.<it>.x}`.
+    image: Option<&'a str>,
     /// References being expanded, to report cycles instead of recursing forever.
     active: RefCell<Vec<String>>,
 }
@@ -107,8 +109,15 @@ impl<'a> Formatter<'a> {
             env,
             image_names,
             expansion,
+            image: None,
             active: RefCell::new(Vec::new()),
         }
+    }
+
+    /// This formatter reading image `name`'s options, for harpoon's `{__image__.x}`.
+    pub fn for_image(mut self, name: &'a str) -> Self {
+        self.image = Some(name);
+        self
     }
 
     /// Formats a node: strings are formatted, other scalars are their text, mappings and
@@ -161,7 +170,17 @@ impl<'a> Formatter<'a> {
         d: &mut Diagnostics,
     ) -> Option<String> {
         match self.image_names {
-            Some(names) => names.get(image).cloned(),
+            Some(names) => {
+                let name = names.get(image).cloned();
+                if name.is_none() {
+                    d.error(
+                        &node.location,
+                        path,
+                        Problem::ImageUnresolved(image.to_owned()),
+                    );
+                }
+                name
+            }
             None => {
                 let problem = Problem::Invalid {
                     what: "reference",
@@ -257,7 +276,12 @@ impl<'a> Formatter<'a> {
             "config_root" => return Some(Formatted::Text(self.config_root.to_owned())),
             _ => {}
         }
-        let keys: Vec<&str> = reference.split('.').collect();
+        let mut keys: Vec<&str> = reference.split('.').collect();
+        if keys[0] == "__image__"
+            && let Some(image) = self.image
+        {
+            keys.splice(0..1, ["images", image]);
+        }
         if let ["images", image] = keys.as_slice()
             && self.lookup(&["images", image]).is_some()
         {
@@ -276,10 +300,15 @@ impl<'a> Formatter<'a> {
             return None;
         }
         self.active.borrow_mut().push(reference.to_owned());
-        let target_path = KeyPath::dotted(reference);
+        let target_path = KeyPath::dotted(&keys.join("."));
         let result = self.format(target, &target_path, d);
         self.active.borrow_mut().pop();
         result
+    }
+
+    /// Whether the document has an image named `name`.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.lookup(&["images", name]).is_some()
     }
 
     /// Looks a dotted path up in the document. Under `images.NAME`, a key the image does

@@ -6,14 +6,16 @@ use std::path::Path;
 
 use super::commands::{self, ImageNames};
 use super::context;
+use super::diagnostic::Problem;
+use super::format::Formatted;
 use super::model::{Build, Image};
 use super::node::{Entry, KeyPath, Node, Value};
 use super::read::Reader;
 use super::run;
 use super::suggest;
 
-/// Keys an image mapping may have. Every one but `tasks` and `name` may also be set at the
-/// root as a default for every image.
+/// Keys an image mapping may have. Every one but `tasks`, `name` and `container_name` (each
+/// names one image) may also be set at the root as a default for every image.
 pub const IMAGE_KEYS: &[&str] = &[
     "commands",
     "context",
@@ -34,6 +36,12 @@ pub const IMAGE_KEYS: &[&str] = &[
     "name",
     "image_name_prefix",
     "image_index",
+    "cache_from",
+    "container_name",
+    "ulimits",
+    "read_only_rootfs",
+    "vars",
+    "no_tty_option",
 ];
 
 /// harpoon image options dockhand rejects, with what to do instead.
@@ -55,6 +63,51 @@ pub const IMAGE_UNSUPPORTED: &[(&str, &str)] = &[
         "deleteable_image",
         "images are kept; remove them with docker",
     ),
+    ("link", "harpoon deprecated it; use `links`"),
+    (
+        "key_name",
+        "harpoon sets it to the image's key itself; the key under `images` is the name",
+    ),
+    (
+        "harpoon",
+        "harpoon fills it in for each image from the root `harpoon` section, which dockhand reads for `extra_files` only",
+    ),
+    (
+        "configuration",
+        "harpoon sets it to the whole configuration; refer to values with `{a.b.c}`",
+    ),
+    (
+        "assume_role",
+        "dockhand gives tasks no cloud credentials; name the values a task needs in `secrets:` and pass them with `env`",
+    ),
+    (
+        "authentication",
+        "dockhand neither pulls nor pushes; base images must already be in the agent's engine",
+    ),
+    (
+        "lxc_conf",
+        "Docker dropped the LXC driver (1.10); there is no equivalent",
+    ),
+    (
+        "log_config",
+        "dockhand streams every container's output into the job's log itself (the log driver is `none`)",
+    ),
+    (
+        "security_opt",
+        "it loosens a container's confinement (seccomp, AppArmor, SELinux labels); agents run every container with no-new-privileges and the engine's default profiles, and have no setting to widen them",
+    ),
+    (
+        "devices",
+        "host devices in a container widen the sandbox; agents have no setting to allow them",
+    ),
+    (
+        "other_options",
+        "raw engine options would bypass the sandbox's checks; use the dockhand option for the setting (the README lists every harpoon option)",
+    ),
+    (
+        "restart_policy",
+        "a task runs once and its exit decides the job; a restarting container would never end. Retry inside the task's command",
+    ),
 ];
 
 /// The root's image options, the defaults beneath every image.
@@ -64,7 +117,8 @@ pub fn root_defaults(document: &Node) -> Node {
         .unwrap_or_default()
         .iter()
         .filter(|e| {
-            IMAGE_KEYS.contains(&e.key.as_str()) && !matches!(e.key.as_str(), "tasks" | "name")
+            IMAGE_KEYS.contains(&e.key.as_str())
+                && !matches!(e.key.as_str(), "tasks" | "name" | "container_name")
         })
         .cloned()
         .collect();
@@ -193,7 +247,7 @@ pub fn read(
     let errors_before = r.d.error_count();
     let full_name = names.get(key)?.clone();
     let Some(commands_node) = image.get("commands") else {
-        let problem = super::diagnostic::Problem::MissingKey {
+        let problem = Problem::MissingKey {
             key: "commands",
             section: format!("image `{key}`"),
         };
@@ -215,6 +269,13 @@ pub fn read(
         true,
     );
     let run = run::read(r, image, path, names, config_root);
+    let cache_from = r
+        .field(image, path, "cache_from", |r, n, p| {
+            cache_from(r, n, p, &full_name, names)
+        })
+        .unwrap_or_default();
+    r.field(image, path, "vars", Reader::map);
+    r.field(image, path, "no_tty_option", Reader::bool);
     if r.d.error_count() > errors_before {
         return None;
     }
@@ -229,7 +290,54 @@ pub fn read(
             context: context?,
             depends_on: dockerfile.depends_on,
             external_bases: dockerfile.external_bases,
+            cache_from,
         },
         run,
     })
+}
+
+/// `cache_from`: `true` (the image's own earlier build), `false`, or images whose layers the
+/// engine may reuse: `{images.x}` or any image reference.
+fn cache_from(
+    r: &mut Reader<'_, '_>,
+    node: &Node,
+    path: &KeyPath,
+    own: &str,
+    names: &HashMap<String, String>,
+) -> Option<Vec<String>> {
+    let node = r.resolve(node, path)?;
+    if let Value::Bool(b) = node.value {
+        return Some(if b { vec![own.to_owned()] } else { Vec::new() });
+    }
+    let items = r.list(&node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let reference = match r.format(item, &item_path)? {
+            Formatted::Image(name) => match names.get(&name) {
+                Some(full) => full.clone(),
+                None => {
+                    r.d.error(&item.location, &item_path, Problem::ImageUnresolved(name));
+                    continue;
+                }
+            },
+            Formatted::Text(text) => text,
+            Formatted::Node(n) => {
+                r.wrong(&n, &item_path, "an image reference or `{images.NAME}`");
+                continue;
+            }
+        };
+        if reference.is_empty() || reference.chars().any(char::is_whitespace) {
+            r.invalid(
+                item,
+                &item_path,
+                "image reference",
+                &reference,
+                "an image reference has no spaces",
+            );
+            continue;
+        }
+        out.push(reference);
+    }
+    Some(out)
 }

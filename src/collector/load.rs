@@ -8,7 +8,7 @@
 //! inside it: a repository's config cannot read the agent's host. `~/.harpoonrc.yml` and
 //! what it names are the operator's own and exempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +31,13 @@ pub struct Loaded {
     pub document: Node,
     pub files: Vec<PathBuf>,
     pub config_root: PathBuf,
+    /// The main file as named, and where its document starts: what a problem of the whole
+    /// config points at (the merged document carries the last file's position).
+    pub main: PathBuf,
+    pub main_location: Location,
+    /// The folder of each image read from an `__images_from__` file: harpoon gives such an
+    /// image its own `{config_root}`, so its context and relative paths start there.
+    pub image_roots: HashMap<String, PathBuf>,
 }
 
 /// Loads `main` and everything it pulls in, confined to `workspace` when there is one.
@@ -52,6 +59,7 @@ pub fn load(
         bytes_read: 0,
         budget: Budget::default(),
         document: None,
+        image_roots: HashMap::new(),
         diagnostics,
     };
     if let Some(home) = home_config.filter(|p| p.is_file()) {
@@ -61,15 +69,15 @@ pub fn load(
         }
     }
     loader.workspace = workspace.map(Path::to_path_buf);
-    let main_ok = loader.load_file(&main, None);
-    if !main_ok {
-        return None;
-    }
+    let main_location = loader.load_file(&main, None)?;
     let document = loader.document.take()?;
     Some(Loaded {
         document,
         files: loader.files,
         config_root,
+        main,
+        main_location,
+        image_roots: loader.image_roots,
     })
 }
 
@@ -83,16 +91,20 @@ struct Loader<'d> {
     bytes_read: u64,
     budget: Budget,
     document: Option<Node>,
+    image_roots: HashMap<String, PathBuf>,
     diagnostics: &'d mut Diagnostics,
 }
 
 impl Loader<'_> {
     /// Reads, parses and merges one file, then what it names. `named_at` is the reference
-    /// that asked for it, for "file not found" errors.
-    fn load_file(&mut self, path: &Path, named_at: Option<(&Location, &KeyPath)>) -> bool {
-        let Some(mut tree) = self.read(path, named_at) else {
-            return false;
-        };
+    /// that asked for it, for "file not found" errors. Returns where the file's document
+    /// starts, `None` when it could not be read.
+    fn load_file(
+        &mut self,
+        path: &Path,
+        named_at: Option<(&Location, &KeyPath)>,
+    ) -> Option<Location> {
+        let mut tree = self.read(path, named_at)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let extra_files = self.take_paths(&mut tree, &["harpoon", "extra_files"], &dir);
         let images_from = self.take_paths(&mut tree, &["images", "__images_from__"], &dir);
@@ -106,8 +118,9 @@ impl Loader<'_> {
                     found: tree.kind(),
                 },
             );
-            return false;
+            return None;
         }
+        let location = tree.location.clone();
         match &mut self.document {
             Some(document) => document.merge(tree),
             None => self.document = Some(tree),
@@ -118,7 +131,7 @@ impl Loader<'_> {
         for (file, location, key_path) in extra_files {
             self.load_file(&file, Some((&location, &key_path)));
         }
-        true
+        Some(location)
     }
 
     fn read(&mut self, path: &Path, named_at: Option<(&Location, &KeyPath)>) -> Option<Node> {
@@ -283,6 +296,9 @@ impl Loader<'_> {
             let Some(tree) = self.read(&file, Some((location, key_path))) else {
                 continue;
             };
+            if let Some(folder) = file.parent() {
+                self.image_roots.insert(stem.clone(), folder.to_path_buf());
+            }
             let image = Entry {
                 key: stem,
                 key_location: tree.location.clone(),

@@ -14,14 +14,24 @@ use super::node::Location;
 /// Images by their name in the config, in the order they were written.
 pub type Images = IndexMap<String, Image>;
 
+/// Images that need environment values the collection did not have (`{NAME:from_env}`
+/// unset), each with the located problems. harpoon resolves an image only when it is
+/// used, so only a job that builds or runs one of these fails.
+pub type Unresolved = IndexMap<String, Vec<String>>;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// The main file's directory: `{config_root}` and relative paths start here.
     pub config_root: PathBuf,
+    /// The main config file, the one a job names (not `~/.harpoonrc.yml` beneath it nor
+    /// the files it pulls in).
+    pub config_file: PathBuf,
     /// Every file that went into this configuration, in load order.
     pub files: Vec<PathBuf>,
     pub shape: Shape,
     pub images: Arc<Images>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub unresolved: Arc<Unresolved>,
     pub tasks: IndexMap<String, Task>,
     pub pipeline: Vec<PipelineStep>,
     pub secrets: Vec<String>,
@@ -63,6 +73,9 @@ pub struct Build {
     pub depends_on: Vec<String>,
     /// Base images not built by this config; they must already exist in the engine.
     pub external_bases: Vec<String>,
+    /// Images the engine may take cached layers from (harpoon's `cache_from`); a hint that
+    /// changes no build's result, so no build key includes it.
+    pub cache_from: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -102,6 +115,19 @@ pub struct RunOptions {
     pub user: Option<String>,
     pub cpu: Cpu,
     pub network: Network,
+    /// harpoon's `container_name`: one more name the container answers to on the job's
+    /// network (dockhand names containers itself, per job).
+    pub container_name: Option<String>,
+    pub ulimits: Vec<Ulimit>,
+    pub read_only_rootfs: bool,
+}
+
+/// A resource limit inside the container (`nofile`, `nproc`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -182,6 +208,11 @@ pub struct Cpu {
     pub cpuset_mems: Option<String>,
     pub cpu_period: Option<u64>,
     pub cpu_quota: Option<u64>,
+    /// harpoon's `cpu.mem_limit` in bytes: the container gets the lower of this and the
+    /// agent's memory limit.
+    pub mem_limit: Option<i64>,
+    /// Capabilities to drop besides the ones agents always drop.
+    pub cap_drop: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -208,12 +239,16 @@ pub struct Task {
     /// task's `options` and `overrides`.
     #[serde(skip)]
     pub images: Arc<Images>,
+    /// The images that need unset environment values, as the task sees them.
+    #[serde(skip)]
+    pub unresolved: Arc<Unresolved>,
 }
 
 impl Task {
-    /// The task's image as the task sees it.
-    pub fn image(&self) -> &Image {
-        &self.images[&self.image]
+    /// The task's image as the task sees it; `None` when it needs unset environment
+    /// values (see [`Task::unresolved`]).
+    pub fn image(&self) -> Option<&Image> {
+        self.images.get(&self.image)
     }
 }
 

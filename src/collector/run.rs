@@ -12,7 +12,7 @@ use super::format::Formatted;
 use super::load::absolute_in;
 use super::model::{
     Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, RunCommand,
-    RunOptions, WaitCondition,
+    RunOptions, Ulimit, WaitCondition,
 };
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
@@ -27,10 +27,16 @@ const WAIT_KEYS: &[&str] = &[
     "timeout",
     "wait_between_attempts",
 ];
-const WAIT_UNSUPPORTED: &[(&str, &str)] = &[(
-    "curl_result",
-    "it needs curl in the image; use `port_open` or `command`",
-)];
+const WAIT_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "curl_result",
+        "it needs curl in the image; use `port_open` or `command`",
+    ),
+    (
+        "harpoon",
+        "harpoon sets it itself from the root `harpoon` section",
+    ),
+];
 const DEPENDENCY_KEYS: &[&str] = &["env", "ports", "wait_condition", "attached"];
 const CPU_KEYS: &[&str] = &[
     "cpu_shares",
@@ -38,7 +44,39 @@ const CPU_KEYS: &[&str] = &[
     "cpuset_mems",
     "cpu_period",
     "cpu_quota",
+    "mem_limit",
+    "cap_drop",
 ];
+const CPU_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "cap_add",
+        "adding kernel capabilities widens the sandbox; agents have no setting to allow it (they drop MKNOD and NET_RAW from every container)",
+    ),
+    (
+        "memswap_limit",
+        "swap follows the agent's memory limit; use `cpu.mem_limit` for the task's memory",
+    ),
+];
+/// Docker's ulimit names.
+const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+/// The engine refuses a smaller memory limit.
+const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 const NETWORK_KEYS: &[&str] = &[
     "mode",
     "network_mode",
@@ -71,6 +109,11 @@ pub fn read(
         wait_condition: r.field(image, path, "wait_condition", wait_condition),
         cpu: r.field(image, path, "cpu", cpu).unwrap_or_default(),
         network: r.field(image, path, "network", network).unwrap_or_default(),
+        container_name: r.field(image, path, "container_name", container_name),
+        ulimits: r.field(image, path, "ulimits", ulimits).unwrap_or_default(),
+        read_only_rootfs: r
+            .field(image, path, "read_only_rootfs", Reader::bool)
+            .unwrap_or(false),
         ..RunOptions::default()
     };
     if let Some(volumes) = r.field(image, path, "volumes", Reader::map) {
@@ -183,15 +226,55 @@ pub fn env(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<En
         Value::Seq(items) => {
             for (i, item) in items.iter().enumerate() {
                 let item_path = path.index(i);
+                // harpoon's item forms besides text: `[NAME]`, `[NAME, DEFAULT]` and
+                // `{NAME: DEFAULT}`.
+                let parts = match &item.value {
+                    Value::Seq(parts) => Some(parts.clone()),
+                    Value::Map(entries) if entries.len() == 1 => Some(vec![
+                        Node::new(
+                            Value::Str(entries[0].key.clone()),
+                            entries[0].key_location.clone(),
+                        ),
+                        entries[0].value.clone(),
+                    ]),
+                    _ => None,
+                };
+                if let Some(parts) = parts {
+                    let texts: Option<Vec<String>> = parts
+                        .iter()
+                        .enumerate()
+                        .map(|(j, part)| r.text(part, &item_path.index(j)))
+                        .collect();
+                    match texts.as_deref() {
+                        Some([name]) if valid_env_name(name) => out.push(EnvVar {
+                            name: name.clone(),
+                            value: EnvValue::FromHost,
+                        }),
+                        Some([name, default]) if valid_env_name(name) => out.push(EnvVar {
+                            name: name.clone(),
+                            value: EnvValue::FromHostOr(default.clone()),
+                        }),
+                        Some(other) => r.invalid(
+                            item,
+                            &item_path,
+                            "environment entry",
+                            &other.join(", "),
+                            "as a list, write [NAME] or [NAME, DEFAULT], with NAME of letters, digits and _",
+                        ),
+                        None => {}
+                    }
+                    continue;
+                }
                 let Some(text) = r.text(item, &item_path) else {
                     continue;
                 };
-                let (name, value) = if let Some((name, value)) = text.split_once('=') {
-                    (name, EnvValue::Literal(value.to_owned()))
-                } else if let Some((name, default)) = text.split_once(':') {
-                    (name, EnvValue::FromHostOr(default.to_owned()))
-                } else {
-                    (text.as_str(), EnvValue::FromHost)
+                // Split at the first `=` or `:`: `URL=http://x` is a value, `A:b=c` a default.
+                let (name, value) = match text.find(['=', ':']) {
+                    Some(at) if text[at..].starts_with('=') => {
+                        (&text[..at], EnvValue::Literal(text[at + 1..].to_owned()))
+                    }
+                    Some(at) => (&text[..at], EnvValue::FromHostOr(text[at + 1..].to_owned())),
+                    None => (text.as_str(), EnvValue::FromHost),
                 };
                 if valid_env_name(name) {
                     out.push(EnvVar {
@@ -305,7 +388,17 @@ fn mounts(
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
-        let Some(text) = r.text(item, &item_path) else {
+        // harpoon's list form `[HOST, CONTAINER(, MODE)]` reads as the text form.
+        let text = match &item.value {
+            Value::Seq(parts) if (2..=3).contains(&parts.len()) => parts
+                .iter()
+                .enumerate()
+                .map(|(j, part)| r.text(part, &item_path.index(j)))
+                .collect::<Option<Vec<String>>>()
+                .map(|parts| parts.join(":")),
+            _ => r.text(item, &item_path),
+        };
+        let Some(text) = text else {
             continue;
         };
         let parts: Vec<&str> = text.split(':').collect();
@@ -371,7 +464,7 @@ fn image_ref(
             return None;
         }
     };
-    if images.contains_key(&name) {
+    if images.contains_key(&name) || r.fmt.has_image(&name) {
         return Some(name);
     }
     let mut diagnostic =
@@ -411,9 +504,12 @@ fn links(
     for (i, item) in items.iter().enumerate() {
         let item_path = path.index(i);
         let (image, alias) = match &item.value {
-            Value::Seq(pair) if pair.len() == 2 => {
+            Value::Seq(pair) if (1..=2).contains(&pair.len()) => {
                 let image = image_ref(r, &pair[0], &item_path.index(0), images);
-                let alias = r.text(&pair[1], &item_path.index(1));
+                let alias = match pair.get(1) {
+                    Some(alias) => r.text(alias, &item_path.index(1)),
+                    None => image.clone(),
+                };
                 (image, alias)
             }
             Value::Str(text) => {
@@ -430,7 +526,7 @@ fn links(
                 r.wrong(
                     item,
                     &item_path,
-                    "an image, `image:alias`, or [image, alias]",
+                    "an image, `image:alias`, [image] or [image, alias]",
                 );
                 continue;
             }
@@ -608,7 +704,7 @@ fn dependency_options(
 
 fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
     let node = r.map(node, path)?;
-    suggest::check_keys(&node, path, "cpu", CPU_KEYS, &[], r.d);
+    suggest::check_keys(&node, path, "cpu", CPU_KEYS, CPU_UNSUPPORTED, r.d);
     Some(Cpu {
         cpu_shares: r.field(&node, path, "cpu_shares", |r, n, p| {
             r.number(n, p, "cpu_shares")
@@ -621,7 +717,151 @@ fn cpu(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Cpu> {
         cpu_quota: r.field(&node, path, "cpu_quota", |r, n, p| {
             r.number(n, p, "cpu_quota")
         }),
+        mem_limit: r.field(&node, path, "mem_limit", mem_limit).flatten(),
+        cap_drop: r
+            .field(&node, path, "cap_drop", capabilities)
+            .unwrap_or_default(),
     })
+}
+
+/// Bytes, as harpoon takes them; 0 is no limit of the image's own.
+fn mem_limit(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Option<i64>> {
+    let bytes: i64 = r.number(node, path, "mem_limit")?;
+    match bytes {
+        0 => Some(None),
+        b if b >= MIN_MEMORY => Some(Some(b)),
+        b => {
+            r.invalid(
+                node,
+                path,
+                "mem_limit",
+                &b.to_string(),
+                "bytes, at least 6 MiB (6291456), or 0 for the agent's limit",
+            );
+            None
+        }
+    }
+}
+
+/// Capability names as Docker takes them (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
+fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(name) = r.text(item, &item_path) else {
+            continue;
+        };
+        let upper = name.to_ascii_uppercase();
+        let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        if bare == "ALL"
+            || (!bare.is_empty() && bare.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        {
+            out.push(bare.to_owned());
+        } else {
+            r.invalid(
+                item,
+                &item_path,
+                "capability",
+                &name,
+                "a capability name such as NET_ADMIN",
+            );
+        }
+    }
+    Some(out)
+}
+
+/// harpoon's rule for container names: a letter, then letters, digits, `-`, `_`, `.`.
+fn container_name(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<String> {
+    let name = r.text(node, path)?;
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        r.invalid(
+            node,
+            path,
+            "container name",
+            &name,
+            "a letter, then letters, digits, `-`, `_`, `.`",
+        );
+        return None;
+    }
+    Some(name)
+}
+
+/// docker-py's ulimit mappings: `{name, soft, hard}`; `hard` defaults to `soft`.
+fn ulimits(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<Ulimit>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(map) = r.map(item, &item_path) else {
+            continue;
+        };
+        suggest::check_keys(
+            &map,
+            &item_path,
+            "a ulimit",
+            &["name", "soft", "hard"],
+            &[],
+            r.d,
+        );
+        let name = r.field(&map, &item_path, "name", Reader::text);
+        let soft: Option<i64> =
+            r.field(&map, &item_path, "soft", |r, n, p| r.number(n, p, "limit"));
+        let hard: Option<i64> =
+            r.field(&map, &item_path, "hard", |r, n, p| r.number(n, p, "limit"));
+        let Some(name) = name else {
+            let problem = Problem::MissingKey {
+                key: "name",
+                section: "a ulimit".into(),
+            };
+            r.d.error(&map.location, &item_path, problem);
+            continue;
+        };
+        if !ULIMIT_NAMES.contains(&name.as_str()) {
+            let at = map.get("name").unwrap_or(&map);
+            let mut diagnostic = Diagnostic::error(
+                &at.location,
+                &item_path.key("name"),
+                Problem::Invalid {
+                    what: "ulimit",
+                    value: name.clone(),
+                    reason: format!("known: {}", ULIMIT_NAMES.join(", ")),
+                },
+            );
+            if let Some(c) = suggest::closest(&name, ULIMIT_NAMES.iter().copied()) {
+                diagnostic = diagnostic.with_help(format!("did you mean `{c}`?"));
+            }
+            r.d.push(diagnostic);
+            continue;
+        }
+        let (soft, hard) = match (soft, hard) {
+            (Some(s), Some(h)) => (s, h),
+            (Some(s), None) | (None, Some(s)) => (s, s),
+            (None, None) => {
+                let problem = Problem::MissingKey {
+                    key: "soft",
+                    section: format!("ulimit `{name}`"),
+                };
+                r.d.error(&map.location, &item_path, problem);
+                continue;
+            }
+        };
+        if soft > hard && hard >= 0 {
+            r.invalid(
+                &map,
+                &item_path,
+                "ulimit",
+                &name,
+                format!("the soft limit ({soft}) is above the hard limit ({hard})"),
+            );
+            continue;
+        }
+        out.push(Ulimit { name, soft, hard });
+    }
+    Some(out)
 }
 
 fn network(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Network> {

@@ -16,7 +16,10 @@ use super::suggest;
 
 const TASK_KEYS: &[&str] = &["action", "options", "overrides", "description"];
 const ROOT_TASK_KEYS: &[&str] = &["action", "options", "overrides", "description", "image"];
-const TASK_UNSUPPORTED: &[(&str, &str)] = &[("label", "`dockhand list` groups tasks by image")];
+const TASK_UNSUPPORTED: &[(&str, &str)] = &[
+    ("label", "`dockhand list` groups tasks by image"),
+    ("spec", "harpoon deprecated it; use `action` and `options`"),
+];
 const STEP_KEYS: &[&str] = &["task", "needs", "timeout", "allow_failure", "env"];
 
 /// A task as written, before its image is resolved with its options and overrides.
@@ -29,6 +32,8 @@ pub struct TaskDef {
     pub options: Option<Node>,
     pub overrides: Option<Node>,
     pub location: Location,
+    /// Where the task is written, e.g. `images.app.tasks.test`.
+    pub path: KeyPath,
 }
 
 /// Every task of the config, in the order written, clashes reported.
@@ -168,6 +173,7 @@ fn task(
             .map(|options| known_options(r, options, &path.key("options"))),
         overrides: optional_map(r, "overrides"),
         location: name_at.clone(),
+        path: path.clone(),
     })
 }
 

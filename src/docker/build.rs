@@ -153,13 +153,16 @@ impl Engine {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
 
-        let options = BuildImageOptionsBuilder::default()
+        let mut options = BuildImageOptionsBuilder::default()
             .dockerfile(DOCKERFILE_NAME)
             .t(&image.full_name)
             .rm(true)
             .forcerm(true)
-            .nocache(request.no_cache)
-            .build();
+            .nocache(request.no_cache);
+        if !image.build.cache_from.is_empty() {
+            options = options.cachefrom(&image.build.cache_from);
+        }
+        let options = options.build();
         let mut stream =
             self.docker
                 .build_image(options, None, Some(bollard::body_try_stream(body)));

@@ -10,7 +10,7 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
-    NetworkingConfig, PortBinding,
+    NetworkingConfig, PortBinding, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerError, Engine, Owner, is_not_found, labels};
-use crate::collector::{Cpu, Network, PortMapping};
+use crate::collector::{Cpu, Network, PortMapping, Ulimit};
 use crate::events::{LogStream, StageLog};
 
 /// How long the engine gets to report an exit code once output has ended.
@@ -54,6 +54,8 @@ pub struct ContainerSpec {
     /// No process may gain privileges (setuid binaries, file capabilities).
     pub no_new_privileges: bool,
     pub cap_drop: Vec<String>,
+    pub ulimits: Vec<Ulimit>,
+    pub read_only_rootfs: bool,
     /// Container paths covered by an empty read-only tmpfs (what a bind mount must not show).
     pub hidden: Vec<String>,
 }
@@ -291,6 +293,17 @@ impl Engine {
                     .no_new_privileges
                     .then(|| vec!["no-new-privileges".to_owned()]),
                 cap_drop: Some(spec.cap_drop.clone()),
+                ulimits: Some(
+                    spec.ulimits
+                        .iter()
+                        .map(|u| ResourcesUlimits {
+                            name: Some(u.name.clone()),
+                            soft: Some(u.soft),
+                            hard: Some(u.hard),
+                        })
+                        .collect(),
+                ),
+                readonly_rootfs: Some(spec.read_only_rootfs),
                 tmpfs: Some(
                     spec.hidden
                         .iter()

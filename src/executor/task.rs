@@ -286,6 +286,19 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
         aliases: Vec<String>,
     ) -> ContainerSpec {
         let run = &image.run;
+        let defaults = &self.options.containers;
+        let mut aliases = aliases;
+        if let Some(name) = &run.container_name
+            && !aliases.contains(name)
+        {
+            aliases.push(name.clone());
+        }
+        let mut cap_drop = defaults.cap_drop.clone();
+        for cap in &run.cpu.cap_drop {
+            if !cap_drop.contains(cap) {
+                cap_drop.push(cap.clone());
+            }
+        }
         ContainerSpec {
             name: format!("dockhand-{}-{}-{role}", self.options.job_id, self.log.stage),
             image: image.full_name.clone(),
@@ -303,11 +316,16 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             aliases,
             cpu: run.cpu.clone(),
             network_options: run.network.clone(),
-            memory_bytes: self.options.containers.memory_bytes,
-            nano_cpus: self.options.containers.nano_cpus,
-            pids_limit: self.options.containers.pids_limit,
-            no_new_privileges: self.options.containers.no_new_privileges,
-            cap_drop: self.options.containers.cap_drop.clone(),
+            memory_bytes: match (defaults.memory_bytes, run.cpu.mem_limit) {
+                (Some(agent), Some(own)) => Some(agent.min(own)),
+                (agent, own) => agent.or(own),
+            },
+            nano_cpus: defaults.nano_cpus,
+            pids_limit: defaults.pids_limit,
+            no_new_privileges: defaults.no_new_privileges,
+            cap_drop,
+            ulimits: run.ulimits.clone(),
+            read_only_rootfs: run.read_only_rootfs,
             hidden: Vec::new(),
         }
     }

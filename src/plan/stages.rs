@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::collector::{Config, EnvVar, Image, Images, TaskAction, closest};
+use crate::collector::{Config, EnvVar, Image, Images, TaskAction, Unresolved, closest};
 use crate::graph;
 
 /// What a job was asked to do.
@@ -46,6 +46,22 @@ pub enum PlanError {
     },
     #[error("image dependency cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
+    #[error(
+        "image `{image}` is needed{} and needs environment values that are not set: {}",
+        needed_by(.task),
+        .reasons.join("; ")
+    )]
+    Unresolved {
+        image: String,
+        task: Option<String>,
+        reasons: Vec<String>,
+    },
+}
+
+fn needed_by(task: &Option<String>) -> String {
+    task.as_ref()
+        .map(|t| format!(" by task `{t}`"))
+        .unwrap_or_default()
 }
 
 fn hint(suggestion: &Option<String>) -> String {
@@ -102,20 +118,22 @@ impl Plan {
                 } else {
                     names.clone()
                 };
+                let view = (&*config.images, &*config.unresolved);
                 for name in &names {
-                    if !config.images.contains_key(name) {
+                    if !config.images.contains_key(name) && !config.unresolved.contains_key(name) {
                         return Err(PlanError::UnknownImage {
                             name: name.clone(),
                             suggestion: closest(name, config.images.keys().map(String::as_str))
                                 .map(str::to_owned),
                         });
                     }
-                    planner.build_closure(&config.images, name, "(build)")?;
+                    planner.build_closure(view, name, "(build)")?;
                 }
             }
             Request::Default if config.pipeline.is_empty() => {
-                for name in config.images.keys() {
-                    planner.build_closure(&config.images, name, "(build)")?;
+                let view = (&*config.images, &*config.unresolved);
+                for name in config.images.keys().chain(config.unresolved.keys()) {
+                    planner.build_closure(view, name, "(build)")?;
                 }
             }
             Request::Default => {
@@ -169,7 +187,7 @@ impl Planner {
     /// Adds the build stage for `name` and everything it builds from; returns its index.
     fn build_closure(
         &mut self,
-        images: &Images,
+        (images, unresolved): View<'_>,
         name: &str,
         task: &str,
     ) -> Result<usize, PlanError> {
@@ -185,7 +203,8 @@ impl Planner {
                 continue;
             }
             visiting.push((image.clone(), true));
-            for dep in images[&image].build.depends_on.iter().rev() {
+            let spec = lookup((images, unresolved), &image, task)?;
+            for dep in spec.build.depends_on.iter().rev() {
                 if !seen.contains(dep) {
                     visiting.push((dep.clone(), false));
                 }
@@ -232,11 +251,19 @@ impl Planner {
         allow_failure: bool,
         env: Vec<EnvVar>,
     ) -> Result<(), PlanError> {
-        let (image, action, images) = match config.tasks.get(name) {
-            Some(task) => (task.image.clone(), task.action, &task.images),
-            None if config.images.contains_key(name) => {
-                (name.to_owned(), TaskAction::Run, &config.images)
-            }
+        let (image, action, images, unresolved) = match config.tasks.get(name) {
+            Some(task) => (
+                task.image.clone(),
+                task.action,
+                &task.images,
+                &task.unresolved,
+            ),
+            None if config.images.contains_key(name) || config.unresolved.contains_key(name) => (
+                name.to_owned(),
+                TaskAction::Run,
+                &config.images,
+                &config.unresolved,
+            ),
             None => {
                 let candidates = config.tasks.keys().chain(config.images.keys());
                 return Err(PlanError::UnknownTask {
@@ -245,14 +272,15 @@ impl Planner {
                 });
             }
         };
-        let mut builds = vec![self.build_closure(images, &image, name)?];
+        let view = (&**images, &**unresolved);
+        let mut builds = vec![self.build_closure(view, &image, name)?];
         let services = if action == TaskAction::Run {
-            services(images, &image)
+            services(view, &image, name)?
         } else {
             Vec::new()
         };
         for service in &services {
-            builds.push(self.build_closure(images, service, name)?);
+            builds.push(self.build_closure(view, service, name)?);
         }
         builds.sort_unstable();
         builds.dedup();
@@ -290,10 +318,10 @@ impl Planner {
 
 /// The dependency containers of `image`: everything reachable through links and
 /// share_with, each after what it depends on.
-fn services(images: &Images, image: &str) -> Vec<String> {
+fn services(view: View<'_>, image: &str, task: &str) -> Result<Vec<String>, PlanError> {
     let mut order = Vec::new();
     let mut seen = BTreeSet::from([image.to_owned()]);
-    let mut stack: Vec<(String, bool)> = run_edges(&images[image])
+    let mut stack: Vec<(String, bool)> = run_edges(lookup(view, image, task)?)
         .into_iter()
         .rev()
         .map(|n| (n, false))
@@ -307,13 +335,30 @@ fn services(images: &Images, image: &str) -> Vec<String> {
             continue;
         }
         stack.push((name.clone(), true));
-        for dep in run_edges(&images[&name]).into_iter().rev() {
+        for dep in run_edges(lookup(view, &name, task)?).into_iter().rev() {
             if !seen.contains(&dep) {
                 stack.push((dep, false));
             }
         }
     }
-    order
+    Ok(order)
+}
+
+/// The images a task (or the config) sees, and those that need unset environment values.
+type View<'a> = (&'a Images, &'a Unresolved);
+
+/// Image `name` as `view` has it; one that needs unset environment values fails the plan
+/// with where they are used.
+fn lookup<'a>(view: View<'a>, name: &str, task: &str) -> Result<&'a Image, PlanError> {
+    let (images, unresolved) = view;
+    if let Some(image) = images.get(name) {
+        return Ok(image);
+    }
+    Err(PlanError::Unresolved {
+        image: name.to_owned(),
+        task: (!task.starts_with('(')).then(|| task.to_owned()),
+        reasons: unresolved.get(name).cloned().unwrap_or_default(),
+    })
 }
 
 fn run_edges(image: &Image) -> Vec<String> {
