@@ -72,6 +72,7 @@ def trivial(runs, work):
     return measure("trivial job: cached build + run `true`", runs, [
         ("dockhand run", lambda: timed([DOCKHAND, "--no-harpoonrc", "run", "--results-dir", results], cwd=d)),
         ("docker build -q + docker run --rm", sh("docker build -q -t bench-trivial-cli . >/dev/null && docker run --rm bench-trivial-cli true", cwd=d)),
+        ("docker run --rm (image already built)", lambda: timed(["docker", "run", "--rm", "bench-trivial-cli", "true"])),
     ])
 
 
