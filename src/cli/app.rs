@@ -1,9 +1,11 @@
 //! Dispatch: parse arguments, set up logging, collect the config, run the subcommand.
 
 use crate::exit_code;
+use crate::logging::{self, LogFormat};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tracing_subscriber::filter::LevelFilter;
 
 use clap::Parser;
 
@@ -15,10 +17,15 @@ use crate::plan::Request;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // The long-running commands report what they do; one-shot ones only their errors.
+    let (format, level) = match &cli.command {
+        Command::Server(args) => (args.log_format, LevelFilter::INFO),
+        Command::Agent { agent, .. } | Command::Watch { agent, .. } => {
+            (agent.log_format, LevelFilter::INFO)
+        }
+        _ => (LogFormat::Text, LevelFilter::ERROR),
+    };
+    logging::init(format, level);
     ExitCode::from(run(cli))
 }
 

@@ -212,12 +212,20 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
                 (Some(start), Some(end)) => format!("{:.1}s", (end - start) as f64 / 1000.0),
                 _ => String::new(),
             };
+            let waits = if job.no_agent {
+                format!(
+                    "  (no connected agent has labels: {})",
+                    job.spec.labels.join(",")
+                )
+            } else {
+                String::new()
+            };
             outln!(
                 "{:<26}  {:<10}  {exit:>4}  {started:<20}  {took:>8}  {:>9}  {}",
                 terminal::escape(&job.id),
                 terminal::escape(job.state.as_str()),
                 job.log_bytes,
-                terminal::escape(&from)
+                terminal::escape(&(from + &waits))
             );
         }
         Ok(exit_code::SUCCESS)
