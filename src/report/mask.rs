@@ -107,6 +107,8 @@ impl Masker {
     pub fn mask<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
         match &self.patterns {
             Some(patterns) if self.may_hold(text) && patterns.is_match(text) => {
+                let found = patterns.find_iter(text).count();
+                crate::metrics::agent().secrets_masked.inc_by(found as u64);
                 Cow::Owned(patterns.replace_all_bytes(text, &self.replacements))
             }
             _ => Cow::Borrowed(text),

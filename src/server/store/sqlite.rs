@@ -652,9 +652,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
+        // Takes the write lock, as a submit would: a database another process holds
+        // locked is not ready.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let applied: Vec<i64> =
             sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| r.get(0))
@@ -673,6 +676,7 @@ impl JobStore for SqliteStore {
                 "migration {newer} is from a newer dockhand"
             )));
         }
+        tx.rollback().await?;
         Ok(())
     }
 
