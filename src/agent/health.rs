@@ -112,3 +112,35 @@ async fn metrics() -> Response {
     let text = crate::metrics::encode(&crate::metrics::agent().registry);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_the_loops_own_answer() {
+        let (tx, mut rx) = probes();
+        let answering = tokio::spawn(async move {
+            let Some(Probe(reply)) = rx.recv().await else {
+                panic!("no probe");
+            };
+            let _ = reply.send(LoopState {
+                sources: 1,
+                draining: false,
+            });
+            rx
+        });
+        assert_eq!(ask(&tx).await.map(|s| s.sources), Ok(1));
+        let rx = answering.await.unwrap();
+        assert_eq!(
+            ask(&tx).await.map(|s| s.sources),
+            Err("the dispatcher loop did not answer within 2s".to_owned()),
+            "a loop that does not serve its probes is not healthy"
+        );
+        drop(rx);
+        assert_eq!(
+            ask(&tx).await.map(|s| s.sources),
+            Err("the dispatcher loop has ended".to_owned())
+        );
+    }
+}
