@@ -475,7 +475,7 @@ impl JobStore for SqliteStore {
         .await?
         .rows_affected();
         if revived > 0 {
-            tracing::info!("job {job_id}: its agent is back; running again");
+            tracing::info!(job = job_id, "its agent is back; the job runs again");
         }
         Ok(())
     }

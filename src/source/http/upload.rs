@@ -127,7 +127,11 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
             let _ = std::fs::remove_file(dir.join(REMOTE_FILE));
             continue;
         }
-        tracing::info!("resuming the upload of job {}", remote.job_id);
+        tracing::info!(
+            job = remote.job_id,
+            "resuming the upload of job {}",
+            remote.job_id
+        );
         let uploader = Uploader::new(remote, dir);
         let finished = Arc::new(OnceLock::from(Value::Null));
         if let Err(e) = uploader
@@ -183,9 +187,17 @@ async fn renew_lease(remote: RemoteJob, job: Cancel, stop: CancellationToken) {
                     job.cancel(CancelReason::Requested);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("renewing the lease of {}: {e}", remote.job_id),
+                Err(e) => tracing::warn!(
+                    job = remote.job_id,
+                    "renewing the lease of {}: {e}",
+                    remote.job_id
+                ),
             },
-            Err(e) => tracing::warn!("renewing the lease of {} failed: {e}", remote.job_id),
+            Err(e) => tracing::warn!(
+                job = remote.job_id,
+                "renewing the lease of {} failed: {e}",
+                remote.job_id
+            ),
         }
     }
 }
