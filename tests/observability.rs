@@ -338,3 +338,29 @@ async fn a_queued_job_no_connected_agent_covers_is_marked_and_counted() {
     );
     assert_eq!(value(&metrics, "dockhand_server_agents_connected"), 2.0);
 }
+
+#[test]
+fn an_agent_whose_metrics_address_is_taken_stops_at_start_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "[agent]\nmetrics_listen = \"{address}\"\n[[source]]\nkind = \"watch\"\npath = \".\"\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["agent", "--name", &format!("test-{}", unique())])
+        .current_dir(dir.path())
+        .env_remove("DOCKHAND_AGENT_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(202), "{stderr}");
+    assert!(
+        stderr.contains(&format!("agent.metrics_listen: cannot listen on {address}")),
+        "{stderr}"
+    );
+}
