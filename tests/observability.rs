@@ -364,3 +364,85 @@ fn an_agent_whose_metrics_address_is_taken_stops_at_start_naming_the_key() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_offers_lost_leases_and_webhook_deliveries_are_counted() {
+    let db = tempfile::tempdir().unwrap();
+    let secret = "hook-secret-of-the-tests";
+    let server = Server::start(
+        db.path(),
+        &[
+            "--offer-ttl",
+            "1s",
+            "--lease",
+            "1s",
+            "--webhook-secret",
+            secret,
+            "--build-repo",
+            "team/app",
+        ],
+    );
+    let api = Client::new(&server);
+    let metrics = format!("{}/metrics", server.url);
+    let agent = api.register("a", &[]).await;
+
+    let job = api.submit(&[]).await;
+    let (status, offer) = api.claim(&agent, 0).await;
+    assert_eq!(
+        (status, offer["job_id"].as_str()),
+        (StatusCode::OK, Some(job.as_str()))
+    );
+    wait_for(&metrics, "the offer lapsed", |_, t| {
+        value(t, "dockhand_server_offers_lapsed_total") == 1.0
+    })
+    .await;
+    let (taken, _, _) = api.take(&agent).await.expect("the job is queued again");
+    assert_eq!(taken, job);
+    let text = wait_for(&metrics, "the lease lapsed", |_, t| {
+        value(t, "dockhand_server_jobs_lost_total") == 1.0
+    })
+    .await;
+    assert_eq!(
+        value(&text, "dockhand_server_jobs{state=\"lost\",labels=\"\"}"),
+        1.0
+    );
+    assert_eq!(value(&text, "dockhand_server_offers_total"), 2.0);
+
+    let push = json!({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+        "repository": {"full_name": "team/app", "clone_url": "https://git.example.com/team/app.git"}})
+    .to_string();
+    let delivered = api
+        .deliver("github", "push", Some("d-1"), &push, Some(secret))
+        .await;
+    assert_eq!(delivered.0, StatusCode::CREATED, "{}", delivered.1);
+    let replayed = api
+        .deliver("github", "push", Some("d-1"), &push, Some(secret))
+        .await;
+    assert_eq!(replayed.0, StatusCode::OK);
+    let forged = api
+        .deliver("gitea", "push", None, &push, Some("wrong"))
+        .await;
+    assert_eq!(forged.0, StatusCode::UNAUTHORIZED);
+    let text = get(&metrics).await.1;
+    for (outcome, n) in [
+        ("forge=\"github\",outcome=\"created\"", 1.0),
+        ("forge=\"github\",outcome=\"replayed\"", 1.0),
+        ("forge=\"gitea\",outcome=\"bad_signature\"", 1.0),
+    ] {
+        let series = format!("dockhand_server_webhook_deliveries_total{{{outcome}}}");
+        assert_eq!(value(&text, &series), n, "{series}\n{text}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "dockhand_server_jobs_submitted_total{source=\"webhook\"}"
+        ),
+        1.0
+    );
+    promtool_check("server", &text);
+    let log = server.log().join("\n");
+    assert!(
+        log.contains("the offer lapsed") && log.contains("the lease lapsed"),
+        "{log}"
+    );
+}
