@@ -75,7 +75,8 @@ impl Default for ServerMetrics {
         let submitted = Family::<SourceLabel, Counter>::default();
         let queue_wait = Histogram::new(exponential_buckets(0.05, 2.5, 14));
         let job_duration = Family::<StateLabel, Histogram>::new_with_constructor(duration_buckets);
-        let (claims, offers, offers_lapsed, jobs_lost) = Default::default();
+        let (claims, offers, offers_lapsed, jobs_lost): (Counter, Counter, Counter, Counter) =
+            Default::default();
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "jobs",
@@ -120,17 +121,17 @@ impl Default for ServerMetrics {
             Unit::Seconds,
             job_duration.clone(),
         );
-        registry.register("claims", "Claims agents made", Clone::clone(&claims));
-        registry.register("offers", "Jobs offered to agents", Clone::clone(&offers));
+        registry.register("claims", "Claims agents made", claims.clone());
+        registry.register("offers", "Jobs offered to agents", offers.clone());
         registry.register(
             "offers_lapsed",
             "Offers not accepted in time (their jobs queued again)",
-            Clone::clone(&offers_lapsed),
+            offers_lapsed.clone(),
         );
         registry.register(
             "jobs_lost",
             "Running jobs whose lease lapsed",
-            Clone::clone(&jobs_lost),
+            jobs_lost.clone(),
         );
         registry.register(
             "webhook_deliveries",
