@@ -27,6 +27,10 @@ pub struct Job {
     pub on_busy: OnBusy,
     /// For a job from the job server: where its lease, log, events and result go.
     pub remote: Option<RemoteJob>,
+    /// The build cache (build records, manifests, digests) this job shares with
+    /// `dockhand run` in the same checkout: a watch's. Other jobs use the agent's own
+    /// cache for their repository.
+    pub build_cache: Option<PathBuf>,
 }
 
 /// A job accepted from the job server.

@@ -490,6 +490,11 @@ fn sighup_reloads_agent_toml_and_a_bad_file_keeps_the_running_settings() {
     });
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+    assert!(
+        (agent.stderr().iter()).any(|l| l.contains("stopping: no job is running")),
+        "an idle agent says it stops: {}",
+        agent.transcript()
+    );
 }
 
 #[test]
@@ -631,4 +636,50 @@ fn the_agent_loop_stops_on_injected_signals() {
         (Some("cancelled"), Some(130))
     );
     assert_nothing_labelled(&format!("dockhand.agent={name}"));
+}
+
+/// A watch and `dockhand run` in the same checkout share its build records: neither
+/// rebuilds what the other just built. The watch's jobs name the checkout's files, not
+/// their snapshot's.
+#[test]
+fn watch_and_run_in_one_checkout_share_their_builds() {
+    let repo = checkout("echo ok\n");
+    let run = |what: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(["run", "--json"])
+            .current_dir(repo.path())
+            .env_remove("DOCKHAND_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let built = run("the first run");
+    assert!(built.contains("no earlier build"), "{built}");
+    let agent = AgentProcess::start(repo.path(), &["watch", ".", "--debounce", "200ms"]);
+    let first = agent.wait_finished(1, LONG)[0].clone();
+    assert_eq!(first.status, "succeeded", "{}", agent.transcript());
+    let build = &first.result()["stages"][1];
+    assert_eq!(
+        (build["kind"].as_str(), build["status"].as_str()),
+        (Some("build"), Some("cached")),
+        "{}",
+        first.log()
+    );
+    let checkout_config = repo.path().canonicalize().unwrap().join("config.yml");
+    assert!(
+        first
+            .log()
+            .contains(&format!("collected {}", checkout_config.display())),
+        "{}",
+        first.log()
+    );
+    std::fs::write(repo.path().join("msg.txt"), "changed\n").unwrap();
+    let second = agent.wait_finished(2, LONG)[1].clone();
+    assert_eq!(second.result()["stages"][1]["status"], "passed");
+    let after = run("a run after the watch built");
+    assert!(
+        after.contains("\"status\":\"cached\""),
+        "the run finds the watch's build: {after}"
+    );
 }

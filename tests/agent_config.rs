@@ -131,28 +131,31 @@ fn no_file_is_fine_and_a_named_missing_file_is_not() {
 #[test]
 fn bad_files_name_the_file_and_the_problem() {
     for (toml, expected) in [
-        ("[agent]\nconcurency = 2\n", "unknown field `concurency`"),
-        ("[agnet]\n", "unknown field `agnet`"),
+        (
+            "[agent]\nconcurency = 2\n",
+            "agent.toml:2:1: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?",
+        ),
+        ("[agnet]\n", "agent.toml:1:2: agnet: unknown key `agnet`"),
         ("[agent]\njob_timeout = \"soon\"\n", "not a duration"),
         (
             "[agent]\nconcurrency = 0\n",
-            "agent.concurrency must be between 1 and 1024",
+            "agent.toml:2:1: agent.concurrency: must be between 1 and 1024",
         ),
         (
             "[agent]\nparallel = 100000000000\n",
-            "agent.parallel must be between 1 and 1024",
+            "agent.parallel: must be between 1 and 1024",
         ),
         (
             "[agent]\nsweep_interval = \"0s\"\n",
-            "agent.sweep_interval must be longer than 0s",
+            "agent.sweep_interval: must be longer than 0s",
         ),
         (
             "[agent]\njob_timeout = \"0s\"\n",
-            "agent.job_timeout must be longer than 0s",
+            "agent.job_timeout: must be longer than 0s",
         ),
         (
             "[docker]\nmemory = \"1k\"\n",
-            "docker.memory must be at least 6m",
+            "docker.memory: must be at least 6m",
         ),
         (
             "[agent]\npass_env = [\"NOT-A-NAME\"]\n",
@@ -160,18 +163,18 @@ fn bad_files_name_the_file_and_the_problem() {
         ),
         (
             "[docker]\nallow_network_modes = [\"\"]\n",
-            "allow_network_modes has an empty entry",
+            "allow_network_modes: has an empty entry",
         ),
         (
             "[[source]]\nkind = \"watch\"\npath = \".\"\ntimeout = \"0s\"\n",
-            "[[source]] #1: timeout must be longer than 0s",
+            "agent.toml:4:1: [[source]] #1 timeout: must be longer than 0s",
         ),
         ("[docker]\nmemory = \"lots\"\n", "not a size"),
         ("[agent]\nkeep_workspace = \"sometimes\"\n", "sometimes"),
         ("[[source]]\nkind = \"ftp\"\n", "ftp"),
         (
             "[[source]]\nkind = \"schedule\"\ncron = \"0 3 * *\"\npath = \".\"\n",
-            "[[source]] #1: cron `0 3 * *`",
+            "[[source]] #1 cron: cron `0 3 * *`: 4 field(s)",
         ),
         (
             "[[source]]\nkind = \"schedule\"\ncron = \"0 0 30 2 *\"\npath = \".\"\n",
@@ -191,7 +194,7 @@ fn bad_files_name_the_file_and_the_problem() {
         ),
         (
             "[[source]]\nkind = \"watch\"\npath = \".\"\ndebounse = \"1s\"\n",
-            "unknown field `debounse`",
+            "agent.toml:4:1: [[source]] #1 debounse: unknown key `debounse`\n  help: did you mean `debounce`?",
         ),
     ] {
         let e = error(toml);
@@ -230,4 +233,58 @@ fn printed_settings_hide_secret_values() {
         printed.contains("TOKEN = ***") && !printed.contains("hunter2"),
         "{printed}"
     );
+}
+
+/// Every problem at once, each blamed on the layer that set the key: the file with its
+/// line and column, the environment variable, the flag.
+#[test]
+fn all_problems_are_reported_each_where_its_key_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(
+        &dir,
+        "[agent]\nconcurency = 2\nparallel = 0\n\n[[source]]\nkind = \"schedule\"\npath = \".\"\ncron = \"0 61 * * *\"\n",
+    );
+    options
+        .env
+        .insert("DOCKHAND__DOCKER__MEMORY".into(), "1k".into());
+    options.overrides.push(("docker.cpu".into(), "2".into()));
+    let e = load(&options).unwrap_err();
+    let shown: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+    let file = dir.path().join("agent.toml").display().to_string();
+    assert_eq!(
+        shown,
+        [
+            format!("{file}:2:1: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?"),
+            "flag `--set docker.cpu=2`: docker.cpu: unknown key `cpu`\n  help: did you mean `cpus`?".to_owned(),
+            format!("{file}:3:1: agent.parallel: must be between 1 and 1024"),
+            "environment variable DOCKHAND__DOCKER__MEMORY: docker.memory: must be at least 6m".to_owned(),
+            format!("{file}:8:1: [[source]] #1 cron: cron `0 61 * * *`: the hour field `61` has 61, outside 0–23"),
+        ]
+    );
+}
+
+/// `agent --check` prints the merged settings as agent.toml text, each value with where it
+/// was set.
+#[test]
+fn check_prints_each_values_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.toml"), "[agent]\nname = \"ci-1\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["agent", "--check", "--set", "agent.parallel=3"])
+        .current_dir(dir.path())
+        .env_remove("DOCKHAND_AGENT_CONFIG")
+        .env("DOCKHAND__AGENT__CONCURRENCY", "4")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let file = dir.path().join("agent.toml").display().to_string();
+    for line in [
+        format!("name = \"ci-1\"  # {file}:2:1"),
+        "concurrency = 4  # environment variable DOCKHAND__AGENT__CONCURRENCY".to_owned(),
+        "parallel = 3  # flag `--set agent.parallel=3`".to_owned(),
+        "keep_results = 50  # default".to_owned(),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in\n{stdout}");
+    }
 }

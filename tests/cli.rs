@@ -113,9 +113,10 @@ fn list_shows_images_tasks_pipeline_and_build_order() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for want in [
-        "builder  registry.local/demo-builder:1.4  from base",
-        "app      registry.local/demo-app:1.4  from builder  links db, cache",
-        "test        run app  run the tests",
+        "  builder  registry.local/demo-builder:1.4  from base\n",
+        "  app      registry.local/demo-app:1.4      from builder                   links db, cache\n",
+        "  test        run app      run the tests\n",
+        "  lint        run builder  lint the scripts\n",
         "2. test  needs lint",
         "build order: base -> builder + db + cache -> app",
     ] {
@@ -344,4 +345,142 @@ fn no_config_here_says_what_was_looked_for() {
     assert_eq!(json.status.code(), Some(200));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["ok"], false);
+}
+
+/// Each command's help shows only what it uses; `-c` works before or after the command
+/// name where a config is read, and is refused where none is.
+#[test]
+fn each_command_takes_only_the_options_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |command: &str| text(&dockhand(dir.path(), &[command, "--help"]).stdout);
+    for command in ["server", "submit", "jobs", "logs", "cancel", "agent"] {
+        let help = help(command);
+        assert!(!help.contains("--no-harpoonrc"), "{command}: {help}");
+        assert!(
+            !help.contains("-c, --config <FILE>  The config file ["),
+            "{command}"
+        );
+    }
+    assert!(
+        help("submit").contains("-c, --config <FILE>"),
+        "one spelling"
+    );
+    assert!(
+        !help("submit").contains("--config-file"),
+        "the old one hidden"
+    );
+    for command in ["run", "build", "check", "list", "dockerfile"] {
+        assert!(help(command).contains("--no-harpoonrc"), "{command}");
+    }
+    assert!(
+        help("logs").contains("<JOB>  The job's id"),
+        "{}",
+        help("logs")
+    );
+    assert!(help("run").contains("--allow-host-mount"));
+    for run_only in [
+        "--allow-host-mount",
+        "--timeout",
+        "--memory",
+        "--pids-limit",
+    ] {
+        assert!(!help("build").contains(run_only), "{run_only}");
+    }
+    let build = dockhand(dir.path(), &["build", "--timeout", "10"]);
+    assert_eq!(build.status.code(), Some(2), "{}", text(&build.stderr));
+
+    let pointless = dockhand(dir.path(), &["-c", "x.yml", "jobs", "--token", "t"]);
+    assert_eq!(pointless.status.code(), Some(2));
+    assert!(
+        text(&pointless.stderr).contains("`jobs` reads no config.yml"),
+        "{}",
+        text(&pointless.stderr)
+    );
+
+    std::fs::write(
+        dir.path().join("other.yml"),
+        "tag: o\ncommands: [FROM busybox:local]\n",
+    )
+    .unwrap();
+    for args in [["-c", "other.yml", "check"], ["check", "-c", "other.yml"]] {
+        let out = dockhand(dir.path(), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let no_source = dockhand(dir.path(), &["submit", "--token", "t"]);
+    assert_eq!(no_source.status.code(), Some(2));
+    assert!(
+        text(&no_source.stderr).contains("one of --git URL or --path DIR"),
+        "{}",
+        text(&no_source.stderr)
+    );
+}
+
+/// `init` writes a config that passes `check`: from the Dockerfile when there is one (its
+/// instructions, one per entry, sent back unchanged), a starter otherwise; it never
+/// overwrites a config.
+#[test]
+fn init_writes_a_config_that_checks_and_never_overwrites() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().join("My Service");
+    std::fs::create_dir(&dir).unwrap();
+    let init = dockhand(&dir, &["init"]);
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init.stderr));
+    let check = dockhand(&dir, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("1 image(s), 1 task(s), pipeline: test"));
+    let written = std::fs::read_to_string(dir.join("config.yml")).unwrap();
+    assert!(written.contains("  my-service:\n"), "{written}");
+    let again = dockhand(&dir, &["init"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("config.yml already exists here"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.yml")).unwrap(),
+        written
+    );
+
+    let with = tempfile::tempdir().unwrap();
+    std::fs::write(
+        with.path().join("Dockerfile"),
+        "# syntax=docker/dockerfile:1\nFROM busybox:local AS base\nARG V=1\nRUN echo {not formatted} ${V} && \\\n    echo \"quoted \\\"too\\\"\"\nWORKDIR /src\nCMD [\"sh\", \"-c\", \"echo hi\"]\n",
+    )
+    .unwrap();
+    let init = dockhand(with.path(), &["init", "--name", "svc"]);
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init.stderr));
+    let dockerfile = dockhand(with.path(), &["dockerfile", "svc"]);
+    assert_eq!(
+        dockerfile.status.code(),
+        Some(0),
+        "{}",
+        text(&dockerfile.stderr)
+    );
+    assert_eq!(
+        text(&dockerfile.stdout),
+        "FROM busybox:local AS base\nARG V=1\nRUN echo {not formatted} ${V} && echo \"quoted \\\"too\\\"\"\nWORKDIR /src\nCMD [\"sh\", \"-c\", \"echo hi\"]\n"
+    );
+    let list = text(&dockhand(with.path(), &["list"]).stdout);
+    assert!(
+        list.contains("  run  run svc  run the image's own command"),
+        "{list}"
+    );
+
+    let heredoc = tempfile::tempdir().unwrap();
+    std::fs::write(
+        heredoc.path().join("Dockerfile"),
+        "FROM x\nRUN <<EOF\necho\nEOF\n",
+    )
+    .unwrap();
+    let refused = dockhand(heredoc.path(), &["init"]);
+    assert_eq!(refused.status.code(), Some(200));
+    assert!(
+        text(&refused.stderr).contains("Dockerfile:2: a heredoc"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!heredoc.path().join("config.yml").exists());
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{JobRun, Project, docker};
@@ -213,6 +214,7 @@ fn mounts_reach_the_workspace_and_nothing_else() {
             .contains("mount of /etc is outside the workspace"),
         "{run}"
     );
+    assert!(run.stderr.contains("`--allow-host-mount DIR`"), "{run}");
     assert!(run.stderr.contains("mounting the Docker socket"), "{run}");
     let run = outside.run(&["run", "--allow-host-mount", "/etc", "--allow-docker-socket"]);
     assert_eq!(run.code, Some(0), "{run}");
@@ -545,4 +547,89 @@ tasks:
     for image in ["base", "talks"] {
         docker(&["rmi", "-f", &format!("{prefix}-{image}")]);
     }
+}
+
+/// Statuses are coloured when asked (`--color always`, `CLICOLOR_FORCE`), never when
+/// `NO_COLOR` is set or the output is a pipe, and never in the job's log.
+#[test]
+fn statuses_are_coloured_only_where_asked() {
+    let project = Project::new(
+        "tag: t-colour\ncontext: false\ncommands: [FROM dockhand/busybox:local]\ncommand: 'true'\n",
+    );
+    let green = "\x1b[32mpassed";
+    let always = project.run(&["run", "--color", "always"]);
+    assert_eq!(always.code, Some(0), "{always}");
+    assert!(always.stdout.contains(green), "{always}");
+    assert!(!always.log().contains('\x1b'), "log.txt stays plain");
+    let piped = project.run(&["run"]);
+    assert!(!piped.stdout.contains('\x1b'), "{piped}");
+    let forced = support::finish(project.command(&["run"]).env("CLICOLOR_FORCE", "1"));
+    assert!(forced.stdout.contains(green), "{forced}");
+    let declined = support::finish(
+        project
+            .command(&["run"])
+            .env("CLICOLOR_FORCE", "1")
+            .env("NO_COLOR", "1"),
+    );
+    assert!(!declined.stdout.contains('\x1b'), "{declined}");
+    let never = project.run(&["run", "--color", "never"]);
+    assert!(!never.stdout.contains('\x1b'), "{never}");
+}
+
+/// A config `init` made from a Dockerfile runs as it is: the build sends the directory and
+/// the task runs the image's own command.
+#[test]
+fn a_config_from_init_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM dockhand/busybox:local\nCOPY . /src\nCMD [\"cat\", \"/src/greeting.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("greeting.txt"), "hello from init\n").unwrap();
+    let init = support::finish(
+        Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(["init", "--name", "t-init"])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(init.code, Some(0), "{init}");
+    let run = support::finish(
+        Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(["--no-harpoonrc", "run"])
+            .current_dir(dir.path())
+            .env_remove("DOCKHAND_CONFIG")
+            .env_remove("HARPOON_CONFIG"),
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("run run | hello from init"), "{run}");
+    run.assert_nothing_left();
+}
+
+/// docs/config.md's tutorial, exactly as written there: every `<!-- file: NAME -->` block
+/// is written out and the pipeline must pass, the test reaching the service.
+#[test]
+fn the_tutorial_runs() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = 0;
+    for block in doc.split("<!-- file: ").skip(1) {
+        let (name, rest) = block.split_once(" -->").unwrap();
+        let body = rest.split_once("```").unwrap().1;
+        let body = body.split_once('\n').unwrap().1;
+        let body = body.split_once("```").unwrap().0;
+        std::fs::write(dir.path().join(name), body).unwrap();
+        files += 1;
+    }
+    assert_eq!(files, 2, "config.yml and test.sh");
+    let run = support::finish(
+        Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(["--no-harpoonrc", "run"])
+            .current_dir(dir.path())
+            .env_remove("DOCKHAND_CONFIG")
+            .env_remove("HARPOON_CONFIG"),
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("web said: hello from web"), "{run}");
+    run.assert_nothing_left();
 }

@@ -220,7 +220,9 @@ impl Agent {
                                 .jobs_finished
                                 .get_or_create(&StatusLabel { status })
                                 .inc();
-                            report_finished(&finished);
+                            let cancelled =
+                                tokens.get(&finished.id).is_some_and(Cancel::is_cancelled);
+                            say_job(&finished.id, finished_line(&finished, cancelled));
                             tasks.retain(|_, job| *job != finished.id);
                             finished.id
                         }
@@ -304,6 +306,8 @@ impl Agent {
                                 "stopping: waiting up to {} for {running} running job(s); a second signal cancels them",
                                 humantime::format_duration(grace),
                             ));
+                        } else {
+                            say("stopping: no job is running");
                         }
                     }
                     Action::CancelAll { running } => {
@@ -499,7 +503,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn report_finished(finished: &Finished) {
+/// How a job ended, for the agent's own output. `cancelled`: a cancel was asked for, which
+/// a job that had already run every stage ignores.
+fn finished_line(finished: &Finished, cancelled: bool) -> String {
     let status = match finished.status {
         JobStatus::Succeeded => "succeeded",
         JobStatus::Failed => "failed",
@@ -512,13 +518,15 @@ fn report_finished(finished: &Finished) {
         .as_ref()
         .map(|d| format!(", results in {}", d.display()))
         .unwrap_or_default();
-    say_job(
-        &finished.id,
-        format!(
-            "job {} {status} (exit code {}){results}",
-            finished.id, finished.exit_code
-        ),
-    );
+    let late = if cancelled && matches!(finished.status, JobStatus::Succeeded | JobStatus::Failed) {
+        " (it had run every stage when the cancel came)"
+    } else {
+        ""
+    };
+    format!(
+        "job {} {status} (exit code {}){late}{results}",
+        finished.id, finished.exit_code
+    )
 }
 
 /// Which kind of source a job came from, for the metrics.
@@ -540,4 +548,33 @@ fn say(text: impl AsRef<str>) {
 /// A message about one job: in the JSON log it carries the job's id.
 fn say_job(job: &str, text: impl AsRef<str>) {
     crate::logging::say("agent", Some(job), text.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_that_came_after_every_stage_is_said_so() {
+        let finished = |status| Finished {
+            id: "j".into(),
+            status,
+            exit_code: 0,
+            results: None,
+            message: None,
+            unrunnable: None,
+        };
+        assert_eq!(
+            finished_line(&finished(JobStatus::Succeeded), true),
+            "job j succeeded (exit code 0) (it had run every stage when the cancel came)"
+        );
+        assert_eq!(
+            finished_line(&finished(JobStatus::Succeeded), false),
+            "job j succeeded (exit code 0)"
+        );
+        assert_eq!(
+            finished_line(&finished(JobStatus::Cancelled), true),
+            "job j cancelled (exit code 0)"
+        );
+    }
 }

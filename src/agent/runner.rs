@@ -11,7 +11,7 @@ use super::networks::NetworkPool;
 use crate::cancel::Cancel;
 use crate::config::{AgentConfig, AgentSection, KeepWorkspace};
 use crate::docker::Engine;
-use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox};
+use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, Widening};
 use crate::job::{Job, Origin};
 use crate::pipeline::{Finished, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::report::{ConsoleOutput, JobInfo, KeptWorkspace};
@@ -46,7 +46,8 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
         Origin::Path { path } => path.as_os_str().as_encoded_bytes().to_vec(),
         Origin::Git { url, .. } => url.as_bytes().to_vec(),
     };
-    let cache_dir = agent.state_dir.join("cache").join(short_hash(&repository));
+    let cache_dir = (job.build_cache.clone())
+        .unwrap_or_else(|| agent.state_dir.join("cache").join(short_hash(&repository)));
     let executor = ExecutorOptions {
         job_id: job.id.clone(),
         agent: agent.name.clone(),
@@ -57,6 +58,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             allow_network_modes: settings.docker.allow_network_modes.clone(),
             allow_published_ports: settings.docker.allow_published_ports,
             protected: own_dirs.clone(),
+            widened_by: Widening::AgentConfig,
         },
         build_records: cache_dir.join("builds"),
         cache_dir,

@@ -259,6 +259,7 @@ mod tests {
             trigger: "test".to_owned(),
             on_busy,
             remote: None,
+            build_cache: None,
         }
     }
 

@@ -8,24 +8,28 @@ use super::args::{AgentArgs, OnChange};
 use super::output::outln;
 use super::runtime::{self, Threads};
 use crate::agent::{Agent, AgentExit};
-use crate::config::{AgentConfig, LoadOptions, SourceConfig, WatchSource, load};
+use crate::config::{
+    AgentConfig, AgentConfigError, LoadOptions, SourceConfig, WatchSource, load, load_with_origins,
+};
 use crate::docker::Engine;
 use crate::exit_code;
 use crate::job::OnBusy;
-use crate::report::ConsoleOutput;
+use crate::report::{ConsoleOutput, Palette};
 use crate::signals::{Control, Signals};
 
 pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
     let options = load_options(file, args, current_dir());
-    match load(&options) {
-        Ok((settings, file)) if check => {
+    match load_with_origins(&options) {
+        Ok((settings, file, layers)) if check => {
             let from = file.map_or("defaults and environment".to_owned(), |f| {
                 f.display().to_string()
             });
             match toml::to_string(&settings) {
                 Ok(text) => {
-                    outln!("# {from}: ok; the merged settings, secret values hidden:\n");
-                    outln!("{}", text.trim_end());
+                    outln!(
+                        "# {from}: ok; the merged settings, secret values hidden, each with where it was set:\n"
+                    );
+                    outln!("{}", layers.annotate(&text).trim_end());
                     exit_code::SUCCESS
                 }
                 Err(e) => {
@@ -34,12 +38,21 @@ pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
                 }
             }
         }
-        Ok((settings, _)) => serve(settings, Some(options), args),
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit_code::CONFIG_ERROR
-        }
+        Ok((settings, _, _)) => serve(settings, Some(options), args),
+        Err(e) => settings_refused(&e),
     }
+}
+
+/// Prints every problem of the settings; the settings error's exit code.
+fn settings_refused(error: &AgentConfigError) -> u8 {
+    for problem in &error.problems {
+        eprintln!("error: {problem}");
+    }
+    eprintln!(
+        "error: the agent settings have {} problem(s)",
+        error.problems.len()
+    );
+    exit_code::CONFIG_ERROR
 }
 
 pub fn watch(
@@ -73,10 +86,7 @@ pub fn watch(
     };
     let mut settings = match load(&options) {
         Ok((settings, _)) => settings,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit_code::CONFIG_ERROR;
-        }
+        Err(e) => return settings_refused(&e),
     };
     let agent = &settings.agent;
     for own in [&agent.workspace_root, &agent.results_dir, &agent.state_dir] {
@@ -106,7 +116,7 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
     let console = if args.json {
         ConsoleOutput::Json
     } else {
-        ConsoleOutput::Lines
+        ConsoleOutput::Lines(Palette::for_stdout(args.color))
     };
     runtime.block_on(async move {
         let engine = match Engine::connect(settings.docker.host.as_deref()).await {

@@ -7,16 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing_subscriber::filter::LevelFilter;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
-use super::args::{Cli, Command};
+use super::args::{Cli, Command, ConfigArgs, SandboxArgs};
 use super::{check, dockerfile, job, list, remote};
 use crate::collector::{self, CollectOptions, Collected, Diagnostics};
 use crate::job::workspace_root;
 use crate::plan::Request;
+use crate::report::Palette;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let command_name = matches.subcommand_name().unwrap_or_default().to_owned();
     // The long-running commands report what they do; one-shot ones only their errors.
     let (format, level) = match &cli.command {
         Command::Server(args) => (args.log_format, LevelFilter::INFO),
@@ -26,45 +29,56 @@ pub fn main() -> ExitCode {
         _ => (LogFormat::Text, LevelFilter::ERROR),
     };
     logging::init(format, level);
-    ExitCode::from(run(cli))
+    ExitCode::from(run(cli, &command_name))
 }
 
-fn run(cli: Cli) -> u8 {
+fn run(cli: Cli, command_name: &str) -> u8 {
+    let config = match cli.config_args(command_name) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return exit_code::USAGE;
+        }
+    };
+    let config = config.as_ref();
     // `check --json` reports a missing config as a diagnostic, for machine readers.
-    let reads_config = matches!(
-        cli.command,
-        Command::Check { json: false }
-            | Command::List { .. }
-            | Command::Dockerfile { .. }
-            | Command::Build { .. }
-            | Command::Run { .. }
-    );
-    if reads_config && let Some(problem) = no_default_config(&cli) {
+    let checks_for_json = matches!(cli.command, Command::Check { json: true, .. });
+    if let Some(config) = config
+        && !checks_for_json
+        && let Some(problem) = no_default_config(config)
+    {
         eprintln!("error: {problem}");
         return exit_code::CONFIG_ERROR;
     }
     let collect = |cli_args: &[String]| {
-        let options = collect_options(&cli, cli_args.to_vec());
+        let options = collect_options(config.unwrap_or(&ConfigArgs::default()), cli_args.to_vec());
         tracing::debug!(config = %options.config.display(), "collecting");
         let collected = collector::collect(&options);
         (options, collected)
     };
     match &cli.command {
-        Command::Check { json } => check::run(collect(&[]).1, *json),
-        Command::List { json } => with_config(collect(&[]).1, |c| list::run(c, *json)),
-        Command::Dockerfile { image, task } => with_config(collect(&[]).1, |c| {
+        Command::Check { json, .. } => check::run(collect(&[]).1, *json),
+        Command::List { json, .. } => with_config(collect(&[]).1, |c| list::run(c, *json)),
+        Command::Dockerfile { image, task, .. } => with_config(collect(&[]).1, |c| {
             dockerfile::run(c, image, task.as_deref())
         }),
-        Command::Build { images, job: args } => {
+        Command::Build {
+            images, job: args, ..
+        } => {
             let (options, collected) = collect(&[]);
             let request = Request::Images(images.clone());
+            let sandbox = SandboxArgs::default();
             let refused = |d: &Diagnostics| job::refused(&options, d, args);
-            with_config_or(collected, refused, |c| job::run(c, &options, request, args))
+            with_config_or(collected, refused, |c| {
+                job::run(c, &options, request, args, &sandbox)
+            })
         }
         Command::Run {
             tasks,
             args: extra,
             job: args,
+            sandbox,
+            ..
         } => {
             let (options, collected) = collect(extra);
             let refused = |d: &Diagnostics| job::refused(&options, d, args);
@@ -80,7 +94,7 @@ fn run(cli: Cli) -> u8 {
                     );
                     return exit_code::USAGE;
                 }
-                job::run(c, &options, request, args)
+                job::run(c, &options, request, args, sandbox)
             })
         }
         Command::Agent {
@@ -91,11 +105,14 @@ fn run(cli: Cli) -> u8 {
         Command::Watch {
             dir,
             tasks,
+            config,
             debounce,
             on_change,
             agent,
         } => {
-            let config = cli.config.clone().unwrap_or_else(|| "config.yml".into());
+            let config = (config.clone())
+                .or_else(|| cli.config.config.clone())
+                .unwrap_or_else(|| "config.yml".into());
             let change = (*debounce, *on_change);
             super::agent::watch(dir, &config, tasks.clone(), change, agent)
         }
@@ -105,13 +122,15 @@ fn run(cli: Cli) -> u8 {
             server,
             limit,
             json,
-        } => remote::jobs(server, *limit, *json),
+            color,
+        } => remote::jobs(server, *limit, *json, Palette::for_stdout(*color)),
         Command::Logs {
             server,
             job,
             follow,
         } => remote::logs(server, job, *follow),
         Command::Cancel { server, job } => remote::cancel(server, job),
+        Command::Init { dockerfile, name } => super::init::run(dockerfile.clone(), name.clone()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -173,13 +192,21 @@ fn with_config_or(
     }
 }
 
+/// The config named by the environment: DOCKHAND_CONFIG, then harpoon's HARPOON_CONFIG.
+fn named_by_env() -> Option<PathBuf> {
+    ["DOCKHAND_CONFIG", "HARPOON_CONFIG"]
+        .into_iter()
+        .find_map(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+        .map(PathBuf::from)
+}
+
 /// The config files looked for when none is named.
-const DEFAULT_CONFIGS: [&str; 2] = ["config.yml", "harpoon.yml"];
+pub(super) const DEFAULT_CONFIGS: [&str; 2] = ["config.yml", "harpoon.yml"];
 
 /// When no config is named and none of the default names is here: which names were looked
 /// for, where, and how to name one.
-fn no_default_config(cli: &Cli) -> Option<String> {
-    if cli.config.is_some() || std::env::var_os("HARPOON_CONFIG").is_some() {
+fn no_default_config(cli: &ConfigArgs) -> Option<String> {
+    if cli.config.is_some() || named_by_env().is_some() {
         return None;
     }
     // Anything by one of the names (a FIFO, a link out of the checkout) is the collector's
@@ -192,24 +219,20 @@ fn no_default_config(cli: &Cli) -> Option<String> {
     }
     let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     Some(format!(
-        "no config here: looked for {} in {}; name one with `-c FILE` (or HARPOON_CONFIG)",
+        "no config here: looked for {} in {}; name one with `-c FILE` (or DOCKHAND_CONFIG)",
         DEFAULT_CONFIGS.join(" and "),
         here.display()
     ))
 }
 
-fn collect_options(cli: &Cli, cli_args: Vec<String>) -> CollectOptions {
-    let config = cli
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("HARPOON_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            DEFAULT_CONFIGS
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-                .unwrap_or_else(|| PathBuf::from("config.yml"))
-        });
+fn collect_options(cli: &ConfigArgs, cli_args: Vec<String>) -> CollectOptions {
+    let config = cli.config.clone().or_else(named_by_env).unwrap_or_else(|| {
+        DEFAULT_CONFIGS
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("config.yml"))
+    });
     let home_config = (!cli.no_harpoonrc)
         .then(|| std::env::var_os("HOME"))
         .flatten()

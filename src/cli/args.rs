@@ -19,19 +19,9 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(name = "dockhand", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// The config file [default: ./config.yml, then ./harpoon.yml; also HARPOON_CONFIG]
-    #[arg(
-        short = 'c',
-        long,
-        global = true,
-        env = "DOCKHAND_CONFIG",
-        value_name = "FILE"
-    )]
-    pub config: Option<PathBuf>,
-
-    /// Do not load ~/.harpoonrc.yml beneath the config
-    #[arg(long, global = true)]
-    pub no_harpoonrc: bool,
+    /// Before the command, for those that read a config (as after it)
+    #[command(flatten)]
+    pub config: ConfigArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -44,6 +34,8 @@ pub enum Command {
         /// Images by their name in the config
         images: Vec<String>,
         #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
         job: JobArgs,
     },
     /// Build what the tasks need and run them (the pipeline when none is named)
@@ -54,19 +46,36 @@ pub enum Command {
         #[arg(last = true)]
         args: Vec<String>,
         #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
         job: JobArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    },
+    /// Write a commented config.yml here, from ./Dockerfile when there is one
+    Init {
+        /// The Dockerfile to start from [default: ./Dockerfile when present]
+        #[arg(long, value_name = "FILE")]
+        dockerfile: Option<PathBuf>,
+        /// The image's name [default: this directory's]
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Validate the config: report every problem with file:line:column, or a summary
     Check {
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Show images (full names, dependencies), tasks and the pipeline
     List {
         /// Print the resolved config and default plan as JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Run as an agent: jobs from the sources in agent.toml, each in its own workspace
     Agent {
@@ -86,6 +95,9 @@ pub enum Command {
         dir: PathBuf,
         /// Tasks to run [default: the pipeline]
         tasks: Vec<String>,
+        /// The config file in the checkout [default: config.yml]
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Quiet time after the last change before a run, e.g. "300ms"
         #[arg(long, value_parser = crate::util::parse_duration, default_value = "300ms")]
         debounce: std::time::Duration,
@@ -109,11 +121,15 @@ pub enum Command {
         /// Print them as JSON
         #[arg(long)]
         json: bool,
+        /// Colour states: `auto` on a terminal unless NO_COLOR is set
+        #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+        color: crate::report::ColorChoice,
     },
     /// Print a job's log from the job server
     Logs {
         #[command(flatten)]
         server: ServerAddress,
+        /// The job's id, as `submit` and `jobs` print it
         job: String,
         /// Keep printing as the log grows, until the job ends
         #[arg(short, long)]
@@ -123,6 +139,7 @@ pub enum Command {
     Cancel {
         #[command(flatten)]
         server: ServerAddress,
+        /// The job's id, as `submit` and `jobs` print it
         job: String,
     },
     /// Print a shell's completion script: `dockhand completions bash > /etc/bash_completion.d/dockhand`
@@ -139,7 +156,45 @@ pub enum Command {
         /// Show the image as this task sees it (with the task's options and overrides)
         #[arg(long)]
         task: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
+}
+
+impl Cli {
+    /// Which config.yml the command reads (given before or after the command name), for
+    /// those that read one; an error names a command that reads none but was given one.
+    pub fn config_args(&self, command_name: &str) -> Result<Option<ConfigArgs>, String> {
+        let given = self.config.config.is_some() || self.config.no_harpoonrc;
+        let merged = |own: &ConfigArgs| ConfigArgs {
+            config: own.config.clone().or_else(|| self.config.config.clone()),
+            no_harpoonrc: own.no_harpoonrc || self.config.no_harpoonrc,
+        };
+        match &self.command {
+            Command::Build { config, .. }
+            | Command::Run { config, .. }
+            | Command::Check { config, .. }
+            | Command::List { config, .. }
+            | Command::Dockerfile { config, .. } => Ok(Some(merged(config))),
+            Command::Watch { .. } if !self.config.no_harpoonrc => Ok(None),
+            _ if given => Err(format!(
+                "`{command_name}` reads no config.yml: `-c` and `--no-harpoonrc` mean nothing to it"
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Which config to read: options of the commands that read one.
+#[derive(Debug, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// The config file [default: DOCKHAND_CONFIG, HARPOON_CONFIG, ./config.yml, then
+    /// ./harpoon.yml]
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do not load ~/.harpoonrc.yml beneath the config
+    #[arg(long)]
+    pub no_harpoonrc: bool,
 }
 
 /// Options of `build` and `run`.
@@ -148,6 +203,9 @@ pub struct JobArgs {
     /// Print the job's events as JSON lines instead of the console report
     #[arg(long)]
     pub json: bool,
+    /// Colour statuses: `auto` on a terminal unless NO_COLOR is set
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+    pub color: crate::report::ColorChoice,
     /// Where result.json and the logs go [default: <config dir>/.dockhand/results]
     #[arg(long, value_name = "DIR")]
     pub results_dir: Option<PathBuf>,
@@ -157,6 +215,14 @@ pub struct JobArgs {
     /// Build every step again, ignoring the engine's cache
     #[arg(long)]
     pub no_cache: bool,
+    /// The engine's address [default: DOCKER_HOST, then the local socket]
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+}
+
+/// Options of `run` for its task containers: limits and how far the sandbox is widened.
+#[derive(Debug, Default, clap::Args)]
+pub struct SandboxArgs {
     /// Time limit for each task without a pipeline timeout: seconds, or e.g. "90s", "10m"
     #[arg(long, value_parser = crate::util::parse_duration, value_name = "DURATION")]
     pub timeout: Option<std::time::Duration>,
@@ -179,12 +245,9 @@ pub struct JobArgs {
     /// CPUs of each task container, e.g. 1.5 [default: all]
     #[arg(long, value_parser = cpus, value_name = "N")]
     pub cpus: Option<f64>,
-    /// Processes in each task container; 0 for no limit
-    #[arg(long, default_value_t = crate::executor::ContainerDefaults::PIDS_LIMIT as u64, value_name = "N")]
-    pub pids_limit: u64,
-    /// The engine's address [default: DOCKER_HOST, then the local socket]
-    #[arg(long, value_name = "URL")]
-    pub docker_host: Option<String>,
+    /// Processes in each task container; 0 for no limit [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
 }
 
 /// What `dockhand watch` does with a change during a run.
@@ -200,6 +263,9 @@ pub struct AgentArgs {
     /// Print job events as JSON lines instead of the console report
     #[arg(long)]
     pub json: bool,
+    /// Colour statuses: `auto` on a terminal unless NO_COLOR is set
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN")]
+    pub color: crate::report::ColorChoice,
     /// agent.concurrency: jobs at once
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
@@ -293,18 +359,14 @@ pub struct ServerAddress {
     pub token: String,
 }
 
-/// Options of `submit`.
+/// Options of `submit`: one source, `--git` or `--path`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").args(["git", "path"])))]
 pub struct SubmitArgs {
     #[command(flatten)]
     pub server: ServerAddress,
     /// A git repository to build
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "path",
-        required_unless_present = "path"
-    )]
+    #[arg(long, value_name = "URL")]
     pub git: Option<String>,
     /// The branch or tag (with --git)
     #[arg(long = "ref", value_name = "REF", requires = "git")]
@@ -317,7 +379,9 @@ pub struct SubmitArgs {
     pub path: Option<String>,
     /// The config file in the repository
     #[arg(
-        long = "config-file",
+        short = 'c',
+        long = "config",
+        alias = "config-file",
         default_value = "config.yml",
         value_name = "FILE"
     )]

@@ -4,18 +4,20 @@
 
 use std::path::{Path, PathBuf};
 
-use super::args::JobArgs;
+use super::args::{JobArgs, SandboxArgs};
 use super::runtime::{self, Threads};
 use crate::build::cache_dir;
 use crate::build::context::STATE_DIR;
 use crate::cancel::Cancel;
 use crate::collector::{CollectOptions, Collected, Diagnostics};
-use crate::executor::{ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, make_own_dir};
+use crate::executor::{
+    ContainerDefaults, ExecutorOptions, JobNetwork, Sandbox, Widening, make_own_dir,
+};
 use crate::exit_code;
 use crate::job::{new_job_id, workspace_root};
 use crate::pipeline::{self, JobEngine, JobEnv, JobFiles, JobRun, ReportSettings};
 use crate::plan::{Plan, PlanError, Request};
-use crate::report::{ConsoleOutput, JobInfo};
+use crate::report::{ConsoleOutput, JobInfo, Palette};
 use crate::signals::{Control, Signals};
 use crate::util::hostname;
 
@@ -24,6 +26,7 @@ pub fn run(
     collect: &CollectOptions,
     request: Request,
     args: &JobArgs,
+    sandbox: &SandboxArgs,
 ) -> u8 {
     let config = &collected.config;
     let plan = match Plan::new(config, &request) {
@@ -63,24 +66,27 @@ pub fn run(
         agent: format!("cli@{}", hostname()),
         sandbox: Sandbox {
             workspace: workspace.clone(),
-            allow_host_mounts: args.allow_host_mounts.iter().map(|d| absolute(d)).collect(),
-            allow_docker_socket: args.allow_docker_socket,
-            allow_network_modes: args.allow_network_modes.clone(),
-            allow_published_ports: args.allow_published_ports,
+            allow_host_mounts: (sandbox.allow_host_mounts.iter())
+                .map(|d| absolute(d))
+                .collect(),
+            allow_docker_socket: sandbox.allow_docker_socket,
+            allow_network_modes: sandbox.allow_network_modes.clone(),
+            allow_published_ports: sandbox.allow_published_ports,
             protected: own_dirs,
+            widened_by: Widening::RunFlags,
         },
         cache_dir: cache_dir(&workspace),
         build_records: cache_dir(&workspace).join("builds"),
         parallel: usize::from(args.parallel),
         no_cache: args.no_cache,
-        task_timeout: args.timeout,
+        task_timeout: sandbox.timeout,
         job_timeout: None,
         env: Default::default(),
         job_network: JobNetwork::Shared,
         containers: ContainerDefaults::new(
-            args.memory.map(|m| m.0),
-            args.cpus,
-            Some(args.pids_limit),
+            sandbox.memory.map(|m| m.0),
+            sandbox.cpus,
+            sandbox.pids_limit,
         ),
     };
     let report = report_settings(results_root, info, args);
@@ -206,7 +212,7 @@ fn report_settings(results_root: PathBuf, info: JobInfo, args: &JobArgs) -> Repo
         console: if args.json {
             ConsoleOutput::Json
         } else {
-            ConsoleOutput::Lines
+            ConsoleOutput::Lines(Palette::for_stdout(args.color))
         },
         remote: None,
         agent: Default::default(),

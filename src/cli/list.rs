@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::output::outln;
+use super::output::{outln, print, table};
 use crate::collector::{Collected, TaskAction};
 use crate::exit_code;
 use crate::plan::{Plan, Request};
@@ -27,47 +27,35 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
         outln!("{report:#}");
         return exit_code::SUCCESS;
     }
-    let width = config.images.keys().map(String::len).max().unwrap_or(0);
     outln!("images:");
-    for image in config.images.values() {
+    let images = config.images.values().map(|image| {
         let mut from: Vec<String> = image.build.depends_on.clone();
-        from.extend(
-            image
-                .build
-                .external_bases
-                .iter()
-                .map(|b| format!("{b} (external)")),
-        );
-        let from = if from.is_empty() {
-            String::new()
-        } else {
-            format!("  from {}", from.join(", "))
-        };
+        from.extend((image.build.external_bases.iter()).map(|b| format!("{b} (external)")));
         let links: Vec<&str> = image.run.links.iter().map(|l| l.image.as_str()).collect();
-        let links = if links.is_empty() {
-            String::new()
-        } else {
-            format!("  links {}", links.join(", "))
-        };
-        outln!("  {:width$}  {}{from}{links}", image.name, image.full_name);
-    }
+        vec![
+            format!("  {}", image.name),
+            image.full_name.clone(),
+            labelled("from", &from.join(", ")),
+            labelled("links", &links.join(", ")),
+        ]
+    });
+    print(&table(images));
     outln!("tasks:");
     if config.tasks.is_empty() {
         outln!("  (none)");
     }
-    let width = config.tasks.keys().map(String::len).max().unwrap_or(0);
-    for task in config.tasks.values() {
+    let tasks = config.tasks.values().map(|task| {
         let action = match task.action {
             TaskAction::Run => "run",
             TaskAction::Make => "make",
         };
-        let description = task.description.as_deref().unwrap_or("");
-        outln!(
-            "  {:width$}  {action} {}  {description}",
-            task.name,
-            task.image
-        );
-    }
+        vec![
+            format!("  {}", task.name),
+            format!("{action} {}", task.image),
+            task.description.clone().unwrap_or_default(),
+        ]
+    });
+    print(&table(tasks));
     outln!("pipeline:");
     if config.pipeline.is_empty() {
         outln!("  (none: a job builds every image)");
@@ -100,5 +88,14 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
             eprintln!("error: {e}");
             exit_code::CONFIG_ERROR
         }
+    }
+}
+
+/// `from base` for a column that may be empty.
+fn labelled(label: &str, items: &str) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("{label} {items}")
     }
 }

@@ -6,6 +6,7 @@ mod app;
 pub mod args;
 mod check;
 mod dockerfile;
+mod init;
 mod job;
 mod list;
 mod output;

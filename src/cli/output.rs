@@ -17,3 +17,41 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
+
+/// Rows as aligned columns, two spaces apart; colour codes take no width. Each row ends
+/// with a newline.
+pub fn table<R, C>(rows: R) -> String
+where
+    R: IntoIterator<Item = C>,
+    C: IntoIterator<Item = String>,
+{
+    let mut writer = tabwriter::TabWriter::new(Vec::new()).padding(2).ansi(true);
+    for row in rows {
+        let cells: Vec<String> = row.into_iter().map(|c| c.replace('\t', " ")).collect();
+        let _ = writeln!(writer, "{}", cells.join("\t"));
+    }
+    let text = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_line_up_whatever_the_colours() {
+        let rows = vec![
+            vec![
+                "a".to_owned(),
+                "\x1b[32mok\x1b[0m".to_owned(),
+                "x".to_owned(),
+            ],
+            vec!["longer".to_owned(), "failed".to_owned(), "y".to_owned()],
+        ];
+        assert_eq!(
+            super::table(rows),
+            "a       \x1b[32mok\x1b[0m      x\nlonger  failed  y\n"
+        );
+    }
+}

@@ -8,12 +8,13 @@ use reqwest::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::args::{ServerAddress, SubmitArgs};
-use super::output::outln;
+use super::output::{outln, print, table};
 use super::runtime::{self, Threads};
 use super::terminal;
 use crate::exit_code;
 use crate::protocol::client::{Answer, Body, ClientError, Retry, ServerClient};
 use crate::protocol::{ErrorBody, JobSource, JobSpec, JobState, JobView, Submitted};
+use crate::report::Palette;
 
 /// Exit code when the job server cannot be reached or refuses.
 const SERVER_ERROR: u8 = exit_code::INFRASTRUCTURE;
@@ -121,7 +122,10 @@ pub fn submit(args: &SubmitArgs) -> u8 {
                 .map(|absolute| absolute.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| path.clone()),
         },
-        (None, None) => unreachable!("clap requires --git or --path"),
+        (None, None) => {
+            eprintln!("error: submit needs a source: one of --git URL or --path DIR");
+            return exit_code::USAGE;
+        }
     };
     let spec = JobSpec {
         source,
@@ -156,7 +160,7 @@ pub fn submit(args: &SubmitArgs) -> u8 {
     }))
 }
 
-pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
+pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool, palette: Palette) -> u8 {
     let Some(runtime) = runtime::start(Threads::One) else {
         return exit_code::INFRASTRUCTURE;
     };
@@ -181,15 +185,16 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
             return Ok(exit_code::SUCCESS);
         }
         let jobs: Vec<JobView> = answer.json().map_err(|e| e.to_string())?;
-        outln!(
-            "{:<26}  {:<10}  {:>4}  {:<20}  {:>8}  {:>9}  source",
+        let header = [
             "job",
             "state",
             "exit",
             "started (UTC)",
             "took",
-            "log"
-        );
+            "log",
+            "source",
+        ];
+        let mut rows = vec![header.map(str::to_owned).to_vec()];
         for job in &jobs {
             let from = match &job.spec.source {
                 JobSource::Git {
@@ -220,14 +225,18 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool) -> u8 {
             } else {
                 String::new()
             };
-            outln!(
-                "{:<26}  {:<10}  {exit:>4}  {started:<20}  {took:>8}  {:>9}  {}",
-                terminal::escape(&job.id),
-                terminal::escape(job.state.as_str()),
-                job.log_bytes,
-                terminal::escape(&(from + &waits))
-            );
+            let state = job.state.as_str();
+            rows.push(vec![
+                terminal::escape(&job.id).into_owned(),
+                palette.state(state, &terminal::escape(state)),
+                exit,
+                started,
+                took,
+                job.log_bytes.to_string(),
+                terminal::escape(&(from + &waits)).into_owned(),
+            ]);
         }
+        print(&table(rows));
         Ok(exit_code::SUCCESS)
     }))
 }

@@ -17,6 +17,45 @@ pub enum ScheduleError {
     Timezone(String),
 }
 
+/// The fields of a five-field expression with their ranges (a sixth, leading one is seconds).
+const FIELDS: [(&str, u32, u32); 5] = [
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// Which field of `cron` has a number outside its range, or the wrong number of fields:
+/// clearer than the cron parser's own "Number out of bounds".
+fn field_out_of_range(cron: &str) -> Option<String> {
+    let parts: Vec<&str> = cron.split_whitespace().collect();
+    if parts.len() == 1 && parts[0].starts_with('@') {
+        return None;
+    }
+    let fields: Vec<(&str, u32, u32)> = match parts.len() {
+        5 => FIELDS.to_vec(),
+        6 => std::iter::once(("second", 0, 59)).chain(FIELDS).collect(),
+        n => {
+            return Some(format!(
+                "{n} field(s); a cron expression has five: minute hour day-of-month month day-of-week"
+            ));
+        }
+    };
+    parts
+        .iter()
+        .zip(fields)
+        .find_map(|(part, (name, low, high))| {
+            let values = part
+                .split(',')
+                .flat_map(|item| item.split('/').next().unwrap_or_default().split('-'));
+            values
+                .filter_map(|value| value.parse::<u32>().ok())
+                .find(|value| !(low..=high).contains(value))
+                .map(|value| format!("the {name} field `{part}` has {value}, outside {low}–{high}"))
+        })
+}
+
 /// When a cron expression fires, in its zone (UTC unless named).
 #[derive(Clone, Debug)]
 pub struct CronTimes {
@@ -29,7 +68,7 @@ impl CronTimes {
     pub fn parse(cron: &str, timezone: Option<&str>) -> Result<CronTimes, ScheduleError> {
         let parsed = Cron::from_str(cron.trim()).map_err(|e| ScheduleError::Cron {
             cron: cron.to_owned(),
-            reason: e.to_string(),
+            reason: field_out_of_range(cron).unwrap_or_else(|| e.to_string()),
         })?;
         let zone = match timezone {
             Some(name) => {
@@ -62,5 +101,28 @@ impl CronTimes {
             .find_previous_occurrence(&local, true)
             .ok()
             .map(|d| d.with_timezone(&Utc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CronTimes;
+
+    #[test]
+    fn a_bad_field_is_named_with_its_range() {
+        for (cron, expected) in [
+            ("0 61 * * *", "the hour field `61` has 61, outside 0–23"),
+            ("75 3 * * *", "the minute field `75` has 75, outside 0–59"),
+            (
+                "0 3 1-40 * *",
+                "the day-of-month field `1-40` has 40, outside 1–31",
+            ),
+            ("0 3 * 13 *", "the month field `13` has 13, outside 1–12"),
+            ("0 3 * *", "4 field(s); a cron expression has five"),
+        ] {
+            let e = CronTimes::parse(cron, None).unwrap_err().to_string();
+            assert!(e.contains(expected), "{cron}: {e}");
+        }
+        assert!(CronTimes::parse("*/15 3 * * 1-5", None).is_ok());
     }
 }

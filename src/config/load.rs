@@ -8,17 +8,14 @@ use config::{Config, Environment, File, FileFormat};
 
 use super::agent::{AgentConfig, SourceConfig};
 use super::cron::CronTimes;
+use super::layers::{Layers, Origin, Problem};
 
+/// Every problem of the settings, each blamed on the file position, environment variable
+/// or flag that set the key.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentConfigError {
-    #[error("{file}: {message}")]
-    Invalid { file: String, message: String },
-    #[error("{file}: [[source]] #{index}: {message}")]
-    Source {
-        file: String,
-        index: usize,
-        message: String,
-    },
+#[error("{}", .problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct AgentConfigError {
+    pub problems: Vec<Problem>,
 }
 
 /// Where the layers come from. `env` is the process environment in production and a
@@ -78,26 +75,33 @@ const MAX_CONCURRENCY: usize = 1024;
 const MIN_MEMORY: u64 = 6 << 20;
 
 pub fn load(options: &LoadOptions) -> Result<(AgentConfig, Option<PathBuf>), AgentConfigError> {
+    load_with_origins(options).map(|(config, file, _)| (config, file))
+}
+
+/// [`load`], with where each setting came from (for `agent --check`).
+pub fn load_with_origins(
+    options: &LoadOptions,
+) -> Result<(AgentConfig, Option<PathBuf>, Layers), AgentConfigError> {
     let file = options.file();
-    let name = file
-        .as_ref()
-        .map(|f| f.display().to_string())
-        .unwrap_or_else(|| "agent settings".to_owned());
-    let invalid = |message: String| AgentConfigError::Invalid {
-        file: name.clone(),
-        message,
-    };
+    let mut layers = Layers::default();
     let mut builder = Config::builder();
     if let Some(file) = &file {
-        if !file.is_file() {
-            return Err(invalid("no such file".to_owned()));
-        }
-        builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
+        let text = std::fs::read_to_string(file).map_err(|e| AgentConfigError {
+            problems: vec![Problem {
+                at: Origin::InFile(file.display().to_string()),
+                key: None,
+                message: match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                    _ => e.to_string(),
+                },
+                help: None,
+            }],
+        })?;
+        let known = layers.read_file(file, &text);
+        builder = builder.add_source(File::from_str(&known, FileFormat::Toml));
     }
-    let env: config::Map<String, String> = options
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with("DOCKHAND__"))
+    let env: config::Map<String, String> = (options.env.iter())
+        .filter(|(k, _)| layers.read_env(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut environment = Environment::with_prefix("DOCKHAND")
@@ -111,57 +115,109 @@ pub fn load(options: &LoadOptions) -> Result<(AgentConfig, Option<PathBuf>), Age
     }
     builder = builder.add_source(environment);
     for (key, value) in &options.overrides {
-        builder = builder
-            .set_override(key.as_str(), value.as_str())
-            .map_err(|e| invalid(e.to_string()))?;
+        if !layers.read_flag(key, value) {
+            continue;
+        }
+        builder = match builder.set_override(key.as_str(), value.as_str()) {
+            Ok(builder) => builder,
+            Err(e) => {
+                let origin = Origin::Flag(format!("--set {key}={value}"));
+                let message = e.to_string();
+                layers.problems.push(Problem {
+                    at: origin,
+                    key: None,
+                    message,
+                    help: None,
+                });
+                return Err(AgentConfigError {
+                    problems: layers.problems,
+                });
+            }
+        };
     }
-    let mut config: AgentConfig = builder
-        .build()
-        .and_then(Config::try_deserialize)
-        .map_err(|e| invalid(e.to_string()))?;
-
+    let syntax_error = layers.problems.iter().any(|p| p.key.is_none());
+    let merged = if syntax_error {
+        None
+    } else {
+        match builder
+            .build()
+            .and_then(Config::try_deserialize::<AgentConfig>)
+        {
+            Ok(config) => Some(config),
+            Err(e) => {
+                layers.problems.push(blame(&layers, &e.to_string()));
+                None
+            }
+        }
+    };
+    let Some(mut config) = merged else {
+        return Err(AgentConfigError {
+            problems: layers.problems,
+        });
+    };
     let base = file
         .as_ref()
         .and_then(|f| f.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| options.cwd.clone());
-    check(&mut config, &base, &name)?;
-    Ok((config, file))
+    check(&mut config, &base, &mut layers);
+    if layers.problems.is_empty() {
+        Ok((config, file, layers))
+    } else {
+        Err(AgentConfigError {
+            problems: layers.problems,
+        })
+    }
 }
 
-fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentConfigError> {
-    let invalid = |message: &str| AgentConfigError::Invalid {
-        file: file.to_owned(),
-        message: message.to_owned(),
+/// A `config` crate error ("… for key `agent.concurrency` in agent.toml") blamed on where
+/// that key was set.
+fn blame(layers: &Layers, message: &str) -> Problem {
+    let Some((text, rest)) = message.split_once(" for key `") else {
+        return Problem {
+            key: None,
+            ..layers.problem("", message)
+        };
     };
+    let key = rest.split('`').next().unwrap_or_default();
+    let key = match key.find(']') {
+        Some(end) if key.len() > end + 1 && !key[end + 1..].starts_with('.') => {
+            format!("{}.{}", &key[..=end], &key[end + 1..])
+        }
+        _ => key.to_owned(),
+    };
+    layers.problem(&key, text)
+}
+
+/// The checks serde cannot make: every problem is added to `layers`, blamed on where its
+/// key was set. Makes relative paths absolute against `base`.
+fn check(config: &mut AgentConfig, base: &Path, layers: &mut Layers) {
+    let mut problems = Vec::new();
+    let mut add = |key: &str, message: String| problems.push(layers.problem(key, message));
     let agent = &mut config.agent;
-    if !(1..=MAX_CONCURRENCY).contains(&agent.concurrency) {
-        return Err(invalid(&format!(
-            "agent.concurrency must be between 1 and {MAX_CONCURRENCY}"
-        )));
-    }
-    if !(1..=MAX_CONCURRENCY).contains(&agent.parallel) {
-        return Err(invalid(&format!(
-            "agent.parallel must be between 1 and {MAX_CONCURRENCY}"
-        )));
+    for (key, value) in [
+        ("agent.concurrency", agent.concurrency),
+        ("agent.parallel", agent.parallel),
+    ] {
+        if !(1..=MAX_CONCURRENCY).contains(&value) {
+            add(key, format!("must be between 1 and {MAX_CONCURRENCY}"));
+        }
     }
     for (key, value) in [
         ("agent.job_timeout", agent.job_timeout),
         ("agent.sweep_interval", agent.sweep_interval),
     ] {
         if value.is_zero() {
-            return Err(invalid(&format!("{key} must be longer than 0s")));
+            add(key, "must be longer than 0s".to_owned());
         }
     }
     if config.docker.memory.is_some_and(|m| m.0 < MIN_MEMORY) {
-        return Err(invalid("docker.memory must be at least 6m"));
+        add("docker.memory", "must be at least 6m".to_owned());
     }
-    if config
-        .docker
-        .allow_network_modes
-        .iter()
-        .any(|m| m.trim().is_empty())
-    {
-        return Err(invalid("docker.allow_network_modes has an empty entry"));
+    if (config.docker.allow_network_modes.iter()).any(|m| m.trim().is_empty()) {
+        add(
+            "docker.allow_network_modes",
+            "has an empty entry".to_owned(),
+        );
     }
     let token_variables: Vec<&str> = TOKEN_VARIABLES
         .iter()
@@ -175,38 +231,36 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
         ("agent.pass_env", &agent.pass_env),
         ("secrets.from_env", &config.secrets.from_env),
     ] {
-        if let Some(name) = names.iter().find(|n| !crate::collector::valid_env_name(n)) {
-            return Err(invalid(&format!(
-                "{key}: `{name}` is not an environment variable name"
-            )));
-        }
-        if let Some(name) = names.iter().find(|n| token_variables.contains(&n.as_str())) {
-            return Err(invalid(&format!(
-                "{key}: `{name}` holds one of dockhand's own tokens; no job may see it"
-            )));
+        for name in names {
+            if !crate::collector::valid_env_name(name) {
+                add(key, format!("`{name}` is not an environment variable name"));
+            } else if token_variables.contains(&name.as_str()) {
+                add(
+                    key,
+                    format!("`{name}` holds one of dockhand's own tokens; no job may see it"),
+                );
+            }
         }
     }
-    if let Some(name) = config
-        .secrets
-        .values
-        .keys()
-        .find(|n| !crate::collector::valid_env_name(n))
-    {
-        return Err(invalid(&format!(
-            "secrets.values: `{name}` is not an environment variable name"
-        )));
+    for name in config.secrets.values.keys() {
+        if !crate::collector::valid_env_name(name) {
+            add(
+                &format!("secrets.values.{name}"),
+                format!("`{name}` is not an environment variable name"),
+            );
+        }
     }
     if agent.name.is_empty() || agent.name.contains(['=', ',', ' ']) {
-        return Err(invalid(
-            "agent.name must be non-empty, without spaces, `=` or `,` (it labels Docker objects)",
-        ));
+        add(
+            "agent.name",
+            "must be non-empty, without spaces, `=` or `,` (it labels Docker objects)".to_owned(),
+        );
     }
-    if config
-        .docker
-        .cpus
-        .is_some_and(|c| !(c > 0.0 && c <= 1024.0))
-    {
-        return Err(invalid("docker.cpus must be a positive number of CPUs"));
+    if (config.docker.cpus).is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+        add(
+            "docker.cpus",
+            "must be a positive number of CPUs".to_owned(),
+        );
     }
     for dir in [
         &mut agent.workspace_root,
@@ -219,11 +273,8 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
         *dir = base.join(&*dir);
     }
     for (index, source) in config.sources.iter_mut().enumerate() {
-        let index = index + 1;
-        let problem = |message: String| AgentConfigError::Source {
-            file: file.to_owned(),
-            index,
-            message,
+        let mut problem = |field: &str, message: String| {
+            add(&format!("source[{index}].{field}"), message);
         };
         let timeout = match source {
             SourceConfig::Watch(watch) => watch.timeout,
@@ -231,43 +282,46 @@ fn check(config: &mut AgentConfig, base: &Path, file: &str) -> Result<(), AgentC
             SourceConfig::Http(_) => None,
         };
         if timeout.is_some_and(|t| t.is_zero()) {
-            return Err(problem("timeout must be longer than 0s".to_owned()));
+            problem("timeout", "must be longer than 0s".to_owned());
         }
         match source {
             SourceConfig::Watch(watch) => {
                 watch.path = base.join(&watch.path);
                 if !watch.path.is_dir() {
-                    return Err(problem(format!(
-                        "path {} is not a directory",
-                        watch.path.display()
-                    )));
+                    let shown = watch.path.display();
+                    problem("path", format!("{shown} is not a directory"));
                 }
             }
             SourceConfig::Http(http) => {
                 if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                    return Err(problem(format!(
-                        "url `{}` is not an http:// or https:// address",
-                        http.url
-                    )));
+                    let url = &http.url;
+                    problem(
+                        "url",
+                        format!("`{url}` is not an http:// or https:// address"),
+                    );
                 }
             }
             SourceConfig::Schedule(schedule) => {
-                CronTimes::parse(&schedule.cron, schedule.timezone.as_deref())
-                    .map_err(|e| problem(e.to_string()))?;
+                if let Err(e) = CronTimes::parse(&schedule.cron, schedule.timezone.as_deref()) {
+                    let field = match e {
+                        super::ScheduleError::Timezone(_) => "timezone",
+                        _ => "cron",
+                    };
+                    problem(field, e.to_string());
+                }
                 match (&mut schedule.path, &schedule.git) {
                     (Some(path), None) => *path = base.join(&*path),
                     (None, Some(_)) => {}
-                    _ => {
-                        return Err(problem(
-                            "a schedule needs exactly one of `path` and `git`".to_owned(),
-                        ));
-                    }
+                    _ => problem(
+                        "",
+                        "a schedule needs exactly one of `path` and `git`".to_owned(),
+                    ),
                 }
                 if schedule.reference.is_some() && schedule.git.is_none() {
-                    return Err(problem("`ref` goes with `git`".to_owned()));
+                    problem("ref", "`ref` goes with `git`".to_owned());
                 }
             }
         }
     }
-    Ok(())
+    layers.problems.extend(problems);
 }

@@ -3,6 +3,8 @@
 
 mod agent;
 mod cron;
+mod fields;
+mod layers;
 mod load;
 mod values;
 
@@ -11,5 +13,6 @@ pub use agent::{
     SecretsSection, SourceConfig, WatchSource,
 };
 pub use cron::{CronTimes, ScheduleError};
-pub use load::{AgentConfigError, LoadOptions, load};
+pub use layers::{Layers, Origin, Problem};
+pub use load::{AgentConfigError, LoadOptions, load, load_with_origins};
 pub use values::ByteSize;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerError, Engine, is_not_found};
-use crate::build::context::{self, DOCKERFILE_NAME};
+use crate::build::context::{self, ContextError, ContextStats, DOCKERFILE_NAME};
 use crate::build::{BuildKey, BuildRecords, DigestCache, why_rebuilt, write_manifest};
 use crate::collector::Image;
 use crate::events::{LogStream, StageLog};
@@ -173,12 +173,28 @@ impl Engine {
         let mut progress = Progress::default();
         let mut image_id = None;
         let mut failure = None;
+        // Taken once the whole context is sent, which is reported then: before the
+        // engine's output, which starts only after the engine has read it all.
+        let mut writer = Some(writer);
         loop {
+            let sending = async {
+                match writer.as_mut() {
+                    Some(writer) => writer.await,
+                    None => std::future::pending().await,
+                }
+            };
             let item = tokio::select! {
                 () = cancel.cancelled() => {
                     drop(stream);
-                    writer.abort();
+                    if let Some(writer) = writer {
+                        writer.abort();
+                    }
                     return Ok(BuildResult::Cancelled);
+                }
+                sent = sending => {
+                    writer = None;
+                    context_sent(sent, log, &mut failure).await;
+                    continue;
                 }
                 item = stream.next() => item,
             };
@@ -201,7 +217,10 @@ impl Engine {
                     break;
                 }
                 Some(Err(e)) => {
-                    let context = writer.await.ok().and_then(Result::err);
+                    let context = match writer {
+                        Some(writer) => writer.await.ok().and_then(Result::err),
+                        None => None,
+                    };
                     return match context {
                         Some(context_error) => Ok(failed(context_error.to_string())),
                         None => Err(DockerError::Api {
@@ -212,26 +231,8 @@ impl Engine {
                 }
             }
         }
-        match writer.await {
-            Ok(Ok(stats)) => {
-                let megabytes = stats.bytes as f64 / 1e6;
-                let packed = if stats.packed > 0 {
-                    format!(" ({} of them packed in archives)", stats.packed)
-                } else {
-                    String::new()
-                };
-                log.note(format!(
-                    "sent a context of {} entries, {megabytes:.1} MB{packed}",
-                    stats.entries
-                ))
-                .await;
-            }
-            Ok(Err(e)) => {
-                failure.get_or_insert_with(|| e.to_string());
-            }
-            Err(e) => {
-                failure.get_or_insert_with(|| format!("writing the context failed: {e}"));
-            }
+        if let Some(writer) = writer {
+            context_sent(writer.await, log, &mut failure).await;
         }
         if let Some(message) = failure {
             let message = message.trim_end().to_owned();
@@ -321,6 +322,36 @@ fn failed(message: String) -> BuildResult {
         message,
         step: None,
         tail: Vec::new(),
+    }
+}
+
+/// Notes how much context was sent, or keeps why sending it failed (unless the build
+/// failed first).
+async fn context_sent(
+    sent: Result<Result<ContextStats, ContextError>, tokio::task::JoinError>,
+    log: &StageLog,
+    failure: &mut Option<String>,
+) {
+    match sent {
+        Ok(Ok(stats)) => {
+            let megabytes = stats.bytes as f64 / 1e6;
+            let packed = if stats.packed > 0 {
+                format!(" ({} of them packed in archives)", stats.packed)
+            } else {
+                String::new()
+            };
+            log.note(format!(
+                "sent a context of {} entries, {megabytes:.1} MB{packed}",
+                stats.entries
+            ))
+            .await;
+        }
+        Ok(Err(e)) => {
+            failure.get_or_insert_with(|| e.to_string());
+        }
+        Err(e) => {
+            failure.get_or_insert_with(|| format!("writing the context failed: {e}"));
+        }
     }
 }
 

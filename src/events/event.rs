@@ -83,6 +83,10 @@ pub struct StageOutcome {
     pub image_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The last lines of a failed build's output, for a reader of the result alone (the
+    /// console and log show them in place already).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
 }
 
 impl StageOutcome {
@@ -92,6 +96,7 @@ impl StageOutcome {
             exit_code: None,
             image_id: None,
             message: None,
+            output_tail: Vec::new(),
         }
     }
 

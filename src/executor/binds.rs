@@ -33,18 +33,23 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn into_error(self, task: &str, mount: &Mount, workspace: &Path) -> PolicyError {
+    pub fn into_error(self, task: &str, mount: &Mount, sandbox: &Sandbox) -> PolicyError {
         let (task, host) = (task.to_owned(), mount.host.clone());
         match self {
             Refusal::Outside => PolicyError::MountOutside {
                 task,
                 host,
-                workspace: workspace.to_path_buf(),
+                workspace: sandbox.workspace.clone(),
+                knob: sandbox.widened_by.host_mounts(),
             },
             Refusal::Symlink(link) => PolicyError::MountThroughSymlink { task, host, link },
             Refusal::NotADirectory(path) => PolicyError::MountNotADirectory { task, host, path },
             Refusal::Special { path, kind } => PolicyError::MountSpecial { task, path, kind },
-            Refusal::DockerSocket => PolicyError::DockerSocket { task, host },
+            Refusal::DockerSocket => PolicyError::DockerSocket {
+                task,
+                host,
+                knob: sandbox.widened_by.docker_socket(),
+            },
             Refusal::Protected(dir) => PolicyError::MountProtected { task, host, dir },
             Refusal::Io { path, message } => PolicyError::MountUnreadable {
                 task,
@@ -332,7 +337,7 @@ pub async fn resolve_behind_gate<E: ContainerEngine>(
         for m in &mounts {
             let resolved = reach
                 .resolve(&m.host, Missing::Create)
-                .map_err(|refusal| refusal.into_error(&task, m, &sandbox.workspace))?;
+                .map_err(|refusal| refusal.into_error(&task, m, &sandbox))?;
             let read_only = m.read_only || resolved.forced_read_only;
             let mode = if read_only { ":ro" } else { "" };
             out.binds

@@ -544,16 +544,14 @@ async fn build_stage<E: ContainerEngine>(
             step,
             tail,
         } => {
-            let mut text = match &step {
+            let text = match &step {
                 Some(step) => format!("{message} (at {step})"),
                 None => message,
             };
-            if !tail.is_empty() {
-                log.note(format!("last lines of output:\n{}", tail.join("\n")))
-                    .await;
-                text.push_str(&format!("\n{}", tail.join("\n")));
+            StageOutcome {
+                output_tail: tail,
+                ..StageOutcome::new(StageStatus::Failed).with_message(text)
             }
-            StageOutcome::new(StageStatus::Failed).with_message(text)
         }
         BuildResult::Cancelled => StageOutcome::new(StageStatus::Cancelled),
     })

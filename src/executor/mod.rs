@@ -19,4 +19,4 @@ pub use engine::{ContainerEngine, Output};
 pub use job::{
     ContainerDefaults, ExecutorOptions, JobNetwork, JobOutcome, report_unrunnable, run_job,
 };
-pub use policy::{PolicyError, Sandbox, check_policy};
+pub use policy::{PolicyError, Sandbox, Widening, check_policy};

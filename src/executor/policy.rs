@@ -18,12 +18,13 @@ pub enum PolicyError {
     )]
     EnvUnset { task: String, name: String },
     #[error(
-        "task `{task}`: mount of {host} is outside the workspace {workspace} and not in allow_host_mounts"
+        "task `{task}`: mount of {host} is outside the workspace {workspace}; allowing it takes {knob}"
     )]
     MountOutside {
         task: String,
         host: PathBuf,
         workspace: PathBuf,
+        knob: &'static str,
     },
     #[error(
         "task `{task}`: mount of {host} goes through the symlink {link}; bind mounts may not pass through links"
@@ -68,22 +69,28 @@ pub enum PolicyError {
         path: String,
     },
     #[error(
-        "task `{task}`: image `{image}` publishes ports on the host ({ports}); that needs allow_published_ports"
+        "task `{task}`: image `{image}` publishes ports on the host ({ports}); that needs {knob}"
     )]
     PublishedPorts {
         task: String,
         image: String,
         ports: String,
+        knob: &'static str,
     },
-    #[error("task `{task}`: mounting the Docker socket {host} needs allow_docker_socket")]
-    DockerSocket { task: String, host: PathBuf },
+    #[error("task `{task}`: mounting the Docker socket {host} needs {knob}")]
+    DockerSocket {
+        task: String,
+        host: PathBuf,
+        knob: &'static str,
+    },
     #[error(
-        "task `{task}`: image `{image}` asks for network mode `{mode}`, which leaves the job's own network; it needs allow_network_modes = [\"{mode}\"]"
+        "task `{task}`: image `{image}` asks for network mode `{mode}`, which leaves the job's own network; it needs {knob}"
     )]
     NetworkMode {
         task: String,
         image: String,
         mode: String,
+        knob: String,
     },
 }
 
@@ -104,6 +111,49 @@ pub struct Sandbox {
     /// dockhand's own directories (results, caches, state) that no mount may reach; the
     /// part of one inside a mounted directory is hidden from the container.
     pub protected: Vec<PathBuf>,
+    /// Where this sandbox is widened, so a refusal names the setting its reader can change.
+    pub widened_by: Widening,
+}
+
+/// Where an operator widens the sandbox: agent.toml for agents and watch, flags for
+/// `dockhand run`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Widening {
+    #[default]
+    AgentConfig,
+    RunFlags,
+}
+
+impl Widening {
+    pub fn host_mounts(self) -> &'static str {
+        match self {
+            Widening::AgentConfig => "its directory in agent.toml's docker.allow_host_mounts",
+            Widening::RunFlags => "`--allow-host-mount DIR` with its directory",
+        }
+    }
+
+    pub fn docker_socket(self) -> &'static str {
+        match self {
+            Widening::AgentConfig => "agent.toml's docker.allow_docker_socket = true",
+            Widening::RunFlags => "`--allow-docker-socket`",
+        }
+    }
+
+    pub fn published_ports(self) -> &'static str {
+        match self {
+            Widening::AgentConfig => "agent.toml's docker.allow_published_ports = true",
+            Widening::RunFlags => "`--allow-published-ports`",
+        }
+    }
+
+    pub fn network_mode(self, mode: &str) -> String {
+        match self {
+            Widening::AgentConfig => {
+                format!("agent.toml's docker.allow_network_modes = [\"{mode}\"]")
+            }
+            Widening::RunFlags => format!("`--allow-network-mode {mode}`"),
+        }
+    }
 }
 
 impl Sandbox {
@@ -126,7 +176,7 @@ impl Sandbox {
         Reach::of(self)
             .resolve(&mount.host, Missing::Allow)
             .map(drop)
-            .map_err(|refusal| refusal.into_error(task, mount, &self.workspace))
+            .map_err(|refusal| refusal.into_error(task, mount, self))
     }
 }
 
@@ -180,6 +230,7 @@ pub fn check_policy(
                     } else {
                         ports.join(", ")
                     },
+                    knob: sandbox.widened_by.published_ports(),
                 });
             }
             let mode = image.run.network.mode.as_deref();
@@ -188,6 +239,7 @@ pub fn check_policy(
                     task: run.task.clone(),
                     image: image.name.clone(),
                     mode: mode.unwrap_or_default().to_owned(),
+                    knob: sandbox.widened_by.network_mode(mode.unwrap_or_default()),
                 });
             }
         }

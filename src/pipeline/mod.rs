@@ -377,7 +377,17 @@ async fn collect_in(
         workspace: Some(ws.dir.clone()),
     };
     match tokio::task::spawn_blocking(move || collect(&options)).await {
-        Ok(Ok(collected)) => Ok(Config::Owned(Box::new(collected))),
+        Ok(Ok(mut collected)) => {
+            // The job reads its snapshot; people know the files by where they edit them.
+            if let Origin::Path { path } = &job.origin {
+                for file in &mut collected.config.files {
+                    if let Ok(inside) = file.strip_prefix(&ws.dir) {
+                        *file = path.join(inside);
+                    }
+                }
+            }
+            Ok(Config::Owned(Box::new(collected)))
+        }
         Ok(Err(diagnostics)) => Err(Unrunnable::config(source_paths(
             &diagnostics.to_string(),
             &ws.dir,

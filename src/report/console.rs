@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Instant;
 
+use super::palette::Palette;
 use super::record::{JobRecord, status_word};
 use super::reporter::{Sink, SinkError, writing};
 use crate::events::{Event, LogStream};
@@ -20,6 +21,7 @@ pub struct Console<W: Write + Send> {
     /// The reader went away (`dockhand run | head`): nothing more is written, and the job
     /// and its other records go on.
     closed: bool,
+    palette: Palette,
 }
 
 /// The running stages, for the status line.
@@ -33,7 +35,7 @@ struct Progress {
 
 impl<W: Write + Send> Console<W> {
     /// `terminal`: whether `out` is one a person watches, which gets the status line.
-    pub fn new(out: W, terminal: bool) -> Self {
+    pub fn new(out: W, terminal: bool, palette: Palette) -> Self {
         let columns = std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.parse().ok())
@@ -47,6 +49,7 @@ impl<W: Write + Send> Console<W> {
                 ..Progress::default()
             }),
             closed: false,
+            palette,
         }
     }
 
@@ -184,7 +187,8 @@ impl<W: Write + Send> Console<W> {
                 }
             }
             Event::StageFinished { stage, outcome, .. } => {
-                writeln!(self.out, "{}", record.stages[*stage].outcome_line(outcome))?;
+                let line = record.stages[*stage].outcome_line(outcome, self.palette);
+                writeln!(self.out, "{line}")?;
                 if !outcome.status.passed()
                     && let Some(message) = &outcome.message
                 {
@@ -212,15 +216,18 @@ impl<W: Write + Send> Console<W> {
                         .map(|c| c.to_string())
                         .unwrap_or_default();
                     let time = s.seconds().map(|t| format!("{t:.1}s")).unwrap_or_default();
+                    let status = s.outcome.as_ref().map(|o| o.status);
+                    let word = format!("{:<9}", status_word(status));
                     writeln!(
                         self.out,
-                        "{:<w$}  {:<9}  {exit:>4}  {time:>7}",
+                        "{:<w$}  {}  {exit:>4}  {time:>7}",
                         s.label(),
-                        status_word(s.outcome.as_ref().map(|o| o.status)),
+                        self.palette.stage(status, &word),
                         w = self.width
                     )?;
                 }
-                writeln!(self.out, "{}", record.verdict_line(*status, *exit_code))?;
+                let verdict = record.verdict_line(*status, *exit_code, self.palette);
+                writeln!(self.out, "{verdict}")?;
                 if let Some(message) = &record.message {
                     writeln!(self.out, "    {message}")?;
                 }
@@ -254,7 +261,7 @@ mod tests {
 
     fn show(terminal: bool) -> String {
         let screen = Screen::default();
-        let mut console = Console::new(screen.clone(), terminal);
+        let mut console = Console::new(screen.clone(), terminal, Palette::PLAIN);
         let mut record = JobRecord::default();
         let events = [
             Event::JobStarted {

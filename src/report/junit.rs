@@ -56,10 +56,8 @@ impl JUnit {
     fn render(&self, record: &JobRecord) -> String {
         let mut cases = String::new();
         let (mut failures, mut errors, mut skipped) = (0, 0, 0);
-        let mut total = 0.0;
         for (index, stage) in record.stages.iter().enumerate() {
             let seconds = stage.seconds().unwrap_or(0.0);
-            total += seconds;
             let class = match stage.kind {
                 StageKind::Collect => "collect",
                 StageKind::Build => "build",
@@ -119,6 +117,8 @@ impl JUnit {
                 }
             }
         }
+        // Wall time: stages that ran in parallel overlap.
+        let total = record.seconds().unwrap_or(0.0);
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = write!(
             xml,
@@ -251,5 +251,43 @@ mod tests {
         tail.push("short\n");
         assert_eq!(tail.lines.back().map(String::as_str), Some("short\n"));
         assert!(tail.bytes <= TAIL_BYTES);
+    }
+
+    #[test]
+    fn the_suites_time_is_the_jobs_wall_time_not_the_sum_of_parallel_stages() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |s: u64| Timestamp(UNIX_EPOCH + Duration::from_secs(1_000 + s));
+        let mut record = JobRecord::default();
+        let stages = vec![
+            ("a".into(), StageKind::Build),
+            ("b".into(), StageKind::Build),
+        ];
+        let mut events = vec![Event::JobStarted {
+            job: "j".into(),
+            stages,
+            at: at(0),
+        }];
+        for stage in 0..2 {
+            events.push(Event::StageStarted { stage, at: at(0) });
+        }
+        for stage in 0..2 {
+            events.push(Event::StageFinished {
+                stage,
+                outcome: StageOutcome::new(StageStatus::Passed),
+                at: at(2),
+            });
+        }
+        events.push(Event::JobFinished {
+            status: crate::events::JobStatus::Succeeded,
+            exit_code: 0,
+            message: None,
+            at: at(2),
+        });
+        for event in &events {
+            record.apply(event);
+        }
+        let xml = JUnit::new("unused".into()).render(&record);
+        assert!(xml.contains(r#"skipped="0" time="2.000">"#), "{xml}");
+        assert!(xml.contains(r#"name="a" time="2.000""#), "{xml}");
     }
 }

@@ -13,6 +13,7 @@ use super::jsonl::JsonLines;
 use super::junit::JUnit;
 use super::mask::Masker;
 use super::metrics::StageMetrics;
+use super::palette::Palette;
 use super::record::JobRecord;
 use super::reporter::{Sink, report};
 use super::results::{JobInfo, ResultsDir};
@@ -26,8 +27,8 @@ const EVENT_BUFFER: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleOutput {
-    /// Prefixed lines and a summary table.
-    Lines,
+    /// Prefixed lines and a summary table, statuses in the palette's colours.
+    Lines(Palette),
     /// The event stream as JSON lines.
     Json,
 }
@@ -53,9 +54,9 @@ impl LocalReport {
         let results = ResultsDir::create(results_root, job_id, info)?;
         let dir = results.dir().to_path_buf();
         let console: Box<dyn Sink> = match console {
-            ConsoleOutput::Lines => {
+            ConsoleOutput::Lines(palette) => {
                 let terminal = io::IsTerminal::is_terminal(&io::stdout());
-                Box::new(Console::new(io::stdout(), terminal))
+                Box::new(Console::new(io::stdout(), terminal, palette))
             }
             ConsoleOutput::Json => Box::new(JsonLines::new(io::stdout())),
         };

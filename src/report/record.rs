@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::palette::Palette;
 use crate::events::{Event, JobStatus, StageKind, StageOutcome, StageStatus, Timestamp};
 use crate::exit_code::INFRASTRUCTURE;
 
@@ -36,7 +37,7 @@ impl StageRecord {
 
     /// `<== run test failed (exit code 3) in 1.2s`: the end of the stage's section, on the
     /// console and in log.txt.
-    pub fn outcome_line(&self, outcome: &StageOutcome) -> String {
+    pub fn outcome_line(&self, outcome: &StageOutcome, palette: Palette) -> String {
         let time = self
             .seconds()
             .map(|t| format!(" in {t:.1}s"))
@@ -46,7 +47,7 @@ impl StageRecord {
             .filter(|&c| c != 0)
             .map(|c| format!(" (exit code {c})"))
             .unwrap_or_default();
-        let status = status_word(Some(outcome.status));
+        let status = palette.stage(Some(outcome.status), status_word(Some(outcome.status)));
         format!("<== {} {status}{code}{time}", self.label())
     }
 }
@@ -121,19 +122,22 @@ impl JobRecord {
 impl JobRecord {
     /// `job 20261202-… failed in 3.1s (exit code 3)`: the job's last line, on the console
     /// and in log.txt.
-    pub fn verdict_line(&self, status: JobStatus, exit_code: u8) -> String {
-        let total = match (self.started_at, self.finished_at) {
-            (Some(a), Some(b)) => {
-                b.0.duration_since(a.0)
-                    .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
-                    .unwrap_or_default()
-            }
-            _ => String::new(),
-        };
-        let status = serde_json::to_value(status)
+    /// The job's wall time, once it has ended.
+    pub fn seconds(&self) -> Option<f64> {
+        let (start, end) = (self.started_at?, self.finished_at?);
+        end.0.duration_since(start.0).ok().map(|d| d.as_secs_f64())
+    }
+
+    pub fn verdict_line(&self, status: JobStatus, exit_code: u8, palette: Palette) -> String {
+        let total = self
+            .seconds()
+            .map(|t| format!(" in {t:.1}s"))
+            .unwrap_or_default();
+        let word = serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        let status = palette.job(status, &word);
         format!("job {} {status}{total} (exit code {exit_code})", self.job)
     }
 }

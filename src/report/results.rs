@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::palette::Palette;
 use super::record::{JobRecord, StageRecord};
 use super::reporter::{Sink, SinkError, writing};
 use crate::events::Event;
@@ -282,13 +283,13 @@ impl Sink for ResultsDir {
         let written = match event {
             Event::Log { stage, bytes, .. } => self.write_log(*stage, record, bytes),
             Event::StageFinished { stage, outcome, .. } => {
-                let line = record.stages[*stage].outcome_line(outcome);
+                let line = record.stages[*stage].outcome_line(outcome, Palette::PLAIN);
                 self.write_line(&line).and_then(|()| self.flush_output())
             }
             Event::JobFinished {
                 status, exit_code, ..
             } => {
-                let line = record.verdict_line(*status, *exit_code);
+                let line = record.verdict_line(*status, *exit_code, Palette::PLAIN);
                 if let Err(e) = self.write_line(&line) {
                     self.stop_output();
                     return Err(e);

@@ -70,6 +70,7 @@ impl Schedule {
             trigger,
             on_busy: source.overlap,
             remote: None,
+            build_cache: None,
         }
     }
 

@@ -14,8 +14,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::SourceEvent;
+use crate::build::cache_dir;
 use crate::config::WatchSource;
-use crate::job::{Job, Origin, new_job_id};
+use crate::job::{Job, Origin, new_job_id, workspace_root};
+use crate::util::off_runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -43,13 +45,55 @@ const DISTINCT_PATHS: usize = 10_000;
 /// Changes seen since the last job, shared with notify's thread.
 #[derive(Default)]
 struct Pending {
-    /// The first few changed paths, for the trigger.
+    /// Distinct changed paths in the order they first changed (one save makes several
+    /// events for one file), up to [`DISTINCT_PATHS`].
     paths: Vec<PathBuf>,
-    /// Distinct changed paths (one save makes several events for one file).
     seen: std::collections::HashSet<PathBuf>,
-    count: usize,
+    /// Those whose first event made them: gone again by the trigger, they were an
+    /// editor's or tool's temporary file, not a change.
+    created: std::collections::HashSet<PathBuf>,
+    /// Changed paths beyond those remembered.
+    uncounted: usize,
     /// Directories created since the watches were last added.
     new_dirs: Vec<PathBuf>,
+}
+
+impl Pending {
+    fn record(&mut self, path: PathBuf, created: bool) {
+        if self.seen.contains(&path) {
+            return;
+        }
+        if self.seen.len() == DISTINCT_PATHS {
+            self.uncounted += 1;
+            return;
+        }
+        if created {
+            self.created.insert(path.clone());
+        }
+        self.seen.insert(path.clone());
+        self.paths.push(path);
+    }
+
+    /// The trigger text for the changes that are still changes (relative to `root`), or
+    /// none when every one was a temporary file. Blocking: it looks at the files.
+    fn trigger(self, root: &Path) -> Option<String> {
+        let real: Vec<PathBuf> = (self.paths.into_iter())
+            .filter(|p| !self.created.contains(p) || p.symlink_metadata().is_ok())
+            .collect();
+        let count = real.len() + self.uncounted;
+        if count == 0 {
+            return None;
+        }
+        let mut trigger = (real.iter().take(TRIGGER_PATHS))
+            .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let named = real.len().min(TRIGGER_PATHS);
+        if count > named {
+            trigger.push_str(&format!(" and {} more", count - named));
+        }
+        Some(format!("change: {trigger}"))
+    }
 }
 
 /// Which paths count as changes.
@@ -181,17 +225,9 @@ pub async fn run_watch(
                             .new_dirs
                             .extend(changed.iter().filter(|p| p.is_dir()).cloned());
                     }
+                    let created = matches!(event.kind, EventKind::Create(_));
                     for path in changed {
-                        if pending.seen.contains(&path) {
-                            continue;
-                        }
-                        pending.count += 1;
-                        if pending.paths.len() < TRIGGER_PATHS {
-                            pending.paths.push(path.clone());
-                        }
-                        if pending.seen.len() < DISTINCT_PATHS {
-                            pending.seen.insert(path);
-                        }
+                        pending.record(path, created);
                     }
                 }
                 wake.notify_one();
@@ -202,6 +238,10 @@ pub async fn run_watch(
     };
     watch_tree(&mut watcher, &root, &relevance)?;
 
+    // As `dockhand run` in this checkout finds it, so neither rebuilds what the other built.
+    let config_root = root.join(&source.config);
+    let config_root = config_root.parent().unwrap_or(&root);
+    let build_cache = cache_dir(&workspace_root(config_root));
     let job = |trigger: String| Job {
         id: new_job_id(),
         stream: format!("watch:{}", root.display()),
@@ -213,6 +253,7 @@ pub async fn run_watch(
         trigger,
         on_busy: source.on_change,
         remote: None,
+        build_cache: Some(build_cache.clone()),
     };
     if tx
         .send(SourceEvent::Job(Box::new(job("start".to_owned()))))
@@ -229,30 +270,16 @@ pub async fn run_watch(
         if !quiet_for(source.debounce, &wake, &cancel).await {
             return Ok(());
         }
-        let Pending {
-            paths,
-            count,
-            new_dirs,
-            ..
-        } = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
-        for dir in new_dirs {
+        let mut changes = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in std::mem::take(&mut changes.new_dirs) {
             watch_tree(&mut watcher, &dir, &relevance)?;
         }
-        if count == 0 {
+        let checkout = root.clone();
+        let Some(trigger) = off_runtime(move || changes.trigger(&checkout)).await else {
             continue;
-        }
-        let mut trigger = paths
-            .iter()
-            .map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if count > paths.len() {
-            trigger.push_str(&format!(" and {} more", count - paths.len()));
-        }
+        };
         if tx
-            .send(SourceEvent::Job(Box::new(job(format!(
-                "change: {trigger}"
-            )))))
+            .send(SourceEvent::Job(Box::new(job(trigger))))
             .await
             .is_err()
         {
@@ -366,5 +393,34 @@ mod tests {
         ] {
             assert_eq!(relevance.counts(&r.join(path)), counts, "{path}");
         }
+    }
+
+    #[test]
+    fn a_temporary_file_gone_by_the_trigger_is_no_change() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join("main.rs"), "x").unwrap();
+        let mut changes = Pending::default();
+        changes.record(r.join("sed0hvPCY"), true);
+        changes.record(r.join("main.rs"), false);
+        changes.record(r.join("sed0hvPCY"), false);
+        changes.record(r.join("deleted.rs"), false);
+        assert_eq!(
+            changes.trigger(r).as_deref(),
+            Some("change: main.rs, deleted.rs"),
+            "a removed tracked file is a change; the editor's temporary file is not"
+        );
+        let mut only_temporary = Pending::default();
+        only_temporary.record(r.join(".main.rs.swp"), true);
+        assert_eq!(only_temporary.trigger(r), None);
+        let mut many = Pending::default();
+        for i in 0..5 {
+            std::fs::write(r.join(format!("f{i}")), "").unwrap();
+            many.record(r.join(format!("f{i}")), true);
+        }
+        assert_eq!(
+            many.trigger(r).as_deref(),
+            Some("change: f0, f1, f2 and 2 more")
+        );
     }
 }

@@ -102,7 +102,10 @@ fn the_docker_socket_needs_the_operator_even_by_its_own_path() {
     ));
     let refused = project.run(&["run"]);
     assert_eq!(refused.code, Some(200), "{refused}");
-    assert!(refused.stderr.contains("allow_docker_socket"), "{refused}");
+    assert!(
+        refused.stderr.contains("`--allow-docker-socket`"),
+        "names the flag: {refused}"
+    );
     let allowed = project.run(&["run", "--allow-docker-socket"]);
     assert_eq!(allowed.code, Some(0), "{allowed}");
     assert!(allowed.stdout.contains("/d.sock"), "{allowed}");

@@ -29,12 +29,13 @@ fn host_and_container_modes_are_refused_unless_allowed() {
             )),
             "{run}"
         );
-        assert!(run.stderr.contains("allow_network_modes"), "{run}");
+        let flag = format!("`--allow-network-mode {mode}`");
+        assert!(run.stderr.contains(&flag), "names the flag: {run}");
     }
     let harpoon = Project::new(&spelled("network_mode", "host"));
     let run = harpoon.run(&["run"]);
     assert_eq!(run.code, Some(200), "harpoon's spelling: {run}");
-    assert!(run.stderr.contains("allow_network_modes"), "{run}");
+    assert!(run.stderr.contains("--allow-network-mode host"), "{run}");
     let none = Project::new(&config("none"));
     let run = none.run(&["run"]);
     assert_eq!(run.code, Some(0), "`none` leaves nothing: {run}");
@@ -75,7 +76,7 @@ fn publishing_ports_on_the_host_needs_the_operator() {
         let refused = project.run(&["run"]);
         assert_eq!(refused.code, Some(200), "{refused}");
         assert!(
-            refused.stderr.contains("allow_published_ports"),
+            refused.stderr.contains("`--allow-published-ports`"),
             "{refused}"
         );
         let allowed = project.run(&["run", "--allow-published-ports"]);
@@ -107,7 +108,7 @@ images:
     let refused = project.run(&["run", "t"]);
     assert_eq!(refused.code, Some(200), "{refused}");
     assert!(
-        refused.stderr.contains("allow_published_ports") && refused.stderr.contains("`svc`"),
+        refused.stderr.contains("`--allow-published-ports`") && refused.stderr.contains("`svc`"),
         "{refused}"
     );
 }

@@ -224,6 +224,7 @@ fn job_from(
             log_flush: Duration::from_millis(identity.log_flush_ms.max(50)),
             log_chunk_max: identity.log_chunk_max.max(1024),
         }),
+        build_cache: None,
     })
 }
 

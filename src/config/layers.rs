@@ -1,0 +1,442 @@
+//! Where each agent.toml setting comes from — a position in the file, an environment
+//! variable, a `--set` flag, or the defaults — and which keys no layer may name. Problems
+//! are blamed on the layer that set the key, and `agent --check` shows each value's origin.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::agent::{
+    AgentConfig, AgentSection, DockerSection, HttpSource, ScheduleSource, SecretsSection,
+    WatchSource,
+};
+use super::fields::field_names;
+use crate::collector::closest;
+
+/// Where a setting (or a problem with it) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File {
+        file: String,
+        line: usize,
+        column: usize,
+    },
+    /// Somewhere in the file, where no position is known.
+    InFile(String),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File { file, line, column } => write!(f, "{file}:{line}:{column}"),
+            Origin::InFile(file) => f.write_str(file),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag `{flag}`"),
+        }
+    }
+}
+
+/// One problem with the settings, blamed on where the key was set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub at: Origin,
+    /// The key, as [`display_key`] writes it; none for the file as a whole.
+    pub key: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.at)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A key path as the `config` crate writes it (`agent.concurrency`, `source[0].cron`) for
+/// people: sources are numbered from 1, as `[[source]]` blocks are counted in the file.
+pub fn display_key(key: &str) -> String {
+    let Some(rest) = key.strip_prefix("source[") else {
+        return key.to_owned();
+    };
+    let Some((index, field)) = rest.split_once(']') else {
+        return key.to_owned();
+    };
+    let number = index.parse::<usize>().map_or(0, |i| i + 1);
+    match field.trim_start_matches('.') {
+        "" => format!("[[source]] #{number}"),
+        field => format!("[[source]] #{number} {field}"),
+    }
+}
+
+/// Every key set by the file, the environment and the flags, with where; and every key
+/// none of them may set.
+#[derive(Debug, Default)]
+pub struct Layers {
+    origins: BTreeMap<String, Origin>,
+    file: Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl Layers {
+    /// Where `key` was set last (flags over environment over file); the file as a whole,
+    /// or the defaults, when no layer names it.
+    pub fn origin(&self, key: &str) -> Origin {
+        let mut key = key;
+        loop {
+            if let Some(origin) = self.origins.get(key) {
+                return origin.clone();
+            }
+            match key.rfind(['.', '[']) {
+                Some(end) => key = &key[..end],
+                None => break,
+            }
+        }
+        self.file.clone().map_or(Origin::Default, Origin::InFile)
+    }
+
+    /// Where `key` was set, only when a layer names that very key.
+    pub fn set_at(&self, key: &str) -> Option<&Origin> {
+        self.origins.get(key)
+    }
+
+    /// A problem with the value of `key`, blamed on where it was set.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            at: self.origin(key),
+            key: Some(display_key(key)),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// Reads the file's keys with their positions; a syntax error is the file's problem.
+    /// Returns the file's text without its unknown keys, so the settings can still be
+    /// checked and every other problem reported at once.
+    pub fn read_file(&mut self, file: &Path, text: &str) -> String {
+        let name = file.display().to_string();
+        self.file = Some(name.clone());
+        let at = |span: Range<usize>| {
+            let (line, column) = line_column(text, span.start);
+            Origin::File {
+                file: name.clone(),
+                line,
+                column,
+            }
+        };
+        let root = match DeTable::parse(text) {
+            Ok(root) => root.into_inner(),
+            Err(e) => {
+                self.problems.push(Problem {
+                    at: e.span().map_or(Origin::InFile(name.clone()), &at),
+                    key: None,
+                    message: e.message().trim().to_owned(),
+                    help: None,
+                });
+                return text.to_owned();
+            }
+        };
+        let mut keys = Vec::new();
+        let mut unknown = Vec::new();
+        walk_file(&root, &mut keys, &mut unknown, &mut self.problems, &at);
+        for (key, span) in keys {
+            self.origins.insert(key, at(span));
+        }
+        if unknown.is_empty() {
+            return text.to_owned();
+        }
+        let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+            return text.to_owned();
+        };
+        for path in &unknown {
+            remove(&mut table, path);
+        }
+        toml::to_string(&table).unwrap_or_else(|_| text.to_owned())
+    }
+
+    /// Whether the `DOCKHAND__SECTION__KEY` variable `name` names a setting; an unknown
+    /// one is a problem.
+    pub fn read_env(&mut self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("DOCKHAND__") else {
+            return false;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        self.read_key(key, Origin::Env(name.to_owned()))
+    }
+
+    /// Whether the `--set key=value` flag names a setting; an unknown one is a problem.
+    pub fn read_flag(&mut self, key: &str, value: &str) -> bool {
+        self.read_key(key.to_owned(), Origin::Flag(format!("--set {key}={value}")))
+    }
+
+    fn read_key(&mut self, key: String, origin: Origin) -> bool {
+        if let Some(problem) = unknown_dotted(&key, &origin) {
+            self.problems.push(problem);
+            return false;
+        }
+        self.origins.insert(key, origin);
+        true
+    }
+
+    /// `text` (the merged settings printed as TOML) with each value's origin as a comment.
+    pub fn annotate(&self, text: &str) -> String {
+        let mut section = String::new();
+        let mut sources = 0;
+        let mut out = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed == "[[source]]" {
+                section = format!("source[{sources}]");
+                sources += 1;
+            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                section = name.to_owned();
+            }
+            out.push_str(line);
+            if let Some((key, _)) = trimmed.split_once(" = ") {
+                let path = format!("{section}.{}", key.trim_matches('"'));
+                match self.origins.get(&path) {
+                    Some(origin) => out.push_str(&format!("  # {origin}")),
+                    None => out.push_str("  # default"),
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Where an unknown key sits in the file: its section (or source entry) and its name.
+#[derive(Debug)]
+enum Unknown {
+    Root(String),
+    Section(String, String),
+    Source(usize, String),
+}
+
+fn remove(table: &mut toml::Table, path: &Unknown) {
+    match path {
+        Unknown::Root(key) => {
+            table.remove(key);
+        }
+        Unknown::Section(section, key) => {
+            if let Some(toml::Value::Table(section)) = table.get_mut(section) {
+                section.remove(key);
+            }
+        }
+        Unknown::Source(index, key) => {
+            if let Some(toml::Value::Array(sources)) = table.get_mut("source")
+                && let Some(toml::Value::Table(source)) = sources.get_mut(*index)
+            {
+                source.remove(key);
+            }
+        }
+    }
+}
+
+/// Collects the file's leaf keys (`section.key`, `source[N].key`) and reports unknown ones.
+fn walk_file(
+    root: &DeTable<'_>,
+    keys: &mut Vec<(String, Range<usize>)>,
+    unknowns: &mut Vec<Unknown>,
+    problems: &mut Vec<Problem>,
+    at: &dyn Fn(Range<usize>) -> Origin,
+) {
+    let mut unknown =
+        |key: &Spanned<std::borrow::Cow<'_, str>>, path: String, known: &[&str], place: Unknown| {
+            problems.push(unknown_key(key.get_ref(), path, known, at(key.span())));
+            unknowns.push(place);
+        };
+    for (section, value) in root {
+        let name = section.get_ref().as_ref();
+        match (name, value.get_ref()) {
+            ("source", DeValue::Array(entries)) => {
+                for (index, entry) in entries.iter().enumerate() {
+                    let prefix = format!("source[{index}]");
+                    keys.push((prefix.clone(), entry.span()));
+                    let DeValue::Table(table) = entry.get_ref() else {
+                        continue;
+                    };
+                    let kind = table.iter().find_map(|(k, v)| match v.get_ref() {
+                        DeValue::String(kind) if k.get_ref() == "kind" => Some(kind.as_ref()),
+                        _ => None,
+                    });
+                    let known = kind.and_then(source_fields);
+                    for (key, _) in table {
+                        let path = format!("{prefix}.{}", key.get_ref());
+                        if let Some(known) = known
+                            && key.get_ref() != "kind"
+                            && !known.contains(&key.get_ref().as_ref())
+                        {
+                            let place = Unknown::Source(index, key.get_ref().to_string());
+                            unknown(key, path.clone(), known, place);
+                        }
+                        keys.push((path, key.span()));
+                    }
+                }
+            }
+            (_, DeValue::Table(table)) if section_fields(name).is_some() => {
+                let known = section_fields(name).unwrap_or_default();
+                for (key, value) in table {
+                    let path = format!("{name}.{}", key.get_ref());
+                    if !known.contains(&key.get_ref().as_ref()) {
+                        let place = Unknown::Section(name.to_owned(), key.get_ref().to_string());
+                        unknown(key, path.clone(), known, place);
+                    }
+                    if let ("secrets", "values", DeValue::Table(values)) =
+                        (name, key.get_ref().as_ref(), value.get_ref())
+                    {
+                        for (value_key, _) in values {
+                            keys.push((
+                                format!("{path}.{}", value_key.get_ref()),
+                                value_key.span(),
+                            ));
+                        }
+                    }
+                    keys.push((path, key.span()));
+                }
+            }
+            _ if !field_names::<AgentConfig>().contains(&name) => {
+                let place = Unknown::Root(name.to_owned());
+                unknown(
+                    section,
+                    name.to_owned(),
+                    field_names::<AgentConfig>(),
+                    place,
+                );
+            }
+            _ => keys.push((name.to_owned(), section.span())),
+        }
+    }
+}
+
+fn section_fields(section: &str) -> Option<&'static [&'static str]> {
+    match section {
+        "agent" => Some(field_names::<AgentSection>()),
+        "docker" => Some(field_names::<DockerSection>()),
+        "secrets" => Some(field_names::<SecretsSection>()),
+        _ => None,
+    }
+}
+
+/// The keys of a `[[source]]` of `kind`, besides `kind`; none for an unknown kind (serde
+/// names the kinds).
+fn source_fields(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "http" => Some(field_names::<HttpSource>()),
+        "watch" => Some(field_names::<WatchSource>()),
+        "schedule" => Some(field_names::<ScheduleSource>()),
+        _ => None,
+    }
+}
+
+/// A `section.key` from the environment or a flag that names nothing.
+fn unknown_dotted(key: &str, origin: &Origin) -> Option<Problem> {
+    let (section, field) = key.split_once('.').unwrap_or((key, ""));
+    let root = field_names::<AgentConfig>();
+    if !root.contains(&section) {
+        return Some(unknown_key(section, key.to_owned(), root, origin.clone()));
+    }
+    let known = section_fields(section)?;
+    let field = field.split('.').next().unwrap_or_default();
+    (!known.contains(&field)).then(|| unknown_key(field, key.to_owned(), known, origin.clone()))
+}
+
+fn unknown_key(name: &str, path: String, known: &[&str], at: Origin) -> Problem {
+    Problem {
+        at,
+        key: Some(display_key(&path)),
+        message: format!("unknown key `{name}`"),
+        help: Some(match closest(name, known.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("known here: {}", known.join(", ")),
+        }),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_shown_with_sources_counted_from_one() {
+        assert_eq!(display_key("agent.concurrency"), "agent.concurrency");
+        assert_eq!(display_key("source[0].cron"), "[[source]] #1 cron");
+        assert_eq!(display_key("source[2]"), "[[source]] #3");
+        assert_eq!(display_key("source[0]kind"), "[[source]] #1 kind");
+    }
+
+    #[test]
+    fn every_unknown_key_is_found_with_its_position_and_a_near_miss() {
+        let mut layers = Layers::default();
+        let text = "[agent]\nconcurency = 2\n\n[dockr]\n\n[[source]]\nkind = \"watch\"\npath = \".\"\ndebounse = \"1s\"\n";
+        let known = layers.read_file(Path::new("agent.toml"), text);
+        assert_eq!(
+            known,
+            "[agent]\n\n[[source]]\nkind = \"watch\"\npath = \".\"\n"
+        );
+        let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "agent.toml:2:1: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?",
+                "agent.toml:4:2: dockr: unknown key `dockr`\n  help: did you mean `docker`?",
+                "agent.toml:9:1: [[source]] #1 debounse: unknown key `debounse`\n  help: did you mean `debounce`?",
+            ]
+        );
+        assert_eq!(
+            layers.origin("source[0].path").to_string(),
+            "agent.toml:8:1"
+        );
+    }
+
+    #[test]
+    fn environment_and_flags_are_blamed_for_their_own_keys() {
+        let mut layers = Layers::default();
+        assert!(!layers.read_env("DOCKHAND__AGENT__CONCURENCY"));
+        assert!(!layers.read_flag("docker.memroy", "1g"));
+        assert!(layers.read_flag("docker.memory", "1g"));
+        let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "environment variable DOCKHAND__AGENT__CONCURENCY: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?",
+                "flag `--set docker.memroy=1g`: docker.memroy: unknown key `memroy`\n  help: did you mean `memory`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn annotated_settings_name_each_values_origin() {
+        let mut layers = Layers::default();
+        layers.read_file(Path::new("a.toml"), "[agent]\nname = \"x\"\n");
+        layers.read_flag("agent.parallel", "3");
+        let text = "[agent]\nname = \"x\"\nparallel = 3\nconcurrency = 2\n\n[[source]]\nkind = \"watch\"\n";
+        assert_eq!(
+            layers.annotate(text),
+            "[agent]\nname = \"x\"  # a.toml:2:1\nparallel = 3  # flag `--set agent.parallel=3`\nconcurrency = 2  # default\n\n[[source]]\nkind = \"watch\"  # default\n"
+        );
+    }
+}
