@@ -48,6 +48,8 @@ pub mod exit_code;
 pub mod files;
 pub mod graph;
 pub mod job;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod protocol;

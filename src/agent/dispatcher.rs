@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::health::{self, LoopState, Probe};
 use super::networks::NetworkPool;
 use super::runner::{self, JobContext};
 use super::state::{Action, AgentState, StopLimits};
@@ -20,6 +21,7 @@ use crate::config::{AgentConfig, LoadOptions, SourceConfig, load};
 use crate::docker::Engine;
 use crate::events::JobStatus;
 use crate::exit_code;
+use crate::metrics::{SourceLabel, StatusLabel};
 use crate::pipeline::Finished;
 use crate::report::ConsoleOutput;
 use crate::signals::{Control, Signals};
@@ -43,6 +45,11 @@ pub enum AgentError {
     WorkspaceTaken { root: String },
     #[error("cannot lock the workspace root {root}: {cause}")]
     Lock { root: String, cause: std::io::Error },
+    #[error("agent.metrics_listen: cannot listen on {address}: {cause}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -51,7 +58,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::NoSources | AgentError::WorkspaceTaken { .. } => exit_code::CONFIG_ERROR,
-            AgentError::Lock { .. } => exit_code::INFRASTRUCTURE,
+            AgentError::Lock { .. } | AgentError::MetricsListen { .. } => exit_code::INFRASTRUCTURE,
         }
     }
 }
@@ -76,6 +83,7 @@ enum Input {
     Reload,
     Tick,
     GraceOver,
+    Probe(Probe),
 }
 
 pub struct Agent {
@@ -131,6 +139,16 @@ impl Agent {
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut tokens: HashMap<String, Cancel> = HashMap::new();
         let mut context = self.context(&root);
+        let metrics = crate::metrics::agent();
+        let (probes, mut probed) = health::probes();
+        if let Some(address) = self.settings.agent.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|cause| AgentError::MetricsListen { address, cause })?;
+            let cancel = root.token().child_token();
+            let (probes, engine) = (probes.clone(), self.engine.clone());
+            tokio::spawn(health::serve(listener, probes, engine, cancel));
+        }
 
         self.sweep(&HashSet::new()).await;
         let agent = &self.settings.agent;
@@ -178,9 +196,17 @@ impl Agent {
                 },
                 _ = tick.tick() => Input::Tick,
                 _ = sleep_until(deadline), if deadline.is_some() => Input::GraceOver,
+                Some(probe) = probed.recv() => Input::Probe(probe),
             };
             let actions = match input {
-                Input::Source(Some(SourceEvent::Job(job))) => state.submit(*job),
+                Input::Source(Some(SourceEvent::Job(job))) => {
+                    let source = trigger_source(&job);
+                    metrics
+                        .triggers
+                        .get_or_create(&SourceLabel { source })
+                        .inc();
+                    state.submit(*job)
+                }
                 Input::Source(Some(SourceEvent::Problem { stream, message })) => {
                     say(format!("{stream}: {message}"));
                     Vec::new()
@@ -189,15 +215,25 @@ impl Agent {
                 Input::Finished(result) => {
                     let id = match result {
                         Ok(finished) => {
+                            let status = finished.status.as_str();
+                            metrics
+                                .jobs_finished
+                                .get_or_create(&StatusLabel { status })
+                                .inc();
                             let cancelled =
                                 tokens.get(&finished.id).is_some_and(Cancel::is_cancelled);
-                            say(finished_line(&finished, cancelled));
+                            say_job(&finished.id, finished_line(&finished, cancelled));
                             tasks.retain(|_, job| *job != finished.id);
                             finished.id
                         }
                         Err((task, error)) => {
                             let id = tasks.remove(&task).unwrap_or_default();
-                            say(format!("job {id} failed inside the agent: {error}"));
+                            let status = "error";
+                            metrics
+                                .jobs_finished
+                                .get_or_create(&StatusLabel { status })
+                                .inc();
+                            say_job(&id, format!("job {id} failed inside the agent: {error}"));
                             id
                         }
                     };
@@ -224,6 +260,13 @@ impl Agent {
                     }
                     Vec::new()
                 }
+                Input::Probe(Probe(reply)) => {
+                    let _ = reply.send(LoopState {
+                        sources: sources.len(),
+                        draining: state.is_draining(),
+                    });
+                    Vec::new()
+                }
             };
             slots.send_if_modified(|free| {
                 let now = state.free_slots();
@@ -232,7 +275,10 @@ impl Agent {
             for action in actions {
                 match action {
                     Action::Start(job) => {
-                        say(format!("job {} ({}): {}", job.id, job.stream, job.trigger));
+                        say_job(
+                            &job.id,
+                            format!("job {} ({}): {}", job.id, job.stream, job.trigger),
+                        );
                         let token = root.child();
                         tokens.insert(job.id.clone(), token.clone());
                         let id = job.id.clone();
@@ -242,16 +288,16 @@ impl Agent {
                         tasks.insert(handle.id(), id);
                     }
                     Action::Cancel { job, reason } => {
-                        say(format!("job {job}: cancelling, {reason}"));
+                        say_job(&job, format!("job {job}: cancelling, {reason}"));
                         if let Some(token) = tokens.get(&job) {
                             token.cancel(CancelReason::Superseded);
                         }
                     }
                     Action::Drop { job, reason } => {
-                        say(format!(
-                            "job {} ({}) not run: {reason}",
-                            job.id, job.trigger
-                        ));
+                        say_job(
+                            &job.id,
+                            format!("job {} ({}) not run: {reason}", job.id, job.trigger),
+                        );
                     }
                     Action::StopSources { running, grace } => {
                         sources_cancel.cancel();
@@ -277,7 +323,9 @@ impl Agent {
                     }
                 }
             }
+            metrics.jobs_running.set(tokens.len() as i64);
         }
+        metrics.jobs_running.set(0);
         root.cancel(CancelReason::Shutdown);
         drain_sources(&mut sources).await;
         if tokio::time::timeout(CLEANUP_LIMIT, spares).await.is_err() {
@@ -481,9 +529,25 @@ fn finished_line(finished: &Finished, cancelled: bool) -> String {
     )
 }
 
-/// The agent's own messages go to stderr; job output goes to stdout.
+/// Which kind of source a job came from, for the metrics.
+fn trigger_source(job: &crate::job::Job) -> &'static str {
+    if job.remote.is_some() {
+        "http"
+    } else if job.stream.starts_with("schedule:") {
+        "schedule"
+    } else {
+        "watch"
+    }
+}
+
+/// The agent's own messages go to stderr (or the JSON log); job output goes to stdout.
 fn say(text: impl AsRef<str>) {
-    eprintln!("agent: {}", text.as_ref());
+    crate::logging::say("agent", None, text.as_ref());
+}
+
+/// A message about one job: in the JSON log it carries the job's id.
+fn say_job(job: &str, text: impl AsRef<str>) {
+    crate::logging::say("agent", Some(job), text.as_ref());
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! cleans up after jobs that are not running.
 
 mod dispatcher;
+mod health;
 mod networks;
 mod runner;
 mod state;

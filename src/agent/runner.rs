@@ -104,12 +104,12 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
             Some(name) => JobNetwork::Premade { name },
             None => JobNetwork::Create { driver },
         }),
-        warn: Box::new(move |warning| tracing::warn!("job {id}: {warning}")),
+        warn: Box::new(move |warning| tracing::warn!(job = id, "job {id}: {warning}")),
     };
     let finished = run.run(&cancel).await;
     // Not `unrunnable`: it is the job's own (unmasked) text, in its record already.
     if let Some(message) = &finished.message {
-        tracing::error!("job {}: {message}", finished.id);
+        tracing::error!(job = finished.id, "job {}: {message}", finished.id);
     }
     finished
 }

@@ -1,9 +1,11 @@
 //! Dispatch: parse arguments, set up logging, collect the config, run the subcommand.
 
 use crate::exit_code;
+use crate::logging::{self, LogFormat};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tracing_subscriber::filter::LevelFilter;
 
 use clap::FromArgMatches;
 
@@ -18,10 +20,15 @@ pub fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let command_name = matches.subcommand_name().unwrap_or_default().to_owned();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // The long-running commands report what they do; one-shot ones only their errors.
+    let (format, level) = match &cli.command {
+        Command::Server(args) => (args.log_format, LevelFilter::INFO),
+        Command::Agent { agent, .. } | Command::Watch { agent, .. } => {
+            (agent.log_format, LevelFilter::INFO)
+        }
+        _ => (LogFormat::Text, LevelFilter::ERROR),
+    };
+    logging::init(format, level);
     ExitCode::from(run(cli, &command_name))
 }
 

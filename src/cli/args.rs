@@ -276,6 +276,9 @@ pub struct AgentArgs {
     /// Any agent.toml key, e.g. `--set docker.memory=2g` (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     pub overrides: Vec<(String, String)>,
+    /// The agent's own log lines on stderr: text, or JSON objects for log shippers
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 fn cpus(text: &str) -> Result<f64, String> {
@@ -335,6 +338,9 @@ pub struct ServerArgs {
     /// Connections served at once; further ones wait to be accepted
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub max_connections: usize,
+    /// Log lines on stderr: text, or JSON objects for log shippers
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Where the job server is, and the admin token for it.

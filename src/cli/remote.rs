@@ -217,6 +217,14 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool, palette: Palette)
                 (Some(start), Some(end)) => format!("{:.1}s", (end - start) as f64 / 1000.0),
                 _ => String::new(),
             };
+            let waits = if job.no_agent {
+                format!(
+                    "  (no connected agent has labels: {})",
+                    job.spec.labels.join(",")
+                )
+            } else {
+                String::new()
+            };
             let state = job.state.as_str();
             rows.push(vec![
                 terminal::escape(&job.id).into_owned(),
@@ -225,7 +233,7 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool, palette: Palette)
                 started,
                 took,
                 job.log_bytes.to_string(),
-                terminal::escape(&from).into_owned(),
+                terminal::escape(&(from + &waits)).into_owned(),
             ]);
         }
         print(&table(rows));

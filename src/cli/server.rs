@@ -53,10 +53,11 @@ pub fn run(args: &ServerArgs) -> u8 {
         });
         let database = settings.database.clone();
         let served = serve(settings, shutdown, |address| {
-            eprintln!(
-                "server: listening on http://{address} (database {})",
+            let text = format!(
+                "listening on http://{address} (database {})",
                 database.display()
             );
+            crate::logging::say("server", None, &text);
         })
         .await;
         match served {

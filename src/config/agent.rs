@@ -50,6 +50,9 @@ pub struct AgentSection {
     /// Names of the agent's environment variables every job sees (with their values);
     /// jobs see nothing else of the agent's environment.
     pub pass_env: Vec<String>,
+    /// Where the agent serves `/healthz`, `/readyz` and `/metrics`; unset: nowhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentSection {
@@ -68,6 +71,7 @@ impl Default for AgentSection {
             shutdown_grace: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(300),
             pass_env: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

@@ -149,8 +149,14 @@ impl Engine {
         let build = image.build.clone();
         let tar_entries = entries.clone();
         let writer = tokio::task::spawn_blocking(move || context::write(&build, &tar_entries, tx));
+        let sent = &crate::metrics::agent().context_bytes;
         let body = futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|chunk| (chunk, rx))
+        })
+        .inspect(|chunk| {
+            if let Ok(bytes) = chunk {
+                sent.inc_by(bytes.len() as u64);
+            }
         });
 
         let mut options = BuildImageOptionsBuilder::default()

@@ -37,4 +37,16 @@ impl Engine {
         tracing::debug!(%address, api = %docker.client_version(), "connected to the Docker engine");
         Ok(Engine { docker, address })
     }
+
+    /// Whether the engine answers now (an agent's `/readyz`).
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker
+            .ping()
+            .await
+            .map(drop)
+            .map_err(|e| DockerError::Unreachable {
+                address: self.address.clone(),
+                cause: e.to_string(),
+            })
+    }
 }

@@ -44,7 +44,10 @@ pub enum DockerError {
 impl DockerError {
     fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
         let action = action.into();
-        move |cause| DockerError::Api { action, cause }
+        move |cause| {
+            crate::metrics::agent().docker_errors.inc();
+            DockerError::Api { action, cause }
+        }
     }
 }
 

@@ -29,6 +29,17 @@ pub enum StageKind {
     Run,
 }
 
+impl StageKind {
+    /// The name results and metrics give it (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Collect => "collect",
+            StageKind::Build => "build",
+            StageKind::Run => "run",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
@@ -103,6 +114,19 @@ pub enum JobStatus {
     Cancelled,
     TimedOut,
     Error,
+}
+
+impl JobStatus {
+    /// The name results and metrics give it (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Error => "error",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -274,6 +274,7 @@ impl JobRun<'_> {
             && let Err(e) = upload.finish(&record).await
         {
             tracing::warn!(
+                job = id,
                 "job {id}: the upload to the job server stopped ({e}); the next start resumes it"
             );
         }
@@ -281,7 +282,11 @@ impl JobRun<'_> {
             let kept = report.info.kept_workspace.as_ref();
             let keep = kept.and_then(|kept| kept.kept_for(Some(status)));
             if let Some(path) = ws.close(keep).await {
-                tracing::info!("job {id}: its workspace is kept at {}", path.display());
+                tracing::info!(
+                    job = id,
+                    "job {id}: its workspace is kept at {}",
+                    path.display()
+                );
             }
         }
         if let Some(keep) = report.keep_results {

@@ -249,6 +249,9 @@ pub struct JobView {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Queued, and no connected agent has all its labels: it waits for one that does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_agent: bool,
 }
 
 /// The answer to a submission (and to a push webhook that made a job).
@@ -296,6 +299,7 @@ mod tests {
             created_at: 1,
             started_at: Some(2),
             finished_at: None,
+            no_agent: false,
         };
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["state"], "running");

@@ -12,6 +12,7 @@ use super::event_file::EventFile;
 use super::jsonl::JsonLines;
 use super::junit::JUnit;
 use super::mask::Masker;
+use super::metrics::StageMetrics;
 use super::palette::Palette;
 use super::record::JobRecord;
 use super::reporter::{Sink, report};
@@ -61,7 +62,10 @@ impl LocalReport {
         };
         // The order sinks see the job's end in: a file that cannot be written then still
         // makes result.json and the console, last, say the job ended in error.
-        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JUnit::new(dir.join("junit.xml")))];
+        let mut sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(StageMetrics),
+            Box::new(JUnit::new(dir.join("junit.xml"))),
+        ];
         if event_file {
             sinks.push(Box::new(EventFile::create(&dir.join(EVENTS_FILE))?));
         }

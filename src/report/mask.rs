@@ -107,6 +107,8 @@ impl Masker {
     pub fn mask<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
         match &self.patterns {
             Some(patterns) if self.may_hold(text) && patterns.is_match(text) => {
+                let found = patterns.find_iter(text).count();
+                crate::metrics::agent().secrets_masked.inc_by(found as u64);
                 Cow::Owned(patterns.replace_all_bytes(text, &self.replacements))
             }
             _ => Cow::Borrowed(text),
@@ -142,6 +144,7 @@ impl Masker {
             }
             masked.extend_from_slice(&text[copied..found.start()]);
             masked.extend_from_slice(MASK.as_bytes());
+            crate::metrics::agent().secrets_masked.inc();
             copied = found.end();
             cut = cut.max(found.end());
         }
@@ -337,6 +340,16 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
 
     use super::*;
+
+    #[test]
+    fn each_masked_secret_is_counted() {
+        let (masker, _) = Masker::new(["hunter2-secret"]);
+        let counted = &crate::metrics::agent().secrets_masked;
+        let before = counted.get();
+        masker.mask(b"hunter2-secret and hunter2-secret");
+        masker.mask_head(b"hunter2-secret then more text to cut", 20);
+        assert!(counted.get() >= before + 3, "{before} -> {}", counted.get());
+    }
 
     #[test]
     fn values_lines_and_base64_are_masked() {

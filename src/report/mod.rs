@@ -8,6 +8,7 @@ mod jsonl;
 mod junit;
 mod local;
 mod mask;
+mod metrics;
 mod palette;
 mod record;
 mod reporter;

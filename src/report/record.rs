@@ -20,11 +20,7 @@ pub struct StageRecord {
 impl StageRecord {
     /// `build base`, `run test`.
     pub fn label(&self) -> String {
-        let kind = match self.kind {
-            StageKind::Collect => "collect",
-            StageKind::Build => "build",
-            StageKind::Run => "run",
-        };
+        let kind = self.kind.as_str();
         if self.kind == StageKind::Collect {
             kind.to_owned()
         } else {

@@ -16,15 +16,20 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::metrics::{Presence, Present, ServerMetrics, StateLabel, covered};
 use super::settings::ServerSettings;
 use super::store::{Accept, Finish, JobStore, LogAppend, Renew, StoreError};
+use crate::metrics::SourceLabel;
 use crate::protocol::{
     AcceptRequest, Accepted, ClaimRequest, Committed, ErrorBody, EventsAck, JobResult, JobSpec,
-    LeaseGone, LeaseRequest, Policy, Registered, Registration, SpecError, Submitted,
+    JobState, JobView, LeaseGone, LeaseRequest, Policy, Registered, Registration, SpecError,
+    Submitted,
 };
 
 /// How often a followed log looks for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long `/readyz` waits for the store before answering 503.
+const READY_WAIT: Duration = Duration::from_secs(2);
 /// The most log one follow event carries: a follower that starts late on a long log reads
 /// it in pieces instead of all at once.
 const FOLLOW_CHUNK: u64 = 1 << 20;
@@ -34,6 +39,9 @@ pub struct AppState<S> {
     pub settings: Arc<ServerSettings>,
     /// Woken when a job may be offered: a submission, an offer returned to the queue.
     pub jobs_waiting: Arc<Notify>,
+    pub metrics: Arc<ServerMetrics>,
+    /// The agents that claimed lately, for the metrics and a job's `no_agent`.
+    pub presence: Arc<Presence>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -42,6 +50,8 @@ impl<S> Clone for AppState<S> {
             store: self.store.clone(),
             settings: self.settings.clone(),
             jobs_waiting: self.jobs_waiting.clone(),
+            metrics: self.metrics.clone(),
+            presence: self.presence.clone(),
         }
     }
 }
@@ -62,7 +72,64 @@ pub fn router<S: JobStore>(state: AppState<S>) -> Router {
         .route("/api/v1/jobs/{id}/result", put(result::<S>))
         .route("/api/v1/jobs/{id}/cancel", post(cancel::<S>))
         .route("/api/v1/webhooks/{forge}", post(super::webhook::push::<S>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
         .with_state(state)
+}
+
+/// The process is up and serving.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The store answers (within [`READY_WAIT`]) and its schema is this build's: 503 with the
+/// reason otherwise.
+async fn readyz<S: JobStore>(State(state): State<AppState<S>>) -> Response {
+    let unready = match tokio::time::timeout(READY_WAIT, state.store.ready()).await {
+        Ok(Ok(())) => return "ready\n".into_response(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("the database did not answer within {READY_WAIT:?}"),
+    };
+    tracing::warn!("not ready: {unready}");
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{unready}\n")).into_response()
+}
+
+async fn metrics<S: JobStore>(State(state): State<AppState<S>>) -> ApiResult {
+    let stats = state.store.stats().await?;
+    let online = state.online(&stats.running_agents);
+    let text = state.metrics.scrape(&stats, &online);
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+impl<S: JobStore> AppState<S> {
+    /// The connected agents; `running_agents` hold running jobs.
+    fn online(&self, running_agents: &[String]) -> Vec<Present> {
+        self.presence
+            .online(self.settings.claim_wait, running_agents)
+    }
+
+    /// Marks the queued ones among `jobs` that no connected agent can take.
+    async fn mark_no_agent(&self, jobs: &mut [JobView]) -> Result<(), ApiError> {
+        if jobs.iter().all(|j| j.state != JobState::Queued) {
+            return Ok(());
+        }
+        let online = self.online(&self.store.stats().await?.running_agents);
+        for job in jobs.iter_mut().filter(|j| j.state == JobState::Queued) {
+            job.no_agent = !covered(&job.spec.labels, &online);
+        }
+        Ok(())
+    }
+
+    /// A new job is queued: counted, logged and offered.
+    pub fn submitted(&self, job: &str, source: &'static str) {
+        self.metrics
+            .submitted
+            .get_or_create(&SourceLabel { source })
+            .inc();
+        tracing::info!(job, source, "job submitted");
+        self.jobs_waiting.notify_waiters();
+    }
 }
 
 /// A refusal or failure, as a status and a JSON body naming it.
@@ -189,6 +256,14 @@ async fn register<S: JobStore>(
         _ => return Err(unauthorized()),
     }
     let (agent_id, agent_token) = state.store.register_agent(&body).await?;
+    tracing::info!(
+        agent = agent_id,
+        name = body.name,
+        version = body.version,
+        labels = ?body.labels,
+        capacity = body.capacity,
+        "agent registered"
+    );
     let s = &state.settings;
     let registered = Registered {
         agent_id,
@@ -219,6 +294,8 @@ async fn claim<S: JobStore>(
     if caller != agent_id {
         return Err(unauthorized());
     }
+    state.metrics.claims.inc();
+    state.presence.seen(&agent_id, &labels, body.free_slots);
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(state.settings.claim_wait);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -231,11 +308,14 @@ async fn claim<S: JobStore>(
                 .offer(&agent_id, &labels, state.settings.offer_ttl)
                 .await?
         {
+            state.metrics.offers.inc();
+            tracing::info!(job = offer.job_id, agent = agent_id, "job offered");
             return Ok(Json(offer).into_response());
         }
         tokio::select! {
             () = &mut arrived => {}
             () = tokio::time::sleep_until(deadline) => {
+                state.presence.seen(&agent_id, &labels, body.free_slots);
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
         }
@@ -258,12 +338,26 @@ async fn accept<S: JobStore>(
             job,
             lease,
             job_token,
-        } => Ok(Json(Accepted {
-            job: *job,
-            lease,
-            job_token,
-        })
-        .into_response()),
+            first,
+        } => {
+            if first {
+                let wait = job.started_at.unwrap_or(job.created_at) - job.created_at;
+                let wait = wait.max(0) as f64 / 1000.0;
+                state.metrics.queue_wait.observe(wait);
+                tracing::info!(
+                    job = job_id,
+                    agent = agent_id,
+                    queued_s = wait,
+                    "job accepted"
+                );
+            }
+            Ok(Json(Accepted {
+                job: *job,
+                lease,
+                job_token,
+            })
+            .into_response())
+        }
         Accept::Conflict => Err(refuse(
             StatusCode::CONFLICT,
             "the offer expired or was taken; claim again",
@@ -357,8 +451,31 @@ async fn result<S: JobStore>(
     Json(result): Json<JobResult>,
 ) -> ApiResult {
     require_job_token(&state, &headers, &job_id).await?;
+    // A replayed result is answered as recorded, but counted once.
+    let before = state.store.job(&job_id).await?;
     match state.store.finish(&job_id, &result).await? {
-        Finish::Recorded => Ok(StatusCode::OK.into_response()),
+        Finish::Recorded => {
+            if let Some(job) = before.filter(|j| j.state == JobState::Running) {
+                let ended = JobState::from_status(&result.status);
+                let ran = super::store::now_ms() - job.started_at.unwrap_or(job.created_at);
+                let ran = ran.max(0) as f64 / 1000.0;
+                state
+                    .metrics
+                    .job_duration
+                    .get_or_create(&StateLabel {
+                        state: ended.as_str(),
+                    })
+                    .observe(ran);
+                tracing::info!(
+                    job = job_id,
+                    state = ended.as_str(),
+                    exit_code = result.exit_code,
+                    ran_s = ran,
+                    "job finished"
+                );
+            }
+            Ok(StatusCode::OK.into_response())
+        }
         Finish::LogIncomplete { committed } => Err(ApiError::with(
             StatusCode::CONFLICT,
             &Committed {
@@ -396,7 +513,7 @@ async fn submit<S: JobStore>(
     require_admin(&state, &headers)?;
     let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
     let job_id = state.store.create_job(&spec).await?;
-    state.jobs_waiting.notify_waiters();
+    state.submitted(&job_id, "api");
     Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
@@ -412,7 +529,9 @@ async fn list<S: JobStore>(
 ) -> ApiResult {
     require_admin(&state, &headers)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(state.store.jobs(limit).await?).into_response())
+    let mut jobs = state.store.jobs(limit).await?;
+    state.mark_no_agent(&mut jobs).await?;
+    Ok(Json(jobs).into_response())
 }
 
 async fn detail<S: JobStore>(
@@ -422,7 +541,12 @@ async fn detail<S: JobStore>(
 ) -> ApiResult {
     require_admin(&state, &headers)?;
     match state.store.job(&job_id).await? {
-        Some(job) => Ok(Json(job).into_response()),
+        Some(job) => {
+            let mut jobs = [job];
+            state.mark_no_agent(&mut jobs).await?;
+            let [job] = jobs;
+            Ok(Json(job).into_response())
+        }
         None => Err(no_job()),
     }
 }
@@ -521,6 +645,7 @@ async fn cancel<S: JobStore>(
         .cancel(&job_id, "cancelled through the API")
         .await?
     {
+        tracing::info!(job = job_id, "job cancelled through the API");
         Ok(StatusCode::ACCEPTED.into_response())
     } else {
         Err(no_job())

@@ -4,6 +4,7 @@
 //! the database.
 
 mod api;
+mod metrics;
 mod serve;
 mod settings;
 mod store;
@@ -11,4 +12,7 @@ mod webhook;
 
 pub use serve::{ServeError, serve};
 pub use settings::{BuiltRepository, ServerSettings};
-pub use store::{Accept, Finish, JobStore, LogAppend, Renew, SqliteStore, StoreError, Stored};
+pub use store::{
+    Accept, Expired, Finish, JobStore, LogAppend, Renew, SqliteStore, StoreError, StoreStats,
+    Stored,
+};

@@ -53,9 +53,6 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Arc::new(SqliteStore::open(&settings.database).await?);
     let graced = store.grant_grace(settings.lease).await?;
-    if graced > 0 {
-        tracing::info!("{graced} running job(s): their agents have a lease's time to renew");
-    }
     let listener =
         TcpListener::bind(settings.listen)
             .await
@@ -68,17 +65,24 @@ pub async fn serve(
         store: store.clone(),
         settings: Arc::new(settings),
         jobs_waiting: Arc::new(Notify::new()),
+        metrics: Arc::default(),
+        presence: Arc::default(),
     };
     let expiry = tokio::spawn(expire_lapsed(state.clone(), shutdown.clone()));
     let (header_timeout, max_connections) = (
         state.settings.header_timeout,
         state.settings.max_connections,
     );
-    let app = router(state.clone()).layer(axum::middleware::from_fn_with_state(
-        state.settings.body_timeout,
-        read_body,
-    ));
+    let app = router(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.body_timeout,
+            read_body,
+        ))
+        .layer(axum::middleware::from_fn(access_log));
     ready(address);
+    if graced > 0 {
+        tracing::info!("{graced} running job(s): their agents have a lease's time to renew");
+    }
     let connections = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -163,6 +167,21 @@ async fn read_body(State(timeout): State<Duration>, request: Request, next: Next
     }
 }
 
+/// One debug line per request: method, path, status, time taken.
+async fn access_log(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
 async fn expire_lapsed<S: JobStore>(state: AppState<S>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
@@ -171,13 +190,17 @@ async fn expire_lapsed<S: JobStore>(state: AppState<S>, shutdown: CancellationTo
             _ = tick.tick() => {}
         }
         match state.store.expire().await {
-            Ok((returned, lost)) => {
-                if returned > 0 {
-                    tracing::info!("{returned} offer(s) lapsed; their jobs are queued again");
+            Ok(expired) => {
+                for job in &expired.returned {
+                    state.metrics.offers_lapsed.inc();
+                    tracing::info!(job, "the offer lapsed; the job is queued again");
+                }
+                if !expired.returned.is_empty() {
                     state.jobs_waiting.notify_waiters();
                 }
-                if lost > 0 {
-                    tracing::warn!("{lost} job(s) lost: their agents stopped renewing the lease");
+                for job in &expired.lost {
+                    state.metrics.jobs_lost.inc();
+                    tracing::warn!(job, "the lease lapsed: the job is lost");
                 }
             }
             Err(e) => tracing::error!("expiring offers and leases failed: {e}"),

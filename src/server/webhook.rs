@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
+use super::metrics::WebhookLabels;
 use super::store::JobStore;
 use crate::protocol::{JobSource, JobSpec, Submitted};
 
@@ -57,14 +58,41 @@ pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
+/// How a delivery ended, for the metrics and the log.
+type Delivered = (&'static str, Result<Response, ApiError>);
+
 pub async fn push<S: JobStore>(
     State(state): State<AppState<S>>,
     Path(forge): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let forge_label = match forge.as_str() {
+        "github" => "github",
+        "gitea" => "gitea",
+        _ => "other",
+    };
+    let (outcome, answer) = deliver(&state, &forge, &headers, &body).await;
+    state
+        .metrics
+        .webhooks
+        .get_or_create(&WebhookLabels {
+            forge: forge_label,
+            outcome,
+        })
+        .inc();
+    tracing::info!(forge = forge_label, outcome, "webhook delivery");
+    answer
+}
+
+async fn deliver<S: JobStore>(
+    state: &AppState<S>,
+    forge: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Delivered {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (signature, event, delivery) = match forge.as_str() {
+    let (signature, event, delivery) = match forge {
         "github" => (
             header("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=")),
             header("x-github-event"),
@@ -76,29 +104,36 @@ pub async fn push<S: JobStore>(
             header("x-gitea-delivery"),
         ),
         _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "forges: github, gitea",
-            ));
+            let refused = ApiError::new(StatusCode::NOT_FOUND, "forges: github, gitea");
+            return ("unknown_forge", Err(refused));
         }
     };
     let Some(secret) = &state.settings.webhook_secret else {
-        return Err(ApiError::new(
+        let refused = ApiError::new(
             StatusCode::NOT_FOUND,
             "webhooks are off: the server has no webhook secret",
-        ));
+        );
+        return ("disabled", Err(refused));
     };
-    if !signature.is_some_and(|s| signature_valid(secret, &body, s)) {
-        return Err(ApiError::new(
+    if !signature.is_some_and(|s| signature_valid(secret, body, s)) {
+        let refused = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong webhook signature",
-        ));
+        );
+        return ("bad_signature", Err(refused));
     }
+    let ignored =
+        |what: Value| Ok((StatusCode::OK, Json(json!({ "ignored": what }))).into_response());
     if event != Some("push") {
-        return Ok((StatusCode::OK, Json(json!({"ignored": event}))).into_response());
+        return ("ignored", ignored(json!(event)));
     }
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, &format!("payload: {e}")))?;
+    let payload: Value = match serde_json::from_slice(body) {
+        Ok(payload) => payload,
+        Err(e) => {
+            let refused = ApiError::new(StatusCode::BAD_REQUEST, &format!("payload: {e}"));
+            return ("invalid", Err(refused));
+        }
+    };
     let repository = &payload["repository"];
     let full_name = repository["full_name"].as_str().unwrap_or_default();
     let Some(built) = state
@@ -107,11 +142,11 @@ pub async fn push<S: JobStore>(
         .iter()
         .find(|r| r.full_name.eq_ignore_ascii_case(full_name))
     else {
-        return Ok((StatusCode::OK, Json(json!({"ignored": full_name}))).into_response());
+        return ("ignored", ignored(json!(full_name)));
     };
     let commit = payload["after"].as_str().unwrap_or_default();
     if payload["deleted"] == true || commit.chars().all(|c| c == '0') {
-        return Ok((StatusCode::OK, Json(json!({"ignored": "a deleted ref"}))).into_response());
+        return ("ignored", ignored(json!("a deleted ref")));
     }
     let spec = JobSpec {
         source: JobSource::Git {
@@ -136,22 +171,23 @@ pub async fn push<S: JobStore>(
             other => other,
         }
         .to_owned();
-        return Err(ApiError::invalid(&e));
+        return ("invalid", Err(ApiError::invalid(&e)));
     }
-    let mut keys = vec![format!("{forge}:body:{}", crate::util::sha256_hex(&body))];
+    let mut keys = vec![format!("{forge}:body:{}", crate::util::sha256_hex(body))];
     if let Some(delivery) = delivery {
         keys.push(format!("{forge}:id:{delivery}"));
     }
-    let (job_id, created) = state.store.create_job_once(&spec, &keys).await?;
+    let (job_id, created) = match state.store.create_job_once(&spec, &keys).await {
+        Ok(made) => made,
+        Err(e) => return ("error", Err(e.into())),
+    };
     if !created {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({ "job_id": job_id, "replayed": true })),
-        )
-            .into_response());
+        let answer = Json(json!({ "job_id": job_id, "replayed": true }));
+        return ("replayed", Ok((StatusCode::OK, answer).into_response()));
     }
-    state.jobs_waiting.notify_waiters();
-    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
+    state.submitted(&job_id, "webhook");
+    let answer = Json(Submitted { job_id });
+    ("created", Ok((StatusCode::CREATED, answer).into_response()))
 }
 
 #[cfg(test)]

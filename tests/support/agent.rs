@@ -44,6 +44,11 @@ impl AgentProcess {
     /// As `start`, under a given agent name (a restart of an earlier agent). The agent may
     /// register with the test job server.
     pub fn start_named(dir: &Path, args: &[&str], name: &str) -> AgentProcess {
+        Self::start_logging(dir, args, name, "warn")
+    }
+
+    /// As `start_named`, its log filtered by `rust_log` (`RUST_LOG`).
+    pub fn start_logging(dir: &Path, args: &[&str], name: &str, rust_log: &str) -> AgentProcess {
         require_engine();
         let name = name.to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
@@ -51,7 +56,7 @@ impl AgentProcess {
             .args(["--name", &name])
             .current_dir(dir)
             .env_remove("DOCKHAND_AGENT_CONFIG")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env("DOCKHAND_TOKEN", super::server::REGISTRATION)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

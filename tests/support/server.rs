@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -14,6 +15,8 @@ pub const ADMIN: &str = "admin-token-for-the-tests";
 pub struct Server {
     child: Child,
     pub url: String,
+    /// Its stderr, line by line, from the listening line on.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -40,8 +43,19 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
-        std::thread::spawn(move || for _ in stderr.lines() {});
-        Server { child, url }
+        let log = Arc::new(Mutex::new(vec![line.trim_end().to_owned()]));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server { child, url, log }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// `127.0.0.1:PORT`.

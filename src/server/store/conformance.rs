@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Accept, Finish, JobStore, LogAppend, Renew};
+use super::{Accept, Expired, Finish, JobStore, LogAppend, Renew};
 use crate::protocol::{JobResult, JobSpec, JobState, LogSummary, Registration};
 
 /// Long enough never to lapse during a test.
@@ -30,6 +30,8 @@ macro_rules! job_store_conformance {
             events_are_acknowledged_up_to_the_first_gap,
             webhook_deliveries_make_one_job,
             jobs_list_newest_first,
+            a_fresh_store_is_ready,
+            stats_count_jobs_by_state_and_labels,
         );
     };
     (@tests $factory:expr; $($rule:ident),* $(,)?) => {
@@ -86,12 +88,18 @@ async fn take<S: JobStore>(
             job,
             lease,
             job_token,
+            first: true,
         } => {
             assert_eq!(job.state, JobState::Running);
             Some((offer.job_id, lease.lease_id, job_token))
         }
         other => panic!("accepting a fresh offer: {other:?}"),
     }
+}
+
+/// (offers returned, jobs lost).
+fn counts(expired: Expired) -> (usize, usize) {
+    (expired.returned.len(), expired.lost.len())
 }
 
 async fn state<S: JobStore>(store: &S, job: &str) -> JobState {
@@ -155,9 +163,9 @@ pub async fn offers_lapse_back_to_the_queue<S: JobStore>(store: Arc<S>) {
     assert_eq!(offer.job_id, job);
     assert_eq!(state(&*store, &job).await, JobState::Offered);
     assert_eq!(store.offer(&second.0, &second.1, LONG).await.unwrap(), None);
-    assert_eq!(store.expire().await.unwrap(), (0, 0), "not yet");
+    assert_eq!(counts(store.expire().await.unwrap()), (0, 0), "not yet");
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(store.expire().await.unwrap(), (1, 0));
+    assert_eq!(counts(store.expire().await.unwrap()), (1, 0));
     assert_eq!(state(&*store, &job).await, JobState::Queued);
     let late = store
         .accept(&job, &offer.offer_id, &first.0, LONG)
@@ -176,7 +184,10 @@ pub async fn leases_renew_and_lapse<S: JobStore>(store: Arc<S>) {
     let offer = store.offer(&me.0, &me.1, LONG).await.unwrap().unwrap();
     let short = Duration::from_millis(300);
     let Accept::Accepted {
-        lease, job_token, ..
+        lease,
+        job_token,
+        first: true,
+        ..
     } = store
         .accept(&job, &offer.offer_id, &me.0, short)
         .await
@@ -189,6 +200,7 @@ pub async fn leases_renew_and_lapse<S: JobStore>(store: Arc<S>) {
     let Accept::Accepted {
         lease: replayed,
         job_token: same_token,
+        first: false,
         ..
     } = store
         .accept(&job, &offer.offer_id, &me.0, short)
@@ -205,14 +217,14 @@ pub async fn leases_renew_and_lapse<S: JobStore>(store: Arc<S>) {
             Renew::Renewed(renewal) => assert!(!renewal.cancel),
             other => panic!("renewing a live lease: {other:?}"),
         }
-        assert_eq!(store.expire().await.unwrap(), (0, 0));
+        assert_eq!(counts(store.expire().await.unwrap()), (0, 0));
     }
     match store.renew(&job, "lease-other", short).await.unwrap() {
         Renew::Gone { state } => assert_eq!(state, JobState::Running),
         other => panic!("another lease: {other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(store.expire().await.unwrap(), (0, 1));
+    assert_eq!(counts(store.expire().await.unwrap()), (0, 1));
     assert_eq!(state(&*store, &job).await, JobState::Lost);
     match store.renew(&job, &lease.lease_id, short).await.unwrap() {
         Renew::Gone { state } => assert_eq!(state, JobState::Lost),
@@ -427,4 +439,35 @@ pub async fn jobs_list_newest_first<S: JobStore>(store: Arc<S>) {
         (JobState::Queued, spec(&["b", "c"]), 0, None)
     );
     assert_eq!(store.job("job-none").await.unwrap(), None);
+}
+
+pub async fn a_fresh_store_is_ready<S: JobStore>(store: Arc<S>) {
+    store.ready().await.unwrap();
+}
+
+pub async fn stats_count_jobs_by_state_and_labels<S: JobStore>(store: Arc<S>) {
+    assert_eq!(store.stats().await.unwrap().jobs, []);
+    let gpu = store.create_job(&spec(&["gpu"])).await.unwrap();
+    store.create_job(&spec(&["gpu"])).await.unwrap();
+    store.create_job(&spec(&[])).await.unwrap();
+    let me = agent(&*store, &["gpu"]).await;
+    let (job, _, token) = take(&*store, &me, LONG).await.unwrap();
+    assert_eq!(job, gpu, "the oldest job is offered first");
+    assert!(store.job_token_valid(&job, &token).await.unwrap());
+    store.append_log(&job, 0, b"12345").await.unwrap();
+    let mut stats = store.stats().await.unwrap();
+    stats
+        .jobs
+        .sort_by_key(|(state, labels, _)| (state.as_str(), labels.clone()));
+    let gpu = vec!["gpu".to_owned()];
+    assert_eq!(
+        stats.jobs,
+        [
+            (JobState::Queued, vec![], 1),
+            (JobState::Queued, gpu.clone(), 1),
+            (JobState::Running, gpu, 1),
+        ]
+    );
+    assert_eq!(stats.log_bytes, 5);
+    assert_eq!(stats.running_agents, [me.0]);
 }

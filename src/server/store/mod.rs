@@ -36,6 +36,8 @@ pub enum StoreError {
     Random(String),
     #[error("stored job: {0}")]
     State(String),
+    #[error("database schema: {0}")]
+    Schema(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -62,6 +64,8 @@ pub enum Accept {
         job: Box<JobView>,
         lease: Lease,
         job_token: String,
+        /// False for a replay of an accept already answered.
+        first: bool,
     },
     /// The offer expired, was taken by another agent, or never existed.
     Conflict,
@@ -96,6 +100,27 @@ pub enum Finish {
     },
     NotRunning,
     NotFound,
+}
+
+/// What lapsed in one [`JobStore::expire`]: job ids.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Offered jobs queued again.
+    pub returned: Vec<String>,
+    /// Running jobs now `lost`.
+    pub lost: Vec<String>,
+}
+
+/// What the store holds, for the metrics: computed when asked, so it is right across
+/// restarts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Jobs by state and label set (the labels as submitted).
+    pub jobs: Vec<(JobState, Vec<String>, u64)>,
+    /// Log bytes committed, over all jobs.
+    pub log_bytes: u64,
+    /// The agents holding the running jobs' leases.
+    pub running_agents: Vec<String>,
 }
 
 /// Result of every store operation.
@@ -171,8 +196,8 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Stored<Renew>> + Send;
 
     /// Offers not accepted in time go back to the queue; running jobs whose lease lapsed
-    /// are `lost`. Returns (offers returned, jobs lost).
-    fn expire(&self) -> impl Future<Output = Stored<(u64, u64)>> + Send;
+    /// are `lost`.
+    fn expire(&self) -> impl Future<Output = Stored<Expired>> + Send;
 
     /// A queued or offered job ends `cancelled` at once; a running one is told on its next
     /// lease renewal. Returns false for an unknown job.
@@ -216,6 +241,13 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// The newest `limit` jobs, newest first.
     fn jobs(&self, limit: i64) -> impl Future<Output = Stored<Vec<JobView>>> + Send;
+
+    /// Whether the store answers and its schema is the one this build expects; the error
+    /// says why not (`/readyz`).
+    fn ready(&self) -> impl Future<Output = Stored<()>> + Send;
+
+    /// Counts for the metrics.
+    fn stats(&self) -> impl Future<Output = Stored<StoreStats>> + Send;
 }
 
 pub fn now_ms() -> i64 {

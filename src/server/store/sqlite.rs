@@ -12,7 +12,8 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::{
-    Accept, Finish, JobStore, LogAppend, Renew, StoreError, Stored, now_ms, random_hex, token_hash,
+    Accept, Expired, Finish, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored, now_ms,
+    random_hex, token_hash,
 };
 use crate::protocol::{
     JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
@@ -23,6 +24,9 @@ macro_rules! job_columns {
         "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at, started_at, finished_at FROM jobs"
     };
 }
+
+/// The schema this build expects (`migrations/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -62,7 +66,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!().run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         let fresh = random_hex()?;
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('job_token_secret', ?)")
             .bind(&fresh)
@@ -439,6 +443,7 @@ impl JobStore for SqliteStore {
             return Ok(Accept::Conflict);
         }
         Ok(Accept::Accepted {
+            first: !replay,
             job_token: self.job_token(job_id, offer_id),
             lease: Lease {
                 lease_id: lease.unwrap_or_default(),
@@ -470,7 +475,7 @@ impl JobStore for SqliteStore {
         .await?
         .rows_affected();
         if revived > 0 {
-            tracing::info!("job {job_id}: its agent is back; running again");
+            tracing::info!(job = job_id, "its agent is back; the job runs again");
         }
         Ok(())
     }
@@ -504,16 +509,19 @@ impl JobStore for SqliteStore {
         }))
     }
 
-    async fn expire(&self) -> Result<(u64, u64), StoreError> {
+    async fn expire(&self) -> Result<Expired, StoreError> {
         let now = now_ms();
-        let returned = sqlx::query(
+        let returned: Vec<String> = sqlx::query(
             "UPDATE jobs SET state = 'queued', agent_id = NULL, offer_id = NULL, offer_expires = NULL
-             WHERE state = 'offered' AND offer_expires <= ?",
+             WHERE state = 'offered' AND offer_expires <= ?
+             RETURNING id",
         )
         .bind(now)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?
-        .rows_affected();
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
         let lost: Vec<String> = sqlx::query(
             "UPDATE jobs SET state = 'lost', finished_at = ? WHERE state = 'running' AND lease_expires <= ?
              RETURNING id",
@@ -528,7 +536,7 @@ impl JobStore for SqliteStore {
         for job_id in &lost {
             self.forget_log_state(job_id);
         }
-        Ok((returned, lost.len() as u64))
+        Ok(Expired { returned, lost })
     }
 
     async fn cancel(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
@@ -642,6 +650,62 @@ impl JobStore for SqliteStore {
             .map(job_view)
             .collect()
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        // Takes the write lock, as a submit would: a database another process holds
+        // locked is not ready.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let applied: Vec<i64> =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        if let Some(missing) = MIGRATOR.iter().find(|m| !applied.contains(&m.version)) {
+            return Err(StoreError::Schema(format!(
+                "migration {} ({}) is not applied",
+                missing.version, missing.description
+            )));
+        }
+        if let Some(newer) = applied
+            .iter()
+            .find(|v| !MIGRATOR.iter().any(|m| m.version == **v))
+        {
+            return Err(StoreError::Schema(format!(
+                "migration {newer} is from a newer dockhand"
+            )));
+        }
+        tx.rollback().await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut stats = StoreStats::default();
+        for row in sqlx::query("SELECT state, labels, COUNT(*) FROM jobs GROUP BY state, labels")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            stats.jobs.push((
+                row.get::<String, _>(0).parse().map_err(StoreError::State)?,
+                serde_json::from_str(&row.get::<String, _>(1))?,
+                row.get::<i64, _>(2) as u64,
+            ));
+        }
+        stats.log_bytes = sqlx::query("SELECT COALESCE(SUM(log_committed), 0) FROM jobs")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>(0) as u64;
+        stats.running_agents = sqlx::query(
+            "SELECT DISTINCT agent_id FROM jobs WHERE state = 'running' AND agent_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        Ok(stats)
+    }
 }
 
 async fn insert_job(
@@ -675,6 +739,7 @@ fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
         created_at: row.get(7),
         started_at: row.get(8),
         finished_at: row.get(9),
+        no_agent: false,
     })
 }
 
@@ -781,7 +846,10 @@ mod tests {
             .await
             .unwrap();
         let held = store.log_state(&job);
-        assert_eq!(store.expire().await.unwrap(), (0, 1));
+        assert_eq!(
+            store.expire().await.unwrap().lost,
+            std::slice::from_ref(&job)
+        );
         assert!(
             !store.log_states.lock().unwrap().is_empty(),
             "an append in flight keeps it"

@@ -277,7 +277,10 @@ async fn refuse_job(
             .await
     };
     if let Err(e) = reported.await {
-        tracing::warn!("job {job_id}: reporting the refusal failed: {e}");
+        tracing::warn!(
+            job = job_id,
+            "job {job_id}: reporting the refusal failed: {e}"
+        );
     }
 }
 

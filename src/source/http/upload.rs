@@ -34,6 +34,34 @@ const EVENT_BATCH: usize = 500;
 /// Events read into memory at most; the rest wait in events.jsonl.
 const MAX_PENDING: usize = 4 * EVENT_BATCH;
 
+/// One upload's share of the agent's backlog gauges: the log bytes read and not yet
+/// committed (at most a chunk: the rest waits on disk unread) and the events read and not
+/// yet acknowledged; given back when the upload ends.
+#[derive(Default)]
+struct Owed {
+    bytes: i64,
+    events: i64,
+}
+
+impl Owed {
+    fn bytes(&mut self, now: usize) {
+        let gauge = &crate::metrics::agent().upload_backlog_bytes;
+        gauge.inc_by(now as i64 - std::mem::replace(&mut self.bytes, now as i64));
+    }
+
+    fn events(&mut self, now: usize) {
+        let gauge = &crate::metrics::agent().upload_backlog_events;
+        gauge.inc_by(now as i64 - std::mem::replace(&mut self.events, now as i64));
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.bytes(0);
+        self.events(0);
+    }
+}
+
 /// The running lease renewal and upload of one job.
 pub struct Upload {
     lease: JoinHandle<()>,
@@ -99,7 +127,11 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
             let _ = std::fs::remove_file(dir.join(REMOTE_FILE));
             continue;
         }
-        tracing::info!("resuming the upload of job {}", remote.job_id);
+        tracing::info!(
+            job = remote.job_id,
+            "resuming the upload of job {}",
+            remote.job_id
+        );
         let uploader = Uploader::new(remote, dir);
         let finished = Arc::new(OnceLock::from(Value::Null));
         if let Err(e) = uploader
@@ -155,9 +187,17 @@ async fn renew_lease(remote: RemoteJob, job: Cancel, stop: CancellationToken) {
                     job.cancel(CancelReason::Requested);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("renewing the lease of {}: {e}", remote.job_id),
+                Err(e) => tracing::warn!(
+                    job = remote.job_id,
+                    "renewing the lease of {}: {e}",
+                    remote.job_id
+                ),
             },
-            Err(e) => tracing::warn!("renewing the lease of {} failed: {e}", remote.job_id),
+            Err(e) => tracing::warn!(
+                job = remote.job_id,
+                "renewing the lease of {} failed: {e}",
+                remote.job_id
+            ),
         }
     }
 }
@@ -200,10 +240,11 @@ impl Uploader {
     ) -> Result<(), ClientError> {
         let mut log = LogSpool::new(self.dir.join("log.txt"));
         let mut events = EventSpool::new(self.dir.join(EVENTS_FILE));
+        let mut owed = Owed::default();
         loop {
             let done = finished.get().is_some();
-            self.upload_log(&mut log, cancel).await?;
-            events = self.upload_events(events, cancel).await?;
+            self.upload_log(&mut log, &mut owed, cancel).await?;
+            events = self.upload_events(events, &mut owed, cancel).await?;
             if done {
                 break;
             }
@@ -215,7 +256,7 @@ impl Uploader {
         }
         let record = finished.get().unwrap_or(&Value::Null);
         loop {
-            self.upload_log(&mut log, cancel).await?;
+            self.upload_log(&mut log, &mut owed, cancel).await?;
             let (answer, spool) = self.report_result(log, record, cancel).await?;
             log = spool;
             match answer {
@@ -235,6 +276,7 @@ impl Uploader {
     async fn upload_log(
         &self,
         log: &mut LogSpool,
+        owed: &mut Owed,
         cancel: &CancellationToken,
     ) -> Result<(), ClientError> {
         loop {
@@ -243,6 +285,7 @@ impl Uploader {
             let chunk = tokio::task::spawn_blocking(move || read_chunk(&path, offset, max))
                 .await
                 .unwrap_or_default();
+            owed.bytes(chunk.len());
             if chunk.is_empty() {
                 return Ok(());
             }
@@ -276,6 +319,7 @@ impl Uploader {
     async fn upload_events(
         &self,
         mut events: EventSpool,
+        owed: &mut Owed,
         cancel: &CancellationToken,
     ) -> Result<EventSpool, ClientError> {
         loop {
@@ -284,6 +328,7 @@ impl Uploader {
                 events
             })
             .await;
+            owed.events(events.pending.len());
             let batch: Vec<&Value> = events.pending.iter().take(EVENT_BATCH).collect();
             if batch.is_empty() {
                 return Ok(events);
@@ -303,6 +348,7 @@ impl Uploader {
                 .await?;
             let before = events.pending.len();
             events.acknowledge(answer.json::<EventsAck>()?.acked_seq);
+            owed.events(events.pending.len());
             if events.pending.len() == before {
                 return Ok(events);
             }
