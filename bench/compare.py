@@ -73,7 +73,18 @@ def trivial(runs, work):
         ("dockhand run", lambda: timed([DOCKHAND, "--no-harpoonrc", "run", "--results-dir", results], cwd=d)),
         ("docker build -q + docker run --rm", sh("docker build -q -t bench-trivial-cli . >/dev/null && docker run --rm bench-trivial-cli true", cwd=d)),
         ("docker run --rm (image already built)", lambda: timed(["docker", "run", "--rm", "bench-trivial-cli", "true"])),
+        ("docker run --rm on dockhand's isolated network", lambda: timed(["docker", "run", "--rm", "--network", isolated_network(), "bench-trivial-cli", "true"])),
     ])
+
+
+def isolated_network():
+    """The user-defined network dockhand runs one-shot tasks on (made by its first run)."""
+    names = subprocess.run(
+        ["docker", "network", "ls", "--filter", "label=dockhand.shared=isolated", "--format", "{{.Name}}"],
+        check=True, capture_output=True, text=True).stdout.split()
+    if not names:
+        sys.exit("no dockhand isolated network: dockhand run has not made it")
+    return names[0]
 
 
 def big_output(runs, work):
