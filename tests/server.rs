@@ -550,3 +550,78 @@ async fn following_a_job_exits_with_its_exit_code() {
     let followed = dockhand(&["logs", "-f", &queued]).await.unwrap();
     assert_eq!(followed.status.code(), Some(130), "{followed:?}");
 }
+
+/// `rerun` makes a new job with an ended job's spec (the API answers 409 for one still
+/// active); `rerun --wait` follows it like `submit --wait`.
+#[tokio::test]
+async fn an_ended_job_can_be_run_again_with_its_spec() {
+    let db = tempfile::tempdir().unwrap();
+    let server = Server::start(db.path(), &[]);
+    let api = Client::new(&server);
+    let url = server.url.clone();
+    let dockhand = |args: Vec<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        command
+            .args(args)
+            .args(["--server", &url])
+            .env("DOCKHAND_ADMIN_TOKEN", support::server::ADMIN)
+            .kill_on_drop(true);
+        command.output()
+    };
+    let first = api.submit(&["rerun-label"]).await;
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/jobs/{first}/rerun"),
+            Some(support::server::ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a queued job: {body}");
+    assert_eq!(api.cancel(&first).await, StatusCode::ACCEPTED);
+
+    let rerun = dockhand(vec!["rerun".into(), first.clone()]).await.unwrap();
+    assert_eq!(rerun.status.code(), Some(0), "{rerun:?}");
+    let second = String::from_utf8(rerun.stdout).unwrap().trim().to_owned();
+    assert_ne!(second, first);
+    let (_, original) = api.get(&format!("/api/v1/jobs/{first}")).await;
+    let (_, again) = api.get(&format!("/api/v1/jobs/{second}")).await;
+    assert_eq!(again["state"], "queued");
+    for field in ["source", "config", "tasks", "labels", "env"] {
+        assert_eq!(again[field], original[field], "{field}");
+    }
+
+    let missing = dockhand(vec!["rerun".into(), "job-nope".into()])
+        .await
+        .unwrap();
+    assert_ne!(missing.status.code(), Some(0));
+    assert_eq!(api.cancel(&second).await, StatusCode::ACCEPTED);
+    let waiting = tokio::spawn(dockhand(vec![
+        "rerun".into(),
+        "--wait".into(),
+        second.clone(),
+    ]));
+    let third = loop {
+        let (_, jobs) = api.get("/api/v1/jobs").await;
+        let queued = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["state"] == "queued");
+        if let Some(job) = queued {
+            break job["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(api.cancel(&third).await, StatusCode::ACCEPTED);
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("rerun --wait ends with its job")
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.status.code(), Some(130), "{waited:?}");
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        stderr.contains(&format!("job {third}")),
+        "the new id on stderr: {stderr}"
+    );
+}

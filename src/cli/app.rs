@@ -130,6 +130,7 @@ fn run(cli: Cli, command_name: &str) -> u8 {
             follow,
         } => remote::logs(server, job, *follow),
         Command::Cancel { server, job } => remote::cancel(server, job),
+        Command::Rerun { server, job, wait } => remote::rerun(server, job, *wait),
         Command::Init { dockerfile, name } => super::init::run(dockerfile.clone(), name.clone()),
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -142,6 +142,17 @@ pub enum Command {
         /// The job's id, as `submit` and `jobs` print it
         job: String,
     },
+    /// Run an ended job of the job server again: a new job with its spec; prints the id
+    Rerun {
+        #[command(flatten)]
+        server: ServerAddress,
+        /// The job's id, as `submit` and `jobs` print it
+        job: String,
+        /// Follow the new job's log until it ends and exit with its exit code (as `logs -f`);
+        /// its id goes to stderr
+        #[arg(long)]
+        wait: bool,
+    },
     /// Print a shell's completion script: `dockhand completions bash > /etc/bash_completion.d/dockhand`
     Completions {
         /// The shell

@@ -150,14 +150,40 @@ pub fn submit(args: &SubmitArgs) -> u8 {
                 "submitting",
             )
             .await?;
-        let submitted: Submitted = answer.json().map_err(|e| e.to_string())?;
-        if args.wait {
-            eprintln!("job {}", terminal::escape(&submitted.job_id));
-            return follow_log(&remote, &submitted.job_id).await;
-        }
-        outln!("{}", terminal::escape(&submitted.job_id));
-        Ok(exit_code::SUCCESS)
+        created(&remote, answer, args.wait).await
     }))
+}
+
+/// A new job with an ended job's spec, made by the server.
+pub fn rerun(server: &ServerAddress, job: &str, wait: bool) -> u8 {
+    let Some(runtime) = runtime::start(Threads::One) else {
+        return exit_code::INFRASTRUCTURE;
+    };
+    finish(runtime.block_on(async {
+        let remote = Remote::new(server);
+        let answer = remote
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/rerun"),
+                Body::None,
+                // As a submission: a retry could make two jobs.
+                Retry::Unsent,
+                "re-running",
+            )
+            .await?;
+        created(&remote, answer, wait).await
+    }))
+}
+
+/// Prints a created job's id, or follows its log with the id on stderr.
+async fn created(remote: &Remote, answer: Answer, wait: bool) -> Result<u8, String> {
+    let submitted: Submitted = answer.json().map_err(|e| e.to_string())?;
+    if wait {
+        eprintln!("job {}", terminal::escape(&submitted.job_id));
+        return follow_log(remote, &submitted.job_id).await;
+    }
+    outln!("{}", terminal::escape(&submitted.job_id));
+    Ok(exit_code::SUCCESS)
 }
 
 pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool, palette: Palette) -> u8 {

@@ -71,6 +71,7 @@ pub fn router<S: JobStore>(state: AppState<S>) -> Router {
         .route("/api/v1/jobs/{id}/events", post(events::<S>))
         .route("/api/v1/jobs/{id}/result", put(result::<S>))
         .route("/api/v1/jobs/{id}/cancel", post(cancel::<S>))
+        .route("/api/v1/jobs/{id}/rerun", post(rerun::<S>))
         .route("/api/v1/webhooks/{forge}", post(super::webhook::push::<S>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
@@ -515,6 +516,31 @@ async fn submit<S: JobStore>(
     let job_id = state.store.create_job(&spec).await?;
     state.submitted(&job_id, "api");
     Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
+}
+
+/// A new job with an ended job's spec, checked again against today's settings.
+async fn rerun<S: JobStore>(
+    State(state): State<AppState<S>>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    require_admin(&state, &headers)?;
+    let Some(job) = state.store.job(&job_id).await? else {
+        return Err(no_job());
+    };
+    if job.state.is_active() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            &format!("job {job_id} is {}; re-run it once it has ended", job.state),
+        ));
+    }
+    job.spec
+        .check(state.settings.allow_local_sources)
+        .map_err(|e| ApiError::invalid(&e))?;
+    let new_id = state.store.create_job(&job.spec).await?;
+    tracing::info!(job = new_id, rerun_of = job_id, "re-running a job");
+    state.submitted(&new_id, "rerun");
+    Ok((StatusCode::CREATED, Json(Submitted { job_id: new_id })).into_response())
 }
 
 #[derive(Deserialize)]
