@@ -46,7 +46,11 @@ pub fn json() -> bool {
 /// `info` event (with the job's id as `job` when there is one) when the log is JSON.
 pub fn say(who: &str, job: Option<&str>, text: &str) {
     match (json(), job) {
-        (false, _) => eprintln!("{who}: {text}"),
+        // A closed stderr (`agent 2>&1 | head`) must not end the agent.
+        (false, _) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "{who}: {text}");
+        }
         (true, Some(job)) => tracing::info!(target: "dockhand", job, "{text}"),
         (true, None) => tracing::info!(target: "dockhand", "{text}"),
     }

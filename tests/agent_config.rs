@@ -255,7 +255,7 @@ fn all_problems_are_reported_each_where_its_key_was_set() {
         shown,
         [
             format!("{file}:2:1: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?"),
-            "flag `--set docker.cpu=2`: docker.cpu: unknown key `cpu`\n  help: did you mean `cpus`?".to_owned(),
+            "flag `--set docker.cpu=…`: docker.cpu: unknown key `cpu`\n  help: did you mean `cpus`?".to_owned(),
             format!("{file}:3:1: agent.parallel: must be between 1 and 1024"),
             "environment variable DOCKHAND__DOCKER__MEMORY: docker.memory: must be at least 6m".to_owned(),
             format!("{file}:8:1: [[source]] #1 cron: cron `0 61 * * *`: the hour field `61` has 61, outside 0–23"),
@@ -271,6 +271,7 @@ fn check_prints_each_values_origin() {
     std::fs::write(dir.path().join("agent.toml"), "[agent]\nname = \"ci-1\"\n").unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
         .args(["agent", "--check", "--set", "agent.parallel=3"])
+        .args(["--set", "secrets.values.API_KEY=hunter2-in-a-flag"])
         .current_dir(dir.path())
         .env_remove("DOCKHAND_AGENT_CONFIG")
         .env("DOCKHAND__AGENT__CONCURRENCY", "4")
@@ -282,9 +283,13 @@ fn check_prints_each_values_origin() {
     for line in [
         format!("name = \"ci-1\"  # {file}:2:1"),
         "concurrency = 4  # environment variable DOCKHAND__AGENT__CONCURRENCY".to_owned(),
-        "parallel = 3  # flag `--set agent.parallel=3`".to_owned(),
+        "parallel = 3  # flag `--set agent.parallel=…`".to_owned(),
         "keep_results = 50  # default".to_owned(),
     ] {
         assert!(stdout.lines().any(|l| l == line), "{line:?} in\n{stdout}");
     }
+    assert!(
+        !stdout.contains("hunter2"),
+        "a secret from a flag stays hidden: {stdout}"
+    );
 }

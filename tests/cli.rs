@@ -483,4 +483,57 @@ fn init_writes_a_config_that_checks_and_never_overwrites() {
         text(&refused.stderr)
     );
     assert!(!heredoc.path().join("config.yml").exists());
+
+    // Names that would not check: a dot, the base image's own name, a stage's.
+    let odd = tempfile::tempdir().unwrap();
+    for (dir, dockerfile, image) in [
+        ("my.app", None, "my-app"),
+        ("nginx", Some("FROM nginx\nCOPY . /x\n"), "nginx-image"),
+        (
+            "base",
+            Some("\u{feff}FROM busybox:local AS base\nFROM base\n"),
+            "base-image",
+        ),
+    ] {
+        let dir = odd.path().join(dir);
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(text) = dockerfile {
+            std::fs::write(dir.join("Dockerfile"), text).unwrap();
+        }
+        let init = dockhand(&dir, &["init"]);
+        assert!(
+            text(&init.stderr).contains(&format!("image `{image}`")),
+            "{}",
+            text(&init.stderr)
+        );
+        let check = dockhand(&dir, &["check"]);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{image}: {}",
+            text(&check.stderr)
+        );
+    }
+    let endless = dockhand(odd.path(), &["init", "--dockerfile", "/dev/zero"]);
+    assert_ne!(endless.status.code(), Some(0), "a device is no Dockerfile");
+}
+
+/// A config's own text reaches the terminal with control characters escaped: a
+/// description cannot break `list`'s rows or colour the terminal.
+#[test]
+fn list_escapes_a_configs_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yml"),
+        "images:\n  app:\n    commands: [FROM busybox:local]\n    tasks:\n      t:\n        description: \"red \\e[31mtext\\nsecond line\"\n        options: {command: \"true\"}\n",
+    )
+    .unwrap();
+    let out = dockhand(dir.path(), &["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    assert!(
+        stdout.contains("red \\x1b[31mtext\\nsecond line"),
+        "{stdout}"
+    );
 }

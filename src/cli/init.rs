@@ -11,6 +11,9 @@ use crate::exit_code;
 
 const TEMPLATE: &str = include_str!("templates/config.yml.j2");
 
+/// A Dockerfile is a page or two; more is a mistake (`--dockerfile /dev/zero`).
+const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
+
 /// Where no Dockerfile says otherwise: an image most engines have or can pull.
 const STARTER: [&str; 3] = ["FROM debian:bookworm-slim", "WORKDIR /src", "COPY . /src"];
 
@@ -94,12 +97,21 @@ fn init(
     });
     let commands = match &dockerfile {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(dir.join(path)).map_err(|cause| InitError::Read {
+            let read = crate::files::read_limited(&dir.join(path), MAX_DOCKERFILE_BYTES);
+            let text = read
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|e| {
+                        let at = e.utf8_error().valid_up_to();
+                        let why = format!("not UTF-8 text (byte {at})");
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+                    })
+                })
+                .map_err(|cause| InitError::Read {
                     path: path.clone(),
                     cause,
                 })?;
-            instructions(&text).map_err(|(line, message)| InitError::Dockerfile {
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            instructions(text).map_err(|(line, message)| InitError::Dockerfile {
                 path: path.clone(),
                 line,
                 message,
@@ -121,11 +133,27 @@ fn init(
     let runs_itself = commands[last_from..]
         .iter()
         .any(|c| matches!(keyword(c).as_str(), "CMD" | "ENTRYPOINT"));
-    let name = image_name(&name.unwrap_or_else(|| {
+    let mut name = image_name(&name.unwrap_or_else(|| {
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }));
+    // A `FROM x` naming a config image is a dependency on it: the image must not be called
+    // after its own base or one of its stages.
+    let from_names: Vec<String> = (commands.iter())
+        .filter(|c| keyword(c) == "FROM")
+        .flat_map(|c| {
+            c.split_whitespace()
+                .skip(1)
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    while from_names.iter().any(|n| {
+        n == &name || n.rsplit('/').next().and_then(|n| n.split(':').next()) == Some(&name)
+    }) {
+        name.push_str("-image");
+    }
     let (task, description, command) = if runs_itself {
         ("run", "run the image's own command", None)
     } else {
@@ -165,13 +193,14 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
-/// An image name from a directory's: lower case, `[a-z0-9._-]`, `app` when nothing is left.
+/// An image name from a directory's: lower case, `[a-z0-9_-]` (a dot is no name part in
+/// config references), `app` when nothing is left.
 fn image_name(text: &str) -> String {
     let name: String = text
         .to_lowercase()
         .chars()
         .map(|c| match c {
-            'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+            'a'..='z' | '0'..='9' | '_' | '-' => c,
             _ => '-',
         })
         .collect();
@@ -190,6 +219,12 @@ fn instructions(text: &str) -> Result<Vec<String>, (usize, String)> {
     let mut current = String::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
+        if out.is_empty() && current.is_empty() && escape_directive(line) {
+            return Err((
+                index + 1,
+                "an `escape` parser directive changes how lines continue; write the instructions into config.yml by hand".to_owned(),
+            ));
+        }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -214,6 +249,16 @@ fn instructions(text: &str) -> Result<Vec<String>, (usize, String)> {
         out.push(current.trim_end().to_owned());
     }
     Ok(out)
+}
+
+/// `# escape=``: a parser directive, read only before the first instruction.
+fn escape_directive(line: &str) -> bool {
+    line.strip_prefix('#').is_some_and(|rest| {
+        rest.trim_start()
+            .to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("escape=")
+    })
 }
 
 /// `RUN <<EOF`, `COPY <<-"EOF" /x` (not a shell's `<<<` here-string).
@@ -244,6 +289,7 @@ mod tests {
                 "CMD [\"/app\"]",
             ]
         );
+        assert_eq!(instructions("# escape=`\nFROM x\n").unwrap_err().0, 1);
         let heredoc = "FROM x\nRUN <<EOF\necho hi\nEOF\n";
         assert_eq!(instructions(heredoc).unwrap_err().0, 2);
         assert!(instructions("FROM x\nRUN cat <<< \"word\"\n").is_ok());
@@ -253,6 +299,6 @@ mod tests {
     fn image_names_come_from_the_directory() {
         assert_eq!(image_name("My App!"), "my-app");
         assert_eq!(image_name("___"), "app");
-        assert_eq!(image_name("svc.v2"), "svc.v2");
+        assert_eq!(image_name("svc.v2"), "svc-v2");
     }
 }

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::output::{outln, print, table};
+use super::terminal;
 use crate::collector::{Collected, TaskAction};
 use crate::exit_code;
 use crate::plan::{Plan, Request};
@@ -38,6 +39,8 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
             labelled("from", &from.join(", ")),
             labelled("links", &links.join(", ")),
         ]
+        .into_iter()
+        .map(shown)
     });
     print(&table(images));
     outln!("tasks:");
@@ -54,6 +57,8 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
             format!("{action} {}", task.image),
             task.description.clone().unwrap_or_default(),
         ]
+        .into_iter()
+        .map(shown)
     });
     print(&table(tasks));
     outln!("pipeline:");
@@ -89,6 +94,12 @@ pub fn run(collected: &Collected, json: bool) -> u8 {
             exit_code::CONFIG_ERROR
         }
     }
+}
+
+/// A config's text on a terminal: control characters (a description's newline or escape
+/// sequence) as visible escapes, so each row stays one line.
+fn shown(text: String) -> String {
+    terminal::escape(&text).into_owned()
 }
 
 /// `from base` for a column that may be empty.

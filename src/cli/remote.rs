@@ -243,13 +243,13 @@ pub fn jobs(server: &ServerAddress, limit: u32, as_json: bool, palette: Palette)
                 (Some(start), Some(end)) => format!("{:.1}s", (end - start) as f64 / 1000.0),
                 _ => String::new(),
             };
-            let waits = if job.no_agent {
-                format!(
+            let waits = match (job.no_agent, job.spec.labels.is_empty()) {
+                (false, _) => String::new(),
+                (true, true) => "  (no agent is connected)".to_owned(),
+                (true, false) => format!(
                     "  (no connected agent has labels: {})",
-                    job.spec.labels.join(",")
-                )
-            } else {
-                String::new()
+                    terminal::escape(&job.spec.labels.join(","))
+                ),
             };
             let state = job.state.as_str();
             rows.push(vec![

@@ -32,6 +32,13 @@ pub enum Origin {
     Flag(String),
 }
 
+impl Origin {
+    /// `--set KEY=…`, never with the value (it may be a secret).
+    pub fn flag(key: &str) -> Origin {
+        Origin::Flag(format!("--set {key}=…"))
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -180,8 +187,9 @@ impl Layers {
     }
 
     /// Whether the `--set key=value` flag names a setting; an unknown one is a problem.
-    pub fn read_flag(&mut self, key: &str, value: &str) -> bool {
-        self.read_key(key.to_owned(), Origin::Flag(format!("--set {key}={value}")))
+    /// The origin names the key only: the value may be a secret.
+    pub fn read_flag(&mut self, key: &str) -> bool {
+        self.read_key(key.to_owned(), Origin::flag(key))
     }
 
     fn read_key(&mut self, key: String, origin: Origin) -> bool {
@@ -416,14 +424,14 @@ mod tests {
     fn environment_and_flags_are_blamed_for_their_own_keys() {
         let mut layers = Layers::default();
         assert!(!layers.read_env("DOCKHAND__AGENT__CONCURENCY"));
-        assert!(!layers.read_flag("docker.memroy", "1g"));
-        assert!(layers.read_flag("docker.memory", "1g"));
+        assert!(!layers.read_flag("docker.memroy"));
+        assert!(layers.read_flag("docker.memory"));
         let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             shown,
             [
                 "environment variable DOCKHAND__AGENT__CONCURENCY: agent.concurency: unknown key `concurency`\n  help: did you mean `concurrency`?",
-                "flag `--set docker.memroy=1g`: docker.memroy: unknown key `memroy`\n  help: did you mean `memory`?",
+                "flag `--set docker.memroy=…`: docker.memroy: unknown key `memroy`\n  help: did you mean `memory`?",
             ]
         );
     }
@@ -432,11 +440,11 @@ mod tests {
     fn annotated_settings_name_each_values_origin() {
         let mut layers = Layers::default();
         layers.read_file(Path::new("a.toml"), "[agent]\nname = \"x\"\n");
-        layers.read_flag("agent.parallel", "3");
+        layers.read_flag("agent.parallel");
         let text = "[agent]\nname = \"x\"\nparallel = 3\nconcurrency = 2\n\n[[source]]\nkind = \"watch\"\n";
         assert_eq!(
             layers.annotate(text),
-            "[agent]\nname = \"x\"  # a.toml:2:1\nparallel = 3  # flag `--set agent.parallel=3`\nconcurrency = 2  # default\n\n[[source]]\nkind = \"watch\"  # default\n"
+            "[agent]\nname = \"x\"  # a.toml:2:1\nparallel = 3  # flag `--set agent.parallel=…`\nconcurrency = 2  # default\n\n[[source]]\nkind = \"watch\"  # default\n"
         );
     }
 }

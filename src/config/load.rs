@@ -71,6 +71,9 @@ pub const TOKEN_VARIABLES: &[&str] = &[
 /// More jobs or stages at once than this is a typo, not a machine.
 const MAX_CONCURRENCY: usize = 1024;
 
+/// agent.toml is a page of settings; more is a mistake (`--agent-config /dev/zero`).
+const MAX_SETTINGS_BYTES: u64 = 1 << 20;
+
 /// The engine refuses memory limits below 6 MiB.
 const MIN_MEMORY: u64 = 6 << 20;
 
@@ -86,17 +89,27 @@ pub fn load_with_origins(
     let mut layers = Layers::default();
     let mut builder = Config::builder();
     if let Some(file) = &file {
-        let text = std::fs::read_to_string(file).map_err(|e| AgentConfigError {
-            problems: vec![Problem {
-                at: Origin::InFile(file.display().to_string()),
-                key: None,
-                message: match e.kind() {
-                    std::io::ErrorKind::NotFound => "no such file".to_owned(),
-                    _ => e.to_string(),
-                },
-                help: None,
-            }],
-        })?;
+        let text = crate::files::read_limited(file, MAX_SETTINGS_BYTES)
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|e| {
+                    let at = e.utf8_error().valid_up_to();
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("not UTF-8 text (byte {at})"),
+                    )
+                })
+            })
+            .map_err(|e| AgentConfigError {
+                problems: vec![Problem {
+                    at: Origin::InFile(file.display().to_string()),
+                    key: None,
+                    message: match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                        _ => e.to_string(),
+                    },
+                    help: None,
+                }],
+            })?;
         let known = layers.read_file(file, &text);
         builder = builder.add_source(File::from_str(&known, FileFormat::Toml));
     }
@@ -115,13 +128,13 @@ pub fn load_with_origins(
     }
     builder = builder.add_source(environment);
     for (key, value) in &options.overrides {
-        if !layers.read_flag(key, value) {
+        if !layers.read_flag(key) {
             continue;
         }
         builder = match builder.set_override(key.as_str(), value.as_str()) {
             Ok(builder) => builder,
             Err(e) => {
-                let origin = Origin::Flag(format!("--set {key}={value}"));
+                let origin = Origin::flag(key);
                 let message = e.to_string();
                 layers.problems.push(Problem {
                     at: origin,

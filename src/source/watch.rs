@@ -150,8 +150,10 @@ impl Relevance {
         let Ok(relative) = path.strip_prefix(&self.root) else {
             return false;
         };
-        let first = relative.components().next();
-        if first.is_some_and(|c| c.as_os_str() == ".git" || c.as_os_str() == ".dockhand") {
+        // dockhand's state beside a config in a subdirectory (its build cache) is no change
+        // either, nor a nested repository's `.git`.
+        if (relative.components()).any(|c| c.as_os_str() == ".git" || c.as_os_str() == ".dockhand")
+        {
             return false;
         }
         if self.own_dirs.iter().any(|d| path.starts_with(d)) {
@@ -389,6 +391,7 @@ mod tests {
             ("local.txt", true),
             (".git/index", false),
             (".dockhand/results/x", false),
+            ("sub/.dockhand/cache/digests.tsv", false),
             ("work/job/file", false),
         ] {
             assert_eq!(relevance.counts(&r.join(path)), counts, "{path}");
