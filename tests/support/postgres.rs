@@ -1,7 +1,7 @@
 //! A real PostgreSQL 15 for tests: one server per test binary, started on first use from
 //! Debian's binaries (`scripts/ensure-postgres` installs them) on a free port of 127.0.0.1
 //! in a temporary directory, stopped and removed when the binary exits, panicking tests
-//! included; every caller gets a fresh database. Also compiled into the library's tests
+//! included; every caller gets a fresh database. Blocking: it runs PostgreSQL's programs. Also compiled into the library's tests
 //! (the store conformance suite), so it needs nothing from `tests/support`.
 
 use std::path::{Path, PathBuf};
@@ -18,25 +18,25 @@ struct Cluster {
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The URL of a new, empty database on this binary's server.
-pub async fn fresh_database() -> String {
+pub fn fresh_database() -> String {
     let port = CLUSTER.get_or_init(start).port;
-    let name = format!("test_{}", hex::encode(rand_bytes()));
-    let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL at {admin}: {e}"));
-    // The name is ours: hex digits after a fixed prefix.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("postgres://postgres@127.0.0.1:{port}/{name}")
-}
-
-fn rand_bytes() -> [u8; 8] {
     let mut bytes = [0; 8];
     getrandom::fill(&mut bytes).unwrap();
-    bytes
+    let name = format!("test_{}", hex::encode(bytes));
+    let created = run(
+        Command::new(Path::new(BIN).join("createdb")).args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            &name,
+        ]),
+        "creating a test database",
+    );
+    created.unwrap_or_else(|e| panic!("{e}"));
+    format!("postgres://postgres@127.0.0.1:{port}/{name}")
 }
 
 /// As the `postgres` user: PostgreSQL refuses to run as root.

@@ -57,7 +57,10 @@ impl PgStore {
     /// Connects to `url` (`postgres://…`), migrates the database, and listens for jobs
     /// submitted through any replica: each wakes `jobs_waiting`.
     pub async fn connect(url: &str, jobs_waiting: Arc<Notify>) -> Stored<PgStore> {
-        let options: PgConnectOptions = url.parse()?;
+        // Notices ("already exists, skipping" at each start) are not the operator's business.
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -649,9 +652,82 @@ mod tests {
     use super::*;
 
     async fn fresh() -> (PgStore, ()) {
-        let url = test_postgres::fresh_database().await;
+        let url = test_postgres::fresh_database();
         (PgStore::connect(&url, Arc::default()).await.unwrap(), ())
     }
 
     crate::job_store_conformance!(fresh);
+
+    fn spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({"source": {"path": "/x"}})).unwrap()
+    }
+
+    async fn agent(store: &PgStore) -> String {
+        let registration = Registration {
+            name: "a".into(),
+            version: "0".into(),
+            labels: Vec::new(),
+            capacity: 1,
+        };
+        store.register_agent(&registration).await.unwrap().0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_holder_of_the_ticker_lock_expires() {
+        let url = test_postgres::fresh_database();
+        let store = PgStore::connect(&url, Arc::default()).await.unwrap();
+        let job = store.create_job(&spec()).await.unwrap();
+        let me = agent(&store).await;
+        let short = Duration::from_millis(10);
+        store.offer(&me, &[], short).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LEASE_TICKER_LOCK)
+            .execute(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(store.expire().await.unwrap(), Expired::default());
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LEASE_TICKER_LOCK)
+            .execute(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(store.expire().await.unwrap().returned, [job]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_logs_digests_and_wake_ups() {
+        let url = test_postgres::fresh_database();
+        let woken = Arc::new(Notify::new());
+        let a = PgStore::connect(&url, Arc::default()).await.unwrap();
+        let b = PgStore::connect(&url, woken.clone()).await.unwrap();
+        let wake = woken.notified();
+        let job = a.create_job(&spec()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), wake)
+            .await
+            .expect("a job created through A wakes B's claims");
+        let me = agent(&a).await;
+        let offer = b.offer(&me, &[], Duration::from_secs(60)).await.unwrap();
+        let offer = offer.unwrap().offer_id;
+        let accepted = a.accept(&job, &offer, &me, Duration::from_secs(60));
+        assert!(matches!(accepted.await.unwrap(), Accept::Accepted { .. }));
+        assert_eq!(
+            a.append_log(&job, 0, b"from A, ").await.unwrap(),
+            LogAppend::Committed(8)
+        );
+        assert_eq!(
+            b.append_log(&job, 8, b"then B\n").await.unwrap(),
+            LogAppend::Committed(15)
+        );
+        assert_eq!(a.read_log(&job, 5, 6).await.unwrap().unwrap(), b"A, the");
+        let log = b"from A, then B\n";
+        let result: JobResult = serde_json::from_value(serde_json::json!({
+            "status": "succeeded", "exit_code": 0, "started_at": null, "finished_at": null,
+            "log": {"bytes": log.len(), "sha256": crate::util::sha256_hex(log)}}))
+        .unwrap();
+        assert_eq!(a.finish(&job, &result).await.unwrap(), Finish::Recorded);
+    }
 }
