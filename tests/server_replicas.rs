@@ -1,6 +1,7 @@
 //! Two server replicas on one PostgreSQL database (a real PostgreSQL 15, see
 //! tests/support/postgres.rs): a job submitted to one wakes a claim waiting on the other,
-//! either replica takes the job's lease renewals, log chunks and result, and serves its log.
+//! either replica takes the job's lease renewals, log chunks and result, and serves its log;
+//! real agents listing both replicas run every job exactly once while one is SIGKILLed.
 
 mod support;
 
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::server::{Client, Server};
+use support::agent::{AgentProcess, checkout};
+use support::server::{ADMIN, Client, Server, sha256_hex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_submitted_to_one_replica_runs_through_either() {
@@ -103,4 +105,88 @@ async fn an_offer_lapses_through_whichever_replica_ticks() {
         (status, again["job_id"].clone()),
         (StatusCode::OK, json!(job))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_jobs_run_exactly_once_through_a_replicas_death() {
+    let flags = ["--allow-local-sources"];
+    let mut a = Server::start_postgres(&flags);
+    let b = Server::replica(&a, &flags);
+    let api = Client::new(&b);
+    let project = checkout("echo ran\n");
+    let agents: Vec<_> = (0..3)
+        .map(|i| {
+            let urls = if i == 1 { [&b.url, &a.url] } else { [&a.url, &b.url] };
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("agent.toml"),
+                format!(
+                    "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n[[source]]\nkind = \"http\"\n\
+                     url = [\"{}\", \"{}\"]\nallow_local_sources = true\n",
+                    urls[0], urls[1]
+                ),
+            )
+            .unwrap();
+            let agent = AgentProcess::start(dir.path(), &["agent"]);
+            (dir, agent)
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for _ in 0..500 {
+        let (status, body) = api
+            .post(
+                "/api/v1/jobs",
+                Some(ADMIN),
+                json!({"source": {"path": project.path()}, "tasks": ["show"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        jobs.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    api.wait_job(&jobs[100], |j| j["state"] == "succeeded")
+        .await;
+    let address = a.address();
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _a = Server::replica_at(&a, &address, &flags);
+    for job in &jobs {
+        let detail = api
+            .wait_job(job, |j| {
+                j["state"] != "queued" && j["state"] != "offered" && j["state"] != "running"
+            })
+            .await;
+        assert_eq!(detail["state"], "succeeded", "{detail}");
+    }
+    let mut ran: Vec<String> = Vec::new();
+    for (dir, agent) in &agents {
+        agent.wait_for("its last job", Duration::from_secs(60), |lines| {
+            lines
+                .iter()
+                .filter(|l| l.contains(" succeeded (exit code 0)"))
+                .count()
+                == lines.iter().filter(|l| l.contains("): job job-")).count()
+        });
+        for entry in std::fs::read_dir(dir.path().join(".dockhand/results")).unwrap() {
+            let results = entry.unwrap().path();
+            let result: Value =
+                serde_json::from_slice(&std::fs::read(results.join("result.json")).unwrap())
+                    .unwrap();
+            let job = result["trigger"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap();
+            let theirs = sha256_hex(&std::fs::read(results.join("log.txt")).unwrap());
+            assert_eq!(
+                sha256_hex(&api.read_log(job).await),
+                theirs,
+                "{job}'s stored log"
+            );
+            ran.push(job.to_owned());
+        }
+    }
+    ran.sort();
+    jobs.sort();
+    assert_eq!(ran, jobs, "every job ran on exactly one agent, once");
 }

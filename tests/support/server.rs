@@ -51,7 +51,12 @@ impl Server {
 
     /// Another replica of `replica`'s server: the same PostgreSQL database.
     pub fn replica(replica: &Server, extra: &[&str]) -> Server {
-        Self::spawn(&replica.database, "127.0.0.1:0", extra)
+        Self::replica_at(replica, "127.0.0.1:0", extra)
+    }
+
+    /// As [`Server::replica`], on a given address: a replica restarted where agents expect it.
+    pub fn replica_at(replica: &Server, listen: &str, extra: &[&str]) -> Server {
+        Self::spawn(&replica.database, listen, extra)
     }
 
     /// On a given address: a restart where the agents expect it.
