@@ -62,6 +62,13 @@ async fn a_job_submitted_to_one_replica_runs_through_either() {
         assert_eq!(status, StatusCode::OK, "a lease renewed on {}", api.url);
     }
 
+    // A follower on B sees what is uploaded through A.
+    let follower = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["logs", "-f", &job, "--server", &b.url])
+        .env("DOCKHAND_ADMIN_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let log = b"first on A\nthen on B\n";
     assert_eq!(
         on_a.log(&job, token, 0, &log[..11]).await.1["committed"],
@@ -87,6 +94,12 @@ async fn a_job_submitted_to_one_replica_runs_through_either() {
     );
     let (_, detail) = on_b.get(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(detail["state"], "succeeded");
+    let followed = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    assert_eq!(followed.stdout, log, "`logs -f` on B printed the whole log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
