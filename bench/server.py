@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The job server's figures: submit → container start with idle agents waiting, log
-upload throughput, and claims per second on SQLite.
+upload throughput, claims per second on SQLite, and with --database on PostgreSQL with one
+and two replicas, and submit → running across two replicas.
 
 Needs the release binary (cargo build --release) and the engine with dockhand/busybox:local
-(scripts/ensure-docker). Usage: bench/server.py [--runs N] [--only latency|log|claims]
+(scripts/ensure-docker). Usage: bench/server.py [--runs N]
+[--only latency|log|claims|replicas] [--database postgres://USER@HOST:PORT]
+(a PostgreSQL server on which the bench may create databases, one per measurement).
 
 latency: `dockhand server` and 1 or 4 idle `dockhand agent`s with an http source; each run
 submits a job (a local-path source whose image is already built, a task that echoes) and
@@ -14,7 +17,12 @@ log: one job printing 200 MB; the time from its run stage starting to the server
 the whole log, against the time the task itself ran (how far the upload trails).
 
 claims: 500 queued jobs, 8 client threads each claiming, accepting and reporting empty
-results as fast as the server answers; offers accepted per second.
+results as fast as the server answers; offers accepted per second. With --database, also
+on PostgreSQL through one replica and through two (the clients split between them).
+
+replicas (with --database): two replicas on one PostgreSQL database; a client long-polls
+replica B, a job is submitted to replica A; from the submit call to the accept's answer
+(the job running). p50 and p99.
 """
 
 import argparse
@@ -28,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKHAND = os.path.join(ROOT, "target", "release", "dockhand")
@@ -47,12 +56,22 @@ pipeline: [go]
 """
 
 
+def fresh_database(server):
+    """A new database on the PostgreSQL server at `server` (postgres://USER@HOST:PORT); its URL."""
+    parts = urllib.parse.urlparse(server)
+    name = f"bench_{os.getpid()}_{time.time_ns()}"
+    env = {**os.environ, "PGPASSWORD": parts.password or ""}
+    subprocess.run(["/usr/lib/postgresql/15/bin/createdb", "-h", parts.hostname, "-p", str(parts.port or 5432),
+                    "-U", parts.username or "postgres", name], check=True, env=env)
+    return parts._replace(path="/" + name).geturl()
+
+
 class Server:
-    def __init__(self, work, extra=()):
+    def __init__(self, work, extra=(), database=None):
         env = {**os.environ, "DOCKHAND_REGISTRATION_TOKEN": REGISTRATION, "DOCKHAND_ADMIN_TOKEN": ADMIN}
         self.proc = subprocess.Popen(
-            [DOCKHAND, "server", "--listen", "127.0.0.1:0", "--database", os.path.join(work, "db", "jobs.db"),
-             "--allow-local-sources", *extra],
+            [DOCKHAND, "server", "--listen", "127.0.0.1:0", "--database",
+             database or os.path.join(work, "db", "jobs.db"), "--allow-local-sources", *extra],
             stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stderr.readline()
         self.url = next(w for w in line.split() if w.startswith("http://"))
@@ -243,11 +262,17 @@ def log_throughput():
           f"({whole - task:.2f} s after it ended): {mb / whole:.0f} MB/s end to end")
 
 
-def claims():
+def claims(database=None, replicas=1):
+    """On SQLite, or on a fresh database of the PostgreSQL server `database` through
+    `replicas` replicas."""
     jobs = 500
     with tempfile.TemporaryDirectory() as work:
-        server = Server(work)
+        url = fresh_database(database) if database else None
+        servers = [Server(work, database=url)]
         try:
+            for _ in range(replicas - 1):
+                servers.append(Server(work, database=url))
+            server = servers[0]
             for _ in range(jobs):
                 server.call("POST", "/api/v1/jobs", body={"source": {"path": "/nowhere"}})
             _, agent = server.call("POST", "/api/v1/agents", token=REGISTRATION,
@@ -255,7 +280,7 @@ def claims():
             empty = hashlib.sha256(b"").hexdigest()
             done = []
 
-            def worker():
+            def worker(server):
                 conn = http.client.HTTPConnection(server.host, int(server.port))
                 token = agent["agent_token"]
                 while True:
@@ -273,17 +298,62 @@ def claims():
                     done.append(offer["job_id"])
 
             start = time.time()
-            threads = [threading.Thread(target=worker) for _ in range(8)]
+            threads = [threading.Thread(target=worker, args=(servers[i % replicas],)) for i in range(8)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.time() - start
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
     assert len(done) == jobs and len(set(done)) == jobs, "every job exactly once"
-    print(f"\n## claims on SQLite: {jobs} jobs, 8 clients claim + accept + result")
+    where = f"PostgreSQL, {replicas} replica(s)" if database else "SQLite"
+    print(f"\n## claims on {where}: {jobs} jobs, 8 clients claim + accept + result")
     print(f"  {jobs / elapsed:.0f} jobs/s ({elapsed:.2f} s), each exactly once")
+
+
+def across_replicas(database, runs):
+    """Submit to replica A while a client long-polls replica B: submit → accepted."""
+    with tempfile.TemporaryDirectory() as work:
+        url = fresh_database(database)
+        a = Server(work, database=url)
+        b = Server(work, database=url)
+        try:
+            _, agent = a.call("POST", "/api/v1/agents", token=REGISTRATION,
+                              body={"name": "bench", "version": "1", "labels": [], "capacity": 1})
+            token = agent["agent_token"]
+            empty = hashlib.sha256(b"").hexdigest()
+            samples = []
+            for _ in range(runs):
+                offered = {}
+
+                def poll():
+                    conn = http.client.HTTPConnection(b.host, int(b.port))
+                    status, offer = b.call("POST", f"/api/v1/agents/{agent['agent_id']}/claim?wait=30",
+                                           token, {"free_slots": 1}, conn)
+                    status, accepted = b.call("POST", f"/api/v1/jobs/{offer['job_id']}/accept",
+                                              token, {"offer_id": offer["offer_id"]}, conn)
+                    offered["at"] = time.time()
+                    offered["job"], offered["token"] = offer["job_id"], accepted["job_token"]
+
+                poller = threading.Thread(target=poll)
+                poller.start()
+                time.sleep(0.2)
+                start = time.time()
+                a.call("POST", "/api/v1/jobs", body={"source": {"path": "/nowhere"}})
+                poller.join()
+                samples.append((offered["at"] - start) * 1000)
+                a.call("PUT", f"/api/v1/jobs/{offered['job']}/result", offered["token"],
+                       {"status": "succeeded", "exit_code": 0, "stages": [],
+                        "log": {"bytes": 0, "sha256": empty}})
+        finally:
+            a.stop()
+            b.stop()
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    print(f"\n## submit to replica A → running through replica B, PostgreSQL ({runs} runs)")
+    print(f"  p50 {statistics.median(samples):7.1f} ms   p99 {p99:7.1f} ms")
 
 
 def docker_baseline(runs):
@@ -310,7 +380,8 @@ def docker_baseline(runs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--only", choices=["latency", "log", "claims"])
+    parser.add_argument("--only", choices=["latency", "log", "claims", "replicas"])
+    parser.add_argument("--database", help="a PostgreSQL server, postgres://USER@HOST:PORT")
     args = parser.parse_args()
     if not os.path.exists(DOCKHAND):
         sys.exit("build the release binary first: cargo build --release")
@@ -320,6 +391,11 @@ def main():
         docker_baseline(args.runs)
     if args.only in (None, "claims"):
         claims()
+        if args.database:
+            claims(args.database, 1)
+            claims(args.database, 2)
+    if args.database and args.only in (None, "replicas"):
+        across_replicas(args.database, args.runs)
     if args.only in (None, "log"):
         log_throughput()
 

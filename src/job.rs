@@ -37,6 +37,9 @@ pub struct Job {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RemoteJob {
     pub url: String,
+    /// The server's other replicas, tried in turn when `url` cannot be reached.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub other_urls: Vec<String>,
     /// The server's id of the job (the local job id names workspaces and results).
     pub job_id: String,
     #[serde(skip_serializing_if = "String::is_empty", default)]

@@ -293,3 +293,30 @@ fn check_prints_each_values_origin() {
         "a secret from a flag stays hidden: {stdout}"
     );
 }
+
+#[test]
+fn an_http_source_takes_one_url_or_several_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = |toml: &str| {
+        let (config, _) = load(&options(&dir, toml)).unwrap();
+        match &config.sources[0] {
+            SourceConfig::Http(http) => http.url.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        urls("[[source]]\nkind = \"http\"\nurl = \"http://a:8750\"\n"),
+        ["http://a:8750"]
+    );
+    assert_eq!(
+        urls("[[source]]\nkind = \"http\"\nurl = [\"http://a:8750\", \"http://b:8750\"]\n"),
+        ["http://a:8750", "http://b:8750"]
+    );
+    let e = error("[[source]]\nkind = \"http\"\nurl = [\"http://a:8750\", \"b:8750\"]\n");
+    assert!(
+        e.contains("`b:8750` is not an http:// or https:// address"),
+        "{e}"
+    );
+    let e = error("[[source]]\nkind = \"http\"\nurl = []\n");
+    assert!(e.contains("names no server"), "{e}");
+}

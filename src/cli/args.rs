@@ -312,9 +312,14 @@ pub struct ServerArgs {
     /// Address to listen on (port 0 picks a free one; the address is printed)
     #[arg(long, default_value = "127.0.0.1:8750", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
-    /// The SQLite database file; job logs go to logs/ beside it
-    #[arg(long, default_value = ".dockhand/server/jobs.db", value_name = "FILE")]
-    pub database: PathBuf,
+    /// The SQLite database file (job logs go to logs/ beside it), or a postgres:// URL
+    /// that several servers share
+    #[arg(
+        long,
+        default_value = ".dockhand/server/jobs.db",
+        value_name = "FILE|URL"
+    )]
+    pub database: crate::server::Database,
     /// Token agents register with
     #[arg(long, env = "DOCKHAND_REGISTRATION_TOKEN", hide_env_values = true)]
     pub registration_token: String,

@@ -53,10 +53,7 @@ pub fn run(args: &ServerArgs) -> u8 {
         });
         let database = settings.database.clone();
         let served = serve(settings, shutdown, |address| {
-            let text = format!(
-                "listening on http://{address} (database {})",
-                database.display()
-            );
+            let text = format!("listening on http://{address} (database {database})");
             crate::logging::say("server", None, &text);
         })
         .await;

@@ -185,7 +185,10 @@ pub enum SourceConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSource {
-    pub url: String,
+    /// The server, or several replicas of it sharing one database (`url = ["http://a:8750",
+    /// "http://b:8750"]`): calls move to the next on connection errors.
+    #[serde(deserialize_with = "one_or_many", serialize_with = "one_or_many_out")]
+    pub url: Vec<String>,
     /// The environment variable holding the server's registration token (used once; the
     /// agent's own token is kept in the state directory).
     #[serde(default = "default_token_env")]
@@ -194,6 +197,28 @@ pub struct HttpSource {
     /// `file://` and absolute-path git URLs); the server must allow them too.
     #[serde(default)]
     pub allow_local_sources: bool,
+}
+
+/// A string or an array of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a URL or an array of URLs")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(url) => vec![url],
+        OneOrMany::Many(urls) => urls,
+    })
+}
+
+/// One URL as a string, several as an array: as written.
+fn one_or_many_out<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match urls {
+        [one] => s.serialize_str(one),
+        many => many.serialize(s),
+    }
 }
 
 fn default_token_env() -> String {

@@ -306,12 +306,16 @@ fn check(config: &mut AgentConfig, base: &Path, layers: &mut Layers) {
                 }
             }
             SourceConfig::Http(http) => {
-                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                    let url = &http.url;
-                    problem(
-                        "url",
-                        format!("`{url}` is not an http:// or https:// address"),
-                    );
+                if http.url.is_empty() {
+                    problem("url", "names no server".to_owned());
+                }
+                for url in &http.url {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        problem(
+                            "url",
+                            format!("`{url}` is not an http:// or https:// address"),
+                        );
+                    }
                 }
             }
             SourceConfig::Schedule(schedule) => {

@@ -118,7 +118,13 @@ impl Body {
 #[derive(Clone, Debug)]
 pub struct ServerClient {
     http: reqwest::Client,
+    /// The first (or only) replica: what the client is known by.
     pub url: String,
+    /// Every replica, `url` first; calls go to the one at `current` and move to the next
+    /// when it cannot be reached, so a dead replica is left and a restarted one comes back
+    /// in turn.
+    urls: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Calls made before a transient failure is given up on; `None`: until answered or
     /// cancelled (an agent), a number: a person is waiting (the command line).
     attempts: Option<u32>,
@@ -132,6 +138,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ServerClient {
     pub fn new(url: &str) -> ServerClient {
+        ServerClient::over(&[url.to_owned()])
+    }
+
+    /// A client of several replicas sharing one database.
+    pub fn over(urls: &[String]) -> ServerClient {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
         ServerClient {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -140,9 +155,18 @@ impl ServerClient {
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-            url: url.trim_end_matches('/').to_owned(),
+            url: urls.first().cloned().unwrap_or_default(),
+            urls,
+            current: Default::default(),
             attempts: None,
         }
+    }
+
+    /// The client of the server a job came from, all its replicas.
+    pub fn for_job(job: &crate::job::RemoteJob) -> ServerClient {
+        let mut urls = vec![job.url.clone()];
+        urls.extend(job.other_urls.iter().cloned());
+        ServerClient::over(&urls)
     }
 
     /// Gives up on a call after `attempts` transient failures.
@@ -162,7 +186,13 @@ impl ServerClient {
         expected: &[StatusCode],
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = format!("{}{path}", self.url);
+        use std::sync::atomic::Ordering;
+        let at = self.current.load(Ordering::Relaxed);
+        let base = self
+            .urls
+            .get(at % self.urls.len().max(1))
+            .unwrap_or(&self.url);
+        let url = format!("{base}{path}");
         let mut request = self.http.request(method, &url).bearer_auth(token);
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
@@ -174,7 +204,17 @@ impl ServerClient {
                 .body(json),
             Body::Bytes(bytes) => request.body(bytes),
         };
-        let response = request.send().await.map_err(|e| network(&url, &e))?;
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() && self.urls.len() > 1 {
+                // Unless another call moved on already.
+                let next = (at + 1) % self.urls.len();
+                let _ =
+                    self.current
+                        .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed);
+                tracing::warn!("{base} cannot be reached; calls go to {}", self.urls[next]);
+            }
+            network(&url, &e)
+        })?;
         let status = response.status();
         if expected.contains(&status) {
             return Ok(response);
@@ -354,8 +394,16 @@ mod tests {
     async fn canned(
         answers: Vec<(&'static str, &'static str)>,
     ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        canned_at("127.0.0.1:0", answers).await
+    }
+
+    /// As [`canned`], on `address`.
+    async fn canned_at(
+        address: &str,
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -481,5 +529,41 @@ mod tests {
             started.elapsed() < Duration::from_millis(200),
             "not the backoff"
         );
+    }
+
+    #[tokio::test]
+    async fn calls_move_to_the_next_replica_that_answers_and_come_back() {
+        let ok = ("HTTP/1.1 200 OK", "{}");
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone_address = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let (live, served) = canned(vec![ok, ok]).await;
+        let client = ServerClient::over(&[format!("http://{gone_address}/"), live.clone()]);
+        let cancel = CancellationToken::new();
+        let call = |path: &'static str| {
+            let (client, cancel) = (client.clone(), cancel.clone());
+            async move {
+                client
+                    .call_until_answered(
+                        Method::GET,
+                        path,
+                        "t",
+                        Body::None,
+                        &[StatusCode::OK],
+                        Retry::Transient,
+                        &cancel,
+                    )
+                    .await
+                    .unwrap()
+                    .url
+            }
+        };
+        assert_eq!(call("/one").await, format!("{live}/one"));
+        assert_eq!(call("/two").await, format!("{live}/two"), "it stays there");
+        assert_eq!(served.await.unwrap().len(), 2);
+        // The second replica is gone now, and the first is back.
+        let (back, _) = canned_at(&gone_address, vec![ok]).await;
+        assert_eq!(call("/three").await, format!("{back}/three"));
+        assert_eq!(client.url, format!("http://{gone_address}"));
     }
 }

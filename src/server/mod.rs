@@ -11,8 +11,8 @@ mod store;
 mod webhook;
 
 pub use serve::{ServeError, serve};
-pub use settings::{BuiltRepository, ServerSettings};
+pub use settings::{BuiltRepository, Database, ServerSettings};
 pub use store::{
-    Accept, Expired, Finish, JobStore, LogAppend, Renew, SqliteStore, StoreError, StoreStats,
-    Stored,
+    Accept, Expired, Finish, JobStore, LogAppend, PgStore, Renew, SqliteStore, StoreError,
+    StoreStats, Stored,
 };

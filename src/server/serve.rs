@@ -20,8 +20,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{AppState, router};
-use super::settings::ServerSettings;
-use super::store::{JobStore, SqliteStore, StoreError};
+use super::settings::{Database, ServerSettings};
+use super::store::{JobStore, PgStore, SqliteStore, StoreError};
 
 /// How often offers and leases are checked for lapses.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
@@ -51,7 +51,28 @@ pub async fn serve(
     shutdown: CancellationToken,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
-    let store = Arc::new(SqliteStore::open(&settings.database).await?);
+    let jobs_waiting = Arc::new(Notify::new());
+    match &settings.database {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(path).await?;
+            serve_store(store, jobs_waiting, settings, shutdown, ready).await
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::connect(url, jobs_waiting.clone()).await?;
+            serve_store(store, jobs_waiting, settings, shutdown, ready).await
+        }
+    }
+}
+
+/// Serves from an open store; `jobs_waiting` is what wakes long polls.
+async fn serve_store<S: JobStore>(
+    store: S,
+    jobs_waiting: Arc<Notify>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServeError> {
+    let store = Arc::new(store);
     let graced = store.grant_grace(settings.lease).await?;
     let listener =
         TcpListener::bind(settings.listen)
@@ -64,7 +85,7 @@ pub async fn serve(
     let state = AppState {
         store: store.clone(),
         settings: Arc::new(settings),
-        jobs_waiting: Arc::new(Notify::new()),
+        jobs_waiting,
         metrics: Arc::default(),
         presence: Arc::default(),
     };

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod postgres;
 pub mod server;
 
 use std::path::{Path, PathBuf};

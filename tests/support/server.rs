@@ -17,6 +17,26 @@ pub struct Server {
     pub url: String,
     /// Its stderr, line by line, from the listening line on.
     log: Arc<Mutex<Vec<String>>>,
+    /// What `--database` said.
+    database: String,
+}
+
+/// The server's `--database` for the directory `db`: a SQLite file in it, or with
+/// `DOCKHAND_TEST_DATABASE=postgres` a fresh PostgreSQL database, its URL kept in `db` so
+/// that a restart finds the same one.
+pub fn database(db: &Path) -> String {
+    match std::env::var("DOCKHAND_TEST_DATABASE").as_deref() {
+        Ok("postgres") => {
+            let kept = db.join("postgres-url");
+            std::fs::read_to_string(&kept).unwrap_or_else(|_| {
+                let url = super::postgres::fresh_database();
+                std::fs::write(&kept, &url).unwrap();
+                url
+            })
+        }
+        Ok("sqlite") | Err(_) => db.join("jobs.db").display().to_string(),
+        Ok(other) => panic!("DOCKHAND_TEST_DATABASE is `{other}`: say sqlite or postgres"),
+    }
 }
 
 impl Server {
@@ -24,11 +44,30 @@ impl Server {
         Self::start_at(db, "127.0.0.1:0", extra)
     }
 
+    /// On a fresh PostgreSQL database, whatever `DOCKHAND_TEST_DATABASE` says.
+    pub fn start_postgres(extra: &[&str]) -> Server {
+        Self::spawn(&super::postgres::fresh_database(), "127.0.0.1:0", extra)
+    }
+
+    /// Another replica of `replica`'s server: the same PostgreSQL database.
+    pub fn replica(replica: &Server, extra: &[&str]) -> Server {
+        Self::replica_at(replica, "127.0.0.1:0", extra)
+    }
+
+    /// As [`Server::replica`], on a given address: a replica restarted where agents expect it.
+    pub fn replica_at(replica: &Server, listen: &str, extra: &[&str]) -> Server {
+        Self::spawn(&replica.database, listen, extra)
+    }
+
     /// On a given address: a restart where the agents expect it.
     pub fn start_at(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::spawn(&database(db), listen, extra)
+    }
+
+    fn spawn(database: &str, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
             .args(["server", "--listen", listen, "--database"])
-            .arg(db.join("jobs.db"))
+            .arg(database)
             .args(extra)
             .env("DOCKHAND_REGISTRATION_TOKEN", REGISTRATION)
             .env("DOCKHAND_ADMIN_TOKEN", ADMIN)
@@ -38,11 +77,12 @@ impl Server {
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no address in {line:?}");
+        };
+        let url = url.to_owned();
         let log = Arc::new(Mutex::new(vec![line.trim_end().to_owned()]));
         let sink = log.clone();
         std::thread::spawn(move || {
@@ -50,7 +90,12 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        Server { child, url, log }
+        Server {
+            child,
+            url,
+            log,
+            database: database.to_owned(),
+        }
     }
 
     /// What it wrote to stderr so far.

@@ -1,11 +1,12 @@
 //! The job server's store: agents, jobs with their offer, lease and log state, events,
-//! webhook deliveries. The handlers see only [`JobStore`], so another backend (Postgres) is
-//! a second implementation of it, held to the same rules by the conformance suite
-//! (`job_store_conformance!`, run in tests);
-//! [`SqliteStore`] is the one dockhand ships.
+//! webhook deliveries. The handlers see only [`JobStore`]; its two implementations are held
+//! to the same rules by the conformance suite (`job_store_conformance!`, run in tests):
+//! [`SqliteStore`], the embedded default, and [`PgStore`], which several server replicas
+//! share.
 
 #[cfg(test)]
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use crate::protocol::{
     JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
 };
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Messages carry their cause: the server logs them on one line.
@@ -264,4 +266,58 @@ pub fn random_hex() -> Result<String, StoreError> {
 
 pub fn token_hash(token: &str) -> String {
     crate::util::sha256_hex(token.as_bytes())
+}
+
+/// The token for calls about one job: derived from the offer and the server's secret, so a
+/// replayed accept gets the same one, and nothing that opens it is stored.
+pub fn job_token(secret: &str, job_id: &str, offer_id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        format!("{secret}\n{job_id}\n{offer_id}").as_bytes(),
+    ))
+}
+
+/// Whether `token` is [`job_token`]'s, compared in constant time.
+pub fn job_token_matches(secret: &str, job_id: &str, offer_id: &str, token: &str) -> bool {
+    let expected = job_token(secret, job_id, offer_id);
+    expected.len() == token.len()
+        && expected
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The highest event sequence number up to which every one is held, from the held ones in
+/// ascending order.
+pub fn acked_through(seqs: &[i64]) -> i64 {
+    let mut acked = 0;
+    for &seq in seqs {
+        if seq == acked + 1 {
+            acked = seq;
+        } else if seq > acked + 1 {
+            break;
+        }
+    }
+    acked
+}
+
+/// Whether the `applied` migration versions are exactly the `expected` ones; the error
+/// names the first that differs.
+pub fn schema_matches(expected: &sqlx::migrate::Migrator, applied: &[i64]) -> Stored<()> {
+    if let Some(missing) = expected.iter().find(|m| !applied.contains(&m.version)) {
+        return Err(StoreError::Schema(format!(
+            "migration {} ({}) is not applied",
+            missing.version, missing.description
+        )));
+    }
+    if let Some(newer) = applied
+        .iter()
+        .find(|v| !expected.iter().any(|m| m.version == **v))
+    {
+        return Err(StoreError::Schema(format!(
+            "migration {newer} is from a newer dockhand"
+        )));
+    }
+    Ok(())
 }

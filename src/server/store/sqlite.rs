@@ -1,4 +1,4 @@
-//! The store in one SQLite file (WAL) through sqlx, schema in `migrations/`; job logs are
+//! The store in one SQLite file (WAL) through sqlx, schema in `migrations/sqlite/`; job logs are
 //! files beside it, their committed length in the database.
 
 use std::collections::{HashMap, HashSet};
@@ -12,8 +12,8 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::{
-    Accept, Expired, Finish, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored, now_ms,
-    random_hex, token_hash,
+    Accept, Expired, Finish, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
+    acked_through, job_token, job_token_matches, now_ms, random_hex, token_hash,
 };
 use crate::protocol::{
     JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
@@ -25,8 +25,8 @@ macro_rules! job_columns {
     };
 }
 
-/// The schema this build expects (`migrations/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The schema this build expects (`migrations/sqlite/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -83,13 +83,6 @@ impl SqliteStore {
             log_states: Default::default(),
             retiring: Default::default(),
         })
-    }
-
-    /// The token for calls about one job: derived from the offer, so a replayed accept
-    /// gets the same one, and nothing that opens it is stored.
-    pub fn job_token(&self, job_id: &str, offer_id: &str) -> String {
-        let digest = Sha256::digest(format!("{}\n{job_id}\n{offer_id}", self.secret).as_bytes());
-        hex::encode(digest)
     }
 
     fn log_path(&self, job_id: &str) -> PathBuf {
@@ -382,18 +375,9 @@ impl JobStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?
                 .map(|r| r.get(0));
-        Ok(match offer.flatten() {
-            Some(offer) => {
-                let expected = self.job_token(job_id, &offer);
-                expected.len() == token.len()
-                    && expected
-                        .bytes()
-                        .zip(token.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            }
-            None => false,
-        })
+        Ok(offer
+            .flatten()
+            .is_some_and(|offer| job_token_matches(&self.secret, job_id, &offer, token)))
     }
 
     async fn accept(
@@ -444,7 +428,7 @@ impl JobStore for SqliteStore {
         }
         Ok(Accept::Accepted {
             first: !replay,
-            job_token: self.job_token(job_id, offer_id),
+            job_token: job_token(&self.secret, job_id, offer_id),
             lease: Lease {
                 lease_id: lease.unwrap_or_default(),
                 expires_at: lease_expires.unwrap_or(expires_at),
@@ -613,15 +597,7 @@ impl JobStore for SqliteStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut acked = 0;
-        for seq in seqs {
-            if seq == acked + 1 {
-                acked = seq;
-            } else if seq > acked + 1 {
-                break;
-            }
-        }
-        Ok(Some(acked))
+        Ok(Some(acked_through(&seqs)))
     }
 
     async fn finish(&self, job_id: &str, result: &JobResult) -> Stored<Finish> {
@@ -662,22 +638,8 @@ impl JobStore for SqliteStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-        if let Some(missing) = MIGRATOR.iter().find(|m| !applied.contains(&m.version)) {
-            return Err(StoreError::Schema(format!(
-                "migration {} ({}) is not applied",
-                missing.version, missing.description
-            )));
-        }
-        if let Some(newer) = applied
-            .iter()
-            .find(|v| !MIGRATOR.iter().any(|m| m.version == **v))
-        {
-            return Err(StoreError::Schema(format!(
-                "migration {newer} is from a newer dockhand"
-            )));
-        }
         tx.rollback().await?;
-        Ok(())
+        super::schema_matches(&MIGRATOR, &applied)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

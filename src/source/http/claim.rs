@@ -65,10 +65,11 @@ pub async fn run_http(
     tx: mpsc::Sender<SourceEvent>,
     cancel: CancellationToken,
 ) -> Result<(), HttpSourceError> {
-    let client = ServerClient::new(&source.url);
+    let client = ServerClient::over(&source.url);
+    // Named by the first URL: replicas share their agents, and a single URL keeps its file.
     let identity_file = state_dir.join(format!(
         "http-{}.json",
-        &crate::util::short_hash(source.url.as_bytes())[..12]
+        &crate::util::short_hash(client.url.as_bytes())[..12]
     ));
     let mut identity = match load_identity(&identity_file) {
         Some(identity) => identity,
@@ -180,7 +181,11 @@ fn job_from(
     source: &HttpSource,
     stream: &str,
 ) -> Result<Job, String> {
-    let url = source.url.trim_end_matches('/');
+    let mut urls = source
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned());
+    let url = urls.next().unwrap_or_default();
     let spec = accepted.job.spec.clone();
     spec.check(source.allow_local_sources).map_err(|e| {
         let hint = if e.field == "source.git" || e.field == "source.path" {
@@ -216,7 +221,8 @@ fn job_from(
         trigger: format!("job {server_id} from {url}"),
         on_busy: OnBusy::Parallel,
         remote: Some(RemoteJob {
-            url: url.to_owned(),
+            url,
+            other_urls: urls.collect(),
             job_id: server_id,
             job_token: accepted.job_token.clone(),
             lease_id: accepted.lease.lease_id.clone(),

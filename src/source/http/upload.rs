@@ -146,7 +146,7 @@ pub async fn resume_uploads(results_dir: &Path, cancel: CancellationToken) {
 /// Renews the job's lease until `stop`; cancels `job` when the server cancels it or no
 /// longer counts this agent as its runner.
 async fn renew_lease(remote: RemoteJob, job: Cancel, stop: CancellationToken) {
-    let client = ServerClient::new(&remote.url);
+    let client = ServerClient::for_job(&remote);
     let every = remote.lease / 3;
     let path = format!("/api/v1/jobs/{}/lease", remote.job_id);
     loop {
@@ -211,7 +211,7 @@ struct Uploader {
 impl Uploader {
     fn new(remote: RemoteJob, dir: PathBuf) -> Uploader {
         Uploader {
-            client: ServerClient::new(&remote.url),
+            client: ServerClient::for_job(&remote),
             remote,
             dir,
         }
