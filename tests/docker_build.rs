@@ -130,9 +130,11 @@ images:
     assert!(tail.iter().any(|l| l == "about to fail"), "{tail:?}");
     assert_eq!(run.stage("build", "child")["status"], "skipped");
     assert_eq!(
-        run.stdout.matches("| about to fail\n").count(),
+        (run.stdout.lines())
+            .filter(|l| l.ends_with("about to fail"))
+            .count(),
         1,
-        "the console shows the output once: {run}"
+        "the console shows the output once (the engine may colour it): {run}"
     );
 }
 
