@@ -57,5 +57,6 @@ pub mod report;
 pub mod server;
 pub mod signals;
 pub mod source;
+pub mod testreport;
 pub mod util;
 pub mod workspace;

@@ -87,6 +87,60 @@ pub struct StageOutcome {
     /// console and log show them in place already).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output_tail: Vec<String>,
+    /// What the task's own test reports (`reports.junit`) say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+}
+
+/// A task's test results, read from the JUnit XML files it wrote: counts for everyone,
+/// the failed tests for a reader of the result alone, every case for junit.xml.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TestSummary {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    /// The sum of the cases' own times.
+    pub duration_ms: u64,
+    /// Failed and erroring cases, up to a cap.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TestCase>,
+    /// Reports that were missing, unreadable or cut short, each naming its file (and line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Every case, up to a cap, for junit.xml; result.json keeps the counts and failures.
+    #[serde(skip)]
+    pub cases: Vec<TestCase>,
+}
+
+impl TestSummary {
+    /// Failed and erroring tests.
+    pub fn failing(&self) -> u64 {
+        self.failed + self.errors
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TestCase {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub class: String,
+    pub status: TestStatus,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The start of the failure's body and the case's captured output, capped.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
 }
 
 impl StageOutcome {
@@ -97,6 +151,7 @@ impl StageOutcome {
             image_id: None,
             message: None,
             output_tail: Vec::new(),
+            tests: None,
         }
     }
 
