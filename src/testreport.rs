@@ -146,6 +146,7 @@ pub fn read_file(file: impl Read, path: &str, size: u64, summary: &mut TestSumma
         depth: 0,
         case_depth: 0,
         capture: None,
+        cases_capped: false,
     };
     let mut buf = Vec::new();
     loop {
@@ -188,6 +189,8 @@ struct Parser<'s> {
     /// The depth of the open `testcase`: only its direct children say how it ended.
     case_depth: usize,
     capture: Option<(Capture, usize)>,
+    /// Whether this file went past the cases kept (said once).
+    cases_capped: bool,
 }
 
 impl Parser<'_> {
@@ -309,7 +312,8 @@ impl Parser<'_> {
         }
         if summary.cases.len() < MAX_CASES {
             summary.cases.push(case);
-        } else if summary.cases.len() == MAX_CASES {
+        } else if !self.cases_capped {
+            self.cases_capped = true;
             let path = self.path;
             warn(
                 summary,

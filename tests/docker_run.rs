@@ -461,6 +461,11 @@ fn the_repository_demo_runs() {
             .contains("run test | service answered: dockhand demo service"),
         "{run}"
     );
+    assert!(
+        run.stdout
+            .contains("run test: 1 passed, 0 failed, 0 errors, 0 skipped"),
+        "{run}"
+    );
 }
 
 /// `dockhand run | head -3`: the console stops being written when its reader goes away;

@@ -40,6 +40,7 @@ pub const IMAGE_KEYS: &[&str] = &[
     "container_name",
     "ulimits",
     "read_only_rootfs",
+    "reports",
     "vars",
     "no_tty_option",
 ];

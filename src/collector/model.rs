@@ -120,6 +120,17 @@ pub struct RunOptions {
     pub container_name: Option<String>,
     pub ulimits: Vec<Ulimit>,
     pub read_only_rootfs: bool,
+    /// The task's own test results, read from its container when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports: Option<Reports>,
+}
+
+/// `reports:` — test result files the task writes, as container paths or globs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reports {
+    pub junit: Vec<String>,
+    /// Whether a task that exits 0 with failing tests in its report fails its stage.
+    pub fail_on_failures: bool,
 }
 
 /// A resource limit inside the container (`nofile`, `nproc`, ...).

@@ -11,8 +11,8 @@ use super::diagnostic::{Diagnostic, Problem};
 use super::format::Formatted;
 use super::load::absolute_in;
 use super::model::{
-    Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, RunCommand,
-    RunOptions, Ulimit, WaitCondition,
+    Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, Reports,
+    RunCommand, RunOptions, Ulimit, WaitCondition,
 };
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
@@ -89,6 +89,7 @@ const NETWORK_KEYS: &[&str] = &[
     "publish_all_ports",
 ];
 const VOLUME_KEYS: &[&str] = &["mount", "share_with"];
+const REPORT_KEYS: &[&str] = &["junit", "fail_on_failures"];
 
 /// Reads the run options of one merged image node.
 pub fn read(
@@ -114,6 +115,7 @@ pub fn read(
         read_only_rootfs: r
             .field(image, path, "read_only_rootfs", Reader::bool)
             .unwrap_or(false),
+        reports: r.field(image, path, "reports", reports),
         ..RunOptions::default()
     };
     if let Some(volumes) = r.field(image, path, "volumes", Reader::map) {
@@ -766,6 +768,37 @@ fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<V
                 &name,
                 "a capability name such as NET_ADMIN",
             );
+        }
+    }
+    Some(out)
+}
+
+fn reports(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Reports> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(&node, path, "reports", REPORT_KEYS, &[], r.d);
+    Some(Reports {
+        junit: r
+            .field(&node, path, "junit", container_paths)
+            .unwrap_or_default(),
+        fail_on_failures: r
+            .field(&node, path, "fail_on_failures", Reader::bool)
+            .unwrap_or(true),
+    })
+}
+
+/// Paths or globs inside the task's container, absolute or relative to its working
+/// directory.
+fn container_paths(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(text) = r.text(item, &item_path) else {
+            continue;
+        };
+        match crate::testreport::Pattern::new(&text, "/") {
+            Ok(_) => out.push(text),
+            Err(reason) => r.invalid(item, &item_path, "container path", &text, reason),
         }
     }
     Some(out)

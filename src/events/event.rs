@@ -134,6 +134,17 @@ pub struct TestCase {
     pub output: String,
 }
 
+impl TestCase {
+    /// `tests.test_app :: test_login`, or the name alone.
+    pub fn label(&self) -> String {
+        if self.class.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} :: {}", self.class, self.name)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {

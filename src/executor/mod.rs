@@ -10,6 +10,7 @@ mod engine;
 mod fake;
 mod job;
 mod policy;
+mod reports;
 mod task;
 #[cfg(test)]
 mod tests;

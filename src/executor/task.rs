@@ -18,7 +18,7 @@ use super::job::ExecutorOptions;
 use super::policy::{PolicyError, resolve_env};
 use crate::collector::{DependencyOptions, Image, Mount, RunCommand, TaskAction};
 use crate::docker::{ContainerSpec, DockerError, ExitStatus, Owner, Readiness};
-use crate::events::{LogStream, StageLog, StageOutcome, StageStatus};
+use crate::events::{LogStream, StageLog, StageOutcome, StageStatus, TestSummary};
 use crate::plan::RunStage;
 
 /// A dependency's last output kept to show when it dies: 64 KiB.
@@ -104,30 +104,73 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             Ok(started) => started,
             Err(refused) => return Ok(self.refused(refused).await),
         };
-        Ok(
-            match self
-                .engine
-                .run_attached(&id, output, self.log, cancel, deadline)
-                .await?
-            {
-                ExitStatus::Exited(0) => StageOutcome {
-                    exit_code: Some(0),
-                    ..StageOutcome::new(StageStatus::Passed)
-                },
-                ExitStatus::Exited(code) => {
-                    let failure = StageOutcome {
-                        exit_code: Some(code),
-                        ..StageOutcome::new(StageStatus::Failed)
-                    };
-                    failure.with_message(format!("exited with code {code}"))
-                }
-                ExitStatus::TimedOut => StageOutcome::new(StageStatus::TimedOut)
-                    .with_message("the task ran past its timeout and was killed"),
-                ExitStatus::Cancelled => {
-                    StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
-                }
+        let status = self
+            .engine
+            .run_attached(&id, output, self.log, cancel, deadline)
+            .await?;
+        let outcome = match status {
+            ExitStatus::Exited(0) => StageOutcome {
+                exit_code: Some(0),
+                ..StageOutcome::new(StageStatus::Passed)
             },
-        )
+            ExitStatus::Exited(code) => {
+                let failure = StageOutcome {
+                    exit_code: Some(code),
+                    ..StageOutcome::new(StageStatus::Failed)
+                };
+                failure.with_message(format!("exited with code {code}"))
+            }
+            ExitStatus::TimedOut => StageOutcome::new(StageStatus::TimedOut)
+                .with_message("the task ran past its timeout and was killed"),
+            ExitStatus::Cancelled => {
+                StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
+            }
+        };
+        match (&task_image.run.reports, status) {
+            (Some(reports), ExitStatus::Exited(_)) if !reports.junit.is_empty() => {
+                let summary = super::reports::read(self.engine, &id, reports, cancel).await?;
+                Ok(self
+                    .with_tests(outcome, summary, reports.fail_on_failures)
+                    .await)
+            }
+            _ => Ok(outcome),
+        }
+    }
+
+    /// Puts the task's test results in its outcome, its warnings and failed tests in the
+    /// stage's log; a task that exited 0 with failing tests fails when `fail` says so.
+    async fn with_tests(
+        &self,
+        mut outcome: StageOutcome,
+        summary: TestSummary,
+        fail: bool,
+    ) -> StageOutcome {
+        for warning in &summary.warnings {
+            self.log.note(format!("test report: {warning}")).await;
+        }
+        let failing = summary.failing();
+        let mut line = format!(
+            "tests: {} passed, {} failed, {} errors, {} skipped",
+            summary.passed, summary.failed, summary.errors, summary.skipped
+        );
+        for case in &summary.failures {
+            line.push_str(&format!("\n  failed: {}", case.label()));
+        }
+        self.log.note(line).await;
+        if failing > 0 && outcome.status == StageStatus::Passed {
+            let message = format!("exited 0 but its test report has {failing} failing tests");
+            outcome = if fail {
+                StageOutcome {
+                    status: StageStatus::Failed,
+                    ..outcome
+                }
+                .with_message(message)
+            } else {
+                outcome.with_message(format!("{message} (reports.fail_on_failures is off)"))
+            };
+        }
+        outcome.tests = Some(summary);
+        outcome
     }
 
     /// Starts one dependency container and waits until it is ready. `Some(outcome)` ends
