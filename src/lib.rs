@@ -36,6 +36,7 @@
 //!   [`exit_code`], [`cancel`] (cancellation with a reason), [`signals`].
 
 pub mod agent;
+pub mod artifacts;
 pub mod build;
 pub mod cancel;
 pub mod cli;

@@ -24,7 +24,8 @@ const MAX_TEXT: usize = 4 * 1024;
 /// Warnings kept: a million malformed files say so once.
 const MAX_WARNINGS: usize = 20;
 
-/// A container path pattern: `target/test-results/*.xml`, `/out/report.xml`.
+/// A container path pattern, for reports and artifacts alike: `target/test-results/*.xml`,
+/// `/out/report.xml`, `dist/`.
 #[derive(Clone, Debug)]
 pub struct Pattern {
     /// As written, for messages.
@@ -66,7 +67,7 @@ impl Pattern {
 
     /// The parent of `base` in the container: tar entries of `base` are named from its last
     /// component, so an entry's container path is this joined with the entry's name.
-    fn archive_root(&self) -> &str {
+    pub fn archive_root(&self) -> &str {
         match self.base.rfind('/') {
             Some(0) | None => "",
             Some(slash) => &self.base[..slash],
@@ -74,7 +75,22 @@ impl Pattern {
     }
 
     fn matches(&self, container_path: &str) -> bool {
-        self.matcher.is_match(container_path) || container_path == self.base
+        self.matcher.is_match(container_path)
+    }
+
+    /// Whether the pattern picks `container_path` itself or a directory above it (`dist/`
+    /// picks everything in `dist`).
+    pub fn picks(&self, container_path: &str) -> bool {
+        let mut path = container_path;
+        loop {
+            if self.matches(path) {
+                return true;
+            }
+            match path.rfind('/') {
+                Some(slash) if slash > 0 => path = &path[..slash],
+                _ => return false,
+            }
+        }
     }
 }
 
@@ -378,6 +394,9 @@ mod tests {
         let p = Pattern::new("target/results/*.xml", "/src").unwrap();
         assert_eq!(p.base, "/src/target/results");
         assert!(p.matches("/src/target/results/a.xml") && !p.matches("/src/target/b.xml"));
+        assert!(!p.picks("/src/target/results") && !p.picks("/src/target/results/b.txt"));
+        let p = Pattern::new("dist/", "/work").unwrap();
+        assert!(p.picks("/work/dist") && p.picks("/work/dist/bin/tool"));
         let p = Pattern::new("/out/report.xml", "/").unwrap();
         assert_eq!(
             (p.base.as_str(), p.archive_root()),

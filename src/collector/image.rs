@@ -41,6 +41,7 @@ pub const IMAGE_KEYS: &[&str] = &[
     "ulimits",
     "read_only_rootfs",
     "reports",
+    "artifacts",
     "vars",
     "no_tty_option",
 ];

@@ -123,6 +123,29 @@ pub struct RunOptions {
     /// The task's own test results, read from its container when it ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reports: Option<Reports>,
+    /// Files the task makes, kept in the job's results when its container ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Artifacts>,
+}
+
+/// `artifacts:` — container paths or globs copied out of the task's container.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Artifacts {
+    pub paths: Vec<String>,
+    pub when: ArtifactsWhen,
+    /// The most bytes of all the task's artifacts together.
+    pub max_size: u64,
+    pub max_files: u64,
+    /// Whether a path that matches nothing fails the stage (otherwise a warning).
+    pub required: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactsWhen {
+    Always,
+    OnSuccess,
+    OnFailure,
 }
 
 /// `reports:` — test result files the task writes, as container paths or globs.

@@ -89,7 +89,23 @@ pub struct StageOutcome {
     pub output_tail: Vec<String>,
     /// What the task's own test reports (`reports.junit`) say.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tests: Option<TestSummary>,
+    pub tests: Option<Box<TestSummary>>,
+    /// What was copied of the task's `artifacts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Box<ArtifactSummary>>,
+}
+
+/// A task's artifacts as copied into `artifacts/<task>/` of the job's results.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArtifactSummary {
+    /// Files and links written.
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether `max_size` or `max_files` stopped the copy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub capped: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A task's test results, read from the JUnit XML files it wrote: counts for everyone,
@@ -163,6 +179,7 @@ impl StageOutcome {
             message: None,
             output_tail: Vec::new(),
             tests: None,
+            artifacts: None,
         }
     }
 

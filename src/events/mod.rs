@@ -6,6 +6,6 @@ mod event;
 
 pub use emitter::{Emitter, StageLog};
 pub use event::{
-    Event, JobStatus, LogStream, StageKind, StageOutcome, StageStatus, TestCase, TestStatus,
-    TestSummary, Timestamp,
+    ArtifactSummary, Event, JobStatus, LogStream, StageKind, StageOutcome, StageStatus, TestCase,
+    TestStatus, TestSummary, Timestamp,
 };

@@ -5,12 +5,12 @@
 //! production, a scripted fake in this module's tests.
 
 mod binds;
+mod copy_out;
 mod engine;
 #[cfg(test)]
 mod fake;
 mod job;
 mod policy;
-mod reports;
 mod task;
 #[cfg(test)]
 mod tests;

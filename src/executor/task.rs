@@ -16,7 +16,9 @@ use super::binds;
 use super::engine::{ContainerEngine, Output};
 use super::job::ExecutorOptions;
 use super::policy::{PolicyError, resolve_env};
-use crate::collector::{DependencyOptions, Image, Mount, RunCommand, TaskAction};
+use crate::collector::{
+    Artifacts, ArtifactsWhen, DependencyOptions, Image, Mount, RunCommand, TaskAction,
+};
 use crate::docker::{ContainerSpec, DockerError, ExitStatus, Owner, Readiness};
 use crate::events::{LogStream, StageLog, StageOutcome, StageStatus, TestSummary};
 use crate::plan::RunStage;
@@ -126,15 +128,56 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
                 StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
             }
         };
-        match (&task_image.run.reports, status) {
+        let outcome = match (&task_image.run.reports, status) {
             (Some(reports), ExitStatus::Exited(_)) if !reports.junit.is_empty() => {
-                let summary = super::reports::read(self.engine, &id, reports, cancel).await?;
-                Ok(self
-                    .with_tests(outcome, summary, reports.fail_on_failures)
-                    .await)
+                let summary = super::copy_out::reports(self.engine, &id, reports, cancel).await?;
+                self.with_tests(outcome, summary, reports.fail_on_failures)
+                    .await
+            }
+            _ => outcome,
+        };
+        match &task_image.run.artifacts {
+            Some(artifacts) if wanted(artifacts.when, outcome.status) => {
+                self.with_artifacts(outcome, &id, artifacts, cancel).await
             }
             _ => Ok(outcome),
         }
+    }
+
+    /// Copies the task's artifacts into the job's results; a path that matched nothing is
+    /// a warning, or fails the stage when `required`.
+    async fn with_artifacts(
+        &self,
+        mut outcome: StageOutcome,
+        id: &str,
+        artifacts: &Artifacts,
+        cancel: &CancellationToken,
+    ) -> Result<StageOutcome, DockerError> {
+        let dest = self.options.artifacts_dir.join(&self.stage.task);
+        let (mut summary, missing) =
+            super::copy_out::artifacts(self.engine, id, artifacts, &dest, cancel).await?;
+        for path in &missing {
+            summary.warnings.push(format!("{path}: nothing matched"));
+        }
+        for warning in &summary.warnings {
+            self.log.note(format!("artifacts: {warning}")).await;
+        }
+        self.log
+            .note(format!(
+                "artifacts: {} files, {} bytes in artifacts/{}",
+                summary.files, summary.bytes, self.stage.task
+            ))
+            .await;
+        if artifacts.required && !missing.is_empty() && outcome.status.passed() {
+            let message = format!("required artifacts missing: {}", missing.join(", "));
+            outcome = StageOutcome {
+                status: StageStatus::Failed,
+                ..outcome
+            }
+            .with_message(message);
+        }
+        outcome.artifacts = Some(Box::new(summary));
+        Ok(outcome)
     }
 
     /// Puts the task's test results in its outcome, its warnings and failed tests in the
@@ -169,7 +212,7 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
                 outcome.with_message(format!("{message} (reports.fail_on_failures is off)"))
             };
         }
-        outcome.tests = Some(summary);
+        outcome.tests = Some(Box::new(summary));
         outcome
     }
 
@@ -390,6 +433,16 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether artifacts are copied after a stage that ended so (never after a cancel).
+fn wanted(when: ArtifactsWhen, status: StageStatus) -> bool {
+    match when {
+        _ if status == StageStatus::Cancelled => false,
+        ArtifactsWhen::Always => true,
+        ArtifactsWhen::OnSuccess => status.passed(),
+        ArtifactsWhen::OnFailure => !status.passed(),
     }
 }
 

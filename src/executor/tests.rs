@@ -74,6 +74,7 @@ fn options(root: &Path) -> ExecutorOptions {
             no_new_privileges: true,
             cap_drop: Vec::new(),
         },
+        artifacts_dir: root.join("results/artifacts"),
     }
 }
 
