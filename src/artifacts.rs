@@ -11,7 +11,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::events::ArtifactSummary;
-use crate::testreport::Pattern;
+use crate::testreport::{Pattern, push_warning};
 
 /// What is left of a task's caps as its patterns are copied.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +39,7 @@ pub fn extract(
     let entries = match archive.entries() {
         Ok(entries) => entries,
         Err(e) => {
-            summary.warnings.push(format!("{}: {e}", pattern.text));
+            push_warning(&mut summary.warnings, format!("{}: {e}", pattern.text));
             return 0;
         }
     };
@@ -47,17 +47,19 @@ pub fn extract(
         let mut entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                summary
-                    .warnings
-                    .push(format!("{}: the copy broke off: {e}", pattern.text));
+                push_warning(
+                    &mut summary.warnings,
+                    format!("{}: the copy broke off: {e}", pattern.text),
+                );
                 break;
             }
         };
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let Some(parts) = clean(&name) else {
-            summary
-                .warnings
-                .push(format!("{name}: a name that leaves its directory; skipped"));
+            push_warning(
+                &mut summary.warnings,
+                format!("{name}: a name that leaves its directory; skipped"),
+            );
             continue;
         };
         let path = format!("{}/{}", pattern.archive_root(), parts.join("/"));
@@ -75,13 +77,18 @@ pub fn extract(
                 summary.bytes += bytes;
             }
             Ok(Written::Nothing) => {}
-            Ok(Written::Skipped(why)) => summary.warnings.push(format!("{path}: {why}")),
+            Ok(Written::Skipped(why)) => {
+                push_warning(&mut summary.warnings, format!("{path}: {why}"))
+            }
             Err(Stop::Cap(why)) => {
+                // Said even past the warnings kept: it is why the copy is incomplete.
                 summary.warnings.push(why);
                 summary.capped = true;
                 return matched;
             }
-            Err(Stop::Io(e)) => summary.warnings.push(format!("{path}: not written: {e}")),
+            Err(Stop::Io(e)) => {
+                push_warning(&mut summary.warnings, format!("{path}: not written: {e}"))
+            }
         }
     }
     matched

@@ -372,10 +372,15 @@ fn push_capped(out: &mut String, text: &str) {
 
 /// Adds a warning, up to [`MAX_WARNINGS`].
 pub fn warn(summary: &mut TestSummary, warning: String) {
-    if summary.warnings.len() < MAX_WARNINGS {
-        summary.warnings.push(warning);
-    } else if summary.warnings.len() == MAX_WARNINGS {
-        summary.warnings.push("more warnings left out".into());
+    push_warning(&mut summary.warnings, warning);
+}
+
+/// Adds a warning to a list kept to [`MAX_WARNINGS`]: a million bad entries say so once.
+pub fn push_warning(warnings: &mut Vec<String>, warning: String) {
+    if warnings.len() < MAX_WARNINGS {
+        warnings.push(warning);
+    } else if warnings.len() == MAX_WARNINGS {
+        warnings.push("more warnings left out".into());
     }
 }
 

@@ -1,9 +1,11 @@
 //! Copying out of a finished task's container through the engine's archive API, read on
 //! the blocking pool as it streams in: the copy stops at a byte budget, the deadline or a
-//! cancel, whichever comes first. Test reports are read here; every problem with them is a
-//! warning in the summary, never the job's error.
+//! cancel, whichever comes first. Test reports are read here, artifacts written by
+//! [`crate::artifacts`]; every problem with either is a warning in its summary, never the
+//! job's error.
 
 use std::io::{self, Read};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -12,8 +14,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::ContainerEngine;
-use std::path::Path;
-
 use crate::artifacts::Limits;
 use crate::collector::{Artifacts, Reports};
 use crate::docker::{Archive, DockerError};
@@ -21,7 +21,7 @@ use crate::events::{ArtifactSummary, TestSummary};
 use crate::testreport::{self, Pattern};
 use crate::util::off_runtime;
 
-/// How long copying a task's reports out may take in all.
+/// How long copying a task's reports, or its artifacts, out may take in all.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Reads the files `reports.junit` names in container `id`.
@@ -81,16 +81,17 @@ pub async fn artifacts<E: ContainerEngine>(
         .saturating_add(64 << 20);
     let dir = dest.to_owned();
     if let Err(e) = off_runtime(move || std::fs::create_dir_all(dir)).await {
-        summary
-            .warnings
-            .push(format!("{}: cannot be made: {e}", dest.display()));
+        testreport::push_warning(
+            &mut summary.warnings,
+            format!("{}: cannot be made: {e}", dest.display()),
+        );
         return Ok((summary, missing));
     }
     for text in &artifacts.paths {
         let pattern = match Pattern::new(text, &workdir) {
             Ok(pattern) => pattern,
             Err(reason) => {
-                summary.warnings.push(format!("{text}: {reason}"));
+                testreport::push_warning(&mut summary.warnings, format!("{text}: {reason}"));
                 continue;
             }
         };
@@ -126,11 +127,14 @@ pub async fn artifacts<E: ContainerEngine>(
         summary.files += part.files;
         summary.bytes += part.bytes;
         summary.capped |= part.capped;
-        summary.warnings.extend(part.warnings);
+        for warning in part.warnings {
+            testreport::push_warning(&mut summary.warnings, warning);
+        }
         if let Some(why) = stopped {
-            summary
-                .warnings
-                .push(format!("{text}: the copy stopped: {why}"));
+            testreport::push_warning(
+                &mut summary.warnings,
+                format!("{text}: the copy stopped: {why}"),
+            );
         }
         if matched == 0 {
             missing.push(text.clone());

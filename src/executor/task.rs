@@ -157,7 +157,10 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
         let (mut summary, missing) =
             super::copy_out::artifacts(self.engine, id, artifacts, &dest, cancel).await?;
         for path in &missing {
-            summary.warnings.push(format!("{path}: nothing matched"));
+            crate::testreport::push_warning(
+                &mut summary.warnings,
+                format!("{path}: nothing matched"),
+            );
         }
         for warning in &summary.warnings {
             self.log.note(format!("artifacts: {warning}")).await;
