@@ -8,8 +8,8 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,9 @@ use crate::util::off_runtime;
 
 /// How long copying a task's reports, or its artifacts, out may take in all.
 pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Chunks of the archive already received are handed over in batches up to this size.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Reads the files `reports.junit` names in container `id`.
 pub async fn reports<E: ContainerEngine>(
@@ -210,14 +213,32 @@ pub async fn read_off_runtime<T: Send + 'static>(
                     return Some("it ran past its deadline".to_owned());
                 }
             };
-            match chunk {
-                Some(Ok(bytes)) => {
-                    if tx.send(bytes).await.is_err() {
-                        return None;
-                    }
-                }
+            let mut batch = match chunk {
+                Some(Ok(bytes)) => BytesMut::from(bytes),
                 Some(Err(e)) => return Some(e.to_string()),
                 None => return None,
+            };
+            // Chunks already arrived go over together: one wake-up of the reader each.
+            let mut ended = None;
+            while batch.len() < BATCH_BYTES {
+                match archive.next().now_or_never() {
+                    Some(Some(Ok(bytes))) => batch.extend_from_slice(&bytes),
+                    Some(Some(Err(e))) => {
+                        ended = Some(Some(e.to_string()));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(None);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if tx.send(batch.freeze()).await.is_err() {
+                return None;
+            }
+            if let Some(why) = ended {
+                return why;
             }
         }
     };
