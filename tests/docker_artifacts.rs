@@ -71,7 +71,7 @@ artifacts:
 fn caps_required_paths_and_when_are_kept() {
     let project = Project::new(
         r#"
-image_name_prefix: t-artifacts-
+image_name_prefix: t-artifacts
 context: false
 images:
   many:
