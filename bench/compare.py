@@ -108,6 +108,32 @@ def big_output(runs, work):
     return outcome
 
 
+def artifact(runs, work):
+    """A task that writes 100 MB, kept as an artifact, against docker create/start, docker cp
+    of the same path and docker rm."""
+    d = os.path.join(work, "artifact")
+    os.makedirs(d)
+    producer = "mkdir -p /out && head -c 100000000 /dev/urandom > /out/blob"
+    with open(os.path.join(d, "config.yml"), "w") as f:
+        f.write(f"tag: bench-artifact\ncontext: false\ncommands: [FROM {BASE}]\nbash: '{producer}'\n"
+                "artifacts: {paths: [/out], max_size: 200m}\n")
+    subprocess.run([DOCKHAND, "--no-harpoonrc", "build"], cwd=d, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = os.path.join(work, "results-artifact")
+    copies = os.path.join(work, "docker-cp")
+    os.makedirs(copies)
+    docker = (f"id=$(docker create --log-driver none bench-artifact:latest sh -c '{producer}') && docker start -a $id && "
+              f"docker cp $id:/out $(mktemp -d -p {copies}) && docker rm $id >/dev/null")
+    outcome = measure("a task writing 100 MB, copied out", runs, [
+        ("dockhand run (artifacts: /out)", lambda: timed([DOCKHAND, "--no-harpoonrc", "run", "--results-dir", results], cwd=d)),
+        ("docker create + start -a + cp /out + rm", sh(docker)),
+    ])
+    for job in os.listdir(results):
+        blob = os.path.join(results, job, "artifacts", "bench-artifact", "out", "blob")
+        if os.path.getsize(blob) != 100_000_000:
+            sys.exit(f"dockhand lost bytes: {blob}")
+    return outcome
+
+
 def big_context(runs, work):
     d = os.path.join(work, "context")
     os.makedirs(d)
@@ -171,7 +197,7 @@ def big_context(runs, work):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", choices=["trivial", "output", "context"])
+    parser.add_argument("--only", choices=["trivial", "output", "context", "artifact"])
     args = parser.parse_args()
     if not os.access(DOCKHAND, os.X_OK):
         sys.exit("build the release binary first: cargo build --release")
@@ -179,7 +205,7 @@ def main():
     print(f"dockhand vs docker CLI on {os.cpu_count()} cores, {env_note}")
     work = tempfile.mkdtemp(prefix="dockhand-bench-")
     try:
-        for name, fn in [("trivial", trivial), ("output", big_output), ("context", big_context)]:
+        for name, fn in [("trivial", trivial), ("output", big_output), ("artifact", artifact), ("context", big_context)]:
             if args.only in (None, name):
                 fn(args.runs, work)
     finally:

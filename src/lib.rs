@@ -36,6 +36,7 @@
 //!   [`exit_code`], [`cancel`] (cancellation with a reason), [`signals`].
 
 pub mod agent;
+pub mod artifacts;
 pub mod build;
 pub mod cancel;
 pub mod cli;
@@ -57,5 +58,6 @@ pub mod report;
 pub mod server;
 pub mod signals;
 pub mod source;
+pub mod testreport;
 pub mod util;
 pub mod workspace;

@@ -53,6 +53,31 @@ pub fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
 }
 
+/// The one size rule of agent.toml and config values, like Docker's `--memory`: `512m`,
+/// `2g`, `1073741824` bytes; more than 0.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim().to_ascii_lowercase();
+    let trimmed = trimmed.strip_suffix('b').unwrap_or(&trimmed);
+    let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => trimmed.split_at(i),
+        None => (trimmed, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("`{text}` is not a size like \"512m\" or \"2g\"")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size like \"512m\" or \"2g\""))
+}
+
 /// The one duration rule of every flag, agent.toml key and config value: a whole number
 /// of seconds (`"90"`) or humantime's forms (`"30s"`, `"1h 30m"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

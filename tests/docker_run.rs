@@ -461,6 +461,22 @@ fn the_repository_demo_runs() {
             .contains("run test | service answered: dockhand demo service"),
         "{run}"
     );
+    assert!(
+        run.stdout
+            .contains("run test: 1 passed, 0 failed, 0 errors, 0 skipped"),
+        "{run}"
+    );
+    let report = run
+        .results
+        .as_ref()
+        .unwrap()
+        .join("artifacts/test/results/test.xml");
+    assert!(
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("answers_its_page"),
+        "{run}"
+    );
 }
 
 /// `dockhand run | head -3`: the console stops being written when its reader goes away;

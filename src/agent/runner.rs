@@ -69,6 +69,7 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
         env: HashMap::new(),
         job_network: JobNetwork::Shared,
         containers: container_defaults(&settings.docker),
+        artifacts_dir: std::path::PathBuf::new(),
     };
     let report = ReportSettings {
         results_root: agent.results_dir.clone(),

@@ -88,6 +88,7 @@ pub fn run(
             sandbox.cpus,
             sandbox.pids_limit,
         ),
+        artifacts_dir: PathBuf::new(),
     };
     let report = report_settings(results_root, info, args);
     let env = JobEnv {

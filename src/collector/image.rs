@@ -40,6 +40,8 @@ pub const IMAGE_KEYS: &[&str] = &[
     "container_name",
     "ulimits",
     "read_only_rootfs",
+    "reports",
+    "artifacts",
     "vars",
     "no_tty_option",
 ];

@@ -120,6 +120,40 @@ pub struct RunOptions {
     pub container_name: Option<String>,
     pub ulimits: Vec<Ulimit>,
     pub read_only_rootfs: bool,
+    /// The task's own test results, read from its container when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports: Option<Reports>,
+    /// Files the task makes, kept in the job's results when its container ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Artifacts>,
+}
+
+/// `artifacts:` — container paths or globs copied out of the task's container.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Artifacts {
+    pub paths: Vec<String>,
+    pub when: ArtifactsWhen,
+    /// The most bytes of all the task's artifacts together.
+    pub max_size: u64,
+    pub max_files: u64,
+    /// Whether a path that matches nothing fails the stage (otherwise a warning).
+    pub required: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactsWhen {
+    Always,
+    OnSuccess,
+    OnFailure,
+}
+
+/// `reports:` — test result files the task writes, as container paths or globs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reports {
+    pub junit: Vec<String>,
+    /// Whether a task that exits 0 with failing tests in its report fails its stage.
+    pub fail_on_failures: bool,
 }
 
 /// A resource limit inside the container (`nofile`, `nproc`, ...).

@@ -11,8 +11,8 @@ use super::diagnostic::{Diagnostic, Problem};
 use super::format::Formatted;
 use super::load::absolute_in;
 use super::model::{
-    Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network, PortMapping, RunCommand,
-    RunOptions, Ulimit, WaitCondition,
+    Artifacts, ArtifactsWhen, Cpu, DependencyOptions, EnvValue, EnvVar, Link, Mount, Network,
+    PortMapping, Reports, RunCommand, RunOptions, Ulimit, WaitCondition,
 };
 use super::node::{KeyPath, Node, Value};
 use super::read::Reader;
@@ -89,6 +89,11 @@ const NETWORK_KEYS: &[&str] = &[
     "publish_all_ports",
 ];
 const VOLUME_KEYS: &[&str] = &["mount", "share_with"];
+const REPORT_KEYS: &[&str] = &["junit", "fail_on_failures"];
+const ARTIFACT_KEYS: &[&str] = &["paths", "when", "max_size", "max_files", "required"];
+/// A task's artifacts unless it says otherwise: 1 GiB, 10,000 files.
+const ARTIFACT_MAX_SIZE: u64 = 1 << 30;
+const ARTIFACT_MAX_FILES: u64 = 10_000;
 
 /// Reads the run options of one merged image node.
 pub fn read(
@@ -114,6 +119,8 @@ pub fn read(
         read_only_rootfs: r
             .field(image, path, "read_only_rootfs", Reader::bool)
             .unwrap_or(false),
+        reports: r.field(image, path, "reports", reports),
+        artifacts: r.field(image, path, "artifacts", artifacts),
         ..RunOptions::default()
     };
     if let Some(volumes) = r.field(image, path, "volumes", Reader::map) {
@@ -766,6 +773,89 @@ fn capabilities(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<V
                 &name,
                 "a capability name such as NET_ADMIN",
             );
+        }
+    }
+    Some(out)
+}
+
+fn reports(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Reports> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(&node, path, "reports", REPORT_KEYS, &[], r.d);
+    Some(Reports {
+        junit: r
+            .field(&node, path, "junit", container_paths)
+            .unwrap_or_default(),
+        fail_on_failures: r
+            .field(&node, path, "fail_on_failures", Reader::bool)
+            .unwrap_or(true),
+    })
+}
+
+fn artifacts(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Artifacts> {
+    let node = r.map(node, path)?;
+    suggest::check_keys(&node, path, "artifacts", ARTIFACT_KEYS, &[], r.d);
+    let paths = r.field(&node, path, "paths", container_paths);
+    if node.get("paths").is_none() {
+        let problem = Problem::MissingKey {
+            key: "paths",
+            section: "artifacts".into(),
+        };
+        r.d.error(&node.location, path, problem);
+    }
+    let when = r
+        .field(&node, path, "when", |r, n, p| {
+            let text = r.text(n, p)?;
+            match text.as_str() {
+                "always" => Some(ArtifactsWhen::Always),
+                "on_success" => Some(ArtifactsWhen::OnSuccess),
+                "on_failure" => Some(ArtifactsWhen::OnFailure),
+                _ => {
+                    r.invalid(n, p, "when", &text, "always, on_success or on_failure");
+                    None
+                }
+            }
+        })
+        .unwrap_or(ArtifactsWhen::OnSuccess);
+    let max_size = r
+        .field(&node, path, "max_size", |r, n, p| {
+            let text = r.text(n, p)?;
+            match crate::util::parse_size(&text) {
+                Ok(size) => Some(size),
+                Err(reason) => {
+                    r.invalid(n, p, "max_size", &text, reason);
+                    None
+                }
+            }
+        })
+        .unwrap_or(ARTIFACT_MAX_SIZE);
+    Some(Artifacts {
+        paths: paths?,
+        when,
+        max_size,
+        max_files: r
+            .field(&node, path, "max_files", |r, n, p| {
+                r.number(n, p, "max_files")
+            })
+            .unwrap_or(ARTIFACT_MAX_FILES),
+        required: r
+            .field(&node, path, "required", Reader::bool)
+            .unwrap_or(false),
+    })
+}
+
+/// Paths or globs inside the task's container, absolute or relative to its working
+/// directory.
+fn container_paths(r: &mut Reader<'_, '_>, node: &Node, path: &KeyPath) -> Option<Vec<String>> {
+    let items = r.list(node, path)?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = path.index(i);
+        let Some(text) = r.text(item, &item_path) else {
+            continue;
+        };
+        match crate::testreport::Pattern::new(&text, "/") {
+            Ok(_) => out.push(text),
+            Err(reason) => r.invalid(item, &item_path, "container path", &text, reason),
         }
     }
     Some(out)

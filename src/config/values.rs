@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-use crate::util::parse_duration;
+use crate::util::{parse_duration, parse_size};
 
 /// [`parse_duration`] for agent.toml.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -58,27 +58,7 @@ impl Serialize for ByteSize {
 
 impl ByteSize {
     pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let trimmed = text.trim().to_ascii_lowercase();
-        let trimmed = trimmed.strip_suffix('b').unwrap_or(&trimmed);
-        let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-            Some((i, _)) => trimmed.split_at(i),
-            None => (trimmed, ""),
-        };
-        let shift = match unit {
-            "" => 0,
-            "k" => 10,
-            "m" => 20,
-            "g" => 30,
-            "t" => 40,
-            _ => return Err(format!("`{text}` is not a size like \"512m\" or \"2g\"")),
-        };
-        digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1 << shift))
-            .filter(|n| *n > 0)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is not a size like \"512m\" or \"2g\""))
+        parse_size(text).map(ByteSize)
     }
 }
 

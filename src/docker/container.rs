@@ -27,6 +27,9 @@ use super::{DockerError, Engine, Owner, is_not_found, labels};
 use crate::collector::{Cpu, Network, PortMapping, Ulimit};
 use crate::events::{LogStream, StageLog};
 
+/// A tar stream copied out of a container.
+pub type Archive = futures_util::stream::BoxStream<'static, Result<Bytes, DockerError>>;
+
 /// How long the engine gets to report an exit code once output has ended.
 const WAIT_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -608,6 +611,45 @@ impl Engine {
                 "looking for {path} in container {id}"
             ))(e)),
         }
+    }
+
+    /// A tar stream of `path` (absolute) in a container, running or exited, through the
+    /// engine's archive API: links in it come as links. `None` when the path is missing.
+    pub async fn archive(&self, id: &str, path: &str) -> Result<Option<Archive>, DockerError> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(id, Some(options))
+            .boxed();
+        let action = format!("copying {path} out of container {id}");
+        let first = match stream.next().await {
+            None => Bytes::new(),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(Err(e)) => return Err(DockerError::api(action)(e)),
+        };
+        let rest = stream.map(move |chunk| chunk.map_err(DockerError::api(action.clone())));
+        Ok(Some(
+            futures_util::stream::once(async { Ok(first) })
+                .chain(rest)
+                .boxed(),
+        ))
+    }
+
+    /// The container's working directory, which relative paths in it start from.
+    pub async fn working_dir(&self, id: &str) -> Result<String, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(DockerError::api(format!("inspecting container {id}")))?;
+        Ok(inspected
+            .config
+            .and_then(|c| c.working_dir)
+            .filter(|dir| !dir.is_empty())
+            .unwrap_or_else(|| "/".into()))
     }
 
     /// The first `limit` bytes of a file in the container, or `None` if it is missing.

@@ -13,7 +13,7 @@ pub use wait::Readiness;
 
 pub use build::{BuildRequest, BuildResult};
 pub use client::Engine;
-pub use container::{Chunk, ContainerSpec, ExitStatus, Leftovers, Pause};
+pub use container::{Archive, Chunk, ContainerSpec, ExitStatus, Leftovers, Pause};
 pub use labels::Owner;
 
 /// Infrastructure failures: the engine could not be reached or refused a request. A

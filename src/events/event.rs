@@ -87,6 +87,87 @@ pub struct StageOutcome {
     /// console and log show them in place already).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output_tail: Vec<String>,
+    /// What the task's own test reports (`reports.junit`) say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<Box<TestSummary>>,
+    /// What was copied of the task's `artifacts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Box<ArtifactSummary>>,
+}
+
+/// A task's artifacts as copied into `artifacts/<task>/` of the job's results.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArtifactSummary {
+    /// Files and links written.
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether `max_size` or `max_files` stopped the copy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub capped: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A task's test results, read from the JUnit XML files it wrote: counts for everyone,
+/// the failed tests for a reader of the result alone, every case for junit.xml.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TestSummary {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    /// The sum of the cases' own times.
+    pub duration_ms: u64,
+    /// Failed and erroring cases, up to a cap.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TestCase>,
+    /// Reports that were missing, unreadable or cut short, each naming its file (and line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Every case, up to a cap, for junit.xml; result.json keeps the counts and failures.
+    #[serde(skip)]
+    pub cases: Vec<TestCase>,
+}
+
+impl TestSummary {
+    /// Failed and erroring tests.
+    pub fn failing(&self) -> u64 {
+        self.failed + self.errors
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TestCase {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub class: String,
+    pub status: TestStatus,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The start of the failure's body and the case's captured output, capped.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+impl TestCase {
+    /// `tests.test_app :: test_login`, or the name alone.
+    pub fn label(&self) -> String {
+        if self.class.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} :: {}", self.class, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
 }
 
 impl StageOutcome {
@@ -97,6 +178,8 @@ impl StageOutcome {
             image_id: None,
             message: None,
             output_tail: Vec::new(),
+            tests: None,
+            artifacts: None,
         }
     }
 

@@ -5,4 +5,7 @@ mod emitter;
 mod event;
 
 pub use emitter::{Emitter, StageLog};
-pub use event::{Event, JobStatus, LogStream, StageKind, StageOutcome, StageStatus, Timestamp};
+pub use event::{
+    ArtifactSummary, Event, JobStatus, LogStream, StageKind, StageOutcome, StageStatus, TestCase,
+    TestStatus, TestSummary, Timestamp,
+};

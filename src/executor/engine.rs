@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collector::WaitCondition;
 use crate::docker::{
-    BuildRequest, BuildResult, Chunk, ContainerSpec, DockerError, Engine, ExitStatus, Leftovers,
-    Owner, Pause, Readiness,
+    Archive, BuildRequest, BuildResult, Chunk, ContainerSpec, DockerError, Engine, ExitStatus,
+    Leftovers, Owner, Pause, Readiness,
 };
 use crate::events::StageLog;
 
@@ -80,6 +80,17 @@ pub trait ContainerEngine: Clone + Send + Sync + 'static {
         condition: &WaitCondition,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Readiness, DockerError>> + Send;
+
+    /// A tar stream of an absolute `path` in a container that may have exited; `None` when
+    /// the path is missing. Links come as links, never followed.
+    fn archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<Archive>, DockerError>> + Send;
+
+    /// The directory relative paths in the container start from.
+    fn working_dir(&self, id: &str) -> impl Future<Output = Result<String, DockerError>> + Send;
 
     /// Removes a container and its anonymous volumes; one already gone is fine.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
@@ -159,6 +170,14 @@ impl ContainerEngine for Engine {
         cancel: &CancellationToken,
     ) -> Result<Readiness, DockerError> {
         Engine::wait_ready(self, id, network, condition, cancel).await
+    }
+
+    async fn archive(&self, id: &str, path: &str) -> Result<Option<Archive>, DockerError> {
+        Engine::archive(self, id, path).await
+    }
+
+    async fn working_dir(&self, id: &str) -> Result<String, DockerError> {
+        Engine::working_dir(self, id).await
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), DockerError> {

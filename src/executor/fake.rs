@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{ContainerEngine, Output};
 use crate::collector::WaitCondition;
 use crate::docker::{
-    BuildRequest, BuildResult, ContainerSpec, DockerError, ExitStatus, Leftovers, Owner, Pause,
-    Readiness, labels,
+    Archive, BuildRequest, BuildResult, ContainerSpec, DockerError, ExitStatus, Leftovers, Owner,
+    Pause, Readiness, labels,
 };
 use crate::events::StageLog;
 
@@ -62,6 +63,8 @@ struct Script {
     builds: HashMap<String, Build>,
     tasks: HashMap<String, Task>,
     build_time: Duration,
+    /// Tar archives of container paths, as the archive API would send them.
+    archives: HashMap<String, Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,14 @@ impl FakeEngine {
         Arc::make_mut(&mut self.script)
             .tasks
             .insert(task.to_owned(), script);
+        self
+    }
+
+    /// What copying `path` out of any container gives: this tar, in small chunks.
+    pub fn archive(mut self, path: &str, tar: Vec<u8>) -> FakeEngine {
+        Arc::make_mut(&mut self.script)
+            .archives
+            .insert(path.to_owned(), tar);
         self
     }
 
@@ -305,6 +316,20 @@ impl ContainerEngine for FakeEngine {
         _cancel: &CancellationToken,
     ) -> Result<Readiness, DockerError> {
         Ok(Readiness::Ready)
+    }
+
+    async fn archive(&self, _id: &str, path: &str) -> Result<Option<Archive>, DockerError> {
+        Ok(self.script.archives.get(path).map(|tar| {
+            let chunks: Vec<Result<Bytes, DockerError>> = tar
+                .chunks(700)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            futures_util::stream::iter(chunks).boxed()
+        }))
+    }
+
+    async fn working_dir(&self, _id: &str) -> Result<String, DockerError> {
+        Ok("/work".into())
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), DockerError> {

@@ -47,6 +47,9 @@ pub struct ExecutorOptions {
     pub env: HashMap<String, String>,
     pub job_network: JobNetwork,
     pub containers: ContainerDefaults,
+    /// `<results>/<job>/artifacts`: each task's artifacts go in a directory named after
+    /// the task. The pipeline sets it once the results directory exists.
+    pub artifacts_dir: PathBuf,
 }
 
 /// Where tasks without dependency containers run.

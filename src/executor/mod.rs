@@ -5,6 +5,7 @@
 //! production, a scripted fake in this module's tests.
 
 mod binds;
+mod copy_out;
 mod engine;
 #[cfg(test)]
 mod fake;

@@ -16,9 +16,11 @@ use super::binds;
 use super::engine::{ContainerEngine, Output};
 use super::job::ExecutorOptions;
 use super::policy::{PolicyError, resolve_env};
-use crate::collector::{DependencyOptions, Image, Mount, RunCommand, TaskAction};
+use crate::collector::{
+    Artifacts, ArtifactsWhen, DependencyOptions, Image, Mount, RunCommand, TaskAction,
+};
 use crate::docker::{ContainerSpec, DockerError, ExitStatus, Owner, Readiness};
-use crate::events::{LogStream, StageLog, StageOutcome, StageStatus};
+use crate::events::{LogStream, StageLog, StageOutcome, StageStatus, TestSummary};
 use crate::plan::RunStage;
 
 /// A dependency's last output kept to show when it dies: 64 KiB.
@@ -104,30 +106,117 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             Ok(started) => started,
             Err(refused) => return Ok(self.refused(refused).await),
         };
-        Ok(
-            match self
-                .engine
-                .run_attached(&id, output, self.log, cancel, deadline)
-                .await?
-            {
-                ExitStatus::Exited(0) => StageOutcome {
-                    exit_code: Some(0),
-                    ..StageOutcome::new(StageStatus::Passed)
-                },
-                ExitStatus::Exited(code) => {
-                    let failure = StageOutcome {
-                        exit_code: Some(code),
-                        ..StageOutcome::new(StageStatus::Failed)
-                    };
-                    failure.with_message(format!("exited with code {code}"))
-                }
-                ExitStatus::TimedOut => StageOutcome::new(StageStatus::TimedOut)
-                    .with_message("the task ran past its timeout and was killed"),
-                ExitStatus::Cancelled => {
-                    StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
-                }
+        let status = self
+            .engine
+            .run_attached(&id, output, self.log, cancel, deadline)
+            .await?;
+        let outcome = match status {
+            ExitStatus::Exited(0) => StageOutcome {
+                exit_code: Some(0),
+                ..StageOutcome::new(StageStatus::Passed)
             },
-        )
+            ExitStatus::Exited(code) => {
+                let failure = StageOutcome {
+                    exit_code: Some(code),
+                    ..StageOutcome::new(StageStatus::Failed)
+                };
+                failure.with_message(format!("exited with code {code}"))
+            }
+            ExitStatus::TimedOut => StageOutcome::new(StageStatus::TimedOut)
+                .with_message("the task ran past its timeout and was killed"),
+            ExitStatus::Cancelled => {
+                StageOutcome::new(StageStatus::Cancelled).with_message("cancelled")
+            }
+        };
+        let outcome = match (&task_image.run.reports, status) {
+            (Some(reports), ExitStatus::Exited(_)) if !reports.junit.is_empty() => {
+                let summary = super::copy_out::reports(self.engine, &id, reports, cancel).await?;
+                self.with_tests(outcome, summary, reports.fail_on_failures)
+                    .await
+            }
+            _ => outcome,
+        };
+        match &task_image.run.artifacts {
+            Some(artifacts) if wanted(artifacts.when, outcome.status) => {
+                self.with_artifacts(outcome, &id, artifacts, cancel).await
+            }
+            _ => Ok(outcome),
+        }
+    }
+
+    /// Copies the task's artifacts into the job's results; a path that matched nothing is
+    /// a warning, or fails the stage when `required`.
+    async fn with_artifacts(
+        &self,
+        mut outcome: StageOutcome,
+        id: &str,
+        artifacts: &Artifacts,
+        cancel: &CancellationToken,
+    ) -> Result<StageOutcome, DockerError> {
+        let dest = self.options.artifacts_dir.join(&self.stage.task);
+        let (mut summary, missing) =
+            super::copy_out::artifacts(self.engine, id, artifacts, &dest, cancel).await?;
+        for path in &missing {
+            crate::testreport::push_warning(
+                &mut summary.warnings,
+                format!("{path}: nothing matched"),
+            );
+        }
+        for warning in &summary.warnings {
+            self.log.note(format!("artifacts: {warning}")).await;
+        }
+        self.log
+            .note(format!(
+                "artifacts: {} files, {} bytes in artifacts/{}",
+                summary.files, summary.bytes, self.stage.task
+            ))
+            .await;
+        if artifacts.required && !missing.is_empty() && outcome.status.passed() {
+            let message = format!("required artifacts missing: {}", missing.join(", "));
+            outcome = StageOutcome {
+                status: StageStatus::Failed,
+                ..outcome
+            }
+            .with_message(message);
+        }
+        outcome.artifacts = Some(Box::new(summary));
+        Ok(outcome)
+    }
+
+    /// Puts the task's test results in its outcome, its warnings and failed tests in the
+    /// stage's log; a task that exited 0 with failing tests fails when `fail` says so.
+    async fn with_tests(
+        &self,
+        mut outcome: StageOutcome,
+        summary: TestSummary,
+        fail: bool,
+    ) -> StageOutcome {
+        for warning in &summary.warnings {
+            self.log.note(format!("test report: {warning}")).await;
+        }
+        let failing = summary.failing();
+        let mut line = format!(
+            "tests: {} passed, {} failed, {} errors, {} skipped",
+            summary.passed, summary.failed, summary.errors, summary.skipped
+        );
+        for case in &summary.failures {
+            line.push_str(&format!("\n  failed: {}", case.label()));
+        }
+        self.log.note(line).await;
+        if failing > 0 && outcome.status == StageStatus::Passed {
+            let message = format!("exited 0 but its test report has {failing} failing tests");
+            outcome = if fail {
+                StageOutcome {
+                    status: StageStatus::Failed,
+                    ..outcome
+                }
+                .with_message(message)
+            } else {
+                outcome.with_message(format!("{message} (reports.fail_on_failures is off)"))
+            };
+        }
+        outcome.tests = Some(Box::new(summary));
+        outcome
     }
 
     /// Starts one dependency container and waits until it is ready. `Some(outcome)` ends
@@ -347,6 +436,16 @@ impl<E: ContainerEngine> TaskRun<'_, E> {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether artifacts are copied after a stage that ended so (never after a cancel).
+fn wanted(when: ArtifactsWhen, status: StageStatus) -> bool {
+    match when {
+        _ if status == StageStatus::Cancelled => false,
+        ArtifactsWhen::Always => true,
+        ArtifactsWhen::OnSuccess => status.passed(),
+        ArtifactsWhen::OnFailure => !status.passed(),
     }
 }
 

@@ -74,6 +74,7 @@ fn options(root: &Path) -> ExecutorOptions {
             no_new_privileges: true,
             cap_drop: Vec::new(),
         },
+        artifacts_dir: root.join("results/artifacts"),
     }
 }
 
@@ -586,5 +587,63 @@ async fn an_engine_error_is_the_job_s_error_and_what_the_stage_made_is_removed()
         network_removed < sweep,
         "the stage cleans up: {:?}",
         record.calls
+    );
+}
+
+/// A tar of `/work/results` with a report, a link and an entry that climbs out, cut short
+/// after `keep` bytes.
+fn report_archive(keep: Option<usize>) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let report = br#"<testsuite><testcase name="ok"/><testcase name="bad" classname="k"><failure message="no"/></testcase></testsuite>"#;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(report.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "results/a.xml", &report[..])
+        .unwrap();
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    tar.append_link(&mut link, "results/shadow.xml", "/etc/shadow")
+        .unwrap();
+    let mut climb = tar::Header::new_old();
+    climb.as_old_mut().name[..16].copy_from_slice(b"../results/b.xml");
+    climb.set_size(report.len() as u64);
+    climb.set_cksum();
+    tar.append(&climb, &report[..]).unwrap();
+    let mut bytes = tar.into_inner().unwrap();
+    if let Some(keep) = keep {
+        bytes.truncate(keep);
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn a_task_that_exits_0_with_failing_tests_fails_its_stage_and_a_cut_report_is_a_warning() {
+    let job = job(
+        "tag: t-app\ncommands: [FROM x]\ncommand: 'true'\nreports: {junit: ['results/*.xml', 'gone/*.xml']}\n",
+    );
+    let engine = FakeEngine::new().archive("/work/results", report_archive(None));
+    let ran = run(&engine, &job, &Cancel::new()).await;
+    let stage = ran.outcome.stages.last().unwrap();
+    assert_eq!(stage.status, StageStatus::Failed, "{stage:?}");
+    let tests = stage.tests.as_ref().unwrap();
+    assert_eq!((tests.passed, tests.failed), (1, 1), "{tests:?}");
+    assert_eq!(tests.failures[0].label(), "k :: bad");
+    assert_eq!(
+        tests.warnings,
+        [
+            "/work/results/shadow.xml: not a regular file (a link is not followed); skipped",
+            "gone/*.xml: not found in the container"
+        ]
+    );
+
+    let engine = FakeEngine::new().archive("/work/results", report_archive(Some(1200)));
+    let ran = run(&engine, &job, &Cancel::new()).await;
+    let tests = ran.outcome.stages.last().unwrap().tests.as_ref().unwrap();
+    assert_eq!((tests.passed, tests.failed), (1, 1), "{tests:?}");
+    assert!(
+        tests.warnings.iter().any(|w| w.contains("broke off")),
+        "{tests:?}"
     );
 }

@@ -241,6 +241,7 @@ impl JobRun<'_> {
                     executor.sandbox.workspace = ws.dir.clone();
                 }
                 executor.env = env.for_tasks(&collected.config.secrets);
+                executor.artifacts_dir = local.dir.join("artifacts");
                 let ready = match checked_plan(&collected, plan, &env, &executor).await {
                     Ok(plan) => match engine.connect().await {
                         Ok(engine) => check_commands(&engine, &plan)

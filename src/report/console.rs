@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::palette::Palette;
 use super::record::{JobRecord, status_word};
 use super::reporter::{Sink, SinkError, writing};
-use crate::events::{Event, LogStream};
+use crate::events::{Event, LogStream, TestSummary};
 
 pub struct Console<W: Write + Send> {
     out: io::BufWriter<W>,
@@ -226,6 +226,21 @@ impl<W: Write + Send> Console<W> {
                         w = self.width
                     )?;
                 }
+                for s in &record.stages {
+                    if let Some(tests) = s.outcome.as_ref().and_then(|o| o.tests.as_ref()) {
+                        writeln!(self.out, "{}", tests_line(&s.label(), tests))?;
+                        for case in tests.failures.iter().take(SHOWN_FAILURES) {
+                            writeln!(self.out, "    failed: {}", case.label())?;
+                        }
+                        if tests.failures.len() > SHOWN_FAILURES {
+                            writeln!(
+                                self.out,
+                                "    ... and {} more in result.json",
+                                tests.failures.len() - SHOWN_FAILURES
+                            )?;
+                        }
+                    }
+                }
                 let verdict = record.verdict_line(*status, *exit_code, self.palette);
                 writeln!(self.out, "{verdict}")?;
                 if let Some(message) = &record.message {
@@ -235,6 +250,21 @@ impl<W: Write + Send> Console<W> {
         }
         self.draw_status(record)
     }
+}
+
+/// Failed test names the summary lists per stage; result.json has them all.
+const SHOWN_FAILURES: usize = 20;
+
+/// `run test: 12 passed, 1 failed, 0 errors, 2 skipped in 3.4s`.
+fn tests_line(label: &str, tests: &TestSummary) -> String {
+    format!(
+        "{label}: {} passed, {} failed, {} errors, {} skipped in {:.1}s",
+        tests.passed,
+        tests.failed,
+        tests.errors,
+        tests.skipped,
+        tests.duration_ms as f64 / 1000.0
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `junit.xml` in the results directory: a testsuite for the job, a testcase per stage,
-//! with a failing stage's message and the tail of its output, for CI dashboards that read
-//! JUnit reports.
+//! with a failing stage's message and the tail of its output, then a testsuite per stage
+//! with the task's own test cases (`reports.junit`), for CI dashboards that read JUnit
+//! reports.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use super::record::JobRecord;
 use super::record::status_word;
 use super::reporter::{Sink, SinkError, writing};
-use crate::events::{Event, StageKind, StageStatus};
+use crate::events::{Event, StageKind, StageStatus, TestStatus, TestSummary};
 
 /// Output lines kept per stage for a failure's body.
 const TAIL_LINES: usize = 40;
@@ -123,10 +124,16 @@ impl JUnit {
         let _ = write!(
             xml,
             "<testsuites>\n  <testsuite name=\"dockhand job {}\" tests=\"{}\" failures=\"{failures}\" \
-             errors=\"{errors}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n{cases}  </testsuite>\n</testsuites>\n",
+             errors=\"{errors}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n{cases}  </testsuite>\n",
             escape(&record.job),
             record.stages.len()
         );
+        for stage in &record.stages {
+            if let Some(tests) = stage.outcome.as_ref().and_then(|o| o.tests.as_ref()) {
+                stage_suite(&mut xml, &record.job, &stage.label(), tests);
+            }
+        }
+        xml.push_str("</testsuites>\n");
         xml
     }
 }
@@ -158,6 +165,53 @@ impl Sink for JUnit {
         }
         Ok(())
     }
+}
+
+/// A task's own test cases, as a suite named after the job and its stage, so a dashboard
+/// shows them under the stage that ran them.
+fn stage_suite(xml: &mut String, job: &str, stage: &str, tests: &TestSummary) {
+    let _ = writeln!(
+        xml,
+        "  <testsuite name=\"dockhand job {} / {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" \
+         skipped=\"{}\" time=\"{:.3}\">",
+        escape(job),
+        escape(stage),
+        tests.passed + tests.failed + tests.errors + tests.skipped,
+        tests.failed,
+        tests.errors,
+        tests.skipped,
+        tests.duration_ms as f64 / 1000.0
+    );
+    for case in &tests.cases {
+        let _ = write!(
+            xml,
+            "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+            escape(&case.class),
+            escape(&case.name),
+            case.duration_ms as f64 / 1000.0
+        );
+        let message = escape(case.message.as_deref().unwrap_or_default());
+        let _ = match case.status {
+            TestStatus::Passed => writeln!(xml, "/>"),
+            TestStatus::Skipped => writeln!(
+                xml,
+                ">\n      <skipped message=\"{message}\"/>\n    </testcase>"
+            ),
+            TestStatus::Failed | TestStatus::Error => {
+                let kind = if case.status == TestStatus::Failed {
+                    "failure"
+                } else {
+                    "error"
+                };
+                writeln!(
+                    xml,
+                    ">\n      <{kind} message=\"{message}\">{}</{kind}>\n    </testcase>",
+                    escape(&case.output)
+                )
+            }
+        };
+    }
+    xml.push_str("  </testsuite>\n");
 }
 
 /// XML text and attribute escaping; characters XML 1.0 cannot carry become U+FFFD.
