@@ -74,6 +74,45 @@ pub enum Accept {
     NotFound,
 }
 
+/// Who holds a job after an accept's update: its offer, agent and lease, as stored.
+pub struct Held {
+    pub offer_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub lease_expires: Option<i64>,
+}
+
+impl Accept {
+    /// The answer to `agent_id` accepting `offer_id`, once the store's update changed
+    /// `accepted` rows: the same accept again (a lost answer's retry) is answered again
+    /// rather than refused. One rule for every backend.
+    pub fn decide(
+        accepted: u64,
+        job: JobView,
+        held: Held,
+        (agent_id, offer_id): (&str, &str),
+        secret: &str,
+        expires_at: i64,
+    ) -> Accept {
+        let replay = accepted == 0
+            && job.state == JobState::Running
+            && held.offer_id.as_deref() == Some(offer_id)
+            && held.agent_id.as_deref() == Some(agent_id);
+        if accepted == 0 && !replay {
+            return Accept::Conflict;
+        }
+        Accept::Accepted {
+            first: !replay,
+            job_token: job_token(secret, &job.id, offer_id),
+            lease: Lease {
+                lease_id: held.lease_id.unwrap_or_default(),
+                expires_at: held.lease_expires.unwrap_or(expires_at),
+            },
+            job: Box::new(job),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Renew {
     Renewed(LeaseRenewal),

@@ -14,12 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio::sync::Notify;
 
 use super::{
-    Accept, Expired, Finish, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
-    acked_through, job_token, job_token_matches, random_hex, token_hash,
+    Accept, Expired, Finish, Held, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
+    acked_through, job_token_matches, random_hex, token_hash,
 };
-use crate::protocol::{
-    JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
-};
+use crate::protocol::{JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration};
 
 macro_rules! job_columns {
     () => {
@@ -280,28 +278,14 @@ impl JobStore for PgStore {
             return Ok(Accept::NotFound);
         };
         let job = job_view(&row)?;
-        let (held_offer, held_agent, lease, lease_expires): (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-        ) = (row.get(10), row.get(11), row.get(12), row.get(13));
-        let replay = accepted == 0
-            && job.state == JobState::Running
-            && held_offer.as_deref() == Some(offer_id)
-            && held_agent.as_deref() == Some(agent_id);
-        if accepted == 0 && !replay {
-            return Ok(Accept::Conflict);
-        }
-        Ok(Accept::Accepted {
-            first: !replay,
-            job_token: job_token(&self.secret, job_id, offer_id),
-            lease: Lease {
-                lease_id: lease.unwrap_or_default(),
-                expires_at: lease_expires.unwrap_or_default(),
-            },
-            job: Box::new(job),
-        })
+        let held = Held {
+            offer_id: row.get(10),
+            agent_id: row.get(11),
+            lease_id: row.get(12),
+            lease_expires: row.get(13),
+        };
+        let who = (agent_id, offer_id);
+        Ok(Accept::decide(accepted, job, held, who, &self.secret, 0))
     }
 
     async fn grant_grace(&self, lease_ttl: Duration) -> Stored<u64> {

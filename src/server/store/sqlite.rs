@@ -12,12 +12,10 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::{
-    Accept, Expired, Finish, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
-    acked_through, job_token, job_token_matches, now_ms, random_hex, token_hash,
+    Accept, Expired, Finish, Held, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
+    acked_through, job_token_matches, now_ms, random_hex, token_hash,
 };
-use crate::protocol::{
-    JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
-};
+use crate::protocol::{JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration};
 
 macro_rules! job_columns {
     () => {
@@ -413,28 +411,21 @@ impl JobStore for SqliteStore {
         .bind(job_id)
         .fetch_one(&self.pool)
         .await?;
-        let (held_offer, held_agent, lease, lease_expires): (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-        ) = (row.get(0), row.get(1), row.get(2), row.get(3));
-        let replay = accepted == 0
-            && job.state == JobState::Running
-            && held_offer.as_deref() == Some(offer_id)
-            && held_agent.as_deref() == Some(agent_id);
-        if accepted == 0 && !replay {
-            return Ok(Accept::Conflict);
-        }
-        Ok(Accept::Accepted {
-            first: !replay,
-            job_token: job_token(&self.secret, job_id, offer_id),
-            lease: Lease {
-                lease_id: lease.unwrap_or_default(),
-                expires_at: lease_expires.unwrap_or(expires_at),
-            },
-            job: Box::new(job),
-        })
+        let held = Held {
+            offer_id: row.get(0),
+            agent_id: row.get(1),
+            lease_id: row.get(2),
+            lease_expires: row.get(3),
+        };
+        let who = (agent_id, offer_id);
+        Ok(Accept::decide(
+            accepted,
+            job,
+            held,
+            who,
+            &self.secret,
+            expires_at,
+        ))
     }
 
     async fn grant_grace(&self, lease_ttl: Duration) -> Result<u64, StoreError> {
