@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{JobRun, Project, docker};
@@ -596,26 +595,19 @@ fn statuses_are_coloured_only_where_asked() {
 /// the task runs the image's own command.
 #[test]
 fn a_config_from_init_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
+    let project = Project::empty();
+    project.write(
+        "Dockerfile",
         "FROM dockhand/busybox:local\nCOPY . /src\nCMD [\"cat\", \"/src/greeting.txt\"]\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("greeting.txt"), "hello from init\n").unwrap();
+    );
+    project.write("greeting.txt", "hello from init\n");
     let init = support::finish(
-        Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
             .args(["init", "--name", "t-init"])
-            .current_dir(dir.path()),
+            .current_dir(project.path()),
     );
     assert_eq!(init.code, Some(0), "{init}");
-    let run = support::finish(
-        Command::new(env!("CARGO_BIN_EXE_dockhand"))
-            .args(["--no-harpoonrc", "run"])
-            .current_dir(dir.path())
-            .env_remove("DOCKHAND_CONFIG")
-            .env_remove("HARPOON_CONFIG"),
-    );
+    let run = project.run(&["run"]);
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains("run run | hello from init"), "{run}");
     run.assert_nothing_left();
@@ -627,24 +619,18 @@ fn a_config_from_init_runs() {
 fn the_tutorial_runs() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let project = Project::empty();
     let mut files = 0;
     for block in doc.split("<!-- file: ").skip(1) {
         let (name, rest) = block.split_once(" -->").unwrap();
         let body = rest.split_once("```").unwrap().1;
         let body = body.split_once('\n').unwrap().1;
         let body = body.split_once("```").unwrap().0;
-        std::fs::write(dir.path().join(name), body).unwrap();
+        project.write(name, body);
         files += 1;
     }
     assert_eq!(files, 2, "config.yml and test.sh");
-    let run = support::finish(
-        Command::new(env!("CARGO_BIN_EXE_dockhand"))
-            .args(["--no-harpoonrc", "run"])
-            .current_dir(dir.path())
-            .env_remove("DOCKHAND_CONFIG")
-            .env_remove("HARPOON_CONFIG"),
-    );
+    let run = project.run(&["run"]);
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains("web said: hello from web"), "{run}");
     run.assert_nothing_left();

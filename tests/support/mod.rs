@@ -26,6 +26,14 @@ impl Project {
         Project { dir }
     }
 
+    /// A project with no config yet (for `dockhand init`, or files written one by one).
+    pub fn empty() -> Project {
+        require_engine();
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
