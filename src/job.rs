@@ -31,6 +31,26 @@ pub struct Job {
     /// `dockhand run` in the same checkout: a watch's. Other jobs use the agent's own
     /// cache for their repository.
     pub build_cache: Option<PathBuf>,
+    pub trust: JobTrust,
+}
+
+/// How much of the agent's own trust a job gets: a fork's pull request gets none of its
+/// secrets and none of its sandbox widening.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobTrust {
+    /// Names of the agent's secrets the job may see; none: every one.
+    pub secrets: Option<Vec<String>>,
+    /// Whether the agent's `allow_*` settings widen the job's sandbox.
+    pub widening: bool,
+}
+
+impl Default for JobTrust {
+    fn default() -> Self {
+        JobTrust {
+            secrets: None,
+            widening: true,
+        }
+    }
 }
 
 /// A job accepted from the job server.

@@ -30,6 +30,20 @@ pub fn hostname() -> String {
 }
 
 /// SHA-256 of `bytes` as lowercase hex.
+/// An error with the causes behind it (reqwest keeps the useful part there), each once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut reason = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        cause = e.source();
+    }
+    reason
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

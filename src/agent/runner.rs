@@ -48,15 +48,22 @@ pub async fn run(job: Job, context: &JobContext, cancel: Cancel) -> Finished {
     };
     let cache_dir = (job.build_cache.clone())
         .unwrap_or_else(|| agent.state_dir.join("cache").join(short_hash(&repository)));
+    let widen = job.trust.widening;
     let executor = ExecutorOptions {
         job_id: job.id.clone(),
         agent: agent.name.clone(),
         sandbox: Sandbox {
             workspace: agent.workspace_root.join(&job.id),
-            allow_host_mounts: settings.docker.allow_host_mounts.clone(),
-            allow_docker_socket: settings.docker.allow_docker_socket,
-            allow_network_modes: settings.docker.allow_network_modes.clone(),
-            allow_published_ports: settings.docker.allow_published_ports,
+            allow_host_mounts: (settings.docker.allow_host_mounts.clone())
+                .into_iter()
+                .filter(|_| widen)
+                .collect(),
+            allow_docker_socket: widen && settings.docker.allow_docker_socket,
+            allow_network_modes: (settings.docker.allow_network_modes.clone())
+                .into_iter()
+                .filter(|_| widen)
+                .collect(),
+            allow_published_ports: widen && settings.docker.allow_published_ports,
             protected: own_dirs.clone(),
             widened_by: Widening::AgentConfig,
         },
@@ -130,7 +137,7 @@ fn kept_workspace(agent: &AgentSection, job: &str) -> Option<KeptWorkspace> {
 }
 
 /// The variables `agent.pass_env` names, then the job's own values over them; the secrets
-/// the agent holds.
+/// the agent holds that the job may see.
 fn job_env(job: &Job, context: &JobContext) -> JobEnv {
     let settings = &context.settings;
     let from_agent = |names: &[String]| -> HashMap<String, String> {
@@ -143,6 +150,9 @@ fn job_env(job: &Job, context: &JobContext) -> JobEnv {
     public.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut secrets = from_agent(&settings.secrets.from_env);
     secrets.extend(settings.secrets.values.clone());
+    if let Some(allowed) = &job.trust.secrets {
+        secrets.retain(|name, _| allowed.contains(name));
+    }
     JobEnv { public, secrets }
 }
 

@@ -260,6 +260,7 @@ mod tests {
             on_busy,
             remote: None,
             build_cache: None,
+            trust: Default::default(),
         }
     }
 

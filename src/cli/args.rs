@@ -340,7 +340,11 @@ pub struct ServerArgs {
     pub webhook_secret: Option<String>,
     /// A repository pushes build, `owner/name` or `owner/name=task,task` (repeatable)
     #[arg(long = "build-repo", value_name = "REPO")]
-    pub repositories: Vec<crate::server::BuiltRepository>,
+    pub repositories: Vec<crate::server::Repository>,
+    /// Where people reach this server, for the links in commit statuses (default: the
+    /// listening address)
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Let jobs name the agent's own disk: `path` sources, `file://` and absolute-path git
     /// URLs (agents must allow them too)
     #[arg(long)]

@@ -134,6 +134,8 @@ pub fn submit(args: &SubmitArgs) -> u8 {
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         labels: args.labels.clone(),
         timeout: args.timeout.clone(),
+        secrets: None,
+        untrusted: false,
     };
     let Some(runtime) = runtime::start(Threads::One) else {
         return exit_code::INFRASTRUCTURE;

@@ -33,6 +33,7 @@ pub fn run(args: &ServerArgs) -> u8 {
         max_connections: args.max_connections,
         allow_local_sources: args.allow_local_sources,
         repositories: args.repositories.clone(),
+        public_url: args.public_url.clone(),
     };
     let Some(runtime) = runtime::start(Threads::Two) else {
         return exit_code::INFRASTRUCTURE;

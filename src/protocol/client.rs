@@ -338,18 +338,9 @@ impl ServerClient {
 
 /// A failed exchange, with the causes reqwest keeps behind its own terse message.
 fn network(url: &str, error: &reqwest::Error) -> ClientError {
-    let mut reason = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !reason.contains(&text) {
-            reason = format!("{reason}: {text}");
-        }
-        cause = e.source();
-    }
     ClientError::Network {
         url: url.to_owned(),
-        reason,
+        reason: crate::util::error_chain(error),
         unsent: error.is_connect(),
     }
 }

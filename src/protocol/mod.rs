@@ -4,10 +4,12 @@
 //! the API, with the retry rule every caller shares.
 
 pub mod client;
+mod origin;
 mod spec;
 
 use serde::{Deserialize, Serialize};
 
+pub use origin::{ForgeEvent, ForgeKind, ForgeOrigin};
 pub use spec::{JobSource, JobSpec, SpecError};
 
 /// Where a job is in its life. Stored and sent as its snake_case name.
@@ -252,6 +254,9 @@ pub struct JobView {
     /// Queued, and no connected agent has all its labels: it waits for one that does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_agent: bool,
+    /// For a job a webhook made: its repository, event and commit on the forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ForgeOrigin>,
 }
 
 /// The answer to a submission (and to a push webhook that made a job).
@@ -300,6 +305,15 @@ mod tests {
             started_at: Some(2),
             finished_at: None,
             no_agent: false,
+            origin: Some(ForgeOrigin {
+                forge: ForgeKind::Gitea,
+                repository: "team/app".into(),
+                event: ForgeEvent::PullRequest,
+                commit: "c".repeat(40),
+                reference: Some("feature".into()),
+                pull_request: Some(4),
+                fork: true,
+            }),
         };
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["state"], "running");

@@ -8,6 +8,7 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::collector::valid_env_name;
 use crate::workspace::{UrlKind, check_commit, check_reference, url_kind};
 
 /// What a submitted job asks for (`POST /api/v1/jobs`).
@@ -27,6 +28,13 @@ pub struct JobSpec {
     /// A duration like "30m".
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Names of the agent's secrets the job may see; absent: every one the agent holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    /// The job builds code the repository's owners did not vouch for (a fork's pull
+    /// request): the agent applies none of its `allow_*` widening and passes no secrets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untrusted: bool,
 }
 
 fn default_config() -> String {
@@ -140,12 +148,7 @@ impl JobSpec {
         }
         for (name, value) in &self.env {
             let field = format!("env.{}", name.escape_debug());
-            let mut chars = name.chars();
-            let valid_name = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_name {
+            if !valid_env_name(name) {
                 return Err(refuse(
                     field,
                     "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
@@ -153,6 +156,14 @@ impl JobSpec {
             }
             if value.contains('\0') {
                 return Err(refuse(field, "holds a NUL byte"));
+            }
+        }
+        for (i, name) in self.secrets.iter().flatten().enumerate() {
+            if !valid_env_name(name) {
+                return Err(refuse(
+                    format!("secrets[{i}]"),
+                    "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
             }
         }
         if let Some(timeout) = &self.timeout {

@@ -513,7 +513,7 @@ async fn submit<S: JobStore>(
 ) -> ApiResult {
     require_admin(&state, &headers)?;
     let spec = submitted_spec(&body, state.settings.allow_local_sources)?;
-    let job_id = state.store.create_job(&spec).await?;
+    let job_id = state.store.create_job(&spec, None).await?;
     state.submitted(&job_id, "api");
     Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
@@ -537,7 +537,10 @@ async fn rerun<S: JobStore>(
     job.spec
         .check(state.settings.allow_local_sources)
         .map_err(|e| ApiError::invalid(&e))?;
-    let new_id = state.store.create_job(&job.spec).await?;
+    let new_id = state
+        .store
+        .create_job(&job.spec, job.origin.as_ref())
+        .await?;
     tracing::info!(job = new_id, rerun_of = job_id, "re-running a job");
     state.submitted(&new_id, "rerun");
     Ok((StatusCode::CREATED, Json(Submitted { job_id: new_id })).into_response())

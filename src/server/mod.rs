@@ -4,6 +4,7 @@
 //! the database.
 
 mod api;
+mod forge;
 mod metrics;
 mod serve;
 mod settings;
@@ -11,7 +12,7 @@ mod store;
 mod webhook;
 
 pub use serve::{ServeError, serve};
-pub use settings::{BuiltRepository, Database, ServerSettings};
+pub use settings::{Database, Forks, Repository, ServerSettings};
 pub use store::{
     Accept, Expired, Finish, JobStore, LogAppend, PgStore, Renew, SqliteStore, StoreError,
     StoreStats, Stored,

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{AppState, router};
+use super::forge::Reporter;
 use super::settings::{Database, ServerSettings};
 use super::store::{JobStore, PgStore, SqliteStore, StoreError};
 
@@ -90,6 +91,10 @@ async fn serve_store<S: JobStore>(
         presence: Arc::default(),
     };
     let expiry = tokio::spawn(expire_lapsed(state.clone(), shutdown.clone()));
+    let base_url =
+        (state.settings.public_url.clone()).unwrap_or_else(|| format!("http://{address}"));
+    let reporter = Reporter::new(store.clone(), state.settings.clone(), base_url);
+    let reports = tokio::spawn(reporter.run(shutdown.clone()));
     let (header_timeout, max_connections) = (
         state.settings.header_timeout,
         state.settings.max_connections,
@@ -145,6 +150,7 @@ async fn serve_store<S: JobStore>(
         tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
     }
     let _ = expiry.await;
+    let _ = reports.await;
     Ok(())
 }
 

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::webhook::BuiltRepository;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ForgeEvent, ForgeKind};
 
 #[derive(Clone)]
 pub struct ServerSettings {
@@ -33,8 +35,146 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Whether jobs may name the agent's own disk (`path`, `file://`, absolute paths).
     pub allow_local_sources: bool,
-    /// What a push webhook may start jobs for.
-    pub repositories: Vec<BuiltRepository>,
+    /// What webhooks may start jobs for, and what the server tells their forges.
+    pub repositories: Vec<Repository>,
+    /// Where people reach the server (behind a proxy, say): commit statuses link here.
+    pub public_url: Option<String>,
+}
+
+impl ServerSettings {
+    /// The settings of the repository a webhook names, if the server builds it.
+    pub fn repository(&self, forge: ForgeKind, full_name: &str) -> Option<&Repository> {
+        (self.repositories.iter())
+            .find(|r| r.forge == forge && r.name.eq_ignore_ascii_case(full_name))
+    }
+}
+
+/// A repository the server builds from its forge's webhooks, and what it tells the forge.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// `owner/name` as the forge names it.
+    pub name: String,
+    #[serde(default)]
+    pub forge: ForgeKind,
+    /// The forge's API: `https://api.github.com` by default for GitHub, `https://HOST/api/v3`
+    /// for GitHub Enterprise, `https://HOST/api/v1` for Gitea (required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The server's environment variable holding the API token commit statuses are posted
+    /// with; none: no statuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The token itself, read from `token_env` at start; never shown.
+    #[serde(skip)]
+    pub token: Option<ApiToken>,
+    #[serde(default = "default_config")]
+    pub config: String,
+    /// Tasks each job runs; none: the config's pipeline.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Labels an agent needs to take the repository's jobs.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// The webhook events that make jobs.
+    #[serde(default = "default_events")]
+    pub events: Vec<ForgeEvent>,
+    /// Branches (glob patterns) whose pushes, and pull requests into them, are built;
+    /// none: every branch.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    #[serde(default)]
+    pub forks: Forks,
+    /// Names of the agents' secrets this repository's jobs may see.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// A newer commit on a pull request cancels that pull request's older jobs.
+    #[serde(default = "yes")]
+    pub cancel_superseded: bool,
+}
+
+fn default_config() -> String {
+    "config.yml".to_owned()
+}
+
+fn default_events() -> Vec<ForgeEvent> {
+    vec![ForgeEvent::Push, ForgeEvent::PullRequest]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Pull requests whose head is another repository than the base: code nobody with write
+/// access has vouched for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forks {
+    /// Built, without secrets and without the agents' `allow_*` widening.
+    #[default]
+    Restricted,
+    /// Not built.
+    Off,
+    /// Built like the repository's own branches.
+    Trusted,
+}
+
+/// A forge API token: shown as `***` everywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Repository {
+    /// A repository with every setting at its default, as `--build-repo` names it.
+    pub fn named(name: &str) -> Repository {
+        serde_json::from_value(serde_json::json!({ "name": name }))
+            .expect("a repository of defaults")
+    }
+
+    /// The forge's API base URL, without a trailing slash.
+    pub fn api_url(&self) -> Option<String> {
+        let url = match (&self.api_url, self.forge) {
+            (Some(url), _) => url.as_str(),
+            (None, ForgeKind::Github) => "https://api.github.com",
+            (None, ForgeKind::Gitea) => return None,
+        };
+        Some(url.trim_end_matches('/').to_owned())
+    }
+
+    /// Whether `branch` (a name, not a ref) is one the repository builds.
+    pub fn builds_branch(&self, branch: &str) -> bool {
+        self.branches.is_empty()
+            || self.branches.iter().any(|pattern| {
+                globset::Glob::new(pattern)
+                    .map(|glob| glob.compile_matcher().is_match(branch))
+                    .unwrap_or(false)
+            })
+    }
+}
+
+impl std::str::FromStr for Repository {
+    type Err = String;
+
+    /// `owner/name` or `owner/name=task,task` (`--build-repo`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, tasks) = text.split_once('=').unwrap_or((text, ""));
+        if name.split('/').count() != 2 || name.split('/').any(str::is_empty) {
+            return Err(format!("`{text}` is not owner/name[=task,task]"));
+        }
+        let mut repository = Repository::named(name);
+        repository.tasks = (tasks.split(','))
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(repository)
+    }
 }
 
 /// Tokens never appear in debug output.
@@ -51,6 +191,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("max_connections", &self.max_connections)
             .field("allow_local_sources", &self.allow_local_sources)
             .field("repositories", &self.repositories)
+            .field("public_url", &self.public_url)
             .finish_non_exhaustive()
     }
 }
@@ -117,5 +258,20 @@ mod tests {
         assert!(matches!(db, Database::Postgres(url) if url.contains("secret")));
         let file: Database = ".dockhand/server/jobs.db".parse().unwrap();
         assert_eq!(file, Database::Sqlite(".dockhand/server/jobs.db".into()));
+    }
+
+    #[test]
+    fn a_build_repo_flag_is_a_repository_of_defaults() {
+        let repo: Repository = "team/app=test,lint".parse().unwrap();
+        assert_eq!(repo.tasks, ["test", "lint"]);
+        assert_eq!(repo.events, [ForgeEvent::Push, ForgeEvent::PullRequest]);
+        assert_eq!(repo.api_url().as_deref(), Some("https://api.github.com"));
+        assert!(repo.cancel_superseded && repo.builds_branch("anything"));
+        assert!("app".parse::<Repository>().is_err());
+        let mut repo = Repository::named("team/app");
+        repo.branches = vec!["main".to_owned(), "release/*".to_owned()];
+        assert!(repo.builds_branch("release/1.2") && !repo.builds_branch("feature"));
+        repo.token = Some(ApiToken("ghp_secret".to_owned()));
+        assert!(!format!("{repo:?}").contains("ghp_secret"));
     }
 }

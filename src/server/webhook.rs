@@ -1,8 +1,9 @@
-//! Push webhooks from GitHub (`X-Hub-Signature-256: sha256=<hex>`) and Gitea
+//! Webhooks from GitHub (`X-Hub-Signature-256: sha256=<hex>`) and Gitea
 //! (`X-Gitea-Signature: <hex>`): an HMAC-SHA256 of the body with the shared secret, checked
-//! before anything is read; a push to a repository the server is configured to build
-//! becomes a job for that commit. A replayed delivery (the same delivery id, or the same
-//! signed body, since the signature does not cover the id) answers the first one's job.
+//! before anything is read. A push, a tag, or a pull request opened, reopened or pushed to
+//! in a repository the server builds becomes a job for that commit; a closed pull request
+//! cancels its jobs. A replayed delivery (the same delivery id, or the same signed body,
+//! since the signature does not cover the id) answers the first one's job.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,41 +11,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::api::{ApiError, AppState};
 use super::metrics::WebhookLabels;
+use super::settings::{Forks, Repository};
 use super::store::JobStore;
-use crate::protocol::{JobSource, JobSpec, Submitted};
-
-/// A repository the server builds on push, and the tasks it runs (none: the pipeline).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuiltRepository {
-    /// `owner/name` as the forge names it.
-    pub full_name: String,
-    pub tasks: Vec<String>,
-}
-
-impl std::str::FromStr for BuiltRepository {
-    type Err = String;
-
-    /// `owner/name` or `owner/name=task,task`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (name, tasks) = text.split_once('=').unwrap_or((text, ""));
-        if name.split('/').count() != 2 || name.split('/').any(str::is_empty) {
-            return Err(format!("`{text}` is not owner/name[=task,task]"));
-        }
-        Ok(BuiltRepository {
-            full_name: name.to_owned(),
-            tasks: tasks
-                .split(',')
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        })
-    }
-}
+use crate::protocol::{
+    ForgeEvent, ForgeKind, ForgeOrigin, JobSource, JobSpec, SpecError, Submitted,
+};
 
 /// Whether `signature` (hex) is the HMAC-SHA256 of `body` under `secret`.
 pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
@@ -92,13 +69,15 @@ async fn deliver<S: JobStore>(
     body: &[u8],
 ) -> Delivered {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (signature, event, delivery) = match forge {
+    let (kind, signature, event, delivery) = match forge {
         "github" => (
+            ForgeKind::Github,
             header("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=")),
             header("x-github-event"),
             header("x-github-delivery"),
         ),
         "gitea" => (
+            ForgeKind::Gitea,
             header("x-gitea-signature"),
             header("x-gitea-event"),
             header("x-gitea-delivery"),
@@ -122,72 +101,349 @@ async fn deliver<S: JobStore>(
         );
         return ("bad_signature", Err(refused));
     }
-    let ignored =
-        |what: Value| Ok((StatusCode::OK, Json(json!({ "ignored": what }))).into_response());
-    if event != Some("push") {
-        return ("ignored", ignored(json!(event)));
-    }
-    let payload: Value = match serde_json::from_slice(body) {
-        Ok(payload) => payload,
-        Err(e) => {
-            let refused = ApiError::new(StatusCode::BAD_REQUEST, &format!("payload: {e}"));
-            return ("invalid", Err(refused));
+    let wanted = match event {
+        Some("ping") => return ("ping", answer(StatusCode::OK, json!({ "pong": true }))),
+        Some("push") => payload::<PushEvent>(body).and_then(|p| p.wanted(kind, &state.settings)),
+        Some("pull_request") => {
+            payload::<PullRequestEvent>(body).and_then(|p| p.wanted(kind, &state.settings))
         }
+        other => Ok(Wanted::Ignored(format!(
+            "event {}",
+            other.unwrap_or("(none)")
+        ))),
     };
-    let repository = &payload["repository"];
-    let full_name = repository["full_name"].as_str().unwrap_or_default();
-    let Some(built) = state
-        .settings
-        .repositories
-        .iter()
-        .find(|r| r.full_name.eq_ignore_ascii_case(full_name))
-    else {
-        return ("ignored", ignored(json!(full_name)));
-    };
-    let commit = payload["after"].as_str().unwrap_or_default();
-    if payload["deleted"] == true || commit.chars().all(|c| c == '0') {
-        return ("ignored", ignored(json!("a deleted ref")));
-    }
-    let spec = JobSpec {
-        source: JobSource::Git {
-            git: repository["clone_url"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            commit: Some(commit.to_owned()),
-            reference: payload["ref"].as_str().map(str::to_owned),
+    match wanted {
+        Err(refused) => ("invalid", Err(refused)),
+        Ok(Wanted::Ignored(why)) => ("ignored", answer(StatusCode::OK, json!({ "ignored": why }))),
+        Ok(Wanted::Cancel { stream, number }) => match cancel_stream(
+            state,
+            &stream,
+            &format!("pull request #{number} closed"),
+            None,
+        )
+        .await
+        {
+            Ok(cancelled) => (
+                "cancelled",
+                answer(StatusCode::OK, json!({ "cancelled": cancelled })),
+            ),
+            Err(e) => ("error", Err(e)),
         },
-        config: "config.yml".to_owned(),
-        tasks: built.tasks.clone(),
-        env: Default::default(),
-        labels: Vec::new(),
-        timeout: None,
-    };
-    if let Err(mut e) = spec.check(state.settings.allow_local_sources) {
-        e.field = match e.field.as_str() {
-            "source.git" => "repository.clone_url",
-            "source.commit" => "after",
-            "source.ref" => "ref",
-            other => other,
+        Ok(Wanted::Build {
+            spec,
+            origin,
+            repository,
+        }) => {
+            let mut keys = vec![format!("{forge}:body:{}", crate::util::sha256_hex(body))];
+            if let Some(delivery) = delivery {
+                keys.push(format!("{forge}:id:{delivery}"));
+            }
+            create(state, &spec, &origin, repository, &keys).await
         }
-        .to_owned();
-        return ("invalid", Err(ApiError::invalid(&e)));
     }
-    let mut keys = vec![format!("{forge}:body:{}", crate::util::sha256_hex(body))];
-    if let Some(delivery) = delivery {
-        keys.push(format!("{forge}:id:{delivery}"));
-    }
-    let (job_id, created) = match state.store.create_job_once(&spec, &keys).await {
+}
+
+/// Makes the delivery's job (or finds the first one's) and, on a pull request, cancels the
+/// jobs it supersedes.
+async fn create<S: JobStore>(
+    state: &AppState<S>,
+    spec: &JobSpec,
+    origin: &ForgeOrigin,
+    repository: &Repository,
+    keys: &[String],
+) -> Delivered {
+    let made = state.store.create_job_once(spec, Some(origin), keys).await;
+    let (job_id, created) = match made {
         Ok(made) => made,
         Err(e) => return ("error", Err(e.into())),
     };
     if !created {
-        let answer = Json(json!({ "job_id": job_id, "replayed": true }));
-        return ("replayed", Ok((StatusCode::OK, answer).into_response()));
+        return (
+            "replayed",
+            answer(
+                StatusCode::OK,
+                json!({ "job_id": job_id, "replayed": true }),
+            ),
+        );
     }
     state.submitted(&job_id, "webhook");
-    let answer = Json(Submitted { job_id });
-    ("created", Ok((StatusCode::CREATED, answer).into_response()))
+    if origin.pull_request.is_some() && repository.cancel_superseded {
+        let reason = format!("superseded by {job_id}");
+        if let Err(e) = cancel_stream(state, &origin.stream(), &reason, Some(&job_id)).await {
+            return ("error", Err(e));
+        }
+    }
+    let made = Json(Submitted { job_id });
+    ("created", Ok((StatusCode::CREATED, made).into_response()))
+}
+
+/// Cancels the stream's queued and running jobs but `keep`; their ids.
+async fn cancel_stream<S: JobStore>(
+    state: &AppState<S>,
+    stream: &str,
+    reason: &str,
+    keep: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let mut cancelled = Vec::new();
+    for job in state.store.active_in_stream(stream).await? {
+        if Some(job.as_str()) != keep {
+            state.store.cancel(&job, reason).await?;
+            tracing::info!(job, reason, "job cancelled by its forge");
+            cancelled.push(job);
+        }
+    }
+    Ok(cancelled)
+}
+
+fn answer(status: StatusCode, body: Value) -> Result<Response, ApiError> {
+    Ok((status, Json(body)).into_response())
+}
+
+/// The payload as `T`; a refusal naming the first field that does not fit.
+fn payload<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        ApiError::invalid(&SpecError {
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })
+    })
+}
+
+/// What a delivery asks of the server.
+enum Wanted<'s> {
+    Ignored(String),
+    Build {
+        spec: JobSpec,
+        origin: ForgeOrigin,
+        repository: &'s Repository,
+    },
+    Cancel {
+        stream: String,
+        number: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct PushEvent {
+    #[serde(rename = "ref")]
+    reference: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: ForgeRepository,
+    head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize)]
+struct ForgeRepository {
+    full_name: String,
+    clone_url: String,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: ForgeRepository,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    #[serde(default)]
+    title: String,
+    head: PullRequestEnd,
+    base: PullRequestEnd,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEnd {
+    #[serde(rename = "ref")]
+    reference: String,
+    sha: String,
+    /// None when a fork was deleted.
+    repo: Option<ForgeRepository>,
+}
+
+/// `[skip ci]` or `[ci skip]`, as GitHub, GitLab and Gitea Actions read them.
+fn skips_ci(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["[skip ci]", "[ci skip]"].iter().any(|m| text.contains(m))
+}
+
+impl PushEvent {
+    fn wanted<'s>(
+        self,
+        forge: ForgeKind,
+        settings: &'s super::ServerSettings,
+    ) -> Result<Wanted<'s>, ApiError> {
+        let Some(repository) = settings.repository(forge, &self.repository.full_name) else {
+            return Ok(Wanted::Ignored(format!(
+                "repository {}",
+                self.repository.full_name
+            )));
+        };
+        if self.deleted || self.after.chars().all(|c| c == '0') {
+            return Ok(Wanted::Ignored("a deleted ref".to_owned()));
+        }
+        let (event, branch) = if let Some(branch) = self.reference.strip_prefix("refs/heads/") {
+            (ForgeEvent::Push, Some(branch))
+        } else if self.reference.starts_with("refs/tags/") {
+            (ForgeEvent::Tag, None)
+        } else {
+            return Ok(Wanted::Ignored(format!("ref {}", self.reference)));
+        };
+        if !repository.events.contains(&event) {
+            return Ok(Wanted::Ignored(format!("{event:?} events").to_lowercase()));
+        }
+        if branch.is_some_and(|b| !repository.builds_branch(b)) {
+            return Ok(Wanted::Ignored(format!(
+                "branch {}",
+                branch.unwrap_or_default()
+            )));
+        }
+        if self.head_commit.is_some_and(|c| skips_ci(&c.message)) {
+            return Ok(Wanted::Ignored("[skip ci]".to_owned()));
+        }
+        let origin = ForgeOrigin {
+            forge,
+            repository: repository.name.clone(),
+            event,
+            commit: self.after.clone(),
+            reference: Some(self.reference.clone()),
+            pull_request: None,
+            fork: false,
+        };
+        let fields = ["repository.clone_url", "after", "ref"];
+        let source = (self.repository.clone_url, self.after, self.reference);
+        build(repository, settings, origin, source, fields)
+    }
+}
+
+impl PullRequestEvent {
+    fn wanted<'s>(
+        self,
+        forge: ForgeKind,
+        settings: &'s super::ServerSettings,
+    ) -> Result<Wanted<'s>, ApiError> {
+        let Some(repository) = settings.repository(forge, &self.repository.full_name) else {
+            return Ok(Wanted::Ignored(format!(
+                "repository {}",
+                self.repository.full_name
+            )));
+        };
+        if !repository.events.contains(&ForgeEvent::PullRequest) {
+            return Ok(Wanted::Ignored("pull_request events".to_owned()));
+        }
+        let stream = |number| ForgeOrigin {
+            forge,
+            repository: repository.name.clone(),
+            event: ForgeEvent::PullRequest,
+            commit: String::new(),
+            reference: None,
+            pull_request: Some(number),
+            fork: false,
+        };
+        match self.action.as_str() {
+            "opened" | "reopened" | "synchronize" | "synchronized" => {}
+            "closed" => {
+                return Ok(Wanted::Cancel {
+                    stream: stream(self.number).stream(),
+                    number: self.number,
+                });
+            }
+            other => return Ok(Wanted::Ignored(format!("action {other}"))),
+        }
+        let pull = self.pull_request;
+        if !repository.builds_branch(&pull.base.reference) {
+            return Ok(Wanted::Ignored(format!(
+                "base branch {}",
+                pull.base.reference
+            )));
+        }
+        let Some(head) = pull.head.repo else {
+            return Ok(Wanted::Ignored(
+                "a pull request whose head repository is gone".to_owned(),
+            ));
+        };
+        let fork = !head
+            .full_name
+            .eq_ignore_ascii_case(&self.repository.full_name);
+        if fork && repository.forks == Forks::Off {
+            return Ok(Wanted::Ignored(format!(
+                "a pull request from the fork {}",
+                head.full_name
+            )));
+        }
+        if skips_ci(&pull.title) {
+            return Ok(Wanted::Ignored("[skip ci]".to_owned()));
+        }
+        let origin = ForgeOrigin {
+            commit: pull.head.sha.clone(),
+            reference: Some(pull.head.reference.clone()),
+            fork,
+            ..stream(self.number)
+        };
+        let fields = [
+            "pull_request.head.repo.clone_url",
+            "pull_request.head.sha",
+            "pull_request.head.ref",
+        ];
+        let source = (head.clone_url, pull.head.sha, pull.head.reference);
+        build(repository, settings, origin, source, fields)
+    }
+}
+
+/// The job for `origin`: cloned from `(url, commit, ref)`, each checked as any job's source
+/// is, its refusal naming the payload field it came from.
+fn build<'s>(
+    repository: &'s Repository,
+    settings: &super::ServerSettings,
+    origin: ForgeOrigin,
+    (git, commit, reference): (String, String, String),
+    fields: [&str; 3],
+) -> Result<Wanted<'s>, ApiError> {
+    let restricted = origin.fork && repository.forks == Forks::Restricted;
+    let spec = JobSpec {
+        source: JobSource::Git {
+            git,
+            commit: Some(commit),
+            reference: Some(reference),
+        },
+        config: repository.config.clone(),
+        tasks: repository.tasks.clone(),
+        env: Default::default(),
+        labels: repository.labels.clone(),
+        timeout: repository.timeout.clone(),
+        secrets: Some(if restricted {
+            Vec::new()
+        } else {
+            repository.secrets.clone()
+        }),
+        untrusted: restricted,
+    };
+    if let Err(mut e) = spec.check(settings.allow_local_sources) {
+        e.field = match e.field.as_str() {
+            "source.git" => fields[0],
+            "source.commit" => fields[1],
+            "source.ref" => fields[2],
+            other => other,
+        }
+        .to_owned();
+        return Err(ApiError::invalid(&e));
+    }
+    Ok(Wanted::Build {
+        spec,
+        origin,
+        repository,
+    })
 }
 
 #[cfg(test)]
@@ -219,8 +475,5 @@ mod tests {
             b"Hello, World!",
             "zz"
         ));
-        let repo: BuiltRepository = "team/app=test,lint".parse().unwrap();
-        assert_eq!(repo.tasks, ["test", "lint"]);
-        assert!("app".parse::<BuiltRepository>().is_err());
     }
 }

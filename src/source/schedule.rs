@@ -71,6 +71,7 @@ impl Schedule {
             on_busy: source.overlap,
             remote: None,
             build_cache: None,
+            trust: Default::default(),
         }
     }
 

@@ -256,6 +256,7 @@ pub async fn run_watch(
         on_busy: source.on_change,
         remote: None,
         build_cache: Some(build_cache.clone()),
+        trust: Default::default(),
     };
     if tx
         .send(SourceEvent::Job(Box::new(job("start".to_owned()))))

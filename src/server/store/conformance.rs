@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Accept, Expired, Finish, JobStore, LogAppend, Renew};
-use crate::protocol::{JobResult, JobSpec, JobState, LogSummary, Registration};
+use super::{Accept, Expired, Finish, JobStore, LogAppend, NewEntry, Renew};
+use crate::protocol::{
+    ForgeEvent, ForgeKind, ForgeOrigin, JobResult, JobSpec, JobState, LogSummary, Registration,
+};
 
 /// Long enough never to lapse during a test.
 const LONG: Duration = Duration::from_secs(60);
@@ -32,6 +34,8 @@ macro_rules! job_store_conformance {
             jobs_list_newest_first,
             a_fresh_store_is_ready,
             stats_count_jobs_by_state_and_labels,
+            forge_jobs_are_reported_once_per_state,
+            the_outbox_sends_one_entry_per_ordering_at_a_time,
         );
     };
     (@tests $factory:expr; $($rule:ident),* $(,)?) => {
@@ -125,7 +129,7 @@ fn result(status: &str, log: &[u8]) -> JobResult {
 pub async fn claims_are_taken_exactly_once_under_concurrency<S: JobStore>(store: Arc<S>) {
     let mut jobs = Vec::new();
     for _ in 0..40 {
-        jobs.push(store.create_job(&spec(&[])).await.unwrap());
+        jobs.push(store.create_job(&spec(&[]), None).await.unwrap());
     }
     let mut claimers = Vec::new();
     for _ in 0..8 {
@@ -153,7 +157,7 @@ pub async fn claims_are_taken_exactly_once_under_concurrency<S: JobStore>(store:
 }
 
 pub async fn offers_lapse_back_to_the_queue<S: JobStore>(store: Arc<S>) {
-    let job = store.create_job(&spec(&[])).await.unwrap();
+    let job = store.create_job(&spec(&[]), None).await.unwrap();
     let (first, second) = (agent(&*store, &[]).await, agent(&*store, &[]).await);
     let offer = store
         .offer(&first.0, &first.1, Duration::from_millis(50))
@@ -179,7 +183,7 @@ pub async fn offers_lapse_back_to_the_queue<S: JobStore>(store: Arc<S>) {
 }
 
 pub async fn leases_renew_and_lapse<S: JobStore>(store: Arc<S>) {
-    let job = store.create_job(&spec(&[])).await.unwrap();
+    let job = store.create_job(&spec(&[]), None).await.unwrap();
     let me = agent(&*store, &[]).await;
     let offer = store.offer(&me.0, &me.1, LONG).await.unwrap().unwrap();
     let short = Duration::from_millis(300);
@@ -243,10 +247,13 @@ pub async fn leases_renew_and_lapse<S: JobStore>(store: Arc<S>) {
 }
 
 pub async fn labels_decide_who_is_offered_a_job<S: JobStore>(store: Arc<S>) {
-    let picky = store.create_job(&spec(&["linux", "docker"])).await.unwrap();
+    let picky = store
+        .create_job(&spec(&["linux", "docker"]), None)
+        .await
+        .unwrap();
     let linux = agent(&*store, &["linux"]).await;
     assert_eq!(store.offer(&linux.0, &linux.1, LONG).await.unwrap(), None);
-    let open = store.create_job(&spec(&[])).await.unwrap();
+    let open = store.create_job(&spec(&[]), None).await.unwrap();
     let offer = store.offer(&linux.0, &linux.1, LONG).await.unwrap();
     assert_eq!(
         offer.map(|o| o.job_id),
@@ -259,7 +266,7 @@ pub async fn labels_decide_who_is_offered_a_job<S: JobStore>(store: Arc<S>) {
 }
 
 pub async fn logs_append_by_offset_and_read_by_range<S: JobStore>(store: Arc<S>) {
-    store.create_job(&spec(&[])).await.unwrap();
+    store.create_job(&spec(&[]), None).await.unwrap();
     let me = agent(&*store, &[]).await;
     let (job, _, _) = take(&*store, &me, LONG).await.unwrap();
     let append = |offset, bytes: &'static [u8]| {
@@ -294,7 +301,7 @@ pub async fn logs_append_by_offset_and_read_by_range<S: JobStore>(store: Arc<S>)
         store.append_log("job-none", 0, b"x").await.unwrap(),
         LogAppend::NotFound
     );
-    let queued = store.create_job(&spec(&[])).await.unwrap();
+    let queued = store.create_job(&spec(&[]), None).await.unwrap();
     assert_eq!(
         store.append_log(&queued, 0, b"x").await.unwrap(),
         LogAppend::NotRunning
@@ -302,8 +309,8 @@ pub async fn logs_append_by_offset_and_read_by_range<S: JobStore>(store: Arc<S>)
 }
 
 pub async fn results_need_the_stored_logs_length_and_sha256<S: JobStore>(store: Arc<S>) {
-    store.create_job(&spec(&[])).await.unwrap();
-    store.create_job(&spec(&[])).await.unwrap();
+    store.create_job(&spec(&[]), None).await.unwrap();
+    store.create_job(&spec(&[]), None).await.unwrap();
     let me = agent(&*store, &[]).await;
     let (job, _, _) = take(&*store, &me, LONG).await.unwrap();
     let log = b"line one\nline two\n";
@@ -344,7 +351,7 @@ pub async fn results_need_the_stored_logs_length_and_sha256<S: JobStore>(store: 
     let odd = result("running", b"");
     assert_eq!(store.finish(&other, &odd).await.unwrap(), Finish::Recorded);
     assert_eq!(state(&*store, &other).await, JobState::Error);
-    let queued = store.create_job(&spec(&[])).await.unwrap();
+    let queued = store.create_job(&spec(&[]), None).await.unwrap();
     assert_eq!(
         store.finish(&queued, &odd).await.unwrap(),
         Finish::NotRunning
@@ -357,12 +364,12 @@ pub async fn results_need_the_stored_logs_length_and_sha256<S: JobStore>(store: 
 
 pub async fn cancel_ends_waiting_jobs_and_tells_running_ones<S: JobStore>(store: Arc<S>) {
     let me = agent(&*store, &[]).await;
-    let running = store.create_job(&spec(&[])).await.unwrap();
+    let running = store.create_job(&spec(&[]), None).await.unwrap();
     let (taken, lease, _) = take(&*store, &me, LONG).await.unwrap();
     assert_eq!(taken, running);
-    let offered = store.create_job(&spec(&[])).await.unwrap();
+    let offered = store.create_job(&spec(&[]), None).await.unwrap();
     store.offer(&me.0, &me.1, LONG).await.unwrap().unwrap();
-    let queued = store.create_job(&spec(&[])).await.unwrap();
+    let queued = store.create_job(&spec(&[]), None).await.unwrap();
     for job in [&queued, &offered, &running] {
         assert!(store.cancel(job, "no longer wanted").await.unwrap());
     }
@@ -390,7 +397,7 @@ pub async fn cancel_ends_waiting_jobs_and_tells_running_ones<S: JobStore>(store:
 }
 
 pub async fn events_are_acknowledged_up_to_the_first_gap<S: JobStore>(store: Arc<S>) {
-    let job = store.create_job(&spec(&[])).await.unwrap();
+    let job = store.create_job(&spec(&[]), None).await.unwrap();
     let events = |seqs: &[i64]| -> Vec<serde_json::Value> {
         seqs.iter()
             .map(|seq| serde_json::json!({"seq": seq, "type": "x"}))
@@ -408,12 +415,21 @@ pub async fn events_are_acknowledged_up_to_the_first_gap<S: JobStore>(store: Arc
 
 pub async fn webhook_deliveries_make_one_job<S: JobStore>(store: Arc<S>) {
     let keys = ["github:id:1".to_owned(), "github:body:ab".to_owned()];
-    let (first, created) = store.create_job_once(&spec(&[]), &keys).await.unwrap();
+    let (first, created) = store
+        .create_job_once(&spec(&[]), None, &keys)
+        .await
+        .unwrap();
     assert!(created);
-    let (again, created) = store.create_job_once(&spec(&[]), &keys[1..]).await.unwrap();
+    let (again, created) = store
+        .create_job_once(&spec(&[]), None, &keys[1..])
+        .await
+        .unwrap();
     assert_eq!((again.as_str(), created), (first.as_str(), false));
     let other = ["github:id:2".to_owned()];
-    let (second, created) = store.create_job_once(&spec(&[]), &other).await.unwrap();
+    let (second, created) = store
+        .create_job_once(&spec(&[]), None, &other)
+        .await
+        .unwrap();
     assert!(created && second != first);
     assert_eq!(store.jobs(100).await.unwrap().len(), 2);
 }
@@ -421,7 +437,7 @@ pub async fn webhook_deliveries_make_one_job<S: JobStore>(store: Arc<S>) {
 pub async fn jobs_list_newest_first<S: JobStore>(store: Arc<S>) {
     let mut made = Vec::new();
     for labels in [&["a"][..], &[], &["b", "c"]] {
-        made.push(store.create_job(&spec(labels)).await.unwrap());
+        made.push(store.create_job(&spec(labels), None).await.unwrap());
     }
     let listed: Vec<String> = store
         .jobs(100)
@@ -447,9 +463,9 @@ pub async fn a_fresh_store_is_ready<S: JobStore>(store: Arc<S>) {
 
 pub async fn stats_count_jobs_by_state_and_labels<S: JobStore>(store: Arc<S>) {
     assert_eq!(store.stats().await.unwrap().jobs, []);
-    let gpu = store.create_job(&spec(&["gpu"])).await.unwrap();
-    store.create_job(&spec(&["gpu"])).await.unwrap();
-    store.create_job(&spec(&[])).await.unwrap();
+    let gpu = store.create_job(&spec(&["gpu"]), None).await.unwrap();
+    store.create_job(&spec(&["gpu"]), None).await.unwrap();
+    store.create_job(&spec(&[]), None).await.unwrap();
     let me = agent(&*store, &["gpu"]).await;
     let (job, _, token) = take(&*store, &me, LONG).await.unwrap();
     assert_eq!(job, gpu, "the oldest job is offered first");
@@ -470,4 +486,128 @@ pub async fn stats_count_jobs_by_state_and_labels<S: JobStore>(store: Arc<S>) {
     );
     assert_eq!(stats.log_bytes, 5);
     assert_eq!(stats.running_agents, [me.0]);
+}
+
+fn pull_request(number: u64) -> ForgeOrigin {
+    ForgeOrigin {
+        forge: ForgeKind::Github,
+        repository: "team/app".to_owned(),
+        event: ForgeEvent::PullRequest,
+        commit: "c".repeat(40),
+        reference: Some("feature".to_owned()),
+        pull_request: Some(number),
+        fork: true,
+    }
+}
+
+fn entry(ordering: &str, n: i64) -> NewEntry {
+    NewEntry {
+        ordering: ordering.to_owned(),
+        repository: "team/app".to_owned(),
+        body: serde_json::json!({ "n": n }),
+    }
+}
+
+pub async fn forge_jobs_are_reported_once_per_state<S: JobStore>(store: Arc<S>) {
+    let origin = pull_request(7);
+    let job = store.create_job(&spec(&[]), Some(&origin)).await.unwrap();
+    store.create_job(&spec(&[]), None).await.unwrap();
+    let view = store.job(&job).await.unwrap().unwrap();
+    assert_eq!(view.origin.as_ref(), Some(&origin));
+    let stream = origin.stream();
+    assert_eq!(
+        store.active_in_stream(&stream).await.unwrap(),
+        [job.clone()]
+    );
+    let unreported = store.unreported(10).await.unwrap();
+    assert_eq!(unreported.len(), 1, "only jobs with an origin are reported");
+    assert_eq!(
+        (unreported[0].job.id.as_str(), unreported[0].reported),
+        (job.as_str(), None)
+    );
+    let queued = [entry("a", 1)];
+    assert!(
+        !(store
+            .mark_reported(&job, JobState::Running, None, &queued)
+            .await
+            .unwrap()),
+        "a state the job is not in is not reported"
+    );
+    assert!(
+        store
+            .mark_reported(&job, JobState::Queued, None, &queued)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .mark_reported(&job, JobState::Queued, None, &queued)
+            .await
+            .unwrap(),
+        "a second reporter (another replica) queues nothing"
+    );
+    assert!(store.unreported(10).await.unwrap().is_empty());
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    assert_eq!(store.stream_outcome(&stream).await.unwrap(), None);
+    store.cancel(&job, "closed").await.unwrap();
+    assert!(store.active_in_stream(&stream).await.unwrap().is_empty());
+    let unreported = store.unreported(10).await.unwrap();
+    assert_eq!(
+        (unreported[0].job.state, unreported[0].reported),
+        (JobState::Cancelled, Some(JobState::Queued))
+    );
+    let outcome = Some((stream.as_str(), false));
+    assert!(
+        store
+            .mark_reported(&job, JobState::Cancelled, outcome, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.stream_outcome(&stream).await.unwrap(), Some(false));
+    let outcome = Some((stream.as_str(), true));
+    let again = store.create_job(&spec(&[]), Some(&origin)).await.unwrap();
+    assert!(
+        store
+            .mark_reported(&again, JobState::Queued, outcome, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.stream_outcome(&stream).await.unwrap(), Some(true));
+}
+
+pub async fn the_outbox_sends_one_entry_per_ordering_at_a_time<S: JobStore>(store: Arc<S>) {
+    let job = store
+        .create_job(&spec(&[]), Some(&pull_request(1)))
+        .await
+        .unwrap();
+    let entries = [
+        entry("commit-a", 1),
+        entry("commit-a", 2),
+        entry("commit-b", 3),
+    ];
+    assert!(
+        store
+            .mark_reported(&job, JobState::Queued, None, &entries)
+            .await
+            .unwrap()
+    );
+    let bodies = |due: &[super::OutboxEntry]| -> Vec<i64> {
+        due.iter().map(|e| e.body["n"].as_i64().unwrap()).collect()
+    };
+    let due = store.outbox_due(10, LONG).await.unwrap();
+    assert_eq!(bodies(&due), [1, 3], "the oldest of each ordering");
+    assert!(
+        store.outbox_due(10, LONG).await.unwrap().is_empty(),
+        "held for its sender"
+    );
+    store.outbox_done(due[0].id).await.unwrap();
+    assert_eq!(bodies(&store.outbox_due(10, LONG).await.unwrap()), [2]);
+    store
+        .outbox_retry(due[1].id, Duration::ZERO, "HTTP 500")
+        .await
+        .unwrap();
+    let retried = store.outbox_due(10, LONG).await.unwrap();
+    assert_eq!((bodies(&retried), retried[0].attempts), (vec![3], 1));
+    assert_eq!(retried[0].ordering, "commit-b");
+    assert_eq!(store.outbox_len().await.unwrap(), 2);
 }

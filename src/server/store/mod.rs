@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::{
-    JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
+    ForgeOrigin, JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
 };
 
 pub use postgres::PgStore;
@@ -164,6 +164,36 @@ pub struct StoreStats {
     pub running_agents: Vec<String>,
 }
 
+/// A job whose state changed since its forge was last told (see [`JobStore::unreported`]).
+#[derive(Debug)]
+pub struct Unreported {
+    pub job: JobView,
+    /// The state last turned into outbox entries; none before the first.
+    pub reported: Option<JobState>,
+}
+
+/// Something the outbox is to send, in the order of its `ordering` key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEntry {
+    /// Entries of one key go out one at a time, oldest first: a commit's statuses.
+    pub ordering: String,
+    /// The repository whose settings (forge, token, hooks) apply.
+    pub repository: String,
+    /// What to send, as JSON; the sender gives it its meaning.
+    pub body: serde_json::Value,
+}
+
+/// An outbox entry due for (another) attempt, held for its sender for a while.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub ordering: String,
+    pub repository: String,
+    pub body: serde_json::Value,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
 /// Result of every store operation.
 pub type Stored<T> = Result<T, StoreError>;
 
@@ -184,16 +214,65 @@ pub trait JobStore: Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Stored<Option<(String, Vec<String>)>>> + Send;
 
-    /// A queued job; its id.
-    fn create_job(&self, spec: &JobSpec) -> impl Future<Output = Stored<String>> + Send;
+    /// A queued job, with where it comes from on a forge when a webhook made it; its id.
+    fn create_job(
+        &self,
+        spec: &JobSpec,
+        origin: Option<&ForgeOrigin>,
+    ) -> impl Future<Output = Stored<String>> + Send;
 
     /// Creates a job for a webhook delivery unless one of its `keys` (delivery id, body
     /// digest) was seen before; then returns that delivery's job. `(job id, created)`.
     fn create_job_once(
         &self,
         spec: &JobSpec,
+        origin: Option<&ForgeOrigin>,
         keys: &[String],
     ) -> impl Future<Output = Stored<(String, bool)>> + Send;
+
+    /// The queued, offered and running jobs of a forge stream (one pull request, one
+    /// ref), oldest first.
+    fn active_in_stream(&self, stream: &str) -> impl Future<Output = Stored<Vec<String>>> + Send;
+
+    /// Up to `limit` jobs with a forge origin whose state is not the one last reported,
+    /// in submission order.
+    fn unreported(&self, limit: i64) -> impl Future<Output = Stored<Vec<Unreported>>> + Send;
+
+    /// Whether the stream's last finished (not cancelled) job succeeded; none before one.
+    fn stream_outcome(&self, stream: &str) -> impl Future<Output = Stored<Option<bool>>> + Send;
+
+    /// Marks `state` as reported for the job and queues `entries` with it, in one
+    /// transaction, and records the stream's `outcome` when the job finished. False when
+    /// the job's state moved on or another replica reported it first: nothing is queued.
+    fn mark_reported(
+        &self,
+        job_id: &str,
+        state: JobState,
+        outcome: Option<(&str, bool)>,
+        entries: &[NewEntry],
+    ) -> impl Future<Output = Stored<bool>> + Send;
+
+    /// Up to `limit` outbox entries due now, each the oldest of its ordering key, held
+    /// from other senders for `hold`.
+    fn outbox_due(
+        &self,
+        limit: i64,
+        hold: Duration,
+    ) -> impl Future<Output = Stored<Vec<OutboxEntry>>> + Send;
+
+    /// The entry was delivered, or given up: it leaves the outbox.
+    fn outbox_done(&self, id: i64) -> impl Future<Output = Stored<()>> + Send;
+
+    /// The entry's attempt failed: it is due again after `after`.
+    fn outbox_retry(
+        &self,
+        id: i64,
+        after: Duration,
+        error: &str,
+    ) -> impl Future<Output = Stored<()>> + Send;
+
+    /// Entries in the outbox, for the metrics.
+    fn outbox_len(&self) -> impl Future<Output = Stored<u64>> + Send;
 
     /// Offers the oldest queued job whose labels are all among `agent_labels` (jobs no
     /// agent can take never hide one it can); the offer lapses after `ttl` unless accepted.

@@ -14,14 +14,16 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio::sync::Notify;
 
 use super::{
-    Accept, Expired, Finish, Held, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
-    acked_through, job_token_matches, random_hex, token_hash,
+    Accept, Expired, Finish, Held, JobStore, LogAppend, NewEntry, OutboxEntry, Renew, StoreError,
+    StoreStats, Stored, Unreported, acked_through, job_token_matches, random_hex, token_hash,
 };
-use crate::protocol::{JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration};
+use crate::protocol::{
+    ForgeOrigin, JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration,
+};
 
 macro_rules! job_columns {
     () => {
-        "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at, started_at, finished_at FROM jobs"
+        "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at, started_at, finished_at, origin FROM jobs"
     };
 }
 
@@ -159,18 +161,23 @@ impl JobStore for PgStore {
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
-    async fn create_job(&self, spec: &JobSpec) -> Stored<String> {
+    async fn create_job(&self, spec: &JobSpec, origin: Option<&ForgeOrigin>) -> Stored<String> {
         let id = format!("job-{}", &random_hex()?[..20]);
         let mut tx = self.pool.begin().await?;
-        insert_job(&mut tx, &id, spec).await?;
+        insert_job(&mut tx, &id, spec, origin).await?;
         tx.commit().await?;
         Ok(id)
     }
 
-    async fn create_job_once(&self, spec: &JobSpec, keys: &[String]) -> Stored<(String, bool)> {
+    async fn create_job_once(
+        &self,
+        spec: &JobSpec,
+        origin: Option<&ForgeOrigin>,
+        keys: &[String],
+    ) -> Stored<(String, bool)> {
         let id = format!("job-{}", &random_hex()?[..20]);
         let mut tx = self.pool.begin().await?;
-        insert_job(&mut tx, &id, spec).await?;
+        insert_job(&mut tx, &id, spec, origin).await?;
         let mut fresh = true;
         for key in keys {
             // A concurrent delivery of the same key waits here for the first to commit.
@@ -199,6 +206,149 @@ impl JobStore for PgStore {
         .map(|r| r.get(0));
         tx.rollback().await?;
         Ok((first.unwrap_or_default(), false))
+    }
+
+    async fn active_in_stream(&self, stream: &str) -> Stored<Vec<String>> {
+        Ok(sqlx::query(
+            "SELECT id FROM jobs WHERE stream = $1 AND state IN ('queued', 'offered', 'running')
+             ORDER BY seq",
+        )
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    async fn unreported(&self, limit: i64) -> Stored<Vec<Unreported>> {
+        sqlx::query(
+            "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at,
+                 started_at, finished_at, origin, reported
+             FROM jobs WHERE origin IS NOT NULL AND reported IS DISTINCT FROM state
+             ORDER BY seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let reported: Option<String> = row.get(11);
+            Ok(Unreported {
+                job: job_view(row)?,
+                reported: reported
+                    .map(|r| r.parse())
+                    .transpose()
+                    .map_err(StoreError::State)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn stream_outcome(&self, stream: &str) -> Stored<Option<bool>> {
+        Ok(
+            sqlx::query("SELECT succeeded FROM stream_outcomes WHERE stream = $1")
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
+    }
+
+    async fn mark_reported(
+        &self,
+        job_id: &str,
+        state: JobState,
+        outcome: Option<(&str, bool)>,
+        entries: &[NewEntry],
+    ) -> Stored<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock makes a second replica's same update wait, then match nothing.
+        let marked = sqlx::query(
+            "UPDATE jobs SET reported = $1
+             WHERE id = $2 AND state = $1 AND reported IS DISTINCT FROM $1",
+        )
+        .bind(state.as_str())
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for entry in entries {
+            sqlx::query(
+                "INSERT INTO outbox (ordering, repository, body, due_at, created_at)
+                 VALUES ($1, $2, $3, dockhand_now_ms(), dockhand_now_ms())",
+            )
+            .bind(&entry.ordering)
+            .bind(&entry.repository)
+            .bind(entry.body.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((stream, succeeded)) = outcome {
+            sqlx::query(
+                "INSERT INTO stream_outcomes (stream, succeeded) VALUES ($1, $2)
+                 ON CONFLICT (stream) DO UPDATE SET succeeded = EXCLUDED.succeeded",
+            )
+            .bind(stream)
+            .bind(succeeded)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn outbox_due(&self, limit: i64, hold: Duration) -> Stored<Vec<OutboxEntry>> {
+        sqlx::query(
+            "UPDATE outbox SET due_at = dockhand_now_ms() + $1
+             WHERE id IN (
+                 SELECT o.id FROM outbox o
+                 WHERE o.due_at <= dockhand_now_ms()
+                   AND o.id = (SELECT MIN(id) FROM outbox WHERE ordering = o.ordering)
+                 ORDER BY o.id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, ordering, repository, body, attempts",
+        )
+        .bind(hold.as_millis() as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect()
+    }
+
+    async fn outbox_done(&self, id: i64) -> Stored<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_retry(&self, id: i64, after: Duration, error: &str) -> Stored<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, due_at = dockhand_now_ms() + $1,
+                 last_error = $2
+             WHERE id = $3",
+        )
+        .bind(after.as_millis() as i64)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_len(&self) -> Stored<u64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>(0) as u64)
     }
 
     async fn offer(
@@ -268,7 +418,7 @@ impl JobStore for PgStore {
         .rows_affected();
         let Some(row) = sqlx::query(
             "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at,
-                 started_at, finished_at, offer_id, agent_id, lease_id, lease_expires
+                 started_at, finished_at, origin, offer_id, agent_id, lease_id, lease_expires
              FROM jobs WHERE id = $1",
         )
         .bind(job_id)
@@ -279,10 +429,10 @@ impl JobStore for PgStore {
         };
         let job = job_view(&row)?;
         let held = Held {
-            offer_id: row.get(10),
-            agent_id: row.get(11),
-            lease_id: row.get(12),
-            lease_expires: row.get(13),
+            offer_id: row.get(11),
+            agent_id: row.get(12),
+            lease_id: row.get(13),
+            lease_expires: row.get(14),
         };
         let who = (agent_id, offer_id);
         Ok(Accept::decide(accepted, job, held, who, &self.secret, 0))
@@ -593,14 +743,21 @@ impl JobStore for PgStore {
 }
 
 /// Queues a job and announces it to every replica (delivered when the transaction commits).
-async fn insert_job(conn: &mut sqlx::PgConnection, id: &str, spec: &JobSpec) -> Stored<()> {
+async fn insert_job(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    spec: &JobSpec,
+    origin: Option<&ForgeOrigin>,
+) -> Stored<()> {
     sqlx::query(
-        "INSERT INTO jobs (id, spec, labels, state, created_at)
-         VALUES ($1, $2, $3, 'queued', dockhand_now_ms())",
+        "INSERT INTO jobs (id, spec, labels, state, created_at, origin, stream)
+         VALUES ($1, $2, $3, 'queued', dockhand_now_ms(), $4, $5)",
     )
     .bind(id)
     .bind(serde_json::to_string(spec)?)
     .bind(&spec.labels)
+    .bind(origin.map(serde_json::to_string).transpose()?)
+    .bind(origin.map(ForgeOrigin::stream))
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
@@ -612,6 +769,7 @@ async fn insert_job(conn: &mut sqlx::PgConnection, id: &str, spec: &JobSpec) -> 
 
 fn job_view(row: &PgRow) -> Stored<JobView> {
     let result: Option<String> = row.get(5);
+    let origin: Option<String> = row.get(10);
     Ok(JobView {
         id: row.get(0),
         state: row.get::<String, _>(1).parse().map_err(StoreError::State)?,
@@ -624,6 +782,17 @@ fn job_view(row: &PgRow) -> Stored<JobView> {
         started_at: row.get(8),
         finished_at: row.get(9),
         no_agent: false,
+        origin: origin.map(|o| serde_json::from_str(&o)).transpose()?,
+    })
+}
+
+fn outbox_entry(row: &PgRow) -> Stored<OutboxEntry> {
+    Ok(OutboxEntry {
+        id: row.get(0),
+        ordering: row.get(1),
+        repository: row.get(2),
+        body: serde_json::from_str(&row.get::<String, _>(3))?,
+        attempts: row.get::<i64, _>(4) as u32,
     })
 }
 
@@ -660,7 +829,7 @@ mod tests {
     async fn only_the_holder_of_the_ticker_lock_expires() {
         let url = test_postgres::fresh_database();
         let store = PgStore::connect(&url, Arc::default()).await.unwrap();
-        let job = store.create_job(&spec()).await.unwrap();
+        let job = store.create_job(&spec(), None).await.unwrap();
         let me = agent(&store).await;
         let short = Duration::from_millis(10);
         store.offer(&me, &[], short).await.unwrap().unwrap();
@@ -689,7 +858,7 @@ mod tests {
         let a = PgStore::connect(&url, Arc::default()).await.unwrap();
         let b = PgStore::connect(&url, woken.clone()).await.unwrap();
         let wake = woken.notified();
-        let job = a.create_job(&spec()).await.unwrap();
+        let job = a.create_job(&spec(), None).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), wake)
             .await
             .expect("a job created through A wakes B's claims");

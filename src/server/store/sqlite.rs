@@ -12,14 +12,17 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::{
-    Accept, Expired, Finish, Held, JobStore, LogAppend, Renew, StoreError, StoreStats, Stored,
-    acked_through, job_token_matches, now_ms, random_hex, token_hash,
+    Accept, Expired, Finish, Held, JobStore, LogAppend, NewEntry, OutboxEntry, Renew, StoreError,
+    StoreStats, Stored, Unreported, acked_through, job_token_matches, now_ms, random_hex,
+    token_hash,
 };
-use crate::protocol::{JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration};
+use crate::protocol::{
+    ForgeOrigin, JobResult, JobSpec, JobState, JobView, LeaseRenewal, Offer, Registration,
+};
 
 macro_rules! job_columns {
     () => {
-        "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at, started_at, finished_at FROM jobs"
+        "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at, started_at, finished_at, origin FROM jobs"
     };
 }
 
@@ -284,22 +287,27 @@ impl JobStore for SqliteStore {
         }
     }
 
-    async fn create_job(&self, spec: &JobSpec) -> Result<String, StoreError> {
+    async fn create_job(
+        &self,
+        spec: &JobSpec,
+        origin: Option<&ForgeOrigin>,
+    ) -> Result<String, StoreError> {
         let id = format!("job-{}", &random_hex()?[..20]);
-        insert_job(&mut *self.pool.acquire().await?, &id, spec).await?;
+        insert_job(&mut *self.pool.acquire().await?, &id, spec, origin).await?;
         Ok(id)
     }
 
     async fn create_job_once(
         &self,
         spec: &JobSpec,
+        origin: Option<&ForgeOrigin>,
         keys: &[String],
     ) -> Result<(String, bool), StoreError> {
         let id = format!("job-{}", &random_hex()?[..20]);
         let mut tx = self.pool.begin().await?;
         // A write first, so concurrent deliveries take the write lock in turn; a replay
         // rolls it back.
-        insert_job(&mut tx, &id, spec).await?;
+        insert_job(&mut tx, &id, spec, origin).await?;
         let mut fresh = true;
         for key in keys {
             fresh &= sqlx::query(
@@ -330,6 +338,148 @@ impl JobStore for SqliteStore {
         }
         tx.rollback().await?;
         Ok((first.unwrap_or_default(), false))
+    }
+
+    async fn active_in_stream(&self, stream: &str) -> Stored<Vec<String>> {
+        Ok(sqlx::query(
+            "SELECT id FROM jobs WHERE stream = ? AND state IN ('queued', 'offered', 'running')
+             ORDER BY seq",
+        )
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    async fn unreported(&self, limit: i64) -> Stored<Vec<Unreported>> {
+        sqlx::query(
+            "SELECT id, state, spec, agent_id, log_committed, result, cancel_reason, created_at,
+                 started_at, finished_at, origin, reported
+             FROM jobs WHERE origin IS NOT NULL AND reported IS NOT state ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let reported: Option<String> = row.get(11);
+            Ok(Unreported {
+                job: job_view(row)?,
+                reported: reported
+                    .map(|r| r.parse())
+                    .transpose()
+                    .map_err(StoreError::State)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn stream_outcome(&self, stream: &str) -> Stored<Option<bool>> {
+        Ok(
+            sqlx::query("SELECT succeeded FROM stream_outcomes WHERE stream = ?")
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
+    }
+
+    async fn mark_reported(
+        &self,
+        job_id: &str,
+        state: JobState,
+        outcome: Option<(&str, bool)>,
+        entries: &[NewEntry],
+    ) -> Stored<bool> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE jobs SET reported = ?1 WHERE id = ?2 AND state = ?1 AND reported IS NOT ?1",
+        )
+        .bind(state.as_str())
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let now = now_ms();
+        for entry in entries {
+            sqlx::query(
+                "INSERT INTO outbox (ordering, repository, body, due_at, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&entry.ordering)
+            .bind(&entry.repository)
+            .bind(entry.body.to_string())
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((stream, succeeded)) = outcome {
+            sqlx::query(
+                "INSERT INTO stream_outcomes (stream, succeeded) VALUES (?, ?)
+                 ON CONFLICT (stream) DO UPDATE SET succeeded = excluded.succeeded",
+            )
+            .bind(stream)
+            .bind(succeeded)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn outbox_due(&self, limit: i64, hold: Duration) -> Stored<Vec<OutboxEntry>> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE outbox SET due_at = ?1
+             WHERE id IN (
+                 SELECT o.id FROM outbox o
+                 WHERE o.due_at <= ?2
+                   AND o.id = (SELECT MIN(id) FROM outbox WHERE ordering = o.ordering)
+                 ORDER BY o.id LIMIT ?3)
+             RETURNING id, ordering, repository, body, attempts",
+        )
+        .bind(now + hold.as_millis() as i64)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect()
+    }
+
+    async fn outbox_done(&self, id: i64) -> Stored<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_retry(&self, id: i64, after: Duration, error: &str) -> Stored<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, due_at = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(now_ms() + after.as_millis() as i64)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_len(&self) -> Stored<u64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>(0) as u64)
     }
 
     async fn offer(
@@ -665,15 +815,18 @@ async fn insert_job(
     conn: &mut sqlx::SqliteConnection,
     id: &str,
     spec: &JobSpec,
+    origin: Option<&ForgeOrigin>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO jobs (id, seq, spec, labels, state, created_at)
-         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, 'queued', ?)",
+        "INSERT INTO jobs (id, seq, spec, labels, state, created_at, origin, stream)
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, 'queued', ?, ?, ?)",
     )
     .bind(id)
     .bind(serde_json::to_string(spec)?)
     .bind(serde_json::to_string(&spec.labels)?)
     .bind(now_ms())
+    .bind(origin.map(serde_json::to_string).transpose()?)
+    .bind(origin.map(ForgeOrigin::stream))
     .execute(conn)
     .await?;
     Ok(())
@@ -681,6 +834,7 @@ async fn insert_job(
 
 fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
     let result: Option<String> = row.get(5);
+    let origin: Option<String> = row.get(10);
     Ok(JobView {
         id: row.get(0),
         state: row.get::<String, _>(1).parse().map_err(StoreError::State)?,
@@ -693,6 +847,17 @@ fn job_view(row: &sqlx::sqlite::SqliteRow) -> Result<JobView, StoreError> {
         started_at: row.get(8),
         finished_at: row.get(9),
         no_agent: false,
+        origin: origin.map(|o| serde_json::from_str(&o)).transpose()?,
+    })
+}
+
+fn outbox_entry(row: &sqlx::sqlite::SqliteRow) -> Stored<OutboxEntry> {
+    Ok(OutboxEntry {
+        id: row.get(0),
+        ordering: row.get(1),
+        repository: row.get(2),
+        body: serde_json::from_str(&row.get::<String, _>(3))?,
+        attempts: row.get::<i64, _>(4) as u32,
     })
 }
 
@@ -713,7 +878,10 @@ mod tests {
     /// A running job with `log` committed.
     async fn running_with_log(store: &SqliteStore, log: &[u8]) -> String {
         let job = store
-            .create_job(&serde_json::from_str(r#"{"source": {"path": "/x"}}"#).unwrap())
+            .create_job(
+                &serde_json::from_str(r#"{"source": {"path": "/x"}}"#).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         let (agent, _) = store

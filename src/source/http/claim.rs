@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSource;
-use crate::job::{Job, OnBusy, Origin, RemoteJob, new_job_id};
+use crate::job::{Job, JobTrust, OnBusy, Origin, RemoteJob, new_job_id};
 use crate::protocol::client::{Body, ClientError, Retry, ServerClient};
 use crate::protocol::{
     AcceptRequest, Accepted, ClaimRequest, JobResult, JobSource, LogSummary, Offer, Registered,
@@ -231,6 +231,14 @@ fn job_from(
             log_chunk_max: identity.log_chunk_max.max(1024),
         }),
         build_cache: None,
+        trust: JobTrust {
+            secrets: if spec.untrusted {
+                Some(Vec::new())
+            } else {
+                spec.secrets
+            },
+            widening: !spec.untrusted,
+        },
     })
 }
 
