@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::server::{Client, Server, sign};
+use support::server::{Client, Server};
 
 #[tokio::test]
 async fn a_job_from_submit_to_result() {
@@ -336,49 +336,23 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
                "repository": {"full_name": name, "clone_url": format!("https://git.example.com/{name}.git")}})
         .to_string()
     };
-    let deliver = |forge: &str, event: &str, body: String, signature: Option<String>| {
-        let mut request = api
-            .http
-            .post(format!("{}/api/v1/webhooks/{forge}", api.url))
-            .body(body);
-        request = match forge {
-            "github" => request.header("X-GitHub-Event", event),
-            _ => request.header("X-Gitea-Event", event),
-        };
-        if let Some(signature) = signature {
-            request = match forge {
-                "github" => request.header("X-Hub-Signature-256", format!("sha256={signature}")),
-                _ => request.header("X-Gitea-Signature", signature),
-            };
-        }
-        request.send()
-    };
+    let secret = Some("hook-secret-of-the-tests");
 
     let body = push("team/app");
-    let bad = deliver(
-        "github",
-        "push",
-        body.clone(),
-        Some(sign("wrong", body.as_bytes())),
-    );
-    assert_eq!(bad.await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    let unsigned = deliver("gitea", "push", body.clone(), None);
-    assert_eq!(unsigned.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let (bad, _) = api
+        .deliver("github", "push", None, &body, Some("wrong"))
+        .await;
+    assert_eq!(bad, StatusCode::UNAUTHORIZED);
+    let (unsigned, _) = api.deliver("gitea", "push", None, &body, None).await;
+    assert_eq!(unsigned, StatusCode::UNAUTHORIZED);
     assert_eq!(
         api.get("/api/v1/jobs").await.1,
         json!([]),
         "refused deliveries make no job"
     );
 
-    let good = deliver(
-        "github",
-        "push",
-        body.clone(),
-        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
-    );
-    let response = good.await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let job: Value = response.json().await.unwrap();
+    let (good, job) = api.deliver("github", "push", None, &body, secret).await;
+    assert_eq!(good, StatusCode::CREATED);
     let (_, detail) = api
         .get(&format!("/api/v1/jobs/{}", job["job_id"].as_str().unwrap()))
         .await;
@@ -392,32 +366,13 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
     );
     assert_eq!(detail["tasks"], json!(["test"]));
 
-    let gitea = deliver(
-        "gitea",
-        "push",
-        body.clone(),
-        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
-    );
-    assert_eq!(gitea.await.unwrap().status(), StatusCode::CREATED);
+    let (gitea, _) = api.deliver("gitea", "push", None, &body, secret).await;
+    assert_eq!(gitea, StatusCode::CREATED);
     let other = push("someone/else");
-    let ignored = deliver(
-        "github",
-        "push",
-        other.clone(),
-        Some(sign("hook-secret-of-the-tests", other.as_bytes())),
-    );
-    assert_eq!(
-        ignored.await.unwrap().status(),
-        StatusCode::OK,
-        "not a configured repository"
-    );
-    let ping = deliver(
-        "github",
-        "ping",
-        body.clone(),
-        Some(sign("hook-secret-of-the-tests", body.as_bytes())),
-    );
-    assert_eq!(ping.await.unwrap().status(), StatusCode::OK);
+    let (ignored, _) = api.deliver("github", "push", None, &other, secret).await;
+    assert_eq!(ignored, StatusCode::OK, "not a configured repository");
+    let (ping, _) = api.deliver("github", "ping", None, &body, secret).await;
+    assert_eq!(ping, StatusCode::OK);
     assert_eq!(api.get("/api/v1/jobs").await.1.as_array().unwrap().len(), 2);
 }
 

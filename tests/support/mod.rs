@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod forge;
 pub mod postgres;
 pub mod server;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

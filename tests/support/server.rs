@@ -125,14 +125,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The hex HMAC-SHA256 of `body` under `secret`: a forge's webhook signature.
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
 pub struct Client {
     pub http: reqwest::Client,
     pub url: String,
@@ -233,8 +225,9 @@ impl Client {
             .to_vec()
     }
 
-    /// Delivers a webhook `event` as `forge` (github, gitea) would, signed under `secret`
-    /// (unsigned when `None`), with an optional delivery id.
+    /// Delivers a webhook `event` with the headers `forge` (github, gitea) sends (see
+    /// [`super::webhooks::headers`]), signed under `secret` (no secret when `None`), with an
+    /// optional delivery id.
     pub async fn deliver(
         &self,
         forge: &str,
@@ -247,21 +240,10 @@ impl Client {
             .http
             .post(format!("{}/api/v1/webhooks/{forge}", self.url))
             .body(body.to_owned());
-        let prefix = if forge == "github" {
-            "X-GitHub"
-        } else {
-            "X-Gitea"
-        };
-        request = request.header(format!("{prefix}-Event"), event);
-        if let Some(delivery) = delivery {
-            request = request.header(format!("{prefix}-Delivery"), delivery);
-        }
-        if let Some(secret) = secret {
-            let signature = sign(secret, body.as_bytes());
-            request = match forge {
-                "github" => request.header("X-Hub-Signature-256", format!("sha256={signature}")),
-                _ => request.header("X-Gitea-Signature", signature),
-            };
+        for (name, value) in
+            super::webhooks::headers(forge, event, delivery, secret, body.as_bytes())
+        {
+            request = request.header(name, value);
         }
         let response = request.send().await.unwrap();
         let status = response.status();
