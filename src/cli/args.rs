@@ -320,6 +320,9 @@ pub struct ServerArgs {
         value_name = "FILE|URL"
     )]
     pub database: crate::server::Database,
+    /// Connections to PostgreSQL this server keeps open (at least 2)
+    #[arg(long, default_value_t = crate::server::POOL_SIZE, value_name = "N")]
+    pub database_pool: u32,
     /// Token agents register with
     #[arg(long, env = "DOCKHAND_REGISTRATION_TOKEN", hide_env_values = true)]
     pub registration_token: String,

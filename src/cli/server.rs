@@ -20,6 +20,7 @@ pub fn run(args: &ServerArgs) -> u8 {
     let settings = ServerSettings {
         listen: args.listen,
         database: args.database.clone(),
+        database_pool: args.database_pool,
         registration_token: args.registration_token.clone(),
         admin_token: args.admin_token.clone(),
         offer_ttl: args.offer_ttl,

@@ -14,6 +14,6 @@ mod webhook;
 pub use serve::{ServeError, serve};
 pub use settings::{Database, Forks, Repository, ServerSettings};
 pub use store::{
-    Accept, Expired, Finish, JobStore, LogAppend, PgStore, Renew, SqliteStore, StoreError,
+    Accept, Expired, Finish, JobStore, LogAppend, POOL_SIZE, PgStore, Renew, SqliteStore, StoreError,
     StoreStats, Stored,
 };

@@ -59,7 +59,7 @@ pub async fn serve(
             serve_store(store, jobs_waiting, settings, shutdown, ready).await
         }
         Database::Postgres(url) => {
-            let store = PgStore::connect(url, jobs_waiting.clone()).await?;
+            let store = PgStore::connect(url, settings.database_pool, jobs_waiting.clone()).await?;
             serve_store(store, jobs_waiting, settings, shutdown, ready).await
         }
     }

@@ -13,6 +13,9 @@ use crate::protocol::{ForgeEvent, ForgeKind};
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub database: Database,
+    /// Connections to PostgreSQL per replica (the listener for other replicas' jobs is one
+    /// of them).
+    pub database_pool: u32,
     /// Exchanged by agents for their own token at registration.
     pub registration_token: String,
     /// For submitting, listing, reading and cancelling jobs.

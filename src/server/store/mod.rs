@@ -17,7 +17,7 @@ use crate::protocol::{
     ForgeOrigin, JobResult, JobSpec, JobState, JobView, Lease, LeaseRenewal, Offer, Registration,
 };
 
-pub use postgres::PgStore;
+pub use postgres::{POOL_SIZE, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Messages carry their cause: the server logs them on one line.

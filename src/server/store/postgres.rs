@@ -31,7 +31,7 @@ macro_rules! job_columns {
 /// lock, so replicas starting together migrate once.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Connections each replica keeps at most.
+/// Connections each replica keeps at most, unless told otherwise (`--database-pool`).
 pub const POOL_SIZE: u32 = 16;
 
 /// The channel submissions and returned offers are announced on.
@@ -56,13 +56,13 @@ impl Drop for PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://…`), migrates the database, and listens for jobs
     /// submitted through any replica: each wakes `jobs_waiting`.
-    pub async fn connect(url: &str, jobs_waiting: Arc<Notify>) -> Stored<PgStore> {
+    pub async fn connect(url: &str, pool_size: u32, jobs_waiting: Arc<Notify>) -> Stored<PgStore> {
         // Notices ("already exists, skipping" at each start) are not the operator's business.
         let options = url
             .parse::<PgConnectOptions>()?
             .options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
@@ -806,7 +806,7 @@ mod tests {
 
     async fn fresh() -> (PgStore, ()) {
         let url = test_postgres::fresh_database();
-        (PgStore::connect(&url, Arc::default()).await.unwrap(), ())
+        (PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap(), ())
     }
 
     crate::job_store_conformance!(fresh);
@@ -828,7 +828,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_the_holder_of_the_ticker_lock_expires() {
         let url = test_postgres::fresh_database();
-        let store = PgStore::connect(&url, Arc::default()).await.unwrap();
+        let store = PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap();
         let job = store.create_job(&spec(), None).await.unwrap();
         let me = agent(&store).await;
         let short = Duration::from_millis(10);
@@ -855,8 +855,8 @@ mod tests {
     async fn replicas_share_logs_digests_and_wake_ups() {
         let url = test_postgres::fresh_database();
         let woken = Arc::new(Notify::new());
-        let a = PgStore::connect(&url, Arc::default()).await.unwrap();
-        let b = PgStore::connect(&url, woken.clone()).await.unwrap();
+        let a = PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap();
+        let b = PgStore::connect(&url, POOL_SIZE, woken.clone()).await.unwrap();
         let wake = woken.notified();
         let job = a.create_job(&spec(), None).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), wake)
