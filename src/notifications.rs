@@ -377,7 +377,7 @@ impl Default for Retry {
             first_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(4),
         }
     }
 }
@@ -529,5 +529,290 @@ impl Outbox {
             );
             self.pending.abort_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const SLACK: &str = "https://hooks.slack.com/services/T000/B000/XXXXsecret?x=1";
+
+    #[test]
+    fn the_decision_table() {
+        use NoticeKind::*;
+        use NotifyOn::{Always, Failure as OnFailure, Recovery as OnRecovery};
+        let default = NotifyOn::default_list();
+        let cases: &[(&[NotifyOn], bool, Option<bool>, Option<NoticeKind>)] = &[
+            (&default, false, None, Some(Failure)),
+            (&default, false, Some(false), Some(Failure)),
+            (&default, false, Some(true), Some(Failure)),
+            (&default, true, Some(false), Some(Recovery)),
+            (&default, true, Some(true), None),
+            (&default, true, None, None),
+            (&[OnFailure], true, Some(false), None),
+            (&[OnRecovery], false, Some(true), None),
+            (&[OnRecovery], true, Some(false), Some(Recovery)),
+            (&[Always], true, None, Some(Success)),
+            (&[Always], true, Some(true), Some(Success)),
+            (&[Always], true, Some(false), Some(Recovery)),
+            (&[Always], false, Some(true), Some(Failure)),
+            (&[], false, None, None),
+        ];
+        for (on, succeeded, previous, expected) in cases {
+            assert_eq!(
+                decide(on, *succeeded, *previous),
+                *expected,
+                "on {on:?}, succeeded {succeeded}, previous {previous:?}"
+            );
+        }
+        assert_eq!(outcome("succeeded"), Some(true));
+        assert_eq!(outcome("timed_out"), Some(false));
+        assert_eq!(outcome("error"), Some(false));
+        assert_eq!(outcome("cancelled"), None);
+    }
+
+    #[test]
+    fn urls_are_checked_and_shown_without_their_secrets() {
+        assert_eq!(redact_url(SLACK), "https://hooks.slack.com/***");
+        assert_eq!(
+            redact_url("http://user:pw@127.0.0.1:8080/hook"),
+            "http://127.0.0.1:8080/***"
+        );
+        assert_eq!(redact_url("not a url /secret"), "***");
+        let target: NotifyTarget = toml::from_str(&format!("url = \"{SLACK}\"")).unwrap();
+        assert_eq!(target.on, NotifyOn::default_list());
+        assert_eq!(target.format, NotifyFormat::Json);
+        let shown = format!("{target:?} {}", toml::to_string(&target).unwrap());
+        assert!(
+            !shown.contains("secret") && !shown.contains("T000"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://hooks.slack.com/***"), "{shown}");
+        let unknown = toml::from_str::<NotifyTarget>("url = \"http://h/\"\nformat = \"xml\"");
+        assert!(unknown.is_err());
+        assert!(check_url(SLACK).is_ok());
+        assert!(check_url("http://127.0.0.1:9/x").is_ok());
+        let ftp = check_url("ftp://h/x/secret").unwrap_err();
+        assert_eq!(ftp, "must be an http:// or https:// address, not ftp://");
+        let bad = check_url("hooks.slack.com/secret").unwrap_err();
+        assert!(
+            bad.starts_with("is not a URL") && !bad.contains("secret"),
+            "{bad}"
+        );
+    }
+
+    /// A failed job's result.json whose job-controlled texts try to reach a Slack channel.
+    fn hostile_result() -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "job": "20261202-183000-ab12",
+            "config": "config.yml",
+            "tasks": [],
+            "stream": "schedule:nightly <!channel>",
+            "origin": "https://github.com/o/r.git at main (0123456789abcdef0123456789abcdef01234567)",
+            "status": "failed",
+            "exit_code": 1,
+            "started_at": "2026-12-02T18:30:00.000Z",
+            "finished_at": "2026-12-02T18:31:02.500Z",
+            "stages": [
+                {"name": "app", "kind": "build", "status": "passed",
+                 "started_at": null, "finished_at": null, "log_file": "x", "log_range": null},
+                {"name": "test <!channel>", "kind": "run", "status": "failed", "exit_code": 3,
+                 "message": "see <https://evil.example|here> & <!here>",
+                 "started_at": null, "finished_at": null, "log_file": "y", "log_range": null},
+                {"name": "deploy", "kind": "run", "status": "skipped",
+                 "started_at": null, "finished_at": null, "log_file": "z", "log_range": null}
+            ]
+        })
+    }
+
+    fn summary() -> JobSummary {
+        JobSummary::from_result_file(hostile_result().to_string().as_bytes())
+            .unwrap()
+            .with_link(Some("https://ci.example/jobs/1".to_owned()))
+    }
+
+    #[test]
+    fn the_json_body_is_the_result_summary() {
+        let notice = summary().notice(NoticeKind::Failure);
+        assert_eq!(notice.failed_stage.as_deref(), Some("run test <!channel>"));
+        assert_eq!(
+            notice.commit.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+        insta::assert_json_snapshot!("notice_json_failure", notice.body(NotifyFormat::Json));
+        let recovery = summary().notice(NoticeKind::Recovery);
+        assert_eq!(recovery.failed_stage, None);
+        assert_eq!(recovery.message, None);
+    }
+
+    #[test]
+    fn the_slack_body_escapes_what_the_job_wrote() {
+        let body = summary()
+            .notice(NoticeKind::Failure)
+            .body(NotifyFormat::Slack);
+        insta::assert_json_snapshot!("notice_slack_failure", body);
+        let text = body.to_string();
+        for raw in ["<!channel>", "<!here>", "<https://evil"] {
+            assert!(!text.contains(raw), "{raw} reached Slack unescaped: {text}");
+        }
+        assert!(text.contains("&lt;!channel&gt;") && text.contains(" &amp; "));
+        assert_eq!(slack_escape("a<b>&c"), "a&lt;b&gt;&amp;c");
+        let recovery = summary()
+            .notice(NoticeKind::Recovery)
+            .body(NotifyFormat::Slack);
+        insta::assert_json_snapshot!("notice_slack_recovery", recovery);
+    }
+
+    #[test]
+    fn the_server_s_result_makes_the_same_notice() {
+        let file = hostile_result();
+        let result = crate::protocol::JobResult {
+            status: "failed".to_owned(),
+            exit_code: 1,
+            stages: file["stages"].as_array().unwrap().clone(),
+            started_at: Some("2026-12-02T18:30:00.000Z".to_owned()),
+            finished_at: Some("2026-12-02T18:31:02.500Z".to_owned()),
+            message: None,
+            agent_job: None,
+            log: crate::protocol::LogSummary {
+                bytes: 0,
+                sha256: String::new(),
+            },
+        };
+        let server = JobSummary::from_job_result(
+            "20261202-183000-ab12",
+            "schedule:nightly <!channel>",
+            &result,
+        )
+        .with_link(Some("https://ci.example/jobs/1".to_owned()))
+        .with_commit(Some("0123456789abcdef0123456789abcdef01234567".to_owned()));
+        assert_eq!(
+            server.notice(NoticeKind::Failure),
+            summary().notice(NoticeKind::Failure)
+        );
+    }
+
+    /// A receiver on 127.0.0.1 answering each POST with the next of `answers` (the last
+    /// one from then on); `None` never answers. Counts the requests.
+    async fn receiver(answers: Vec<Option<u16>>) -> (String, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let app = axum::Router::new().route(
+            "/hook/secret",
+            axum::routing::post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let answer = answers[n.min(answers.len() - 1)];
+                async move {
+                    match answer {
+                        Some(code) => axum::http::StatusCode::from_u16(code).unwrap(),
+                        None => std::future::pending().await,
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}/hook/secret"), count)
+    }
+
+    fn quick() -> Retry {
+        Retry {
+            attempts: 4,
+            first_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            attempt_timeout: Duration::from_millis(300),
+            shutdown_grace: Duration::from_millis(200),
+        }
+    }
+
+    async fn post(url: &str, retry: Retry) -> Result<u32, DeliveryError> {
+        let body = serde_json::json!({"text": "x"});
+        let cancel = CancellationToken::new();
+        let client = reqwest::Client::new();
+        let delivery = deliver(&client, url, &body, retry, &cancel);
+        tokio::time::timeout(Duration::from_secs(20), delivery)
+            .await
+            .expect("the delivery ends within its attempts")
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_taken() {
+        let (url, count) = receiver(vec![Some(500), Some(500), Some(200)]).await;
+        assert_eq!(post(&url, quick()).await.unwrap(), 3);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        let (url, count) = receiver(vec![Some(429), Some(204)]).await;
+        assert_eq!(post(&url, quick()).await.unwrap(), 2);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried_and_attempts_run_out() {
+        let (url, count) = receiver(vec![Some(400)]).await;
+        let refused = post(&url, quick()).await.unwrap_err();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(matches!(refused, DeliveryError::Refused { status, .. } if status == 400));
+        assert!(!refused.to_string().contains("secret"), "{refused}");
+        let (url, count) = receiver(vec![Some(503)]).await;
+        post(&url, quick()).await.unwrap_err();
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_never_answers_times_out_each_attempt() {
+        let (url, count) = receiver(vec![None]).await;
+        let retry = Retry {
+            attempts: 2,
+            ..quick()
+        };
+        let error = post(&url, retry).await.unwrap_err();
+        assert!(matches!(error, DeliveryError::Timeout { .. }), "{error}");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_transport_error_without_the_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook/secret", listener.local_addr().unwrap());
+        drop(listener);
+        let retry = Retry {
+            attempts: 2,
+            ..quick()
+        };
+        let error = post(&url, retry).await.unwrap_err();
+        assert!(matches!(error, DeliveryError::Transport { .. }), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_outbox_drops_what_is_not_delivered_within_its_grace() {
+        let (url, count) = receiver(vec![None]).await;
+        let mut outbox = Outbox::new(Retry {
+            attempt_timeout: Duration::from_secs(30),
+            ..quick()
+        });
+        let target = NotifyTarget {
+            url,
+            on: NotifyOn::default_list(),
+            format: NotifyFormat::Slack,
+        };
+        outbox.send(&target, &summary().notice(NoticeKind::Failure));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no attempt arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), outbox.shutdown())
+            .await
+            .expect("shutdown ends after its grace");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -489,6 +489,33 @@ mod tests {
         assert_eq!(display_key("source[0].cron"), "[[source]] #1 cron");
         assert_eq!(display_key("source[2]"), "[[source]] #3");
         assert_eq!(display_key("source[0]kind"), "[[source]] #1 kind");
+        assert_eq!(display_key("notify[1].url"), "[[notify]] #2 url");
+        assert_eq!(display_key("secrets.values.A"), "secrets.values.A");
+    }
+
+    #[test]
+    fn every_array_of_tables_has_its_keys_checked_and_numbered() {
+        let mut layers = Layers::default();
+        let text = "[[notify]]\nurl = \"http://h/\"\n\n[[notify]]\nurl = \"http://h/\"\nfromat = \"slack\"\n\n[[source]]\nkind = \"http\"\nurl = \"http://s/\"\n";
+        let known = layers.read_file(Path::new("agent.toml"), text);
+        assert!(!known.contains("fromat"), "{known}");
+        let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "agent.toml:6:1: [[notify]] #2 fromat: unknown key `fromat`\n  help: did you mean `format`?"
+            ]
+        );
+        assert_eq!(layers.origin("notify[1].url").to_string(), "agent.toml:5:1");
+        assert_eq!(
+            layers.origin("source[0].url").to_string(),
+            "agent.toml:10:1"
+        );
+        let annotated = layers.annotate("[[notify]]\nurl = \"a\"\n\n[[notify]]\nurl = \"b\"\n");
+        assert_eq!(
+            annotated,
+            "[[notify]]\nurl = \"a\"  # agent.toml:2:1\n\n[[notify]]\nurl = \"b\"  # agent.toml:5:1\n"
+        );
     }
 
     #[test]
