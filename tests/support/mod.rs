@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod postgres;
+pub mod receiver;
 pub mod server;
 
 use std::path::{Path, PathBuf};
