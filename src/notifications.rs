@@ -546,7 +546,8 @@ mod tests {
         use NoticeKind::*;
         use NotifyOn::{Always, Failure as OnFailure, Recovery as OnRecovery};
         let default = NotifyOn::default_list();
-        let cases: &[(&[NotifyOn], bool, Option<bool>, Option<NoticeKind>)] = &[
+        type Case<'a> = (&'a [NotifyOn], bool, Option<bool>, Option<NoticeKind>);
+        let cases: &[Case] = &[
             (&default, false, None, Some(Failure)),
             (&default, false, Some(false), Some(Failure)),
             (&default, false, Some(true), Some(Failure)),
