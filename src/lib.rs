@@ -51,6 +51,7 @@ pub mod graph;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod notifications;
 pub mod pipeline;
 pub mod plan;
 pub mod protocol;

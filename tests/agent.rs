@@ -683,3 +683,82 @@ fn watch_and_run_in_one_checkout_share_their_builds() {
         "the run finds the watch's build: {after}"
     );
 }
+
+/// A nightly schedule that fails, then is fixed, then passes again: one failure notice,
+/// one recovery, then silence; each phase is a restarted agent (its catch-up run), so the
+/// failure is remembered across the restart.
+#[test]
+fn a_failing_schedule_notifies_once_then_its_recovery_then_nothing() {
+    let repo = checkout("grep -q pass /app/msg.txt || { echo 'not yet <!channel>'; exit 3; }\n");
+    let receiver = support::receiver::Receiver::start("/services/T0/B0/secret");
+    std::fs::write(
+        repo.path().join("agent.toml"),
+        format!(
+            r#"
+[[source]]
+kind = "schedule"
+name = "nightly"
+cron = "@yearly"
+path = "."
+[[notify]]
+url = "{}"
+format = "slack"
+on = ["failure", "recovery"]
+"#,
+            receiver.url
+        ),
+    )
+    .unwrap();
+    let schedule_state = repo.path().join(format!(
+        ".dockhand/state/schedule-{}.last",
+        dockhand::util::short_hash(b"schedule:nightly")
+    ));
+    let run_once = |expected: &str| {
+        std::fs::create_dir_all(schedule_state.parent().unwrap()).unwrap();
+        std::fs::write(&schedule_state, "2000-01-01T00:00:00+00:00").unwrap();
+        let mut agent = AgentProcess::start(repo.path(), &["agent"]);
+        let job = agent.wait_finished(1, LONG)[0].clone();
+        assert_eq!(job.status, expected, "{}", agent.transcript());
+        agent.signal("TERM");
+        assert_eq!(agent.wait_exit(LONG), Some(0), "{}", agent.transcript());
+        assert!(
+            !agent.transcript().contains("secret"),
+            "the webhook URL is never shown\n{}",
+            agent.transcript()
+        );
+        job
+    };
+
+    let failed = run_once("failed");
+    let received = receiver.wait_for(1, LONG);
+    let failure = &received[0];
+    assert_eq!(failure.method, "POST");
+    assert_eq!(failure.path, "/services/T0/B0/secret");
+    assert_eq!(failure.headers["content-type"], "application/json");
+    let text = failure.body["text"].as_str().unwrap();
+    assert_eq!(text, "Failed: schedule:nightly (failed, exit code 3)");
+    let attachment = &failure.body["attachments"][0];
+    assert_eq!(attachment["color"], "#d00000");
+    let fields = attachment["fields"].to_string();
+    assert!(fields.contains(&failed.id), "{fields}");
+    assert!(fields.contains("run show"), "the failed stage: {fields}");
+
+    std::fs::write(repo.path().join("msg.txt"), "pass\n").unwrap();
+    let recovered = run_once("succeeded");
+    let received = receiver.wait_for(2, LONG);
+    let recovery = &received[1].body;
+    assert_eq!(
+        recovery["text"],
+        "Recovered: schedule:nightly (succeeded again)"
+    );
+    assert_eq!(recovery["attachments"][0]["color"], "#2eb886");
+    assert!(recovery.to_string().contains(&recovered.id));
+
+    run_once("succeeded");
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "a success after a success is not notified: {:#?}",
+        receiver.received()
+    );
+}

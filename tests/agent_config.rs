@@ -320,3 +320,55 @@ fn an_http_source_takes_one_url_or_several_replicas() {
     let e = error("[[source]]\nkind = \"http\"\nurl = []\n");
     assert!(e.contains("names no server"), "{e}");
 }
+
+#[test]
+fn notify_targets_are_checked_and_their_urls_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("app")).unwrap();
+    let toml = r#"
+[[source]]
+kind = "schedule"
+name = "nightly"
+cron = "@daily"
+path = "."
+[[source]]
+kind = "watch"
+path = "app"
+[[notify]]
+url = "https://hooks.slack.com/services/T0/B0/hunter2"
+format = "slack"
+sources = ["nightly", "app"]
+[[notify]]
+url = "http://127.0.0.1:9/hook"
+on = ["always"]
+"#;
+    let (config, _) = load(&options(&dir, toml)).unwrap();
+    let [slack, json] = &config.notify[..] else {
+        panic!("two targets: {:?}", config.notify)
+    };
+    assert!(slack.covers("schedule:nightly"));
+    assert!(slack.covers(&format!("watch:{}", dir.path().join("app").display())));
+    assert!(!slack.covers("schedule:other"));
+    assert!(json.covers("schedule:other") && json.covers("watch:/x"));
+    assert!(
+        !json.covers("http:job"),
+        "the server's jobs are the server's to notify"
+    );
+    let printed = format!("{config:?} {}", toml::to_string(&config).unwrap());
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("https://hooks.slack.com/***"), "{printed}");
+
+    let e = error(
+        "[[notify]]\nurl = \"ftp://h/hunter2\"\n\n[[notify]]\nurl = \"http://h/\"\nsources = [\"nightly\"]\non = []\n",
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    for expected in [
+        "agent.toml:2:1: [[notify]] #1 url: must be an http:// or https:// address, not ftp://",
+        "agent.toml:7:1: [[notify]] #2 on: is empty: nothing would be sent (leave it out for [\"failure\", \"recovery\"])",
+        "agent.toml:6:1: [[notify]] #2 sources: `nightly` names no schedule (its `name`, or `cron` when unnamed) or watched path of this file",
+    ] {
+        assert!(e.contains(expected), "{expected}\nnot in\n{e}");
+    }
+    let e = error("[[notify]]\nurl = \"http://h/\"\nsource = [\"x\"]\n");
+    assert!(e.contains("agent.toml:3:1: [[notify]] #1 source: unknown key `source`\n  help: did you mean `sources`?"), "{e}");
+}

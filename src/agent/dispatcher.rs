@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{self, LoopState, Probe};
 use super::networks::NetworkPool;
+use super::notify::Notifier;
 use super::runner::{self, JobContext};
 use super::state::{Action, AgentState, StopLimits};
 use super::sweep::sweep;
@@ -30,6 +31,10 @@ use crate::source::{Schedule, SourceEvent, run_schedule, run_watch};
 
 /// Source events waiting for the dispatcher.
 const SOURCE_BUFFER: usize = 64;
+
+/// How long a stopping agent waits for finished jobs' notices to be decided (they are
+/// then delivered within [`crate::notifications::Retry::shutdown_grace`]).
+const NOTICES_LIMIT: Duration = Duration::from_secs(1);
 
 /// After the grace period ran out and jobs were cancelled, how long their cleanup may take
 /// before the agent exits anyway.
@@ -138,6 +143,10 @@ impl Agent {
         let mut jobs: JoinSet<Finished> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut tokens: HashMap<String, Cancel> = HashMap::new();
+        // The streams of running jobs that are the agent's own to notify (not the server's).
+        let mut streams: HashMap<String, String> = HashMap::new();
+        let notifier = Notifier::new(crate::notifications::Retry::default());
+        let mut notices: JoinSet<()> = JoinSet::new();
         let mut context = self.context(&root);
         let metrics = crate::metrics::agent();
         let (probes, mut probed) = health::probes();
@@ -224,6 +233,21 @@ impl Agent {
                                 tokens.get(&finished.id).is_some_and(Cancel::is_cancelled);
                             say_job(&finished.id, finished_line(&finished, cancelled));
                             tasks.retain(|_, job| *job != finished.id);
+                            while notices.try_join_next().is_some() {}
+                            if let (Some(stream), Some(results)) =
+                                (streams.remove(&finished.id), finished.results.clone())
+                                && !self.settings.notify.is_empty()
+                            {
+                                let (notifier, settings) =
+                                    (notifier.clone(), self.settings.clone());
+                                notices.spawn(async move {
+                                    let (targets, state) =
+                                        (&settings.notify, &settings.agent.state_dir);
+                                    notifier
+                                        .job_finished(targets, state, &stream, &results)
+                                        .await
+                                });
+                            }
                             finished.id
                         }
                         Err((task, error)) => {
@@ -238,6 +262,7 @@ impl Agent {
                         }
                     };
                     tokens.remove(&id);
+                    streams.remove(&id);
                     state.finished(&id)
                 }
                 Input::Stop => state.stop(Instant::now()),
@@ -281,6 +306,9 @@ impl Agent {
                         );
                         let token = root.child();
                         tokens.insert(job.id.clone(), token.clone());
+                        if job.remote.is_none() {
+                            streams.insert(job.id.clone(), job.stream.clone());
+                        }
                         let id = job.id.clone();
                         let context = context.clone();
                         let handle =
@@ -328,6 +356,16 @@ impl Agent {
         metrics.jobs_running.set(0);
         root.cancel(CancelReason::Shutdown);
         drain_sources(&mut sources).await;
+        let decided = async { while notices.join_next().await.is_some() {} };
+        if tokio::time::timeout(NOTICES_LIMIT, decided).await.is_err() {
+            say(format!(
+                "dropping {} notification(s) not decided in time",
+                notices.len()
+            ));
+            notices.abort_all();
+            while notices.join_next().await.is_some() {}
+        }
+        notifier.shutdown().await;
         if tokio::time::timeout(CLEANUP_LIMIT, spares).await.is_err() {
             say("removing the spare networks took too long");
         }

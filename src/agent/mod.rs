@@ -6,6 +6,7 @@
 mod dispatcher;
 mod health;
 mod networks;
+mod notify;
 mod runner;
 mod state;
 mod sweep;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{ByteSize, duration, duration_text, optional_duration, optional_duration_text};
 use crate::job::OnBusy;
+use crate::notifications::{NotifyFormat, NotifyOn, NotifyTarget, redact_url, serialize_redacted};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +21,8 @@ pub struct AgentConfig {
     pub secrets: SecretsSection,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<AgentNotify>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -305,4 +308,57 @@ fn default_overlap() -> OnBusy {
 
 fn default_true() -> bool {
     true
+}
+
+/// A `[[notify]]`: where the agent's jobs are reported when they fail or recover.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentNotify {
+    /// A secret (a webhook's path is its credential): shown as `scheme://host/***`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub url: String,
+    #[serde(default = "NotifyOn::default_list")]
+    pub on: Vec<NotifyOn>,
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// The schedules (by `name`, or `cron` when unnamed) and watched paths covered; unset:
+    /// every schedule and watch source. Jobs from a job server are the server's to notify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+}
+
+impl AgentNotify {
+    pub fn target(&self) -> NotifyTarget {
+        NotifyTarget {
+            url: self.url.clone(),
+            on: self.on.clone(),
+            format: self.format,
+        }
+    }
+
+    /// Whether jobs of `stream` (`schedule:NAME`, `watch:PATH`) are reported here. After
+    /// the settings are checked, a watched path in `sources` is absolute, as in the stream.
+    pub fn covers(&self, stream: &str) -> bool {
+        let Some((kind, name)) = stream.split_once(':') else {
+            return false;
+        };
+        match &self.sources {
+            None => matches!(kind, "schedule" | "watch"),
+            Some(sources) => {
+                matches!(kind, "schedule" | "watch") && sources.iter().any(|s| s == name)
+            }
+        }
+    }
+}
+
+/// The URL redacted: logs print settings.
+impl std::fmt::Debug for AgentNotify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentNotify")
+            .field("url", &redact_url(&self.url))
+            .field("on", &self.on)
+            .field("format", &self.format)
+            .field("sources", &self.sources)
+            .finish()
+    }
 }

@@ -48,7 +48,7 @@ mod tests {
     fn fields_come_from_the_structs_with_their_renames() {
         assert_eq!(
             field_names::<AgentConfig>(),
-            ["agent", "docker", "secrets", "source"]
+            ["agent", "docker", "secrets", "source", "notify"]
         );
         assert!(field_names::<DockerSection>().contains(&"allow_host_mounts"));
         assert!(field_names::<ScheduleSource>().contains(&"ref"));

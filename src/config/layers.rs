@@ -11,8 +11,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::agent::{
-    AgentConfig, AgentSection, DockerSection, HttpSource, ScheduleSource, SecretsSection,
-    WatchSource,
+    AgentConfig, AgentNotify, AgentSection, DockerSection, HttpSource, ScheduleSource,
+    SecretsSection, WatchSource,
 };
 use super::fields::field_names;
 use crate::collector::closest;
@@ -76,31 +76,110 @@ impl fmt::Display for Problem {
 }
 
 /// A key path as the `config` crate writes it (`agent.concurrency`, `source[0].cron`) for
-/// people: sources are numbered from 1, as `[[source]]` blocks are counted in the file.
+/// people: entries of an array of tables are numbered from 1, as `[[source]]` blocks are
+/// counted in the file.
 pub fn display_key(key: &str) -> String {
-    let Some(rest) = key.strip_prefix("source[") else {
+    let Some((name, rest)) = key.split_once('[') else {
         return key.to_owned();
     };
     let Some((index, field)) = rest.split_once(']') else {
         return key.to_owned();
     };
-    let number = index.parse::<usize>().map_or(0, |i| i + 1);
+    let Ok(index) = index.parse::<usize>() else {
+        return key.to_owned();
+    };
+    let number = index + 1;
     match field.trim_start_matches('.') {
-        "" => format!("[[source]] #{number}"),
-        field => format!("[[source]] #{number} {field}"),
+        "" => format!("[[{name}]] #{number}"),
+        field => format!("[[{name}]] #{number} {field}"),
+    }
+}
+
+/// The known keys of one settings file, so [`Layers`] can find unknown ones in any file
+/// shaped like agent.toml: plain sections, and arrays of tables.
+#[derive(Debug)]
+pub struct Schema {
+    /// The keys at the top of the file.
+    pub root: fn() -> &'static [&'static str],
+    /// `[section]` tables and their keys.
+    pub sections: &'static [(&'static str, Fields)],
+    /// `[[array]]` tables and the keys of each entry.
+    pub arrays: &'static [(&'static str, Fields)],
+    /// `section.key` tables whose own keys are free (names chosen by the user).
+    pub free_tables: &'static [(&'static str, &'static str)],
+}
+
+/// The keys of a table.
+#[derive(Debug)]
+pub enum Fields {
+    Fixed(fn() -> &'static [&'static str]),
+    /// Chosen by the entry's `kind` (which is always known); none for an unknown kind (serde
+    /// names the kinds).
+    ByKind(fn(&str) -> Option<&'static [&'static str]>),
+}
+
+/// agent.toml.
+pub static AGENT_SCHEMA: Schema = Schema {
+    root: field_names::<AgentConfig>,
+    sections: &[
+        ("agent", Fields::Fixed(field_names::<AgentSection>)),
+        ("docker", Fields::Fixed(field_names::<DockerSection>)),
+        ("secrets", Fields::Fixed(field_names::<SecretsSection>)),
+    ],
+    arrays: &[
+        ("source", Fields::ByKind(source_fields)),
+        ("notify", Fields::Fixed(field_names::<AgentNotify>)),
+    ],
+    free_tables: &[("secrets", "values")],
+};
+
+impl Schema {
+    fn section(&self, name: &str) -> Option<&'static [&'static str]> {
+        self.sections
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, fields)| match fields {
+                Fields::Fixed(fields) => Some(fields()),
+                Fields::ByKind(_) => None,
+            })
+    }
+
+    fn array(&self, name: &str) -> Option<&Fields> {
+        self.arrays
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, fields)| fields)
     }
 }
 
 /// Every key set by the file, the environment and the flags, with where; and every key
 /// none of them may set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Layers {
+    schema: &'static Schema,
     origins: BTreeMap<String, Origin>,
     file: Option<String>,
     pub problems: Vec<Problem>,
 }
 
+/// agent.toml's layers.
+impl Default for Layers {
+    fn default() -> Self {
+        Layers::new(&AGENT_SCHEMA)
+    }
+}
+
 impl Layers {
+    /// The layers of a settings file shaped by `schema`.
+    pub fn new(schema: &'static Schema) -> Layers {
+        Layers {
+            schema,
+            origins: BTreeMap::new(),
+            file: None,
+            problems: Vec::new(),
+        }
+    }
+
     /// Where `key` was set last (flags over environment over file); the file as a whole,
     /// or the defaults, when no layer names it.
     pub fn origin(&self, key: &str) -> Origin {
@@ -160,7 +239,14 @@ impl Layers {
         };
         let mut keys = Vec::new();
         let mut unknown = Vec::new();
-        walk_file(&root, &mut keys, &mut unknown, &mut self.problems, &at);
+        let mut walk = Walk {
+            schema: self.schema,
+            keys: &mut keys,
+            unknowns: &mut unknown,
+            problems: &mut self.problems,
+            at: &at,
+        };
+        walk.file(&root);
         for (key, span) in keys {
             self.origins.insert(key, at(span));
         }
@@ -193,7 +279,7 @@ impl Layers {
     }
 
     fn read_key(&mut self, key: String, origin: Origin) -> bool {
-        if let Some(problem) = unknown_dotted(&key, &origin) {
+        if let Some(problem) = unknown_dotted(self.schema, &key, &origin) {
             self.problems.push(problem);
             return false;
         }
@@ -204,13 +290,17 @@ impl Layers {
     /// `text` (the merged settings printed as TOML) with each value's origin as a comment.
     pub fn annotate(&self, text: &str) -> String {
         let mut section = String::new();
-        let mut sources = 0;
+        let mut entries: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = String::new();
         for line in text.lines() {
             let trimmed = line.trim();
-            if trimmed == "[[source]]" {
-                section = format!("source[{sources}]");
-                sources += 1;
+            if let Some(name) = trimmed
+                .strip_prefix("[[")
+                .and_then(|t| t.strip_suffix("]]"))
+            {
+                let count = entries.entry(name).or_default();
+                section = format!("{name}[{count}]");
+                *count += 1;
             } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
                 section = name.to_owned();
             }
@@ -228,12 +318,12 @@ impl Layers {
     }
 }
 
-/// Where an unknown key sits in the file: its section (or source entry) and its name.
+/// Where an unknown key sits in the file: its section (or array entry) and its name.
 #[derive(Debug)]
 enum Unknown {
     Root(String),
     Section(String, String),
-    Source(usize, String),
+    Entry(String, usize, String),
 }
 
 fn remove(table: &mut toml::Table, path: &Unknown) {
@@ -246,98 +336,103 @@ fn remove(table: &mut toml::Table, path: &Unknown) {
                 section.remove(key);
             }
         }
-        Unknown::Source(index, key) => {
-            if let Some(toml::Value::Array(sources)) = table.get_mut("source")
-                && let Some(toml::Value::Table(source)) = sources.get_mut(*index)
+        Unknown::Entry(array, index, key) => {
+            if let Some(toml::Value::Array(entries)) = table.get_mut(array)
+                && let Some(toml::Value::Table(entry)) = entries.get_mut(*index)
             {
-                source.remove(key);
+                entry.remove(key);
             }
         }
     }
 }
 
-/// Collects the file's leaf keys (`section.key`, `source[N].key`) and reports unknown ones.
-fn walk_file(
-    root: &DeTable<'_>,
-    keys: &mut Vec<(String, Range<usize>)>,
-    unknowns: &mut Vec<Unknown>,
-    problems: &mut Vec<Problem>,
-    at: &dyn Fn(Range<usize>) -> Origin,
-) {
-    let mut unknown =
-        |key: &Spanned<std::borrow::Cow<'_, str>>, path: String, known: &[&str], place: Unknown| {
-            problems.push(unknown_key(key.get_ref(), path, known, at(key.span())));
-            unknowns.push(place);
-        };
-    for (section, value) in root {
-        let name = section.get_ref().as_ref();
-        match (name, value.get_ref()) {
-            ("source", DeValue::Array(entries)) => {
-                for (index, entry) in entries.iter().enumerate() {
-                    let prefix = format!("source[{index}]");
-                    keys.push((prefix.clone(), entry.span()));
-                    let DeValue::Table(table) = entry.get_ref() else {
-                        continue;
-                    };
-                    let kind = table.iter().find_map(|(k, v)| match v.get_ref() {
+/// Collects the file's leaf keys (`section.key`, `array[N].key`) and reports unknown ones.
+struct Walk<'w> {
+    schema: &'static Schema,
+    keys: &'w mut Vec<(String, Range<usize>)>,
+    unknowns: &'w mut Vec<Unknown>,
+    problems: &'w mut Vec<Problem>,
+    at: &'w dyn Fn(Range<usize>) -> Origin,
+}
+
+type Key<'k> = Spanned<std::borrow::Cow<'k, str>>;
+
+impl Walk<'_> {
+    fn unknown(&mut self, key: &Key<'_>, path: String, known: &[&str], place: Unknown) {
+        let at = (self.at)(key.span());
+        self.problems
+            .push(unknown_key(key.get_ref(), path, known, at));
+        self.unknowns.push(place);
+    }
+
+    fn file(&mut self, root: &DeTable<'_>) {
+        let schema = self.schema;
+        for (section, value) in root {
+            let name = section.get_ref().as_ref();
+            match (schema.array(name), value.get_ref()) {
+                (Some(fields), DeValue::Array(entries)) => self.array(name, fields, entries),
+                (_, DeValue::Table(table)) if schema.section(name).is_some() => {
+                    self.section(name, table)
+                }
+                _ if !(schema.root)().contains(&name) => {
+                    let place = Unknown::Root(name.to_owned());
+                    self.unknown(section, name.to_owned(), (schema.root)(), place);
+                }
+                _ => self.keys.push((name.to_owned(), section.span())),
+            }
+        }
+    }
+
+    fn array(&mut self, name: &str, fields: &Fields, entries: &[Spanned<DeValue<'_>>]) {
+        for (index, entry) in entries.iter().enumerate() {
+            let prefix = format!("{name}[{index}]");
+            self.keys.push((prefix.clone(), entry.span()));
+            let DeValue::Table(table) = entry.get_ref() else {
+                continue;
+            };
+            let known = match fields {
+                Fields::Fixed(fields) => Some(fields()),
+                Fields::ByKind(by_kind) => table
+                    .iter()
+                    .find_map(|(k, v)| match v.get_ref() {
                         DeValue::String(kind) if k.get_ref() == "kind" => Some(kind.as_ref()),
                         _ => None,
-                    });
-                    let known = kind.and_then(source_fields);
-                    for (key, _) in table {
-                        let path = format!("{prefix}.{}", key.get_ref());
-                        if let Some(known) = known
-                            && key.get_ref() != "kind"
-                            && !known.contains(&key.get_ref().as_ref())
-                        {
-                            let place = Unknown::Source(index, key.get_ref().to_string());
-                            unknown(key, path.clone(), known, place);
-                        }
-                        keys.push((path, key.span()));
-                    }
+                    })
+                    .and_then(by_kind),
+            };
+            let kind_field = matches!(fields, Fields::ByKind(_));
+            for (key, _) in table {
+                let path = format!("{prefix}.{}", key.get_ref());
+                if let Some(known) = known
+                    && !(kind_field && key.get_ref() == "kind")
+                    && !known.contains(&key.get_ref().as_ref())
+                {
+                    let place = Unknown::Entry(name.to_owned(), index, key.get_ref().to_string());
+                    self.unknown(key, path.clone(), known, place);
                 }
+                self.keys.push((path, key.span()));
             }
-            (_, DeValue::Table(table)) if section_fields(name).is_some() => {
-                let known = section_fields(name).unwrap_or_default();
-                for (key, value) in table {
-                    let path = format!("{name}.{}", key.get_ref());
-                    if !known.contains(&key.get_ref().as_ref()) {
-                        let place = Unknown::Section(name.to_owned(), key.get_ref().to_string());
-                        unknown(key, path.clone(), known, place);
-                    }
-                    if let ("secrets", "values", DeValue::Table(values)) =
-                        (name, key.get_ref().as_ref(), value.get_ref())
-                    {
-                        for (value_key, _) in values {
-                            keys.push((
-                                format!("{path}.{}", value_key.get_ref()),
-                                value_key.span(),
-                            ));
-                        }
-                    }
-                    keys.push((path, key.span()));
-                }
-            }
-            _ if !field_names::<AgentConfig>().contains(&name) => {
-                let place = Unknown::Root(name.to_owned());
-                unknown(
-                    section,
-                    name.to_owned(),
-                    field_names::<AgentConfig>(),
-                    place,
-                );
-            }
-            _ => keys.push((name.to_owned(), section.span())),
         }
     }
-}
 
-fn section_fields(section: &str) -> Option<&'static [&'static str]> {
-    match section {
-        "agent" => Some(field_names::<AgentSection>()),
-        "docker" => Some(field_names::<DockerSection>()),
-        "secrets" => Some(field_names::<SecretsSection>()),
-        _ => None,
+    fn section(&mut self, name: &str, table: &DeTable<'_>) {
+        let known = self.schema.section(name).unwrap_or_default();
+        for (key, value) in table {
+            let path = format!("{name}.{}", key.get_ref());
+            if !known.contains(&key.get_ref().as_ref()) {
+                let place = Unknown::Section(name.to_owned(), key.get_ref().to_string());
+                self.unknown(key, path.clone(), known, place);
+            }
+            let free = (self.schema.free_tables.iter())
+                .any(|(section, field)| *section == name && *field == key.get_ref());
+            if free && let DeValue::Table(values) = value.get_ref() {
+                for (value_key, _) in values {
+                    self.keys
+                        .push((format!("{path}.{}", value_key.get_ref()), value_key.span()));
+                }
+            }
+            self.keys.push((path, key.span()));
+        }
     }
 }
 
@@ -353,13 +448,13 @@ fn source_fields(kind: &str) -> Option<&'static [&'static str]> {
 }
 
 /// A `section.key` from the environment or a flag that names nothing.
-fn unknown_dotted(key: &str, origin: &Origin) -> Option<Problem> {
+fn unknown_dotted(schema: &Schema, key: &str, origin: &Origin) -> Option<Problem> {
     let (section, field) = key.split_once('.').unwrap_or((key, ""));
-    let root = field_names::<AgentConfig>();
+    let root = (schema.root)();
     if !root.contains(&section) {
         return Some(unknown_key(section, key.to_owned(), root, origin.clone()));
     }
-    let known = section_fields(section)?;
+    let known = schema.section(section)?;
     let field = field.split('.').next().unwrap_or_default();
     (!known.contains(&field)).then(|| unknown_key(field, key.to_owned(), known, origin.clone()))
 }
@@ -394,6 +489,33 @@ mod tests {
         assert_eq!(display_key("source[0].cron"), "[[source]] #1 cron");
         assert_eq!(display_key("source[2]"), "[[source]] #3");
         assert_eq!(display_key("source[0]kind"), "[[source]] #1 kind");
+        assert_eq!(display_key("notify[1].url"), "[[notify]] #2 url");
+        assert_eq!(display_key("secrets.values.A"), "secrets.values.A");
+    }
+
+    #[test]
+    fn every_array_of_tables_has_its_keys_checked_and_numbered() {
+        let mut layers = Layers::default();
+        let text = "[[notify]]\nurl = \"http://h/\"\n\n[[notify]]\nurl = \"http://h/\"\nfromat = \"slack\"\n\n[[source]]\nkind = \"http\"\nurl = \"http://s/\"\n";
+        let known = layers.read_file(Path::new("agent.toml"), text);
+        assert!(!known.contains("fromat"), "{known}");
+        let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "agent.toml:6:1: [[notify]] #2 fromat: unknown key `fromat`\n  help: did you mean `format`?"
+            ]
+        );
+        assert_eq!(layers.origin("notify[1].url").to_string(), "agent.toml:5:1");
+        assert_eq!(
+            layers.origin("source[0].url").to_string(),
+            "agent.toml:10:1"
+        );
+        let annotated = layers.annotate("[[notify]]\nurl = \"a\"\n\n[[notify]]\nurl = \"b\"\n");
+        assert_eq!(
+            annotated,
+            "[[notify]]\nurl = \"a\"  # agent.toml:2:1\n\n[[notify]]\nurl = \"b\"  # agent.toml:5:1\n"
+        );
     }
 
     #[test]

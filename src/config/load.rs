@@ -340,5 +340,46 @@ fn check(config: &mut AgentConfig, base: &Path, layers: &mut Layers) {
             }
         }
     }
+    check_notify(config, base, &mut add);
     layers.problems.extend(problems);
+}
+
+/// `[[notify]]` URLs, and `sources` naming this file's schedules (by name, or cron when
+/// unnamed) or watched paths, which are made absolute like the watch sources' own.
+fn check_notify(config: &mut AgentConfig, base: &Path, add: &mut dyn FnMut(&str, String)) {
+    let mut schedules = Vec::new();
+    let mut watched = Vec::new();
+    for source in &config.sources {
+        match source {
+            SourceConfig::Schedule(s) => schedules.push(s.name.clone().unwrap_or(s.cron.clone())),
+            SourceConfig::Watch(w) => watched.push(w.path.clone()),
+            SourceConfig::Http(_) => {}
+        }
+    }
+    for (index, notify) in config.notify.iter_mut().enumerate() {
+        if let Err(e) = crate::notifications::check_url(&notify.url) {
+            add(&format!("notify[{index}].url"), e);
+        }
+        if notify.on.is_empty() {
+            add(
+                &format!("notify[{index}].on"),
+                "is empty: nothing would be sent (leave it out for [\"failure\", \"recovery\"])"
+                    .to_owned(),
+            );
+        }
+        for name in notify.sources.iter_mut().flatten() {
+            if schedules.contains(name) {
+                continue;
+            }
+            match watched.iter().find(|path| **path == base.join(&*name)) {
+                Some(path) => *name = path.display().to_string(),
+                None => add(
+                    &format!("notify[{index}].sources"),
+                    format!(
+                        "`{name}` names no schedule (its `name`, or `cron` when unnamed) or watched path of this file"
+                    ),
+                ),
+            }
+        }
+    }
 }

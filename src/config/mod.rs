@@ -9,8 +9,8 @@ mod load;
 mod values;
 
 pub use agent::{
-    AgentConfig, AgentSection, DockerSection, HttpSource, KeepWorkspace, ScheduleSource,
-    SecretsSection, SourceConfig, WatchSource,
+    AgentConfig, AgentNotify, AgentSection, DockerSection, HttpSource, KeepWorkspace,
+    ScheduleSource, SecretsSection, SourceConfig, WatchSource,
 };
 pub use cron::{CronTimes, ScheduleError};
 pub use layers::{Layers, Origin, Problem};
