@@ -198,6 +198,17 @@ impl JobSummary {
         }
     }
 
+    /// For a job that ended without a result (lost, cancelled before it ran): its state
+    /// alone.
+    pub fn without_result(job_id: &str, title: &str, status: &str) -> JobSummary {
+        JobSummary {
+            job_id: job_id.to_owned(),
+            title: title.to_owned(),
+            status: status.to_owned(),
+            ..JobSummary::default()
+        }
+    }
+
     /// Where to read more: the job's page.
     pub fn with_link(mut self, link: Option<String>) -> JobSummary {
         self.link = link;
@@ -215,26 +226,11 @@ impl JobSummary {
     }
 
     pub fn notice(&self, kind: NoticeKind) -> Notice {
-        let failed = self.stages.iter().find(|stage| {
-            let status = stage.get("status").and_then(|s| s.as_str());
-            status.is_some_and(|s| !matches!(s, "passed" | "cached" | "skipped"))
-        });
-        let text = |stage: &serde_json::Value, key: &str| {
-            stage.get(key).and_then(|v| v.as_str()).map(str::to_owned)
-        };
-        let failed_stage = failed.map(|stage| {
-            let kind = text(stage, "kind").unwrap_or_default();
-            match text(stage, "name") {
-                Some(name) if kind != "collect" && !name.is_empty() => format!("{kind} {name}"),
-                _ => kind,
-            }
-        });
+        let failed = FailedStage::first(&self.stages);
+        let failed_stage = failed.as_ref().map(|stage| stage.label.clone());
         let message = failed
             .and_then(|stage| {
-                text(stage, "message").or_else(|| {
-                    let code = stage.get("exit_code").and_then(|c| c.as_i64())?;
-                    Some(format!("exit code {code}"))
-                })
+                (stage.message).or_else(|| Some(format!("exit code {}", stage.exit_code?)))
             })
             .or_else(|| self.message.clone());
         let time = |t: &Option<String>| t.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok());
@@ -259,6 +255,37 @@ impl JobSummary {
             finished_at: self.finished_at.clone(),
             duration_s,
         }
+    }
+}
+
+/// The first stage of a result that did not pass: what a failure's notice and commit
+/// status name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedStage {
+    /// `run test`, `build app`, `collect`.
+    pub label: String,
+    pub exit_code: Option<i64>,
+    pub message: Option<String>,
+}
+
+impl FailedStage {
+    /// From result.json's `stages` values.
+    pub fn first(stages: &[serde_json::Value]) -> Option<FailedStage> {
+        let stage = stages.iter().find(|stage| {
+            let status = stage.get("status").and_then(|s| s.as_str());
+            status.is_some_and(|s| !matches!(s, "passed" | "cached" | "skipped"))
+        })?;
+        let text = |key: &str| stage.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let kind = text("kind").unwrap_or_default();
+        let label = match text("name") {
+            Some(name) if kind != "collect" && !name.is_empty() => format!("{kind} {name}"),
+            _ => kind,
+        };
+        Some(FailedStage {
+            label,
+            exit_code: stage.get("exit_code").and_then(|c| c.as_i64()),
+            message: text("message"),
+        })
     }
 }
 
@@ -399,7 +426,7 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    fn retried(&self) -> bool {
+    pub fn retried(&self) -> bool {
         match self {
             DeliveryError::Refused { status, .. } => {
                 *status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
@@ -424,21 +451,8 @@ pub async fn deliver(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let request = client.post(url).json(body).send();
-        let error = match tokio::time::timeout(retry.attempt_timeout, request).await {
-            Ok(Ok(response)) if response.status().is_success() => return Ok(attempt),
-            Ok(Ok(response)) => DeliveryError::Refused {
-                url: shown.clone(),
-                status: response.status(),
-            },
-            Ok(Err(e)) => DeliveryError::Transport {
-                url: shown.clone(),
-                cause: reqwest_cause(&e),
-            },
-            Err(_) => DeliveryError::Timeout {
-                url: shown.clone(),
-                timeout: retry.attempt_timeout,
-            },
+        let Err(error) = post(client, url, body, retry.attempt_timeout).await else {
+            return Ok(attempt);
         };
         if !error.retried() || attempt >= retry.attempts {
             return Err(error);
@@ -449,6 +463,31 @@ pub async fn deliver(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(retry.max_backoff);
+    }
+}
+
+/// One attempt at posting `body` to `url`, within `timeout`.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(), DeliveryError> {
+    let shown = redact_url(url);
+    match tokio::time::timeout(timeout, client.post(url).json(body).send()).await {
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(DeliveryError::Refused {
+            url: shown,
+            status: response.status(),
+        }),
+        Ok(Err(e)) => Err(DeliveryError::Transport {
+            url: shown,
+            cause: reqwest_cause(&e),
+        }),
+        Err(_) => Err(DeliveryError::Timeout {
+            url: shown,
+            timeout,
+        }),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dockhand::config::{ByteSize, KeepWorkspace, LoadOptions, SourceConfig, load};
+use dockhand::config::{ByteSize, KeepWorkspace, LoadOptions, Override, SourceConfig, load};
 use dockhand::job::OnBusy;
 
 fn options(dir: &tempfile::TempDir, toml: &str) -> LoadOptions {
@@ -69,7 +69,7 @@ ref = "main"
         .insert("DOCKHAND__AGENT__SHUTDOWN_GRACE".into(), "5s".into());
     options
         .overrides
-        .push(("agent.shutdown_grace".into(), "7s".into()));
+        .push(Override::set("agent.shutdown_grace", "7s"));
     let (config, file) = load(&options).unwrap();
     assert_eq!(file, Some(dir.path().join("agent.toml")));
     let agent = &config.agent;
@@ -247,7 +247,7 @@ fn all_problems_are_reported_each_where_its_key_was_set() {
     options
         .env
         .insert("DOCKHAND__DOCKER__MEMORY".into(), "1k".into());
-    options.overrides.push(("docker.cpu".into(), "2".into()));
+    options.overrides.push(Override::set("docker.cpu", "2"));
     let e = load(&options).unwrap_err();
     let shown: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
     let file = dir.path().join("agent.toml").display().to_string();

@@ -328,6 +328,8 @@ async fn push_webhooks_need_a_valid_signature_and_a_configured_repository() {
             "hook-secret-of-the-tests",
             "--build-repo",
             "team/app=test",
+            "--build-repo",
+            "gitea:team/app=test",
         ],
     );
     let api = Client::new(&server);

@@ -9,7 +9,8 @@ use super::output::outln;
 use super::runtime::{self, Threads};
 use crate::agent::{Agent, AgentExit};
 use crate::config::{
-    AgentConfig, AgentConfigError, LoadOptions, SourceConfig, WatchSource, load, load_with_origins,
+    AgentConfig, LoadOptions, Override, SettingsError, SourceConfig, WatchSource, load,
+    load_with_origins,
 };
 use crate::docker::Engine;
 use crate::exit_code;
@@ -44,7 +45,7 @@ pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
 }
 
 /// Prints every problem of the settings; the settings error's exit code.
-fn settings_refused(error: &AgentConfigError) -> u8 {
+fn settings_refused(error: &SettingsError) -> u8 {
     for problem in &error.problems {
         eprintln!("error: {problem}");
     }
@@ -149,12 +150,15 @@ fn serve(settings: AgentConfig, reload: Option<LoadOptions>, args: &AgentArgs) -
 }
 
 fn load_options(file: Option<PathBuf>, args: &AgentArgs, cwd: PathBuf) -> LoadOptions {
-    let mut overrides = args.overrides.clone();
+    let mut overrides: Vec<Override> = (args.overrides.iter())
+        .map(|(key, value)| Override::set(key, value))
+        .collect();
     if let Some(n) = args.concurrency {
-        overrides.push(("agent.concurrency".to_owned(), n.to_string()));
+        let given = Override::flag("agent.concurrency", &n.to_string(), "--concurrency");
+        overrides.push(given);
     }
     if let Some(name) = &args.name {
-        overrides.push(("agent.name".to_owned(), name.clone()));
+        overrides.push(Override::flag("agent.name", name, "--name"));
     }
     LoadOptions {
         file,

@@ -306,46 +306,53 @@ fn key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
-/// Options of `server`.
+/// Options of `server`. Each flag given overrides its server.toml key (the same name with
+/// `_` for `-`).
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
+    /// server.toml: every setting below, the repositories webhooks build and the
+    /// notification hooks [default: DOCKHAND_SERVER_CONFIG, else none]
+    #[arg(long, value_name = "FILE", env = "DOCKHAND_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (every layer) and print them, secrets hidden, without serving
+    #[arg(long)]
+    pub check: bool,
     /// Address to listen on (port 0 picks a free one; the address is printed)
-    #[arg(long, default_value = "127.0.0.1:8750", value_name = "ADDR")]
-    pub listen: std::net::SocketAddr,
+    /// [default: 127.0.0.1:8750]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// The SQLite database file (job logs go to logs/ beside it), or a postgres:// URL
-    /// that several servers share
-    #[arg(
-        long,
-        default_value = ".dockhand/server/jobs.db",
-        value_name = "FILE|URL"
-    )]
-    pub database: crate::server::Database,
-    /// Connections to PostgreSQL this server keeps open (at least 2)
-    #[arg(long, default_value_t = crate::server::POOL_SIZE, value_name = "N")]
-    pub database_pool: u32,
+    /// that several servers share [default: .dockhand/server/jobs.db]
+    #[arg(long, value_name = "FILE|URL")]
+    pub database: Option<String>,
+    /// Connections to PostgreSQL this server keeps open, at least 2 [default: 16]
+    #[arg(long, value_name = "N")]
+    pub database_pool: Option<u32>,
     /// Token agents register with
     #[arg(long, env = "DOCKHAND_REGISTRATION_TOKEN", hide_env_values = true)]
-    pub registration_token: String,
+    pub registration_token: Option<String>,
     /// Token for submitting, listing, reading and cancelling jobs
     #[arg(long, env = "DOCKHAND_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
-    /// How long an offer waits to be accepted before its job is queued again
-    #[arg(long, value_parser = crate::util::parse_duration, default_value = "15s")]
-    pub offer_ttl: std::time::Duration,
-    /// A lease's length; a job whose lease lapses is lost
-    #[arg(long, value_parser = crate::util::parse_duration, default_value = "30s")]
-    pub lease: std::time::Duration,
-    /// The longest a claim waits for a job
-    #[arg(long, value_parser = crate::util::parse_duration, default_value = "30s")]
-    pub claim_wait: std::time::Duration,
-    /// Secret shared with GitHub/Gitea push webhooks (webhooks are off without one)
+    pub admin_token: Option<String>,
+    /// How long an offer waits to be accepted before its job is queued again [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub offer_ttl: Option<String>,
+    /// A lease's length; a job whose lease lapses is lost [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// The longest a claim waits for a job [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub claim_wait: Option<String>,
+    /// Secret shared with GitHub/Gitea webhooks (webhooks are off without one)
     #[arg(long, env = "DOCKHAND_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
-    /// A repository pushes build, `owner/name` or `owner/name=task,task` (repeatable)
+    /// A repository whose pushes and pull requests build, `[gitea:]owner/name[=task,task]`
+    /// (GitHub unless it says Gitea), every other setting at its default (repeatable; added
+    /// to server.toml's)
     #[arg(long = "build-repo", value_name = "REPO")]
     pub repositories: Vec<crate::server::Repository>,
-    /// Where people reach this server, for the links in commit statuses (default: the
-    /// listening address)
+    /// Where people reach this server, for the links in commit statuses [default: the
+    /// listening address]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
     /// Let jobs name the agent's own disk: `path` sources, `file://` and absolute-path git
@@ -353,14 +360,15 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_local_sources: bool,
     /// A connection that has not sent a request's headers within this is closed
-    #[arg(long, value_parser = crate::util::parse_duration, default_value = "10s")]
-    pub header_timeout: std::time::Duration,
-    /// A request whose body has not arrived whole within this is answered 408
-    #[arg(long, value_parser = crate::util::parse_duration, default_value = "60s")]
-    pub body_timeout: std::time::Duration,
-    /// Connections served at once; further ones wait to be accepted
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub max_connections: usize,
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// A request whose body has not arrived whole within this is answered 408 [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+    /// Connections served at once; further ones wait to be accepted [default: 512]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Log lines on stderr: text, or JSON objects for log shippers
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: crate::logging::LogFormat,

@@ -32,13 +32,6 @@ pub enum Origin {
     Flag(String),
 }
 
-impl Origin {
-    /// `--set KEY=…`, never with the value (it may be a secret).
-    pub fn flag(key: &str) -> Origin {
-        Origin::Flag(format!("--set {key}=…"))
-    }
-}
-
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -47,6 +40,31 @@ impl fmt::Display for Origin {
             Origin::InFile(file) => f.write_str(file),
             Origin::Env(name) => write!(f, "environment variable {name}"),
             Origin::Flag(flag) => write!(f, "flag `{flag}`"),
+        }
+    }
+}
+
+/// A setting given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    /// How it was given, for blame: `--concurrency`, `--set agent.name=…`; never the value
+    /// (it may be a secret).
+    pub flag: String,
+}
+
+impl Override {
+    /// `--set KEY=VALUE`.
+    pub fn set(key: &str, value: &str) -> Override {
+        Override::flag(key, value, &format!("--set {key}=…"))
+    }
+
+    pub fn flag(key: &str, value: &str, flag: &str) -> Override {
+        Override {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            flag: flag.to_owned(),
         }
     }
 }
@@ -99,6 +117,10 @@ pub fn display_key(key: &str) -> String {
 /// shaped like agent.toml: plain sections, and arrays of tables.
 #[derive(Debug)]
 pub struct Schema {
+    /// Environment variables `PREFIX__SECTION__KEY` set keys.
+    pub env_prefix: &'static str,
+    /// Lists that may be given as one comma-separated environment variable.
+    pub list_keys: &'static [&'static str],
     /// The keys at the top of the file.
     pub root: fn() -> &'static [&'static str],
     /// `[section]` tables and their keys.
@@ -120,6 +142,15 @@ pub enum Fields {
 
 /// agent.toml.
 pub static AGENT_SCHEMA: Schema = Schema {
+    env_prefix: "DOCKHAND",
+    list_keys: &[
+        "agent.labels",
+        "agent.pass_env",
+        "docker.allow_host_mounts",
+        "docker.allow_network_modes",
+        "docker.cap_drop",
+        "secrets.from_env",
+    ],
     root: field_names::<AgentConfig>,
     sections: &[
         ("agent", Fields::Fixed(field_names::<AgentSection>)),
@@ -262,20 +293,21 @@ impl Layers {
         toml::to_string(&table).unwrap_or_else(|_| text.to_owned())
     }
 
-    /// Whether the `DOCKHAND__SECTION__KEY` variable `name` names a setting; an unknown
+    /// Whether the `PREFIX__SECTION__KEY` variable `name` names a setting; an unknown
     /// one is a problem.
     pub fn read_env(&mut self, name: &str) -> bool {
-        let Some(rest) = name.strip_prefix("DOCKHAND__") else {
+        let Some(rest) =
+            (name.strip_prefix(self.schema.env_prefix)).and_then(|rest| rest.strip_prefix("__"))
+        else {
             return false;
         };
         let key = rest.to_lowercase().replace("__", ".");
         self.read_key(key, Origin::Env(name.to_owned()))
     }
 
-    /// Whether the `--set key=value` flag names a setting; an unknown one is a problem.
-    /// The origin names the key only: the value may be a secret.
-    pub fn read_flag(&mut self, key: &str) -> bool {
-        self.read_key(key.to_owned(), Origin::flag(key))
+    /// Whether a command-line flag's key names a setting; an unknown one is a problem.
+    pub fn read_flag(&mut self, given: &Override) -> bool {
+        self.read_key(given.key.clone(), Origin::Flag(given.flag.clone()))
     }
 
     fn read_key(&mut self, key: String, origin: Origin) -> bool {
@@ -306,7 +338,11 @@ impl Layers {
             }
             out.push_str(line);
             if let Some((key, _)) = trimmed.split_once(" = ") {
-                let path = format!("{section}.{}", key.trim_matches('"'));
+                let key = key.trim_matches('"');
+                let path = match section.as_str() {
+                    "" => key.to_owned(),
+                    section => format!("{section}.{key}"),
+                };
                 match self.origins.get(&path) {
                     Some(origin) => out.push_str(&format!("  # {origin}")),
                     None => out.push_str("  # default"),
@@ -546,8 +582,8 @@ mod tests {
     fn environment_and_flags_are_blamed_for_their_own_keys() {
         let mut layers = Layers::default();
         assert!(!layers.read_env("DOCKHAND__AGENT__CONCURENCY"));
-        assert!(!layers.read_flag("docker.memroy"));
-        assert!(layers.read_flag("docker.memory"));
+        assert!(!layers.read_flag(&Override::set("docker.memroy", "1g")));
+        assert!(layers.read_flag(&Override::set("docker.memory", "1g")));
         let shown: Vec<String> = layers.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             shown,
@@ -562,7 +598,7 @@ mod tests {
     fn annotated_settings_name_each_values_origin() {
         let mut layers = Layers::default();
         layers.read_file(Path::new("a.toml"), "[agent]\nname = \"x\"\n");
-        layers.read_flag("agent.parallel");
+        layers.read_flag(&Override::set("agent.parallel", "2"));
         let text = "[agent]\nname = \"x\"\nparallel = 3\nconcurrency = 2\n\n[[source]]\nkind = \"watch\"\n";
         assert_eq!(
             layers.annotate(text),

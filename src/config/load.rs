@@ -8,13 +8,13 @@ use config::{Config, Environment, File, FileFormat};
 
 use super::agent::{AgentConfig, SourceConfig};
 use super::cron::CronTimes;
-use super::layers::{Layers, Origin, Problem};
+use super::layers::{AGENT_SCHEMA, Layers, Origin, Override, Problem, Schema};
 
 /// Every problem of the settings, each blamed on the file position, environment variable
 /// or flag that set the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct AgentConfigError {
+pub struct SettingsError {
     pub problems: Vec<Problem>,
 }
 
@@ -26,8 +26,8 @@ pub struct LoadOptions {
     /// `./agent.toml` when it exists.
     pub file: Option<PathBuf>,
     pub env: HashMap<String, String>,
-    /// `section.key = value` pairs from command-line flags, applied last.
-    pub overrides: Vec<(String, String)>,
+    /// Settings from command-line flags, applied last.
+    pub overrides: Vec<Override>,
     /// Relative paths are resolved against the file's directory, or this one without a file.
     pub cwd: PathBuf,
     /// Never read `cwd/agent.toml` unnamed: `cwd` is a watched checkout, whose files are
@@ -49,16 +49,6 @@ impl LoadOptions {
     }
 }
 
-/// Lists that may be given as one comma-separated environment variable.
-const LIST_KEYS: &[&str] = &[
-    "agent.labels",
-    "agent.pass_env",
-    "docker.allow_host_mounts",
-    "docker.allow_network_modes",
-    "docker.cap_drop",
-    "secrets.from_env",
-];
-
 /// Variables holding dockhand's own credentials: no job may ever see them, whatever
 /// `pass_env` or `[secrets]` say (each http source's `token_env` too).
 pub const TOKEN_VARIABLES: &[&str] = &[
@@ -77,18 +67,46 @@ const MAX_SETTINGS_BYTES: u64 = 1 << 20;
 /// The engine refuses memory limits below 6 MiB.
 const MIN_MEMORY: u64 = 6 << 20;
 
-pub fn load(options: &LoadOptions) -> Result<(AgentConfig, Option<PathBuf>), AgentConfigError> {
+pub fn load(options: &LoadOptions) -> Result<(AgentConfig, Option<PathBuf>), SettingsError> {
     load_with_origins(options).map(|(config, file, _)| (config, file))
 }
 
 /// [`load`], with where each setting came from (for `agent --check`).
 pub fn load_with_origins(
     options: &LoadOptions,
-) -> Result<(AgentConfig, Option<PathBuf>, Layers), AgentConfigError> {
+) -> Result<(AgentConfig, Option<PathBuf>, Layers), SettingsError> {
     let file = options.file();
-    let mut layers = Layers::default();
+    let (mut config, mut layers) = merge::<AgentConfig>(
+        &AGENT_SCHEMA,
+        file.as_deref(),
+        &options.env,
+        &options.overrides,
+    )?;
+    let base = file
+        .as_ref()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| options.cwd.clone());
+    check(&mut config, &base, &mut layers);
+    if layers.problems.is_empty() {
+        Ok((config, file, layers))
+    } else {
+        Err(SettingsError {
+            problems: layers.problems,
+        })
+    }
+}
+
+/// A settings file shaped by `schema`, then its environment variables, then the flags
+/// (`overrides`), merged into `T`; every problem blamed on the layer that set its key.
+pub fn merge<T: serde::de::DeserializeOwned>(
+    schema: &'static Schema,
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    overrides: &[Override],
+) -> Result<(T, Layers), SettingsError> {
+    let mut layers = Layers::new(schema);
     let mut builder = Config::builder();
-    if let Some(file) = &file {
+    if let Some(file) = file {
         let text = crate::files::read_limited(file, MAX_SETTINGS_BYTES)
             .and_then(|bytes| {
                 String::from_utf8(bytes).map_err(|e| {
@@ -99,7 +117,7 @@ pub fn load_with_origins(
                     )
                 })
             })
-            .map_err(|e| AgentConfigError {
+            .map_err(|e| SettingsError {
                 problems: vec![Problem {
                     at: Origin::InFile(file.display().to_string()),
                     key: None,
@@ -113,28 +131,31 @@ pub fn load_with_origins(
         let known = layers.read_file(file, &text);
         builder = builder.add_source(File::from_str(&known, FileFormat::Toml));
     }
-    let env: config::Map<String, String> = (options.env.iter())
+    let env: config::Map<String, String> = (env.iter())
         .filter(|(k, _)| layers.read_env(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut environment = Environment::with_prefix("DOCKHAND")
+    let mut environment = Environment::with_prefix(schema.env_prefix)
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
-        .list_separator(",")
         .source(Some(env));
-    for key in LIST_KEYS {
+    // Without list keys the crate would split every value at its commas.
+    if !schema.list_keys.is_empty() {
+        environment = environment.list_separator(",");
+    }
+    for key in schema.list_keys {
         environment = environment.with_list_parse_key(key);
     }
     builder = builder.add_source(environment);
-    for (key, value) in &options.overrides {
-        if !layers.read_flag(key) {
+    for given in overrides {
+        if !layers.read_flag(given) {
             continue;
         }
-        builder = match builder.set_override(key.as_str(), value.as_str()) {
+        builder = match builder.set_override(given.key.as_str(), given.value.as_str()) {
             Ok(builder) => builder,
             Err(e) => {
-                let origin = Origin::flag(key);
+                let origin = Origin::Flag(given.flag.clone());
                 let message = e.to_string();
                 layers.problems.push(Problem {
                     at: origin,
@@ -142,7 +163,7 @@ pub fn load_with_origins(
                     message,
                     help: None,
                 });
-                return Err(AgentConfigError {
+                return Err(SettingsError {
                     problems: layers.problems,
                 });
             }
@@ -152,10 +173,7 @@ pub fn load_with_origins(
     let merged = if syntax_error {
         None
     } else {
-        match builder
-            .build()
-            .and_then(Config::try_deserialize::<AgentConfig>)
-        {
+        match builder.build().and_then(Config::try_deserialize::<T>) {
             Ok(config) => Some(config),
             Err(e) => {
                 layers.problems.push(blame(&layers, &e.to_string()));
@@ -163,22 +181,11 @@ pub fn load_with_origins(
             }
         }
     };
-    let Some(mut config) = merged else {
-        return Err(AgentConfigError {
+    match merged {
+        Some(config) => Ok((config, layers)),
+        None => Err(SettingsError {
             problems: layers.problems,
-        });
-    };
-    let base = file
-        .as_ref()
-        .and_then(|f| f.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| options.cwd.clone());
-    check(&mut config, &base, &mut layers);
-    if layers.problems.is_empty() {
-        Ok((config, file, layers))
-    } else {
-        Err(AgentConfigError {
-            problems: layers.problems,
-        })
+        }),
     }
 }
 

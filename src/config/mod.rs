@@ -6,6 +6,7 @@ mod cron;
 mod fields;
 mod layers;
 mod load;
+mod server;
 mod values;
 
 pub use agent::{
@@ -13,6 +14,7 @@ pub use agent::{
     ScheduleSource, SecretsSection, SourceConfig, WatchSource,
 };
 pub use cron::{CronTimes, ScheduleError};
-pub use layers::{Layers, Origin, Problem};
-pub use load::{AgentConfigError, LoadOptions, load, load_with_origins};
+pub use layers::{Layers, Origin, Override, Problem};
+pub use load::{LoadOptions, SettingsError, load, load_with_origins};
+pub use server::{SERVER_SCHEMA, ServerConfig, ServerNotify, load_server};
 pub use values::ByteSize;

@@ -12,8 +12,8 @@ mod store;
 mod webhook;
 
 pub use serve::{ServeError, serve};
-pub use settings::{Database, Forks, Repository, ServerSettings};
+pub use settings::{ApiToken, Database, Forks, Repository, ServerSettings};
 pub use store::{
-    Accept, Expired, Finish, JobStore, LogAppend, POOL_SIZE, PgStore, Renew, SqliteStore, StoreError,
-    StoreStats, Stored,
+    Accept, Expired, Finish, JobStore, LogAppend, POOL_SIZE, PgStore, Renew, SqliteStore,
+    StoreError, StoreStats, Stored,
 };

@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub repositories: Vec<Repository>,
     /// Where people reach the server (behind a proxy, say): commit statuses link here.
     pub public_url: Option<String>,
+    /// Hooks told of finished webhook jobs.
+    pub notify: Vec<crate::config::ServerNotify>,
 }
 
 impl ServerSettings {
@@ -165,13 +167,19 @@ impl Repository {
 impl std::str::FromStr for Repository {
     type Err = String;
 
-    /// `owner/name` or `owner/name=task,task` (`--build-repo`).
+    /// `[gitea:]owner/name[=task,task]` (`--build-repo`); GitHub unless it says Gitea.
     fn from_str(text: &str) -> Result<Self, String> {
-        let (name, tasks) = text.split_once('=').unwrap_or((text, ""));
+        let (forge, rest) = match text.split_once(':') {
+            Some(("gitea", rest)) => (ForgeKind::Gitea, rest),
+            Some(("github", rest)) => (ForgeKind::Github, rest),
+            _ => (ForgeKind::Github, text),
+        };
+        let (name, tasks) = rest.split_once('=').unwrap_or((rest, ""));
         if name.split('/').count() != 2 || name.split('/').any(str::is_empty) {
-            return Err(format!("`{text}` is not owner/name[=task,task]"));
+            return Err(format!("`{text}` is not [gitea:]owner/name[=task,task]"));
         }
         let mut repository = Repository::named(name);
+        repository.forge = forge;
         repository.tasks = (tasks.split(','))
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
@@ -271,6 +279,11 @@ mod tests {
         assert_eq!(repo.api_url().as_deref(), Some("https://api.github.com"));
         assert!(repo.cancel_superseded && repo.builds_branch("anything"));
         assert!("app".parse::<Repository>().is_err());
+        let gitea: Repository = "gitea:team/app".parse().unwrap();
+        assert_eq!(
+            (gitea.forge, gitea.name.as_str()),
+            (ForgeKind::Gitea, "team/app")
+        );
         let mut repo = Repository::named("team/app");
         repo.branches = vec!["main".to_owned(), "release/*".to_owned()];
         assert!(repo.builds_branch("release/1.2") && !repo.builds_branch("feature"));

@@ -95,7 +95,7 @@ async fn options_in_git_fields_are_refused_at_submit_and_webhook() {
     );
     for (body, field) in [
         (push(url, "refs/heads/main", &attack), "after"),
-        (push(url, &attack, commit), "ref"),
+        (push(url, &format!("refs/heads/{attack}"), commit), "ref"),
         (
             push(&attack, "refs/heads/main", commit),
             "repository.clone_url",

@@ -46,7 +46,12 @@ impl Server {
 
     /// On a fresh PostgreSQL database, whatever `DOCKHAND_TEST_DATABASE` says.
     pub fn start_postgres(extra: &[&str]) -> Server {
-        Self::spawn(&super::postgres::fresh_database(), "127.0.0.1:0", extra)
+        Self::spawn(
+            &super::postgres::fresh_database(),
+            "127.0.0.1:0",
+            extra,
+            &[],
+        )
     }
 
     /// Another replica of `replica`'s server: the same PostgreSQL database.
@@ -56,19 +61,25 @@ impl Server {
 
     /// As [`Server::replica`], on a given address: a replica restarted where agents expect it.
     pub fn replica_at(replica: &Server, listen: &str, extra: &[&str]) -> Server {
-        Self::spawn(&replica.database, listen, extra)
+        Self::spawn(&replica.database, listen, extra, &[])
     }
 
     /// On a given address: a restart where the agents expect it.
     pub fn start_at(db: &Path, listen: &str, extra: &[&str]) -> Server {
-        Self::spawn(&database(db), listen, extra)
+        Self::spawn(&database(db), listen, extra, &[])
     }
 
-    fn spawn(database: &str, listen: &str, extra: &[&str]) -> Server {
+    /// With more environment variables (API tokens a server.toml names).
+    pub fn start_env(db: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(&database(db), listen, extra, env)
+    }
+
+    fn spawn(database: &str, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dockhand"))
             .args(["server", "--listen", listen, "--database"])
             .arg(database)
             .args(extra)
+            .envs(env.iter().copied())
             .env("DOCKHAND_REGISTRATION_TOKEN", REGISTRATION)
             .env("DOCKHAND_ADMIN_TOKEN", ADMIN)
             .stderr(Stdio::piped())

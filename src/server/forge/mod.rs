@@ -13,12 +13,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use client::{Attempt, http_client, post_status};
+use client::{ATTEMPT_TIMEOUT, Attempt, http_client, post_status};
 use status::{CommitStatus, commit_status, same_status};
 
 use super::settings::{Repository, ServerSettings};
-use super::store::{JobStore, NewEntry, OutboxEntry, Stored, Unreported};
-use crate::protocol::JobState;
+use super::store::{JobStore, NewEntry, OutboxEntry, StoreError, Stored, Unreported};
+use crate::notifications::{self, DeliveryError, JobSummary, redact_url};
+use crate::protocol::ForgeOrigin;
+use crate::util::short_hash;
 
 /// How often the reporter looks for state changes and due entries.
 const TICK: Duration = Duration::from_millis(250);
@@ -36,6 +38,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outgoing {
     Status(CommitStatus),
+    /// A notice for the hook whose URL hashes to `hook` (the URL is a secret: the store
+    /// does not keep it).
+    Notification {
+        hook: String,
+        body: serde_json::Value,
+    },
 }
 
 pub struct Reporter<S> {
@@ -84,26 +92,46 @@ impl<S: JobStore> Reporter<S> {
         for Unreported { job, reported } in self.store.unreported(100).await? {
             let Some(origin) = &job.origin else { continue };
             let repository = self.settings.repository(origin.forge, &origin.repository);
+            let target = format!("{}/api/v1/jobs/{}", self.base_url, job.id);
             let mut entries = Vec::new();
             let changed = reported.is_none_or(|r| !same_status(r, job.state));
             if let Some(repository) = repository.filter(|r| r.token.is_some() && changed) {
-                let target = format!("{}/api/v1/jobs/{}", self.base_url, job.id);
-                let status = commit_status(&job, &origin.commit, target);
-                entries.push(NewEntry {
-                    ordering: format!("status:{}@{}", repository.name, origin.commit),
-                    repository: repository.name.clone(),
-                    body: serde_json::to_value(Outgoing::Status(status))
-                        .map_err(super::store::StoreError::Json)?,
-                });
+                let status = commit_status(&job, &origin.commit, target.clone());
+                entries.push(entry(
+                    format!("status:{}@{}", repository.name, origin.commit),
+                    &repository.name,
+                    Outgoing::Status(status),
+                )?);
             }
             let stream = origin.stream();
-            let outcome = match job.state {
-                JobState::Succeeded => Some((stream.as_str(), true)),
-                state if !state.is_active() && state != JobState::Cancelled => {
-                    Some((stream.as_str(), false))
+            let succeeded = (!job.state.is_active())
+                .then(|| notifications::outcome(job.state.as_str()))
+                .flatten();
+            if let Some(succeeded) = succeeded {
+                let previous = self.store.stream_outcome(&stream).await?;
+                let summary = match &job.result {
+                    Some(result) => JobSummary::from_job_result(&job.id, &title(origin), result),
+                    None => JobSummary::without_result(&job.id, &title(origin), job.state.as_str()),
                 }
-                _ => None,
-            };
+                .with_link(Some(target))
+                .with_commit(Some(origin.commit.clone()));
+                for hook in (self.settings.notify.iter()).filter(|h| h.covers(&origin.repository)) {
+                    let Some(kind) = notifications::decide(&hook.on, succeeded, previous) else {
+                        continue;
+                    };
+                    let hook_id = short_hash(hook.url.as_bytes());
+                    let body = summary.notice(kind).body(hook.format);
+                    entries.push(entry(
+                        format!("notify:{hook_id}:{stream}"),
+                        &origin.repository,
+                        Outgoing::Notification {
+                            hook: hook_id,
+                            body,
+                        },
+                    )?);
+                }
+            }
+            let outcome = succeeded.map(|s| (stream.as_str(), s));
             self.store
                 .mark_reported(&job.id, job.state, outcome, &entries)
                 .await?;
@@ -143,11 +171,30 @@ impl<S: JobStore> Reporter<S> {
     }
 
     async fn send(&self, entry: &OutboxEntry) -> Attempt {
-        let Some(repository) = self.repository(&entry.repository) else {
-            return Attempt::Refused(0, "the repository is no longer in the settings".to_owned());
-        };
         match serde_json::from_value::<Outgoing>(entry.body.clone()) {
-            Ok(Outgoing::Status(status)) => post_status(&self.http, repository, &status).await,
+            Ok(Outgoing::Status(status)) => match self.repository(&entry.repository) {
+                Some(repository) => post_status(&self.http, repository, &status).await,
+                None => {
+                    Attempt::Refused(0, "the repository is no longer in the settings".to_owned())
+                }
+            },
+            Ok(Outgoing::Notification { hook, body }) => {
+                let url = (self.settings.notify.iter())
+                    .map(|h| &h.url)
+                    .find(|url| short_hash(url.as_bytes()) == hook);
+                let Some(url) = url else {
+                    return Attempt::Refused(0, "the hook is no longer in the settings".to_owned());
+                };
+                match notifications::post(&self.http, url, &body, ATTEMPT_TIMEOUT).await {
+                    Ok(()) => Attempt::Delivered,
+                    Err(e) if e.retried() => Attempt::Retry(e.to_string()),
+                    Err(DeliveryError::Refused { status, .. }) => Attempt::Refused(
+                        status.as_u16(),
+                        format!("a notification hook ({})", redact_url(url)),
+                    ),
+                    Err(e) => Attempt::Refused(0, e.to_string()),
+                }
+            }
             Err(e) => Attempt::Refused(0, format!("an outbox entry this server cannot read: {e}")),
         }
     }
@@ -175,6 +222,23 @@ impl<S: JobStore> Reporter<S> {
                 "the forge refused a commit status: {reason}{hint}; further refusals of this kind are not logged"
             );
         }
+    }
+}
+
+fn entry(ordering: String, repository: &str, outgoing: Outgoing) -> Stored<NewEntry> {
+    Ok(NewEntry {
+        ordering,
+        repository: repository.to_owned(),
+        body: serde_json::to_value(outgoing).map_err(StoreError::Json)?,
+    })
+}
+
+/// `team/app#7`, `team/app@main`: what a notice is about.
+fn title(origin: &ForgeOrigin) -> String {
+    match (origin.pull_request, origin.short_reference()) {
+        (Some(number), _) => format!("{}#{number}", origin.repository),
+        (None, Some(reference)) => format!("{}@{reference}", origin.repository),
+        (None, None) => origin.repository.clone(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::notifications::FailedStage;
 use crate::protocol::{JobState, JobView};
 
 /// GitHub refuses longer descriptions.
@@ -74,31 +75,18 @@ fn took(job: &JobView) -> String {
     }
 }
 
-/// `Failed: run test (exit code 3)`: the first stage that did not succeed.
+/// `Failed: run test (exit code 3)`: the first stage that did not pass.
 fn failed(what: &str, job: &JobView) -> String {
     let Some(result) = &job.result else {
         return what.to_owned();
     };
-    let stage = result.stages.iter().find(|stage| {
-        !matches!(
-            stage["status"].as_str(),
-            Some("succeeded" | "cached" | "skipped") | None
-        )
-    });
-    match stage {
-        Some(stage) => {
-            let kind = stage["kind"].as_str().unwrap_or("stage");
-            let name = stage["name"].as_str().unwrap_or_default();
-            let label = if kind == "collect" {
-                kind.to_owned()
-            } else {
-                format!("{kind} {name}")
-            };
-            match stage["exit_code"].as_i64() {
-                Some(code) if code != 0 => format!("{what}: {label} (exit code {code})"),
-                _ => format!("{what}: {label}"),
-            }
-        }
+    match FailedStage::first(&result.stages) {
+        Some(FailedStage {
+            label,
+            exit_code: Some(code),
+            ..
+        }) if code != 0 => format!("{what}: {label} (exit code {code})"),
+        Some(stage) => format!("{what}: {}", stage.label),
         None => match &result.message {
             Some(message) => format!("{what}: {message}"),
             None => format!("{what} (exit code {})", result.exit_code),

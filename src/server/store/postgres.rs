@@ -806,7 +806,12 @@ mod tests {
 
     async fn fresh() -> (PgStore, ()) {
         let url = test_postgres::fresh_database();
-        (PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap(), ())
+        (
+            PgStore::connect(&url, POOL_SIZE, Arc::default())
+                .await
+                .unwrap(),
+            (),
+        )
     }
 
     crate::job_store_conformance!(fresh);
@@ -828,7 +833,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_the_holder_of_the_ticker_lock_expires() {
         let url = test_postgres::fresh_database();
-        let store = PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap();
+        let store = PgStore::connect(&url, POOL_SIZE, Arc::default())
+            .await
+            .unwrap();
         let job = store.create_job(&spec(), None).await.unwrap();
         let me = agent(&store).await;
         let short = Duration::from_millis(10);
@@ -855,8 +862,12 @@ mod tests {
     async fn replicas_share_logs_digests_and_wake_ups() {
         let url = test_postgres::fresh_database();
         let woken = Arc::new(Notify::new());
-        let a = PgStore::connect(&url, POOL_SIZE, Arc::default()).await.unwrap();
-        let b = PgStore::connect(&url, POOL_SIZE, woken.clone()).await.unwrap();
+        let a = PgStore::connect(&url, POOL_SIZE, Arc::default())
+            .await
+            .unwrap();
+        let b = PgStore::connect(&url, POOL_SIZE, woken.clone())
+            .await
+            .unwrap();
         let wake = woken.notified();
         let job = a.create_job(&spec(), None).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), wake)
