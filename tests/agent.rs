@@ -690,7 +690,8 @@ fn watch_and_run_in_one_checkout_share_their_builds() {
 #[test]
 fn a_failing_schedule_notifies_once_then_its_recovery_then_nothing() {
     let repo = checkout("grep -q pass /app/msg.txt || { echo 'not yet <!channel>'; exit 3; }\n");
-    let receiver = support::receiver::Receiver::start("/services/T0/B0/secret");
+    let hooks = support::forge::FakeForge::github("");
+    let hook = "slack/T0/B0/secret";
     std::fs::write(
         repo.path().join("agent.toml"),
         format!(
@@ -705,7 +706,7 @@ url = "{}"
 format = "slack"
 on = ["failure", "recovery"]
 "#,
-            receiver.url
+            hooks.hook_url(hook)
         ),
     )
     .unwrap();
@@ -730,14 +731,11 @@ on = ["failure", "recovery"]
     };
 
     let failed = run_once("failed");
-    let received = receiver.wait_for(1, LONG);
+    let received = hooks.wait_for_hooks(hook, 1, LONG);
     let failure = &received[0];
-    assert_eq!(failure.method, "POST");
-    assert_eq!(failure.path, "/services/T0/B0/secret");
-    assert_eq!(failure.headers["content-type"], "application/json");
-    let text = failure.body["text"].as_str().unwrap();
+    let text = failure["text"].as_str().unwrap();
     assert_eq!(text, "Failed: schedule:nightly (failed, exit code 3)");
-    let attachment = &failure.body["attachments"][0];
+    let attachment = &failure["attachments"][0];
     assert_eq!(attachment["color"], "#d00000");
     let fields = attachment["fields"].to_string();
     assert!(fields.contains(&failed.id), "{fields}");
@@ -745,8 +743,8 @@ on = ["failure", "recovery"]
 
     std::fs::write(repo.path().join("msg.txt"), "pass\n").unwrap();
     let recovered = run_once("succeeded");
-    let received = receiver.wait_for(2, LONG);
-    let recovery = &received[1].body;
+    let received = hooks.wait_for_hooks(hook, 2, LONG);
+    let recovery = &received[1];
     assert_eq!(
         recovery["text"],
         "Recovered: schedule:nightly (succeeded again)"
@@ -756,9 +754,10 @@ on = ["failure", "recovery"]
 
     run_once("succeeded");
     assert_eq!(
-        receiver.received().len(),
+        hooks.hooks(hook).len(),
         2,
         "a success after a success is not notified: {:#?}",
-        receiver.received()
+        hooks.hooks(hook)
     );
+    hooks.assert_nothing_refused();
 }

@@ -7,7 +7,6 @@
 pub mod agent;
 pub mod forge;
 pub mod postgres;
-pub mod receiver;
 pub mod server;
 pub mod webhooks;
 
