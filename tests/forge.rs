@@ -306,11 +306,29 @@ async fn forks_get_no_secrets_and_a_closed_pull_request_is_cancelled() {
         "its config names a secret it cannot have: {log}"
     );
 
+    let own = ("team/app", repo.path());
     let slow = commit_task(repo.path(), "echo started; sleep 120\n", "slow");
-    let payload = pull_request("gitea", "synchronize", 3, ("team/app", repo.path()), &slow);
+    let payload = pull_request("gitea", "synchronize", 3, own, &slow);
+    let superseded = job_of(&api, "gitea", "pull_request", &payload).await;
+    api.wait_job(&superseded, |d| d["state"] == "running").await;
+    let slower = commit_task(repo.path(), "echo started again; sleep 120\n", "slower");
+    let payload = pull_request("gitea", "synchronize", 3, own, &slower);
     let running = job_of(&api, "gitea", "pull_request", &payload).await;
+    let detail = api.wait_job(&superseded, finished).await;
+    assert_eq!(
+        (&detail["state"], detail["cancel_reason"].as_str()),
+        (
+            &json!("cancelled"),
+            Some(format!("superseded by {running}").as_str())
+        )
+    );
+    let last = final_statuses(&forge, &slow).pop().unwrap();
+    assert_eq!(
+        last.description,
+        Some(format!("Cancelled: superseded by {running}"))
+    );
     api.wait_job(&running, |d| d["state"] == "running").await;
-    let closed = pull_request("gitea", "closed", 3, ("team/app", repo.path()), &slow);
+    let closed = pull_request("gitea", "closed", 3, own, &slower);
     let (status, body) = deliver(&api, "gitea", "pull_request", &closed).await;
     assert_eq!(
         (status, &body["cancelled"]),
@@ -318,10 +336,66 @@ async fn forks_get_no_secrets_and_a_closed_pull_request_is_cancelled() {
         "{body}"
     );
     assert_eq!(api.wait_job(&running, finished).await["state"], "cancelled");
-    let last = final_statuses(&forge, &slow).pop().unwrap();
+    let last = final_statuses(&forge, &slower).pop().unwrap();
     assert_eq!(
         (last.state.as_str(), last.description.as_deref()),
         ("error", Some("Cancelled: pull request #3 closed"))
+    );
+    forge.assert_nothing_refused();
+}
+
+/// The agent's `allow_*` widening is for the repository's own code: a fork's pull request
+/// with the same config is refused the Docker socket the agent allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_gets_none_of_the_agents_widening() {
+    let forge = FakeForge::github("");
+    forge.allow("team/app", TOKEN);
+    let db = tempfile::tempdir().unwrap();
+    let server = server_with(db.path(), &forge, "github", "");
+    let api = Client::new(&server);
+    let script = "test -S /var/run/docker.sock && echo socket\n";
+    let repo = git_repository(script);
+    let config = std::fs::read_to_string(repo.path().join("config.yml")).unwrap().replace(
+        "command: [/bin/sh, /app/task.sh]",
+        "command: [/bin/sh, /app/task.sh]\n          volumes: {mount: ['/var/run/docker.sock:/var/run/docker.sock']}",
+    );
+    std::fs::write(repo.path().join("config.yml"), config).unwrap();
+    let sha = commit_task(repo.path(), script, "use the socket");
+    let dir = agent_dir(&server, "[docker]\nallow_docker_socket = true");
+    let agent = AgentProcess::start(dir.path(), &["agent"]);
+
+    let own = job_of(
+        &api,
+        "github",
+        "push",
+        &push("github", repo.path(), &sha, "socket"),
+    )
+    .await;
+    let detail = api.wait_job(&own, finished).await;
+    assert_eq!(
+        detail["state"],
+        "succeeded",
+        "{detail}\n{}",
+        agent.transcript()
+    );
+    let payload = pull_request("github", "opened", 9, ("someone/app", repo.path()), &sha);
+    let forked = job_of(&api, "github", "pull_request", &payload).await;
+    let detail = api.wait_job(&forked, finished).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    let log = String::from_utf8(api.read_log(&forked).await).unwrap();
+    assert!(
+        log.contains("Docker socket") && !log.contains("\nsocket\n"),
+        "{log}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !forge.statuses().iter().any(|s| s.state == "failure") {
+        assert!(Instant::now() < deadline, "{:?}", forge.statuses());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = forge.statuses().pop().unwrap();
+    assert_eq!(
+        (last.state.as_str(), last.context.as_deref()),
+        ("failure", Some("dockhand/show"))
     );
     forge.assert_nothing_refused();
 }
