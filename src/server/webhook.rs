@@ -214,7 +214,7 @@ fn payload<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 enum Wanted<'s> {
     Ignored(String),
     Build {
-        spec: JobSpec,
+        spec: Box<JobSpec>,
         origin: ForgeOrigin,
         repository: &'s Repository,
     },
@@ -440,7 +440,7 @@ fn build<'s>(
         return Err(ApiError::invalid(&e));
     }
     Ok(Wanted::Build {
-        spec,
+        spec: Box::new(spec),
         origin,
         repository,
     })

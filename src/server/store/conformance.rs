@@ -517,7 +517,7 @@ pub async fn forge_jobs_are_reported_once_per_state<S: JobStore>(store: Arc<S>) 
     let stream = origin.stream();
     assert_eq!(
         store.active_in_stream(&stream).await.unwrap(),
-        [job.clone()]
+        std::slice::from_ref(&job)
     );
     let unreported = store.unreported(10).await.unwrap();
     assert_eq!(unreported.len(), 1, "only jobs with an origin are reported");
