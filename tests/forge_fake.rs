@@ -577,7 +577,7 @@ async fn the_server_takes_the_real_push_payloads_signed_as_the_forges_sign_them(
             "--build-repo",
             "Codertocat/Hello-World=test",
             "--build-repo",
-            "Test-CI/multi-line-secrets=test",
+            "gitea:Test-CI/multi-line-secrets=test",
         ],
     );
     let api = Client::new(&server);
