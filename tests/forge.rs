@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::agent::{AgentProcess, git_repository};
 use support::forge::{Failure, FakeForge, Status};
-use support::server::{Client, Server};
+use support::server::{Client, Server, agent_dir};
 use support::webhooks::fixture;
 
 const SECRET: &str = "hook-secret-of-the-tests";
@@ -38,19 +38,6 @@ fn server_with(db: &Path, forge: &FakeForge, kind: &str, repository: &str) -> Se
         &["--config", &config],
         &[("APP_FORGE_TOKEN", TOKEN)],
     )
-}
-
-fn agent_dir(server: &Server, extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("agent.toml"),
-        format!(
-            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n{extra}\n[[source]]\nkind = \"http\"\nurl = \"{}\"\nallow_local_sources = true\n",
-            server.url
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {
@@ -387,11 +374,8 @@ async fn a_fork_gets_none_of_the_agents_widening() {
         log.contains("Docker socket") && !log.contains("\nsocket\n"),
         "{log}"
     );
-    let deadline = Instant::now() + WAIT;
-    while !forge.statuses().iter().any(|s| s.state == "failure") {
-        assert!(Instant::now() < deadline, "{:?}", forge.statuses());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let failed = || forge.statuses().iter().any(|s| s.state == "failure");
+    wait_until(failed, || format!("{:?}", forge.statuses()));
     let last = forge.statuses().pop().unwrap();
     assert_eq!(
         (last.state.as_str(), last.context.as_deref()),
@@ -459,11 +443,8 @@ async fn statuses_survive_an_outage_and_a_restart_in_order() {
         let job = job_of(&api, "github", "push", &payload).await;
         assert!(api.cancel(&job).await.is_success());
     }
-    let deadline = Instant::now() + WAIT;
-    while rejecting.refused().len() < 2 {
-        assert!(Instant::now() < deadline, "{:?}", rejecting.refused());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let both = || rejecting.refused().len() >= 2;
+    wait_until(both, || format!("{:?}", rejecting.refused()));
     std::thread::sleep(Duration::from_secs(3));
     let refused = rejecting.refused();
     assert!(
@@ -483,13 +464,15 @@ async fn statuses_survive_an_outage_and_a_restart_in_order() {
 
 /// Waits for the server to log a line holding `text`.
 fn wait_log(server: &Server, text: &str) {
+    let logged = || server.log().iter().any(|l| l.contains(text));
+    wait_until(logged, || format!("no {text:?} in {:?}", server.log()));
+}
+
+/// Polls `done` until it holds; after [`WAIT`], panics with what `got` says.
+fn wait_until(done: impl Fn() -> bool, got: impl Fn() -> String) {
     let deadline = Instant::now() + WAIT;
-    while !server.log().iter().any(|l| l.contains(text)) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in {:?}",
-            server.log()
-        );
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", got());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -543,6 +526,18 @@ async fn deliveries_are_filtered_and_checked_by_the_repository_settings() {
             Some("pull_request.head.sha")
         ),
         "{body}"
+    );
+    let mut gone = pull_request("gitea", "opened", 5, ("team/app", repo.path()), &sha);
+    gone["pull_request"]["head"]["repo"] = Value::Null;
+    let (_, body) = deliver(&api, "gitea", "pull_request", &gone).await;
+    assert_eq!(
+        ignored(&body),
+        "a pull request whose head repository is gone"
+    );
+    let (status, body) = deliver(&api, "gitea", "pull_request", &json!({"action": "opened"})).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("."))
     );
     let closed = pull_request("gitea", "closed", 5, ("team/app", repo.path()), &sha);
     let (status, body) = deliver(&api, "gitea", "pull_request", &closed).await;

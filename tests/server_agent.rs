@@ -12,21 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
 use support::agent::{AgentProcess, checkout, git_repository as repository};
-use support::server::{ADMIN, Client, Server};
+use support::server::{ADMIN, Client, Server, agent_dir};
 use support::{assert_nothing_labelled, docker};
-
-fn agent_dir(server: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("agent.toml"),
-        format!(
-            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n[[source]]\nkind = \"http\"\nurl = \"{}\"\nallow_local_sources = true\n",
-            server.url
-        ),
-    )
-    .unwrap();
-    dir
-}
 
 async fn submit(api: &Client, repo: &Path) -> String {
     let (status, body) = api
@@ -83,7 +70,7 @@ async fn a_submitted_job_runs_on_an_agent_and_its_log_arrives_byte_for_byte() {
     let server = Server::start(db.path(), &["--allow-local-sources"]);
     let api = Client::new(&server);
     let repo = repository("seq 1 3000\nprintf 'ünïcode\\tand tabs\\n'\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let agent = AgentProcess::start(dir.path(), &["agent"]);
     let git = format!("file://{}", repo.path().display());
     let job = client(
@@ -143,7 +130,7 @@ async fn a_server_restarted_mid_job_loses_no_log_byte() {
     let api = Client::new(&server);
     let repo =
         repository("i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 0.05; done\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | line 5", Duration::from_secs(60));
@@ -171,7 +158,7 @@ async fn an_outage_longer_than_the_lease_loses_no_job_and_no_byte() {
     let api = Client::new(&server);
     let repo =
         repository("i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; sleep 0.05; done\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | line 5", Duration::from_secs(60));
@@ -205,7 +192,7 @@ async fn an_agent_killed_mid_job_leaves_a_lost_job_and_its_restart_cleans_up() {
     let server = Server::start(db.path(), &["--allow-local-sources", "--lease", "3s"]);
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 120\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let mut agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | started", Duration::from_secs(60));
@@ -239,7 +226,7 @@ async fn a_cancel_from_the_server_stops_the_container() {
     let server = Server::start(db.path(), &["--allow-local-sources", "--lease", "3s"]);
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 120\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | started", Duration::from_secs(60));
@@ -258,7 +245,7 @@ async fn an_upload_cut_off_by_an_agent_stop_is_finished_by_the_next_start() {
     let address = server.address();
     let api = Client::new(&server);
     let repo = repository("echo started; sleep 1; seq 1 500\n");
-    let dir = agent_dir(&server);
+    let dir = agent_dir(&server, "");
     let mut agent = AgentProcess::start(dir.path(), &["agent"]);
     let job = submit(&api, repo.path()).await;
     agent.wait_for_stdout("run show | started", Duration::from_secs(60));
@@ -309,7 +296,7 @@ async fn two_hundred_jobs_over_three_agents_each_run_exactly_once() {
     let project = checkout("echo ran\n");
     let agents: Vec<_> = (0..3)
         .map(|_| {
-            let dir = agent_dir(&server);
+            let dir = agent_dir(&server, "");
             let agent = AgentProcess::start(dir.path(), &["agent"]);
             (dir, agent)
         })

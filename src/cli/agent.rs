@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::args::{AgentArgs, OnChange};
-use super::output::outln;
+use super::output::checked_settings;
 use super::runtime::{self, Threads};
 use crate::agent::{Agent, AgentExit};
 use crate::config::{
@@ -22,22 +22,7 @@ pub fn agent(file: Option<PathBuf>, check: bool, args: &AgentArgs) -> u8 {
     let options = load_options(file, args, current_dir());
     match load_with_origins(&options) {
         Ok((settings, file, layers)) if check => {
-            let from = file.map_or("defaults and environment".to_owned(), |f| {
-                f.display().to_string()
-            });
-            match toml::to_string(&settings) {
-                Ok(text) => {
-                    outln!(
-                        "# {from}: ok; the merged settings, secret values hidden, each with where it was set:\n"
-                    );
-                    outln!("{}", layers.annotate(&text).trim_end());
-                    exit_code::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: printing the settings: {e}");
-                    exit_code::INFRASTRUCTURE
-                }
-            }
+            checked_settings(&settings, file.as_deref(), &layers)
         }
         Ok((settings, _, _)) => serve(settings, Some(options), args),
         Err(e) => settings_refused(&e),

@@ -18,6 +18,31 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `--check`'s answer: the merged `settings` as TOML (their serializers hide secrets), each
+/// value annotated with where it was set; the exit code.
+pub fn checked_settings(
+    settings: &impl serde::Serialize,
+    file: Option<&std::path::Path>,
+    layers: &crate::config::Layers,
+) -> u8 {
+    let from = file.map_or("defaults and environment".to_owned(), |f| {
+        f.display().to_string()
+    });
+    match toml::to_string(settings) {
+        Ok(text) => {
+            outln!(
+                "# {from}: ok; the merged settings, secret values hidden, each with where it was set:\n"
+            );
+            outln!("{}", layers.annotate(&text).trim_end());
+            crate::exit_code::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: printing the settings: {e}");
+            crate::exit_code::INFRASTRUCTURE
+        }
+    }
+}
+
 /// Rows as aligned columns, two spaces apart; colour codes take no width. Each row ends
 /// with a newline.
 pub fn table<R, C>(rows: R) -> String

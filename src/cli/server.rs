@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::args::ServerArgs;
-use super::output::outln;
+use super::output::checked_settings;
 use super::runtime::{self, Threads};
 use crate::config::{Override, load_server};
 use crate::exit_code;
@@ -79,22 +79,7 @@ pub fn run(args: &ServerArgs) -> u8 {
             }
         };
     if args.check {
-        let from = file.map_or("defaults and environment".to_owned(), |f| {
-            f.display().to_string()
-        });
-        return match toml::to_string(&config) {
-            Ok(text) => {
-                outln!(
-                    "# {from}: ok; the merged settings, secret values hidden, each with where it was set:\n"
-                );
-                outln!("{}", layers.annotate(&text).trim_end());
-                exit_code::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: printing the settings: {e}");
-                exit_code::INFRASTRUCTURE
-            }
-        };
+        return checked_settings(&config, file, &layers);
     }
     let settings = ServerSettings {
         database: config.database(),

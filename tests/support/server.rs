@@ -131,6 +131,21 @@ impl Drop for Server {
     }
 }
 
+/// A directory holding the agent.toml of an agent polling `server` (local sources allowed,
+/// results not kept), with `extra` settings before its source.
+pub fn agent_dir(server: &Server, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "[agent]\nshutdown_grace = \"2s\"\nkeep_results = 0\n{extra}\n[[source]]\nkind = \"http\"\nurl = \"{}\"\nallow_local_sources = true\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    dir
+}
+
 /// SHA-256 as lowercase hex, as the protocol writes it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
